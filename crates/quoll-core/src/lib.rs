@@ -1,1 +1,20 @@
-pub fn placeholder() {}
+//! quoll's engine, without Python.
+//!
+//! Everything here is generic over opaque values (bytes or a type parameter),
+//! so the pieces are unit- and property-tested with plain Rust values. The
+//! Python binding (`quoll-py`) supplies the values, the user calls and the
+//! executor thread that drives these state machines.
+//!
+//! - [`key_group`]: the stable key hash, key groups and their assignment to workers.
+//! - [`length_header`]: TCP source framing as a Wallaroo decoder declares it.
+//! - [`windows`]: range and count window state per key.
+//! - [`external`]: the external channel's frames (cluster status, shutdown).
+//! - [`topology`]: the dataflow as the engine sees it: stages, links, routing points.
+//! - [`wire`]: frames between workers: control messages and data batches.
+
+pub mod external;
+pub mod key_group;
+pub mod length_header;
+pub mod topology;
+pub mod windows;
+pub mod wire;

@@ -1,0 +1,333 @@
+//! Frames between workers.
+//!
+//! Every worker-to-worker connection (the control link to the initializer
+//! and the one-way data links between every ordered pair of workers)
+//! carries the same frame:
+//!
+//! ```text
+//! +----------------+---------+------------------------+
+//! | u32 BE length  | u8 kind | body (length - 1 bytes) |
+//! +----------------+---------+------------------------+
+//! ```
+//!
+//! | kind | body |
+//! |------|------|
+//! | [`KIND_CONTROL`] | postcard-encoded [`Control`] |
+//! | [`KIND_DATA`] | a data batch (below) |
+//!
+//! A data batch carries messages for keyed stages owned by the receiver:
+//!
+//! ```text
+//! u64 LE generation | u32 LE count | count x message
+//! message = u32 LE stage | u16 LE key length | key bytes
+//!         | i64 LE event time | u32 LE value length | value bytes (a codec blob)
+//! ```
+//!
+//! Invariants: a batch holds messages in the order the sender processed
+//! them, and links are FIFO, so per-key order survives a hop. The
+//! generation lets a receiver drop batches sent before a rollback.
+
+use serde::{Deserialize, Serialize};
+
+pub const KIND_CONTROL: u8 = 1;
+pub const KIND_DATA: u8 = 2;
+/// Frames larger than this are refused: a peer speaking garbage must not
+/// make a worker allocate without bound.
+pub const MAX_WIRE_FRAME: u32 = 256 << 20;
+
+/// A worker as the others know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    /// Where the worker accepts data links.
+    pub data_addr: String,
+}
+
+/// Control messages. Formation: `Join` (worker to initializer), `Welcome`
+/// or `Refused` (initializer to worker), `DataHello` (first frame of every
+/// data link), `LinksUp` (worker to initializer once all its data links are
+/// up in both directions), `Start` (initializer to all). Afterwards:
+/// `Shutdown` in both directions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    Join { name: String, data_addr: String, fingerprint: u64 },
+    Welcome { members: Vec<Member>, generation: u64 },
+    Refused { reason: String },
+    DataHello { from: String, generation: u64 },
+    LinksUp { name: String },
+    Start { generation: u64 },
+    Shutdown { reason: String },
+}
+
+/// Why bytes from a peer could not be read.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WireError {
+    #[error("frame of {0} bytes is larger than the limit of {MAX_WIRE_FRAME}")]
+    TooLarge(u32),
+    #[error("empty frame (no kind byte)")]
+    Empty,
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("bad control message: {0}")]
+    BadControl(String),
+    #[error("bad data batch: {0}")]
+    BadBatch(&'static str),
+}
+
+/// One frame read from a peer.
+#[derive(Debug, PartialEq)]
+pub enum WireFrame {
+    Control(Control),
+    /// The body of a data batch, parsed lazily with [`BatchReader`].
+    Data(bytes::Bytes),
+}
+
+/// Encodes a control frame.
+pub fn control_frame(msg: &Control) -> Vec<u8> {
+    let body = postcard::to_allocvec(msg).expect("control messages always serialise");
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+    out.push(KIND_CONTROL);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Splits frames off the front of `buf` (bytes read from a peer).
+/// `Ok(None)` means more bytes are needed.
+pub fn next_frame(buf: &mut bytes::BytesMut) -> Result<Option<WireFrame>, WireError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len > MAX_WIRE_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    if buf.len() < 4 + len as usize {
+        buf.reserve(4 + len as usize - buf.len());
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(4 + len as usize);
+    let _ = frame.split_to(4);
+    let kind = frame[0];
+    let body = frame.split_off(1).freeze();
+    match kind {
+        KIND_CONTROL => postcard::from_bytes(&body)
+            .map(|c| Some(WireFrame::Control(c)))
+            .map_err(|e| WireError::BadControl(e.to_string())),
+        KIND_DATA => Ok(Some(WireFrame::Data(body))),
+        other => Err(WireError::UnknownKind(other)),
+    }
+}
+
+/// Builds a data frame, message by message.
+#[derive(Debug)]
+pub struct BatchWriter {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+const BATCH_HEADER: usize = 4 + 1 + 8 + 4;
+
+impl BatchWriter {
+    pub fn new(generation: u64) -> BatchWriter {
+        let mut buf = Vec::with_capacity(64 << 10);
+        buf.extend_from_slice(&[0; 4]);
+        buf.push(KIND_DATA);
+        buf.extend_from_slice(&generation.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        BatchWriter { buf, count: 0 }
+    }
+
+    /// Appends one message; the value is written by `write_value` (the
+    /// codec), which appends to the vector it is given.
+    pub fn push<E>(
+        &mut self,
+        stage: u32,
+        key: &[u8],
+        event_time: i64,
+        write_value: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.buf.len();
+        let key_len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+        self.buf.extend_from_slice(&stage.to_le_bytes());
+        self.buf.extend_from_slice(&key_len.to_le_bytes());
+        self.buf.extend_from_slice(&key[..key_len as usize]);
+        self.buf.extend_from_slice(&event_time.to_le_bytes());
+        let len_at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        if let Err(e) = write_value(&mut self.buf) {
+            self.buf.truncate(start);
+            return Err(e);
+        }
+        let value_len = (self.buf.len() - len_at - 4) as u32;
+        self.buf[len_at..len_at + 4].copy_from_slice(&value_len.to_le_bytes());
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes buffered so far.
+    pub fn size(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The finished frame, ready to write to the link.
+    pub fn finish(mut self) -> Vec<u8> {
+        let len = (self.buf.len() - 4) as u32;
+        self.buf[0..4].copy_from_slice(&len.to_be_bytes());
+        self.buf[13..17].copy_from_slice(&self.count.to_le_bytes());
+        self.buf
+    }
+}
+
+/// One message of a data batch.
+#[derive(Debug, PartialEq)]
+pub struct WireMessage<'a> {
+    pub stage: u32,
+    pub key: &'a [u8],
+    pub event_time: i64,
+    pub value: &'a [u8],
+}
+
+/// Reads the messages of a data batch body (the bytes after the kind).
+pub struct BatchReader<'a> {
+    pub generation: u64,
+    remaining: u32,
+    at: &'a [u8],
+}
+
+impl<'a> BatchReader<'a> {
+    pub fn new(body: &'a [u8]) -> Result<BatchReader<'a>, WireError> {
+        if body.len() < BATCH_HEADER - 5 {
+            return Err(WireError::BadBatch("shorter than its header"));
+        }
+        let generation = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+        let remaining = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
+        Ok(BatchReader { generation, remaining, at: &body[12..] })
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.at.len() < n {
+            return Err(WireError::BadBatch("truncated message"));
+        }
+        let (head, rest) = self.at.split_at(n);
+        self.at = rest;
+        Ok(head)
+    }
+}
+
+impl<'a> Iterator for BatchReader<'a> {
+    type Item = Result<WireMessage<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let mut read = || -> Result<WireMessage<'a>, WireError> {
+            let stage = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
+            let key_len = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
+            let key = self.take(key_len)?;
+            let event_time = i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
+            let value_len = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;
+            let value = self.take(value_len)?;
+            Ok(WireMessage { stage, key, event_time, value })
+        };
+        let r = read();
+        if r.is_err() {
+            self.remaining = 0;
+        }
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+
+    fn frames_of(bytes: &[u8], splits: &[usize]) -> Vec<WireFrame> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = splits.iter().map(|s| s % (bytes.len() + 1)).collect();
+        cuts.push(bytes.len());
+        cuts.sort_unstable();
+        for cut in cuts {
+            buf.extend_from_slice(&bytes[at..cut.max(at)]);
+            at = cut.max(at);
+            while let Some(f) = next_frame(&mut buf).expect("valid frames") {
+                out.push(f);
+            }
+        }
+        assert!(buf.is_empty());
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn batches_round_trip_across_any_split(
+            generation in any::<u64>(),
+            msgs in proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40), any::<i64>(), proptest::collection::vec(any::<u8>(), 0..200)),
+                0..30),
+            splits in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut w = BatchWriter::new(generation);
+            for (stage, key, et, value) in &msgs {
+                w.push::<()>(*stage, key, *et, |out| { out.extend_from_slice(value); Ok(()) }).unwrap();
+            }
+            prop_assert_eq!(w.len() as usize, msgs.len());
+            let mut bytes = w.finish();
+            let hello = control_frame(&Control::DataHello { from: "w1".into(), generation });
+            bytes.extend_from_slice(&hello);
+            let frames = frames_of(&bytes, &splits);
+            prop_assert_eq!(frames.len(), 2);
+            let WireFrame::Data(body) = &frames[0] else { panic!("data first") };
+            let reader = BatchReader::new(body).unwrap();
+            prop_assert_eq!(reader.generation, generation);
+            let got: Vec<_> = reader.map(|m| m.unwrap()).map(|m| (m.stage, m.key.to_vec(), m.event_time, m.value.to_vec())).collect();
+            prop_assert_eq!(got, msgs);
+            prop_assert_eq!(&frames[1], &WireFrame::Control(Control::DataHello { from: "w1".into(), generation }));
+        }
+    }
+
+    #[test]
+    fn failed_value_leaves_batch_unchanged() {
+        let mut w = BatchWriter::new(1);
+        w.push::<()>(1, b"k", 5, |out| { out.push(1); Ok(()) }).unwrap();
+        assert!(w.push(2, b"j", 6, |out| { out.push(9); Err("no") }).is_err());
+        let bytes = w.finish();
+        let frames = frames_of(&bytes, &[]);
+        let WireFrame::Data(body) = &frames[0] else { panic!() };
+        let msgs: Vec<_> = BatchReader::new(body).unwrap().collect();
+        assert_eq!(msgs, vec![Ok(WireMessage { stage: 1, key: b"k", event_time: 5, value: &[1] })]);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
+        assert!(matches!(next_frame(&mut buf), Err(WireError::TooLarge(_))));
+        let mut buf = BytesMut::from(&[0, 0, 0, 1, 9][..]);
+        assert_eq!(next_frame(&mut buf), Err(WireError::UnknownKind(9)));
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert_eq!(next_frame(&mut buf), Err(WireError::Empty));
+        let body = [0u8; 12];
+        let mut body = body.to_vec();
+        body[8] = 1; // claims one message, has none
+        let mut r = BatchReader::new(&body).unwrap();
+        assert!(matches!(r.next(), Some(Err(WireError::BadBatch(_)))));
+        assert!(r.next().is_none());
+    }
+}

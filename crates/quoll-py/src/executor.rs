@@ -1,0 +1,838 @@
+//! The executor: the one thread of a worker that touches Python.
+//!
+//! It owns every Python object of the dataflow (callables, state objects,
+//! window accumulators, messages in flight) and holds the GIL while it runs a
+//! batch; it releases the GIL only while it waits for the next event. I/O
+//! threads hand it frames as bytes; it hands sinks encoded bytes.
+//!
+//! Messages move depth-first: `push(stage, value, key, event_time)` runs the
+//! stage and pushes each output straight into the next stage, so a chain of
+//! stages is one call chain (fused) and per-key order is the order messages
+//! entered. Keys are the Python `str`/`bytes` objects the source or the key
+//! extractor produced; they are compared as UTF-8 / raw bytes (spec 3.5).
+//!
+//! Invariants:
+//! - one state object per (state stage, key), created by `initial_state()` on
+//!   the key's first message and passed by reference on every call;
+//! - a user error drops exactly the message being processed (for `*_multi`,
+//!   every output of that call) and nothing else;
+//! - output for a sink is appended to that sink's buffer in processing order
+//!   and handed to the sink's writer after each batch.
+
+use crate::app::{AggregationCalls, AppPlan, SinkPlan, SourceSpec, StageCalls};
+use crate::io::SinkChunk;
+use crate::user_errors::{Fatal, UserErrors};
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+use crate::codec::Codec;
+use quoll_core::key_group::{KeyGroupMap, KeyHashBuilder};
+use quoll_core::wire::{BatchReader, BatchWriter};
+use std::collections::VecDeque;
+use quoll_core::topology::StageKind;
+use quoll_core::windows::{Aggregator, CountWindowSpec, CountWindows, RangeWindowSpec, RangeWindows, WindowOutput};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+type KeyMap<V> = HashMap<Box<[u8]>, V, KeyHashBuilder>;
+
+/// Period of the count-window partial flush (spec 6: 5 s).
+const COUNT_WINDOW_FLUSH: Duration = Duration::from_secs(5);
+/// Sink output is handed over once a buffer holds this much, or at the end
+/// of a batch.
+const SINK_FLUSH_BYTES: usize = 256 << 10;
+
+enum Op {
+    Stateless { call: Py<PyAny>, multi: bool },
+    KeyBy { call: Py<PyAny> },
+    Collect { key: Py<PyAny> },
+    State { call: Py<PyAny>, multi: bool, initial_state: Py<PyAny>, states: KeyMap<Py<PyAny>> },
+    Range { agg: AggregationCalls, spec: RangeWindowSpec, windows: KeyMap<(Py<PyAny>, RangeWindows<Py<PyAny>>)>, timers: WindowTimers },
+    Count { agg: AggregationCalls, spec: CountWindowSpec, windows: KeyMap<(Py<PyAny>, CountWindows<Py<PyAny>>)>, next_flush: Instant },
+    Sinks { sinks: Vec<usize> },
+}
+
+/// Timer state of one range-window stage (spec 6): a periodic tick of
+/// 2 x (range + delay), and a flush of every key once all input has been
+/// quiet for two ticks.
+struct WindowTimers {
+    period: Duration,
+    next_tick: Instant,
+    last_input: Instant,
+    watermark: i64,
+    flushed_since_input: bool,
+}
+
+struct Stage {
+    /// `stage 'name' (kind)`, for errors.
+    place: String,
+    /// Runs on the owner of the message's key group.
+    keyed: bool,
+    next: Option<usize>,
+    op: Op,
+}
+
+struct SinkOut {
+    label: String,
+    place: String,
+    encode: Py<PyAny>,
+    buf: Vec<u8>,
+    messages: u64,
+    tx: mpsc::Sender<SinkChunk>,
+}
+
+/// A generator source, driven on the executor thread.
+struct GenSource {
+    source: usize,
+    name: String,
+    apply: Py<PyAny>,
+    cur: Option<Py<PyAny>>,
+}
+
+/// A framed source's decode call and where its messages go.
+struct FramedSource {
+    place: String,
+    decode: Option<Py<PyAny>>,
+    entry: usize,
+    implicit_key: Py<PyAny>,
+}
+
+/// Where keyed messages go when the cluster has several workers.
+pub struct Router {
+    pub me: usize,
+    pub names: Vec<String>,
+    pub map: KeyGroupMap,
+    pub codec: Codec,
+    pub generation: u64,
+    /// Per worker: the batch being filled, frames waiting for the link, the link.
+    batches: Vec<Option<BatchWriter>>,
+    pending: Vec<VecDeque<Vec<u8>>>,
+    links: Vec<Option<mpsc::Sender<Vec<u8>>>>,
+    pending_bytes: usize,
+    pub shipped: u64,
+}
+
+/// Frames for one worker are handed to its link once a batch holds this much.
+const BATCH_FLUSH_BYTES: usize = 64 << 10;
+/// Above this many bytes waiting for slow links, the worker takes no new
+/// source input (it keeps serving peers, so no cycle of workers can stall).
+pub const CONGESTED_BYTES: usize = 8 << 20;
+
+impl Router {
+    pub fn new(me: usize, names: Vec<String>, codec: Codec, generation: u64, links: Vec<Option<mpsc::Sender<Vec<u8>>>>) -> Router {
+        let n = names.len();
+        Router {
+            me,
+            map: KeyGroupMap::even(n),
+            names,
+            codec,
+            generation,
+            batches: (0..n).map(|_| None).collect(),
+            pending: (0..n).map(|_| VecDeque::new()).collect(),
+            links,
+            pending_bytes: 0,
+            shipped: 0,
+        }
+    }
+
+    fn seal(&mut self, worker: usize) {
+        if let Some(b) = self.batches[worker].take() {
+            let frame = b.finish();
+            self.pending_bytes += frame.len();
+            self.pending[worker].push_back(frame);
+        }
+    }
+
+    /// Seals every batch and hands waiting frames to their links without
+    /// blocking; what a full link can't take stays pending.
+    pub fn flush(&mut self) {
+        for w in 0..self.batches.len() {
+            self.seal(w);
+            let Some(link) = &self.links[w] else { continue };
+            while let Some(frame) = self.pending[w].pop_front() {
+                let len = frame.len();
+                match link.try_send(frame) {
+                    Ok(()) => self.pending_bytes -= len,
+                    Err(mpsc::error::TrySendError::Full(frame)) => {
+                        self.pending[w].push_front(frame);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        self.pending_bytes -= len;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn congested(&self) -> bool {
+        self.pending_bytes > CONGESTED_BYTES
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.pending_bytes > 0
+    }
+}
+
+pub struct Executor {
+    stages: Vec<Stage>,
+    pub router: Option<Router>,
+    sources: Vec<FramedSource>,
+    gens: Vec<GenSource>,
+    sinks: Vec<SinkOut>,
+    pub errors: UserErrors,
+    rt: tokio::runtime::Handle,
+    last_event_time: i64,
+    pub messages_in: u64,
+}
+
+/// Wall-clock nanoseconds since the epoch, never decreasing within a worker.
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+impl Executor {
+    pub fn new(
+        py: Python<'_>,
+        plan: AppPlan,
+        sink_txs: Vec<mpsc::Sender<SinkChunk>>,
+        errors: UserErrors,
+        rt: tokio::runtime::Handle,
+    ) -> PyResult<Executor> {
+        let AppPlan { topology, stage_calls, sources, sinks } = plan;
+        let now = Instant::now();
+        let mut stages = Vec::with_capacity(topology.stages.len());
+        for (def, calls) in topology.stages.iter().zip(stage_calls) {
+            let op = match (&def.kind, calls) {
+                (StageKind::Stateless { multi }, StageCalls::Stateless { call }) => Op::Stateless { call, multi: *multi },
+                (StageKind::KeyBy, StageCalls::KeyBy { call }) => Op::KeyBy { call },
+                (StageKind::Collect { .. }, StageCalls::Collect { key }) => Op::Collect { key },
+                (StageKind::State { multi }, StageCalls::State { call, initial_state }) => {
+                    Op::State { call, multi: *multi, initial_state, states: KeyMap::default() }
+                }
+                (StageKind::RangeWindows(spec), StageCalls::Windows { aggregation }) => {
+                    let period = Duration::from_nanos(spec.timer_period()).max(Duration::from_millis(10));
+                    Op::Range {
+                        agg: aggregation,
+                        spec: spec.clone(),
+                        windows: KeyMap::default(),
+                        timers: WindowTimers { period, next_tick: now + period, last_input: now, watermark: i64::MIN, flushed_since_input: true },
+                    }
+                }
+                (StageKind::CountWindows { count }, StageCalls::Windows { aggregation }) => Op::Count {
+                    agg: aggregation,
+                    spec: CountWindowSpec::new(*count).map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("{}: {e}", def.name)))?,
+                    windows: KeyMap::default(),
+                    next_flush: now + COUNT_WINDOW_FLUSH,
+                },
+                (StageKind::Sinks { sinks }, StageCalls::Sinks) => Op::Sinks { sinks: sinks.clone() },
+                _ => unreachable!("app::build_plan pairs each stage kind with its calls"),
+            };
+            stages.push(Stage {
+                place: format!("stage '{}' ({})", def.name, def.kind.label()),
+                keyed: def.kind.is_keyed(),
+                next: def.next,
+                op,
+            });
+        }
+        let mut framed = Vec::new();
+        let mut gens = Vec::new();
+        for (index, (src, def)) in sources.into_iter().zip(&topology.sources).enumerate() {
+            let decode = match src.spec {
+                SourceSpec::Tcp { decode, .. } | SourceSpec::File { decode, .. } => Some(decode),
+                SourceSpec::Gen { initial_value, apply } => {
+                    gens.push(GenSource { source: index, name: src.name.clone(), apply, cur: Some(initial_value) });
+                    None
+                }
+            };
+            framed.push(FramedSource {
+                place: format!("source '{}' ({})", src.name, def.kind),
+                decode,
+                entry: def.entry,
+                implicit_key: src.implicit_key,
+            });
+        }
+        let sinks = sinks
+            .into_iter()
+            .zip(sink_txs)
+            .map(|(SinkPlan { label, encode, .. }, tx)| SinkOut {
+                place: format!("{label} (encoder)"),
+                label,
+                encode,
+                buf: Vec::with_capacity(SINK_FLUSH_BYTES * 2),
+                messages: 0,
+                tx,
+            })
+            .collect();
+        let mut ex = Executor {
+            stages,
+            router: None,
+            sources: framed,
+            gens,
+            sinks,
+            errors: UserErrors::new("", crate::user_errors::OnUserError::Skip),
+            rt,
+            last_event_time: 0,
+            messages_in: 0,
+        };
+        ex.errors = errors;
+        ex.start_generators(py).map_err(|Fatal(m)| pyo3::exceptions::PyRuntimeError::new_err(m))?;
+        Ok(ex)
+    }
+
+    /// Calls `initial_value()` of every generator source once (spec 7.3).
+    fn start_generators(&mut self, py: Python<'_>) -> Result<(), Fatal> {
+        for i in 0..self.gens.len() {
+            let Some(init) = self.gens[i].cur.take() else { continue };
+            match init.bind(py).call0() {
+                Ok(v) if v.is_none() => self.gen_stopped(i),
+                Ok(v) => self.gens[i].cur = Some(v.unbind()),
+                Err(e) => {
+                    let place = format!("source '{}' (gen)", self.gens[i].name);
+                    self.errors.report_py(py, &place, "initial_value()", e)?;
+                    println!("quoll: generator source '{}' could not start; it produces nothing", self.gens[i].name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn gen_stopped(&mut self, i: usize) {
+        println!("GenSource produced a None. Stopping GenSource '{}'.", self.gens[i].name);
+        self.gens[i].cur = None;
+    }
+
+    /// True while some generator source still has values to emit.
+    pub fn generating(&self) -> bool {
+        self.gens.iter().any(|g| g.cur.is_some())
+    }
+
+    /// The event time of messages ingested now: wall-clock nanoseconds,
+    /// never decreasing within this worker.
+    fn ingest_time(&mut self) -> i64 {
+        let t = now_ns().max(self.last_event_time);
+        self.last_event_time = t;
+        t
+    }
+
+    /// Decodes and processes the frames of one source connection.
+    pub fn on_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>) -> Result<(), Fatal> {
+        let et = self.ingest_time();
+        let src = &self.sources[source];
+        let (Some(decode), entry) = (src.decode.as_ref().map(|d| d.clone_ref(py)), src.entry) else { return Ok(()) };
+        let key = src.implicit_key.bind(py).clone();
+        let decode = decode.bind(py);
+        for frame in frames {
+            self.messages_in += 1;
+            let payload = PyBytes::new(py, &frame);
+            match decode.call1((payload,)) {
+                Ok(v) if v.is_none() => {}
+                Ok(v) => self.push(py, entry, v, &key, et)?,
+                Err(e) => {
+                    let place = self.sources[source].place.clone();
+                    let detail = format!("decoder, frame of {} bytes", frame.len());
+                    self.errors.report_py(py, &place, &detail, e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits up to `budget` values from every active generator (spec 7.3:
+    /// `apply(cur)` runs before `cur` goes downstream).
+    pub fn run_generators(&mut self, py: Python<'_>, budget: usize) -> Result<(), Fatal> {
+        for i in 0..self.gens.len() {
+            let source = self.gens[i].source;
+            let (entry, key) = (self.sources[source].entry, self.sources[source].implicit_key.bind(py).clone());
+            let apply = self.gens[i].apply.clone_ref(py);
+            let et = self.ingest_time();
+            for _ in 0..budget {
+                let Some(cur) = self.gens[i].cur.take() else { break };
+                let cur = cur.into_bound(py);
+                match apply.bind(py).call1((&cur,)) {
+                    Ok(nxt) if nxt.is_none() => self.gen_stopped(i),
+                    Ok(nxt) => self.gens[i].cur = Some(nxt.unbind()),
+                    Err(e) => {
+                        let place = format!("source '{}' (gen)", self.gens[i].name);
+                        self.errors.report_py(py, &place, "apply()", e)?;
+                        println!("quoll: generator source '{}' stops after an error in apply()", self.gens[i].name);
+                    }
+                }
+                self.messages_in += 1;
+                self.push(py, entry, cur, &key, et)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `value` through stage `stage` and, depth-first, everything after
+    /// it; a keyed stage whose key group another worker owns ships the
+    /// message there instead.
+    fn push<'py>(&mut self, py: Python<'py>, stage: usize, value: Bound<'py, PyAny>, key: &Bound<'py, PyAny>, et: i64) -> Result<(), Fatal> {
+        if self.stages[stage].keyed {
+            if let Some(router) = &self.router {
+                let kb = match key_bytes(key) {
+                    Ok(kb) => kb,
+                    Err(e) => return self.key_error(py, stage, e),
+                };
+                let owner = router.map.owner(kb);
+                if owner != router.me {
+                    return self.ship(owner, stage, kb, &value, et);
+                }
+            }
+        }
+        let st = &mut self.stages[stage];
+        let next = st.next;
+        match &mut st.op {
+            Op::Stateless { call, multi } => {
+                let multi = *multi;
+                let result = call.bind(py).call1((&value,));
+                self.emit(py, stage, next, result, multi, key, et)
+            }
+            Op::KeyBy { call } => {
+                let result = call.bind(py).call1((&value,));
+                match result.map_err(KeyError::Raised).and_then(|k| normalise_key(py, k)) {
+                    Ok(new_key) => self.push(py, next.expect("validated"), value, &new_key, et),
+                    Err(e) => self.key_error(py, stage, e),
+                }
+            }
+            Op::Collect { key } => {
+                let key = key.bind(py).clone();
+                self.push(py, next.expect("validated"), value, &key, et)
+            }
+            Op::State { call, multi, initial_state, states } => {
+                let multi = *multi;
+                let kb = match key_bytes(key) {
+                    Ok(kb) => kb,
+                    Err(e) => return self.key_error(py, stage, e),
+                };
+                let state = match states.get(kb) {
+                    Some(s) => s.bind(py).clone(),
+                    None => match initial_state.bind(py).call0() {
+                        Ok(s) => {
+                            states.insert(kb.into(), s.clone().unbind());
+                            s
+                        }
+                        Err(e) => {
+                            let place = st.place.clone();
+                            let detail = format!("key {}, initial_state()", show_key(key));
+                            return self.errors.report_py(py, &place, &detail, e);
+                        }
+                    },
+                };
+                let result = call.bind(py).call1((&value, &state));
+                self.emit(py, stage, next, result, multi, key, et)
+            }
+            Op::Range { agg, spec, windows, timers } => {
+                let kb = match key_bytes(key) {
+                    Ok(kb) => kb,
+                    Err(e) => return self.key_error(py, stage, e),
+                };
+                timers.last_input = Instant::now();
+                timers.flushed_since_input = false;
+                timers.watermark = timers.watermark.max(et);
+                let watermark = timers.watermark;
+                let mut out = Vec::new();
+                let mut aggregator = PyAggregation { py, calls: agg };
+                let entry = match windows.get_mut(kb) {
+                    Some(e) => e,
+                    None => {
+                        // Spec 6 wants a random grid offset per key; deriving it
+                        // from the key keeps it the same on every worker and
+                        // after a restart.
+                        let offset = spec.offset_from_random(quoll_core::key_group::stable_hash(kb));
+                        let w = RangeWindows::new(spec.clone(), watermark, offset);
+                        windows.entry(kb.into()).or_insert((key.clone().unbind(), w))
+                    }
+                };
+                let value = value.unbind();
+                let r = entry.1.on_message(&mut aggregator, kb, &value, et, watermark, &mut out).map(|_| ());
+                self.window_results(py, stage, next, key, r, out)
+            }
+            Op::Count { agg, spec, windows, .. } => {
+                let kb = match key_bytes(key) {
+                    Ok(kb) => kb,
+                    Err(e) => return self.key_error(py, stage, e),
+                };
+                let mut out = Vec::new();
+                let mut aggregator = PyAggregation { py, calls: agg };
+                let entry = match windows.get_mut(kb) {
+                    Some(e) => e,
+                    None => windows.entry(kb.into()).or_insert((key.clone().unbind(), CountWindows::new(spec.clone()))),
+                };
+                let value = value.unbind();
+                let r = entry.1.on_message(&mut aggregator, kb, &value, et, &mut out);
+                self.window_results(py, stage, next, key, r, out)
+            }
+            Op::Sinks { sinks } => {
+                for i in 0..sinks.len() {
+                    let Op::Sinks { sinks } = &self.stages[stage].op else { unreachable!() };
+                    let sink = sinks[i];
+                    self.write_sink(py, sink, &value, key)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Encodes a message into the batch for worker `owner`.
+    fn ship(&mut self, owner: usize, stage: usize, kb: &[u8], value: &Bound<'_, PyAny>, et: i64) -> Result<(), Fatal> {
+        let router = self.router.as_mut().expect("ship is only called with a router");
+        let generation = router.generation;
+        let batch = router.batches[owner].get_or_insert_with(|| BatchWriter::new(generation));
+        let codec = &router.codec;
+        match batch.push(stage as u32, kb, et, |out| codec.encode(value, out)) {
+            Ok(()) => {
+                router.shipped += 1;
+                if batch.size() >= BATCH_FLUSH_BYTES {
+                    router.seal(owner);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let detail = format!("key {:?}, sending to worker '{}'", value_key(kb), router.names[owner]);
+                let place = self.stages[stage].place.clone();
+                self.errors.report(&place, &detail, &e.to_string(), None)
+            }
+        }
+    }
+
+    /// Processes a data batch from another worker.
+    pub fn on_peer_data(&mut self, py: Python<'_>, from: usize, body: &[u8]) -> Result<(), Fatal> {
+        let Some(router) = &self.router else { return Ok(()) };
+        let from_name = router.names.get(from).cloned().unwrap_or_else(|| format!("#{from}"));
+        let reader = match BatchReader::new(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return self.errors.report(&format!("data link from worker '{from_name}'"), "batch", &e.to_string(), None)
+            }
+        };
+        if reader.generation != router.generation {
+            return Ok(());
+        }
+        for msg in reader {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    return self.errors.report(&format!("data link from worker '{from_name}'"), "batch", &e.to_string(), None)
+                }
+            };
+            let stage = msg.stage as usize;
+            if stage >= self.stages.len() {
+                let cause = format!("stage {stage} does not exist here: do the workers run the same app?");
+                self.errors.report(&format!("data link from worker '{from_name}'"), "message", &cause, None)?;
+                continue;
+            }
+            let codec = &self.router.as_ref().expect("checked above").codec;
+            let value = match codec.decode(py, msg.value) {
+                Ok(v) => v,
+                Err(e) => {
+                    let place = self.stages[stage].place.clone();
+                    let detail = format!("message from worker '{from_name}'");
+                    self.errors.report(&place, &detail, &e.to_string(), None)?;
+                    continue;
+                }
+            };
+            let key = match std::str::from_utf8(msg.key) {
+                Ok(s) => PyString::new(py, s).into_any(),
+                Err(_) => PyBytes::new(py, msg.key).into_any(),
+            };
+            self.messages_in += 1;
+            self.push(py, stage, value, &key, msg.event_time)?;
+        }
+        Ok(())
+    }
+
+    /// Hands batches for other workers to their links (never blocks).
+    pub fn flush_peers(&mut self) {
+        if let Some(r) = &mut self.router {
+            r.flush();
+        }
+    }
+
+    /// Handles a computation's result: `None` is no message; a `*_multi`
+    /// result must be a list (spec 3.4).
+    #[allow(clippy::too_many_arguments)]
+    fn emit<'py>(
+        &mut self,
+        py: Python<'py>,
+        stage: usize,
+        next: Option<usize>,
+        result: PyResult<Bound<'py, PyAny>>,
+        multi: bool,
+        key: &Bound<'py, PyAny>,
+        et: i64,
+    ) -> Result<(), Fatal> {
+        let next = next.expect("validated: only sinks end a chain");
+        match result {
+            Ok(out) if out.is_none() => Ok(()),
+            Ok(out) if !multi => self.push(py, next, out, key, et),
+            Ok(out) => match out.cast::<PyList>() {
+                Ok(list) => {
+                    for item in list.iter() {
+                        if !item.is_none() {
+                            self.push(py, next, item, key, et)?;
+                        }
+                    }
+                    Ok(())
+                }
+                Err(_) => {
+                    let place = self.stages[stage].place.clone();
+                    let cause = format!(
+                        "compute_multi must return a list (or None), got {}",
+                        out.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                    );
+                    self.errors.report(&place, &format!("key {}", show_key(key)), &cause, None)
+                }
+            },
+            Err(e) => {
+                let place = self.stages[stage].place.clone();
+                self.errors.report_py(py, &place, &format!("key {}", show_key(key)), e)
+            }
+        }
+    }
+
+    fn key_error(&mut self, py: Python<'_>, stage: usize, e: KeyError) -> Result<(), Fatal> {
+        let place = self.stages[stage].place.clone();
+        match e {
+            KeyError::Raised(e) => self.errors.report_py(py, &place, "key extractor", e),
+            KeyError::BadType(t) => self.errors.report(
+                &place,
+                "key extractor",
+                &format!("unexpected non-string value of type {t}: a key must be str, bytes or int"),
+                None,
+            ),
+            KeyError::NotUtf8(e) => self.errors.report(&place, "key", &format!("key str can't be encoded as UTF-8: {e}"), None),
+        }
+    }
+
+    /// Pushes window outputs downstream, or reports the aggregation's error.
+    fn window_results<'py>(
+        &mut self,
+        py: Python<'py>,
+        stage: usize,
+        next: Option<usize>,
+        key: &Bound<'py, PyAny>,
+        r: Result<(), PyErr>,
+        out: Vec<WindowOutput<Bound<'py, PyAny>>>,
+    ) -> Result<(), Fatal> {
+        if let Err(e) = r {
+            let place = self.stages[stage].place.clone();
+            self.errors.report_py(py, &place, &format!("key {}, aggregation", show_key(key)), e)?;
+        }
+        let next = next.expect("validated");
+        for o in out {
+            self.push(py, next, o.value, key, o.event_time)?;
+        }
+        Ok(())
+    }
+
+    fn write_sink<'py>(&mut self, py: Python<'py>, sink: usize, value: &Bound<'py, PyAny>, key: &Bound<'py, PyAny>) -> Result<(), Fatal> {
+        let s = &mut self.sinks[sink];
+        match s.encode.bind(py).call1((value,)) {
+            Ok(b) => {
+                if let Ok(bytes) = b.cast::<PyBytes>() {
+                    s.buf.extend_from_slice(bytes.as_bytes());
+                } else if let Ok(text) = b.cast::<PyString>() {
+                    match text.to_str() {
+                        Ok(t) => s.buf.extend_from_slice(t.as_bytes()),
+                        Err(e) => {
+                            let place = s.place.clone();
+                            return self.errors.report(&place, &format!("key {}", show_key(key)), &format!("encoder returned a str that is not valid UTF-8: {e}"), None);
+                        }
+                    }
+                } else if b.is_none() {
+                    return Ok(());
+                } else {
+                    let place = s.place.clone();
+                    let t = b.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                    return self.errors.report(&place, &format!("key {}", show_key(key)), &format!("encoder returned {t}; it must return bytes, str or None"), None);
+                }
+                s.messages += 1;
+                if s.buf.len() >= SINK_FLUSH_BYTES {
+                    self.flush_sink(py, sink);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let place = s.place.clone();
+                self.errors.report_py(py, &place, &format!("key {}", show_key(key)), e)
+            }
+        }
+    }
+
+    fn flush_sink(&mut self, py: Python<'_>, sink: usize) {
+        let s = &mut self.sinks[sink];
+        if s.buf.is_empty() {
+            return;
+        }
+        let chunk = SinkChunk { bytes: Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(SINK_FLUSH_BYTES * 2))), messages: s.messages };
+        s.messages = 0;
+        match s.tx.try_send(chunk) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(chunk)) => {
+                // Back-pressure: wait for the writer without holding the GIL.
+                let tx = s.tx.clone();
+                let rt = self.rt.clone();
+                let label = s.label.clone();
+                py.detach(move || {
+                    if rt.block_on(tx.send(chunk)).is_err() {
+                        eprintln!("quoll: error: {label}: writer stopped; output dropped");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                eprintln!("quoll: error: {}: writer stopped; output dropped", s.label);
+            }
+        }
+    }
+
+    /// Hands every sink's buffered output to its writer.
+    pub fn flush_sinks(&mut self, py: Python<'_>) {
+        for i in 0..self.sinks.len() {
+            self.flush_sink(py, i);
+        }
+    }
+
+    /// Fires due window timers; returns when the next one is due.
+    pub fn on_timers(&mut self, py: Python<'_>) -> Result<Option<Instant>, Fatal> {
+        let now = Instant::now();
+        let mut next_due: Option<Instant> = None;
+        for stage in 0..self.stages.len() {
+            let st = &mut self.stages[stage];
+            let next = st.next;
+            let mut fired: Vec<(Py<PyAny>, Vec<WindowOutput<Bound<'_, PyAny>>>, Result<(), PyErr>)> = Vec::new();
+            match &mut st.op {
+                Op::Range { agg, windows, timers, .. } => {
+                    if now >= timers.next_tick {
+                        timers.next_tick = now + timers.period;
+                        let quiet = now.duration_since(timers.last_input) >= timers.period * 2;
+                        if !(quiet && timers.flushed_since_input) {
+                            let mut aggregator = PyAggregation { py, calls: agg };
+                            for (kb, (key, w)) in windows.iter_mut() {
+                                let mut out = Vec::new();
+                                let r = if quiet {
+                                    w.flush(&mut aggregator, kb, &mut out)
+                                } else {
+                                    w.on_timer(&mut aggregator, kb, timers.watermark, &mut out)
+                                };
+                                if !out.is_empty() || r.is_err() {
+                                    fired.push((key.clone_ref(py), out, r));
+                                }
+                            }
+                            timers.flushed_since_input = quiet;
+                        }
+                    }
+                    next_due = Some(next_due.map_or(timers.next_tick, |d| d.min(timers.next_tick)));
+                }
+                Op::Count { agg, windows, next_flush, .. } => {
+                    if now >= *next_flush {
+                        *next_flush = now + COUNT_WINDOW_FLUSH;
+                        let mut aggregator = PyAggregation { py, calls: agg };
+                        for (kb, (key, w)) in windows.iter_mut() {
+                            let mut out = Vec::new();
+                            let r = w.flush_partial(&mut aggregator, kb, &mut out);
+                            if !out.is_empty() || r.is_err() {
+                                fired.push((key.clone_ref(py), out, r));
+                            }
+                        }
+                    }
+                    next_due = Some(next_due.map_or(*next_flush, |d| d.min(*next_flush)));
+                }
+                _ => {}
+            }
+            for (key, out, r) in fired {
+                let key = key.into_bound(py);
+                self.window_results(py, stage, next, &key, r, out)?;
+            }
+        }
+        Ok(next_due)
+    }
+}
+
+/// Why a message has no usable key.
+enum KeyError {
+    Raised(PyErr),
+    BadType(String),
+    NotUtf8(String),
+}
+
+/// The key bytes: a `str` as UTF-8, `bytes` as they are (spec 3.5).
+fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a [u8], KeyError> {
+    if let Ok(s) = key.cast::<PyString>() {
+        return s.to_str().map(str::as_bytes).map_err(|e| KeyError::NotUtf8(e.to_string()));
+    }
+    if let Ok(b) = key.cast::<PyBytes>() {
+        return Ok(b.as_bytes());
+    }
+    Err(KeyError::BadType(key.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+}
+
+/// A key extractor's result as a key: `str` and `bytes` as they are, an
+/// `int` (including `bool`) as `chr(n)`, like wallaroo's decorator does.
+fn normalise_key<'py>(py: Python<'py>, k: Bound<'py, PyAny>) -> Result<Bound<'py, PyAny>, KeyError> {
+    if k.is_instance_of::<PyString>() || k.is_instance_of::<PyBytes>() {
+        return Ok(k);
+    }
+    if let Ok(n) = k.extract::<i64>() {
+        if k.is_instance_of::<pyo3::types::PyInt>() || k.is_instance_of::<pyo3::types::PyBool>() {
+            return match u32::try_from(n).ok().and_then(char::from_u32) {
+                Some(c) => Ok(PyString::new(py, c.encode_utf8(&mut [0; 4])).into_any()),
+                None => Err(KeyError::BadType(format!("int {n} (not a valid chr() code point)"))),
+            };
+        }
+    }
+    Err(KeyError::BadType(k.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+}
+
+/// Key bytes shown like a Python key in messages.
+fn value_key(kb: &[u8]) -> &str {
+    std::str::from_utf8(kb).unwrap_or("<non-UTF-8 key>")
+}
+
+/// A key for error messages: its repr, shortened.
+fn show_key(key: &Bound<'_, PyAny>) -> String {
+    let mut s = key.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<key>".into());
+    if s.len() > 80 {
+        let mut cut = 77;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// An `Aggregation` instance seen through the engine's [`Aggregator`] trait.
+struct PyAggregation<'a, 'py> {
+    py: Python<'py>,
+    calls: &'a AggregationCalls,
+}
+
+impl<'py> Aggregator for PyAggregation<'_, 'py> {
+    type Input = Py<PyAny>;
+    type Acc = Py<PyAny>;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn initial_accumulator(&mut self) -> PyResult<Py<PyAny>> {
+        Ok(self.calls.initial_accumulator.bind(self.py).call0()?.unbind())
+    }
+
+    fn update(&mut self, input: &Py<PyAny>, acc: &mut Py<PyAny>) -> PyResult<()> {
+        self.calls.update.bind(self.py).call1((input.bind(self.py), acc.bind(self.py)))?;
+        Ok(())
+    }
+
+    fn combine(&mut self, a: &Py<PyAny>, b: &Py<PyAny>) -> PyResult<Py<PyAny>> {
+        Ok(self.calls.combine.bind(self.py).call1((a.bind(self.py), b.bind(self.py)))?.unbind())
+    }
+
+    fn output(&mut self, key: &[u8], acc: &Py<PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let key = pyo3::types::PyBytes::new(self.py, key).call_method1("decode", ("utf-8", "surrogateescape"))?;
+        let out = self.calls.output.bind(self.py).call1((key, acc.bind(self.py)))?;
+        Ok(if out.is_none() { None } else { Some(out) })
+    }
+}

@@ -1,0 +1,280 @@
+//! A client of a worker's external channel, and the `quoll status` and
+//! `quoll shutdown` tools built on it.
+//!
+//! The channel's frames and payloads are those of
+//! [`quoll_core::external`]: `u32` BE length (2 + payload size), `u16` BE
+//! message type, UTF-8 payload. A request goes out on a fresh connection
+//! and its reply comes back on it.
+//!
+//! - `quoll status HOST:PORT [--json] [--timeout SECS]` sends a
+//!   cluster-status query (type 9). A response (type 10) is printed on
+//!   stdout, as `key: value` lines or, with `--json`, as the JSON payload
+//!   exactly as received; exit 0. "not initialized" (type 11) prints `not
+//!   initialized` and exits 2. Anything else is an error (exit 1).
+//! - `quoll shutdown HOST:PORT [--message TEXT] [--timeout SECS]` sends a
+//!   clean shutdown (type 3) and waits for the worker to close the
+//!   connection or reply, printing what happened; exit 0 once the request
+//!   was delivered, 1 if it could not be.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use quoll_core::external::{read_frame, write_frame, ClusterStatus, Frame, MessageType};
+
+use crate::{connect, parse_seconds, secs, ToolError, EXIT_NOT_INITIALIZED, EXIT_OK};
+
+/// Arguments of `quoll status`.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// A worker's external channel address (its --external).
+    #[arg(value_name = "HOST:PORT")]
+    pub address: String,
+    /// Print the JSON payload exactly as the worker sent it.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the connection and for the reply.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_seconds)]
+    pub timeout: f64,
+}
+
+/// Arguments of `quoll shutdown`.
+#[derive(Args, Debug, Clone)]
+pub struct ShutdownArgs {
+    /// A worker's external channel address (its --external).
+    #[arg(value_name = "HOST:PORT")]
+    pub address: String,
+    /// Optional text carried by the shutdown request.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub message: String,
+    /// Seconds to wait for the connection, then for the worker to close it or reply.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub timeout: f64,
+}
+
+/// Reply to a cluster-status query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusReply {
+    /// Type 10: the status, and the JSON text as received.
+    Ready(ClusterStatus, String),
+    /// Type 11: the worker is not ready yet.
+    NotInitialized,
+}
+
+/// What became of a shutdown request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// The worker closed (or reset) the connection.
+    Closed,
+    /// The worker answered with a frame.
+    Replied(Frame),
+    /// Nothing happened within the timeout (the request was delivered).
+    NoReply,
+}
+
+/// A connection to one worker's external channel.
+#[derive(Debug)]
+pub struct ExternalClient {
+    stream: TcpStream,
+    addr: String,
+}
+
+impl ExternalClient {
+    /// Connects (one attempt, waiting up to `timeout`); reads wait up to
+    /// `timeout` too.
+    pub fn connect(addr: &str, timeout: Duration) -> Result<ExternalClient, ToolError> {
+        let stream = connect(
+            addr,
+            timeout,
+            false,
+            "a worker's external channel",
+            " (its --external address); the worker may not be started yet",
+        )?;
+        let _ = stream.set_nodelay(true);
+        let client = ExternalClient {
+            stream,
+            addr: addr.to_string(),
+        };
+        client.set_timeout(timeout);
+        Ok(client)
+    }
+
+    /// Sets the read and write timeout (zero means none).
+    pub fn set_timeout(&self, timeout: Duration) {
+        let t = if timeout.is_zero() {
+            None
+        } else {
+            Some(timeout)
+        };
+        let _ = self.stream.set_read_timeout(t);
+        let _ = self.stream.set_write_timeout(t);
+    }
+
+    /// The address connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends one frame.
+    pub fn send(&mut self, ty: MessageType, payload: &[u8]) -> io::Result<()> {
+        write_frame(&mut self.stream, ty, payload)
+    }
+
+    /// Receives one frame; `Ok(None)` when the worker closed the connection.
+    pub fn recv(&mut self) -> io::Result<Option<Frame>> {
+        read_frame(&mut self.stream)
+    }
+
+    fn io_error(&self, doing: &str, e: &io::Error) -> ToolError {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            ToolError::new(format!(
+                "{} did not answer {doing} in time; the worker may be busy or hung: check its log, or raise --timeout",
+                self.addr
+            ))
+        } else {
+            ToolError::new(format!(
+                "{doing} failed on {}: {e}; check the worker's log",
+                self.addr
+            ))
+        }
+    }
+
+    /// Sends a request and waits for its reply frame.
+    pub fn request(&mut self, ty: MessageType, payload: &[u8]) -> Result<Frame, ToolError> {
+        let doing = format!("the {} request", ty.name());
+        self.send(ty, payload)
+            .map_err(|e| self.io_error(&doing, &e))?;
+        match self.recv() {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => Err(ToolError::new(format!(
+                "{} closed the connection without answering {doing}; is that address a worker's --external channel?",
+                self.addr
+            ))),
+            Err(e) => Err(self.io_error(&doing, &e)),
+        }
+    }
+
+    /// Asks for the cluster status (type 9).
+    pub fn cluster_status(&mut self) -> Result<StatusReply, ToolError> {
+        let reply = self.request(MessageType::ClusterStatusQuery, b"")?;
+        match reply.message_type() {
+            Some(MessageType::ClusterStatusResponse) => {
+                let text = reply.payload_str().map_err(|_| {
+                    ToolError::new(format!("{} sent a cluster-status payload that is not UTF-8", self.addr))
+                })?;
+                let status = ClusterStatus::from_json(text).map_err(|e| {
+                    ToolError::new(format!("{} sent an invalid cluster-status payload ({e}): {text}", self.addr))
+                })?;
+                Ok(StatusReply::Ready(status, text.to_string()))
+            }
+            Some(MessageType::ClusterStatusNotInitialized) => Ok(StatusReply::NotInitialized),
+            _ => Err(ToolError::new(format!(
+                "{} answered the cluster-status query with message type {} ({}); is that address a worker's --external channel?",
+                self.addr,
+                reply.msg_type,
+                reply.payload_lossy()
+            ))),
+        }
+    }
+
+    /// Sends a clean shutdown (type 3) and waits up to `wait` for the
+    /// worker to close the connection or reply.
+    pub fn shutdown(
+        &mut self,
+        message: &str,
+        wait: Duration,
+    ) -> Result<ShutdownOutcome, ToolError> {
+        self.send(MessageType::CleanShutdown, message.as_bytes())
+            .map_err(|e| self.io_error("the clean-shutdown request", &e))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(ShutdownOutcome::NoReply);
+            }
+            self.set_timeout(left);
+            match self.recv() {
+                Ok(Some(f)) => return Ok(ShutdownOutcome::Replied(f)),
+                Ok(None) => return Ok(ShutdownOutcome::Closed),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(ShutdownOutcome::NoReply)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Reset, or closed in the middle of a frame: the worker went away.
+                Err(_) => return Ok(ShutdownOutcome::Closed),
+            }
+        }
+    }
+}
+
+/// `quoll status`.
+pub fn run_status(
+    args: &StatusArgs,
+    out: &mut dyn Write,
+    _err: &mut dyn Write,
+) -> Result<i32, ToolError> {
+    let mut client = ExternalClient::connect(&args.address, secs(args.timeout))?;
+    match client.cluster_status()? {
+        StatusReply::Ready(status, text) => {
+            if args.json {
+                let _ = writeln!(out, "{text}");
+            } else {
+                let _ = writeln!(out, "worker_count: {}", status.worker_count);
+                let _ = writeln!(out, "worker_names: {}", status.worker_names.join(", "));
+                let _ = writeln!(out, "processing_messages: {}", status.processing_messages);
+            }
+            Ok(EXIT_OK)
+        }
+        StatusReply::NotInitialized => {
+            let _ = writeln!(out, "not initialized");
+            Ok(EXIT_NOT_INITIALIZED)
+        }
+    }
+}
+
+/// `quoll shutdown`.
+pub fn run_shutdown(
+    args: &ShutdownArgs,
+    out: &mut dyn Write,
+    _err: &mut dyn Write,
+) -> Result<i32, ToolError> {
+    let wait = secs(args.timeout);
+    let mut client = ExternalClient::connect(&args.address, wait)?;
+    let addr = args.address.as_str();
+    match client.shutdown(&args.message, wait)? {
+        ShutdownOutcome::Closed => {
+            let _ = writeln!(
+                out,
+                "quoll shutdown: {addr} accepted the clean shutdown and closed the connection"
+            );
+        }
+        ShutdownOutcome::Replied(f) => {
+            let kind = match f.message_type() {
+                Some(t) => t.to_string(),
+                None => format!("unknown type {}", f.msg_type),
+            };
+            let _ = writeln!(
+                out,
+                "quoll shutdown: {addr} replied with {kind}: {}",
+                f.payload_lossy()
+            );
+        }
+        ShutdownOutcome::NoReply => {
+            let _ = writeln!(
+                out,
+                "quoll shutdown: sent the clean shutdown to {addr}; no reply and the connection stayed open for {:.1} s",
+                args.timeout
+            );
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,382 @@
+//! `quoll send`: feed a file to a worker's TCP source.
+//!
+//! The whole file is read and encoded once into one buffer with the end
+//! offset of every message, so sending is a loop of `write_all` calls over
+//! slices of that buffer (`--batch-size` messages per write): a million
+//! lines cost a few milliseconds of CPU beyond the socket itself.
+//!
+//! Framings (`--framing`):
+//!
+//! - `framed` (default): the file is text, one message per line. Each line,
+//!   without its `\n` (and without a `\r` just before it), is sent as a
+//!   4-byte big-endian length followed by its bytes, which is what an app
+//!   with `@decoder(header_length=4, length_fmt=">I")` reads. An empty
+//!   line is an empty message; a last line without `\n` is still a message.
+//! - `lines`: each line is sent as it is in the file, with its `\n` (one is
+//!   added to a last line that lacks it).
+//! - `raw-framed`: the file already holds 4-byte big-endian length-prefixed
+//!   frames; they are sent as they are, one message per frame.
+//!
+//! `--messages N` stops after N messages, going round the file again as
+//! often as needed; `--repeat` without `--messages` goes round forever.
+//! `--rate R` paces the sends to R messages per second on average (batches
+//! are then cut to about 10 ms worth of messages).
+//!
+//! The connection is retried every 100 ms for `--connect-timeout` seconds
+//! (workers take a moment to start listening) unless `--no-wait-connect`.
+//! At the end the sending side of the socket is shut down, and one line is
+//! printed on stdout:
+//! `quoll send: sent N messages (B bytes) in T s (R msgs/s)`.
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+
+use crate::{connect, parse_positive, parse_seconds, rate, secs, ToolError, EXIT_OK};
+
+/// How `quoll send` frames the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SendFraming {
+    /// One message per line, each sent as a 4-byte big-endian length + the line.
+    Framed,
+    /// One message per line, sent with its newline.
+    Lines,
+    /// The file is already a sequence of 4-byte big-endian length-prefixed frames.
+    RawFramed,
+}
+
+/// Arguments of `quoll send`.
+#[derive(Args, Debug, Clone)]
+pub struct SendArgs {
+    /// Address of the worker's TCP source (its --in address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub host: String,
+    /// The file to send.
+    #[arg(long, value_name = "PATH")]
+    pub file: PathBuf,
+    /// How to cut the file into messages and frame them.
+    #[arg(long, value_enum, default_value_t = SendFraming::Framed)]
+    pub framing: SendFraming,
+    /// Messages per socket write.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Average messages per second (default: as fast as possible).
+    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = parse_positive)]
+    pub rate: Option<f64>,
+    /// Stop after N messages, going round the file again as needed.
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+    /// Go round the file until --messages are sent, or forever without it.
+    #[arg(long)]
+    pub repeat: bool,
+    /// Try to connect once instead of retrying until --connect-timeout.
+    #[arg(long)]
+    pub no_wait_connect: bool,
+    /// Seconds to keep retrying the connection (every 100 ms).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub connect_timeout: f64,
+}
+
+/// A file encoded for sending: one buffer and the end offset of each message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedMessages {
+    /// The bytes to send, messages back to back.
+    pub buf: Vec<u8>,
+    /// `ends[i]` is the offset just past message `i` in `buf`.
+    pub ends: Vec<usize>,
+}
+
+impl EncodedMessages {
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True if there is no message.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1]
+        }
+    }
+
+    /// The bytes of messages `from..to`.
+    pub fn slice(&self, from: usize, to: usize) -> &[u8] {
+        &self.buf[self.start(from)..self.start(to)]
+    }
+}
+
+fn line_spans(data: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    // (start, end) of each line, newline excluded; a last line without a
+    // newline counts, the empty remainder after a final newline does not.
+    let mut pos = 0;
+    let mut nl = memchr::memchr_iter(b'\n', data);
+    std::iter::from_fn(move || {
+        if pos >= data.len() {
+            return None;
+        }
+        let start = pos;
+        let end = match nl.next() {
+            Some(i) => {
+                pos = i + 1;
+                i
+            }
+            None => {
+                pos = data.len();
+                data.len()
+            }
+        };
+        Some((start, end))
+    })
+}
+
+/// Encodes the contents of a file for sending.
+pub fn encode_messages(data: Vec<u8>, framing: SendFraming) -> Result<EncodedMessages, String> {
+    match framing {
+        SendFraming::Lines => {
+            let mut buf = data;
+            if !buf.is_empty() && buf.last() != Some(&b'\n') {
+                buf.push(b'\n');
+            }
+            let ends = memchr::memchr_iter(b'\n', &buf).map(|i| i + 1).collect();
+            Ok(EncodedMessages { buf, ends })
+        }
+        SendFraming::Framed => {
+            let lines = memchr::memchr_iter(b'\n', &data).count() + 1;
+            let mut buf = Vec::with_capacity(data.len() + 4 * lines);
+            let mut ends = Vec::with_capacity(lines);
+            for (start, mut end) in line_spans(&data) {
+                if end > start && data[end - 1] == b'\r' && end < data.len() {
+                    end -= 1;
+                }
+                let len = end - start;
+                let len32 = u32::try_from(len)
+                    .map_err(|_| format!("a line of {len} bytes does not fit a 4-byte length"))?;
+                buf.extend_from_slice(&len32.to_be_bytes());
+                buf.extend_from_slice(&data[start..end]);
+                ends.push(buf.len());
+            }
+            Ok(EncodedMessages { buf, ends })
+        }
+        SendFraming::RawFramed => {
+            let mut ends = Vec::new();
+            let mut pos = 0usize;
+            while pos < data.len() {
+                if data.len() - pos < 4 {
+                    return Err(format!(
+                        "the file ends with {} stray bytes at offset {pos}, too few for a 4-byte length header",
+                        data.len() - pos
+                    ));
+                }
+                let len =
+                    u32::from_be_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]])
+                        as usize;
+                let end = pos + 4 + len;
+                if end > data.len() {
+                    return Err(format!(
+                        "the frame at offset {pos} announces {len} bytes but only {} remain",
+                        data.len() - pos - 4
+                    ));
+                }
+                ends.push(end);
+                pos = end;
+            }
+            Ok(EncodedMessages { buf: data, ends })
+        }
+    }
+}
+
+/// What a send did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendReport {
+    /// Messages written.
+    pub messages: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// From connected to done.
+    pub elapsed: Duration,
+}
+
+impl SendReport {
+    /// The final report line.
+    pub fn line(&self) -> String {
+        format!(
+            "quoll send: sent {} messages ({} bytes) in {:.3} s ({} msgs/s)",
+            self.messages,
+            self.bytes,
+            self.elapsed.as_secs_f64(),
+            rate(self.messages, self.elapsed)
+        )
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ToolError> {
+    std::fs::read(path).map_err(|e| {
+        ToolError::new(format!(
+            "cannot read {}: {e}; check the --file path",
+            path.display()
+        ))
+    })
+}
+
+/// Reads, encodes, connects and sends as `args` say.
+pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
+    let data = read_file(&args.file)?;
+    let msgs = encode_messages(data, args.framing).map_err(|e| {
+        let hint = match args.framing {
+            SendFraming::RawFramed => {
+                "; for a text file with one message per line use --framing framed"
+            }
+            _ => "",
+        };
+        ToolError::new(format!("{}: {e}{hint}", args.file.display()))
+    })?;
+    let total: Option<u64> = match (args.messages, args.repeat) {
+        (Some(n), _) => Some(n),
+        (None, true) => None,
+        (None, false) => Some(msgs.len() as u64),
+    };
+    if msgs.is_empty() && total != Some(0) {
+        return Err(ToolError::new(format!(
+            "{} holds no message to send (framing {:?}) but --messages/--repeat ask for more; give a non-empty file",
+            args.file.display(),
+            args.framing
+        )));
+    }
+
+    let mut stream = connect(
+        &args.host,
+        secs(args.connect_timeout),
+        !args.no_wait_connect,
+        "a worker's TCP source",
+        if args.no_wait_connect {
+            " (its --in address), or drop --no-wait-connect to retry while it starts"
+        } else {
+            " (its --in address), or raise --connect-timeout"
+        },
+    )?;
+    let _ = stream.set_nodelay(true);
+
+    let mut batch = args.batch_size.max(1);
+    if let Some(r) = args.rate {
+        // About 10 ms worth of messages per write, so pacing stays smooth.
+        batch = batch.min(((r / 100.0).ceil() as u64).max(1));
+    }
+    let n = msgs.len();
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let mut bytes: u64 = 0;
+    let mut idx = 0usize;
+    loop {
+        let remaining = match total {
+            Some(t) => t - sent,
+            None => u64::MAX,
+        };
+        if remaining == 0 {
+            break;
+        }
+        let k = (batch.min(remaining) as usize).min(n - idx);
+        if let Some(r) = args.rate {
+            let due = started + secs(sent as f64 / r);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let chunk = msgs.slice(idx, idx + k);
+        stream.write_all(chunk).map_err(|e| {
+            ToolError::new(format!(
+                "the connection to {} failed after {sent} messages: {e}; the worker may have stopped or closed its source, check its log",
+                args.host
+            ))
+        })?;
+        sent += k as u64;
+        bytes += chunk.len() as u64;
+        idx += k;
+        if idx == n {
+            idx = 0;
+        }
+    }
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Write);
+    Ok(SendReport {
+        messages: sent,
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// `quoll send`: prints the report line on `out`.
+pub fn run_send(
+    args: &SendArgs,
+    out: &mut dyn Write,
+    _err: &mut dyn Write,
+) -> Result<i32, ToolError> {
+    let report = send(args)?;
+    let _ = writeln!(out, "{}", report.line());
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(msgs: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for m in msgs {
+            v.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            v.extend_from_slice(m);
+        }
+        v
+    }
+
+    #[test]
+    fn framed_encoding() {
+        let e = encode_messages(b"a\nbc\r\n\nlast".to_vec(), SendFraming::Framed).unwrap();
+        assert_eq!(e.len(), 4);
+        assert_eq!(e.buf, frames(&[b"a", b"bc", b"", b"last"]));
+        assert_eq!(e.slice(1, 2), frames(&[b"bc"]).as_slice());
+        let e = encode_messages(b"x\n".to_vec(), SendFraming::Framed).unwrap();
+        assert_eq!(e.buf, frames(&[b"x"]));
+        let e = encode_messages(Vec::new(), SendFraming::Framed).unwrap();
+        assert!(e.is_empty());
+        // A lone trailing \r without a newline after it is data.
+        let e = encode_messages(b"a\r".to_vec(), SendFraming::Framed).unwrap();
+        assert_eq!(e.buf, frames(&[b"a\r"]));
+    }
+
+    #[test]
+    fn lines_encoding() {
+        let e = encode_messages(b"a\nbc\n\nlast".to_vec(), SendFraming::Lines).unwrap();
+        assert_eq!(e.buf, b"a\nbc\n\nlast\n");
+        assert_eq!(e.ends, vec![2, 5, 6, 11]);
+        assert!(encode_messages(Vec::new(), SendFraming::Lines)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn raw_framed_encoding() {
+        let data = frames(&[b"one", b"", b"three"]);
+        let e = encode_messages(data.clone(), SendFraming::RawFramed).unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!(e.buf, data);
+        let mut bad = data.clone();
+        bad.extend_from_slice(&[0, 0]);
+        assert!(encode_messages(bad, SendFraming::RawFramed)
+            .unwrap_err()
+            .contains("stray bytes"));
+        let bad = data[..data.len() - 1].to_vec();
+        assert!(encode_messages(bad, SendFraming::RawFramed)
+            .unwrap_err()
+            .contains("announces 5 bytes"));
+    }
+}

@@ -1,0 +1,119 @@
+"""The worker process: `machida3 --application-module APP ...`.
+
+Start-up follows the spec's sequence (3.1) on every worker: hide the flags
+from `sys.argv`, import the app by module name, pick the codec, set
+`wallaroo._ARGS`, call `application_setup(args)` exactly once, flatten the
+result, then hand over to the engine (`quoll._engine.run_worker`), whose
+event loop runs on this thread until a clean shutdown.
+"""
+
+import importlib
+import os
+import sys
+import traceback
+
+from quoll.worker_args import WorkerArgsError, parse_worker_argv
+
+HELP = """usage: machida3 --application-module MODULE [worker flags] [app args]
+
+Runs one quoll worker for a Wallaroo Python application (drop-in for
+Wallaroo's machida3). The module is imported by name through PYTHONPATH
+(the current directory is searched last).
+
+Worker flags (Wallaroo's): --application-module, -c/--control, -d/--data,
+-x/--my-control, -y/--my-data, -e/--external, -m/--metrics, -n/--name,
+-w/--worker-count, -t/--cluster-initializer, -j/--join, -r/--resilience-dir,
+--run-with-resilience, --time-between-checkpoints NS, and the Pony runtime
+flags (--ponythreads ...), which are accepted and ignored.
+
+quoll's own: --on-user-error {skip,fail} (default skip: a message whose
+user code raises is dropped, reported and counted), --max-frame-size BYTES
+(default 16 MiB), --batch-size N (default 512).
+
+Everything else (--in, --out, app flags) is passed to application_setup(args).
+"""
+
+
+def _fail(message, code=2):
+    print(f"machida3: error: {message}", file=sys.stderr)
+    return code
+
+
+def _not_yet(args):
+    """Flags that belong to capabilities not built yet: refuse them clearly."""
+    if args.join:
+        return "--join (growing a running cluster) is not supported yet by quoll"
+    if args.run_with_resilience:
+        return "--run-with-resilience is not supported yet by quoll"
+    return None
+
+
+def import_app(module_name):
+    """Imports the app by module name, as Wallaroo does (never as __main__)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    return importlib.import_module(module_name)
+
+
+def select_codec(module):
+    """The app's own (serialize, deserialize) if its module has both, else
+    None for the default (spec 4.2: a hasattr test; one alone counts for
+    nothing)."""
+    if hasattr(module, "serialize") and hasattr(module, "deserialize"):
+        return (module.serialize, module.deserialize)
+    return None
+
+
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(HELP)
+        return 0
+    try:
+        args = parse_worker_argv(argv)
+    except WorkerArgsError as e:
+        return _fail(str(e))
+    problem = _not_yet(args)
+    if problem:
+        return _fail(problem)
+
+    import wallaroo
+    from quoll import topology
+    from quoll import _engine
+
+    sys.argv = [argv[0]]
+    try:
+        module = import_app(args.application_module)
+        codec = select_codec(module)
+        wallaroo = sys.modules["wallaroo"]
+        wallaroo._ARGS = tuple(args.wallaroo_args)
+        app = module.application_setup(list(args.app_args))
+        topo = topology.flatten(app)
+    except SystemExit as e:
+        traceback.print_exc()
+        return _fail(f"application_setup of {args.application_module!r} exited ({e.code})", 1)
+    except topology.TopologyError as e:
+        return _fail(f"application {args.application_module!r}: {e}", 1)
+    except BaseException:
+        traceback.print_exc()
+        return _fail(f"could not set up application {args.application_module!r} (traceback above)", 1)
+
+    name = "initializer" if args.cluster_initializer or not args.name else args.name
+    config = {
+        "name": name,
+        "external": args.external,
+        "on_user_error": args.on_user_error,
+        "max_frame_size": args.max_frame_size,
+        "batch_size": args.batch_size,
+        "cluster_initializer": bool(args.cluster_initializer) or not args.control,
+        "worker_count": int(args.worker_count or 1),
+        "control": args.control,
+        "data": args.data,
+        "my_data": args.my_data,
+    }
+    try:
+        _engine.run_worker(config, topology.as_engine_tuples(topo), codec)
+    except RuntimeError as e:
+        return _fail(str(e), 1)
+    return 0
