@@ -454,6 +454,12 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
             }
         }
         let _ = err.flush();
+        // Readers of the output file (tests, people) see data as it comes.
+        if let Some(out) = &shared.output {
+            if let Ok(mut w) = out.try_lock() {
+                let _ = w.flush();
+            }
+        }
         std::thread::sleep(TICK);
     };
 

@@ -1,0 +1,228 @@
+"""Drive real quoll processes for end-to-end tests.
+
+Everything here starts real processes (`machida3`, `quoll send`,
+`quoll receive`) on loopback with free ports, and stops only the processes
+it started, by PID. Worker output goes to files in the test's tmp dir so a
+failing test can show it.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+READY_LINE = "|~~ INIT PHASE III: Application is ready to work! ~~|"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+
+
+def _bin(name):
+    """The console script `name` from the Python running the tests."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else shutil.which(name) or name
+
+
+QUOLL = _bin("quoll")
+MACHIDA3 = _bin("machida3")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, what, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Proc:
+    """A started process whose stdout/stderr go to files."""
+
+    def __init__(self, args, workdir, label, env=None):
+        self.args = [str(a) for a in args]
+        self.label = label
+        self.out_path = Path(workdir) / f"{label}.out"
+        self.err_path = Path(workdir) / f"{label}.err"
+        self.env = env
+        self.workdir = workdir
+        self.popen = None
+
+    def start(self):
+        self._out = open(self.out_path, "ab")
+        self._err = open(self.err_path, "ab")
+        self.popen = subprocess.Popen(self.args, stdout=self._out, stderr=self._err,
+                                      stdin=subprocess.DEVNULL, cwd=self.workdir, env=self.env)
+        return self
+
+    def stdout(self):
+        return self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
+
+    def stderr(self):
+        return self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
+
+    def alive(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout):
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, timeout=10):
+        if self.popen is None:
+            return
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._out.close()
+        self._err.close()
+
+    def describe(self):
+        return (f"--- {self.label} ({' '.join(self.args)}) rc={self.popen.poll() if self.popen else None}\n"
+                f"stdout:\n{self.stdout()[-4000:]}\nstderr:\n{self.stderr()[-4000:]}")
+
+
+class Receiver(Proc):
+    """`quoll receive` writing what a sink sends to a file."""
+
+    def __init__(self, workdir, label="receiver", framing="raw", port=None):
+        self.port = port or free_port()
+        self.output = Path(workdir) / f"{label}.data"
+        super().__init__([QUOLL, "receive", "--listen", f"127.0.0.1:{self.port}", "--output", self.output,
+                          "--framing", framing, "--report-interval", "0"], workdir, label)
+
+    def start(self):
+        super().start()
+        wait_until(lambda: "listening on" in self.stderr(), 10, "the receiver to listen")
+        return self
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def data(self):
+        return self.output.read_bytes() if self.output.exists() else b""
+
+    def lines(self):
+        return self.data().decode("utf-8", "replace").splitlines()
+
+    def wait_for_lines(self, n, timeout=30):
+        wait_until(lambda: len(self.lines()) >= n, timeout, f"{n} output lines (have {len(self.lines())})")
+        return self.lines()
+
+    def settle(self, quiet=1.0, timeout=60):
+        """Waits until the output has not grown for `quiet` seconds."""
+        deadline = time.time() + timeout
+        last, since = -1, time.time()
+        while time.time() < deadline:
+            size = len(self.data())
+            if size != last:
+                last, since = size, time.time()
+            elif time.time() - since >= quiet:
+                return self.lines()
+            time.sleep(0.05)
+        raise AssertionError("output never settled")
+
+
+def send(port, path, framing="framed", extra=()):
+    """Sends a file to a TCP source with `quoll send`; returns its stdout."""
+    r = subprocess.run([QUOLL, "send", "--host", f"127.0.0.1:{port}", "--file", str(path),
+                        "--framing", framing, *extra], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"quoll send failed: {r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def send_lines(port, lines, workdir, framing="framed", label="input"):
+    path = Path(workdir) / f"{label}-{port}.txt"
+    path.write_text("".join(l + "\n" for l in lines))
+    return send(port, path, framing)
+
+
+def external(port, command, *extra):
+    """Runs `quoll status|shutdown 127.0.0.1:PORT`."""
+    return subprocess.run([QUOLL, command, f"127.0.0.1:{port}", *extra], capture_output=True, text=True, timeout=30)
+
+
+class Cluster:
+    """N workers of one app on loopback, each with its own --in port.
+
+    `app_args(cluster, i)` gives worker i's application arguments (for example
+    `--in NAME@127.0.0.1:PORT --out 127.0.0.1:PORT`); use `cluster.in_ports[i]`.
+    """
+
+    def __init__(self, workdir, module, pythonpath, workers=1, app_args=None, extra_flags=(), env=None):
+        self.workdir = Path(workdir)
+        self.module = module
+        self.n = workers
+        self.in_ports = [free_port() for _ in range(workers)]
+        self.external_ports = [free_port() for _ in range(workers)]
+        self.control = free_port()
+        self.data = free_port()
+        self.app_args = app_args or (lambda cluster, i: [])
+        self.extra_flags = list(extra_flags)
+        self.env = dict(os.environ if env is None else env)
+        paths = [str(p) for p in ([pythonpath] if isinstance(pythonpath, (str, Path)) else pythonpath)]
+        self.env["PYTHONPATH"] = os.pathsep.join(paths + [self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.workers = []
+
+    def command(self, i):
+        base = [MACHIDA3, "--application-module", self.module, "--external", f"127.0.0.1:{self.external_ports[i]}",
+                "--ponythreads", "1"]
+        if i == 0:
+            base += ["--cluster-initializer", "--name", "initializer"]
+            if self.n > 1:
+                base += ["--worker-count", str(self.n), "--control", f"127.0.0.1:{self.control}",
+                         "--data", f"127.0.0.1:{self.data}"]
+        else:
+            base += ["--name", f"worker{i}", "--control", f"127.0.0.1:{self.control}"]
+        return base + self.extra_flags + list(self.app_args(self, i))
+
+    def start(self, timeout=30):
+        for i in range(self.n):
+            self.workers.append(Proc(self.command(i), self.workdir, f"worker{i}", env=self.env).start())
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout=30):
+        for w in self.workers:
+            try:
+                wait_until(lambda: READY_LINE in w.stdout() or not w.alive(), timeout, f"{w.label} to be ready")
+            except AssertionError:
+                raise AssertionError(self.describe())
+            assert w.alive(), f"{w.label} exited during start-up\n{self.describe()}"
+
+    def shutdown(self, timeout=20):
+        """Clean shutdown through worker 0's external channel; waits for all to exit."""
+        external(self.external_ports[0], "shutdown")
+        for w in self.workers:
+            try:
+                w.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{w.label} did not stop after a clean shutdown\n{self.describe()}")
+
+    def stop(self):
+        for w in self.workers:
+            w.stop()
+
+    def describe(self):
+        return "\n".join(w.describe() for w in self.workers)
+
+
+def pytest_report(procs):
+    return "\n".join(p.describe() for p in procs)
