@@ -13,7 +13,8 @@ TOOLS = ("send", "receive", "status", "shutdown")
 USAGE = """usage: quoll COMMAND [args]
 
 commands:
-  run APP.py [app args]      run a Wallaroo app on one local worker
+  run APP.py [--workers N] [app args]
+                             run a Wallaroo app on N local workers (default 1)
   worker [machida3 flags]    run one worker (the same as machida3)
   send                       send a file to a TCP source (framed or lines)
   receive                    listen for a TCP sink's output, store or count it
@@ -29,15 +30,59 @@ def machida3_main():
     sys.exit(worker.main(sys.argv))
 
 
+RUN_USAGE = """usage: quoll run APP.py [--workers N] [worker flags] [app args]
+
+Imports APP.py as a module (its directory is put on PYTHONPATH) and runs it
+on N local worker processes (default 1), stopping them together.
+
+With N > 1, worker i listens on each --in port plus i (and --external port
+plus i), so `--in lines@127.0.0.1:7010 --workers 3` gives the workers
+7010, 7011 and 7012; --out is shared. Control and data ports are chosen
+free on 127.0.0.1. Other worker flags (--on-user-error, ...) and app args
+are passed to every worker.
+"""
+
+
+def _offset_addrs(value, i):
+    """`name@host:port[,..]` or `host:port` with every port moved up by i."""
+    items = []
+    for item in value.split(","):
+        head, _, port = item.rpartition(":")
+        items.append(f"{head}:{int(port) + i}" if port.isdigit() else item)
+    return ",".join(items)
+
+
+def _per_worker_args(args, i):
+    out = []
+    it = iter(range(len(args)))
+    for k in it:
+        a = args[k]
+        for flag in ("--in", "-i", "--external", "-e"):
+            if a == flag and k + 1 < len(args):
+                out += [a, _offset_addrs(args[k + 1], i)]
+                next(it, None)
+                break
+            if a.startswith(flag + "=") and flag.startswith("--"):
+                out.append(flag + "=" + _offset_addrs(a[len(flag) + 1:], i))
+                break
+        else:
+            out.append(a)
+    return out
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_main(argv):
-    """`quoll run path/to/app.py [app args]`: one local worker, no cluster flags."""
+    """`quoll run path/to/app.py [--workers N] [args]`."""
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: quoll run APP.py [--on-user-error skip|fail] [app args]\n\n"
-              "Imports APP.py as a module (its directory is put on the path) and runs it\n"
-              "on one local worker. App args such as --in NAME@HOST:PORT and --out HOST:PORT\n"
-              "are passed to application_setup(args).")
+        print(RUN_USAGE)
         return 0
-    path = argv[0]
+    path, rest = argv[0], list(argv[1:])
     if not os.path.exists(path):
         print(f"quoll run: error: {path}: no such file", file=sys.stderr)
         return 2
@@ -46,9 +91,69 @@ def run_main(argv):
     if ext != ".py":
         print(f"quoll run: error: {path}: expected a Python file (APP.py)", file=sys.stderr)
         return 2
-    sys.path.insert(0, directory)
-    from quoll import worker
-    return worker.main([path, "--application-module", module, "--cluster-initializer"] + argv[1:])
+    workers = 1
+    for k, a in enumerate(rest):
+        if a == "--workers" or a.startswith("--workers="):
+            value = a.split("=", 1)[1] if "=" in a else (rest[k + 1] if k + 1 < len(rest) else "")
+            del rest[k:k + (1 if "=" in a else 2)]
+            if not value.isdigit() or int(value) < 1:
+                print(f"quoll run: error: --workers needs a number >= 1, got {value!r}", file=sys.stderr)
+                return 2
+            workers = int(value)
+            break
+    if workers == 1:
+        sys.path.insert(0, directory)
+        from quoll import worker
+        return worker.main([path, "--application-module", module, "--cluster-initializer"] + rest)
+    return _run_cluster(path, directory, module, workers, rest)
+
+
+def _run_cluster(path, directory, module, workers, rest):
+    import signal
+    import subprocess
+    import time
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([directory] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    control, data = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    procs = []
+    for i in range(workers):
+        cmd = [sys.executable, "-m", "quoll.worker", "--application-module", module]
+        if i == 0:
+            cmd += ["--cluster-initializer", "--name", "initializer", "--worker-count", str(workers),
+                    "--control", control, "--data", data]
+        else:
+            cmd += ["--name", f"worker{i}", "--control", control]
+        cmd += _per_worker_args(rest, i)
+        print(f"quoll run: starting {'initializer' if i == 0 else f'worker{i}'}: {' '.join(cmd[3:])}", flush=True)
+        procs.append(subprocess.Popen(cmd, env=env))
+    code = 0
+    try:
+        while True:
+            done = [p for p in procs if p.poll() is not None]
+            if len(done) == len(procs):
+                code = max((p.returncode for p in procs), key=abs)
+                break
+            if any(p.returncode not in (0, None) for p in done):
+                failed = next(p for p in done if p.returncode not in (0, None))
+                print(f"quoll run: a worker exited with {failed.returncode}; stopping the others", file=sys.stderr)
+                code = failed.returncode
+                break
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        print("quoll run: interrupted; stopping the workers", file=sys.stderr)
+        code = 130
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + 10
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return code if code >= 0 else 1
 
 
 def main():

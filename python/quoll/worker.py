@@ -117,3 +117,7 @@ def main(argv=None):
     except RuntimeError as e:
         return _fail(str(e), 1)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -23,8 +23,10 @@ use tokio::sync::{mpsc, Semaphore};
 /// inbox, everything else (peers, control) through another that the
 /// executor serves first.
 pub enum Event {
-    /// Frames read from one connection of a source, in order.
-    Frames { source: usize, frames: Vec<Bytes> },
+    /// Frames read from one connection of a source, in order. `position`
+    /// (replayable sources only) is where the source stands once these
+    /// frames are processed; a checkpoint records it.
+    Frames { source: usize, frames: Vec<Bytes>, position: Option<SourcePosition> },
     /// A data batch from the worker with index `from`.
     PeerData { from: usize, body: Bytes },
     /// A link to another worker closed or failed.
@@ -32,6 +34,15 @@ pub enum Event {
     /// A clean shutdown: requested here (external channel) or relayed by
     /// the cluster (`from_cluster`).
     Shutdown { reason: String, from_cluster: bool },
+}
+
+/// A replayable source's position after some frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePosition {
+    /// File source: the byte offset after the last frame.
+    FileOffset(u64),
+    /// Connector source: a stream and the message id of its last frame.
+    Stream { id: u64, point_of_ref: u64 },
 }
 
 /// Counters shared by the I/O tasks and the executor.
@@ -149,7 +160,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                     frames.push(frame.payload);
                     if frames.len() >= FRAMES_PER_EVENT {
                         stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
-                        if tx.send(Event::Frames { source, frames: std::mem::take(&mut frames) }).await.is_err() {
+                        if tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), position: None }).await.is_err() {
                             return;
                         }
                     }
@@ -171,7 +182,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
         }
         if !frames.is_empty() {
             stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
-            if tx.send(Event::Frames { source, frames }).await.is_err() {
+            if tx.send(Event::Frames { source, frames, position: None }).await.is_err() {
                 return;
             }
         }

@@ -235,7 +235,7 @@ struct Inbox<'a> {
 /// Handles one event; `Some(stop)` ends the loop.
 fn handle(py: Python<'_>, ex: &mut Executor, e: Event, stopping_peers: &mut bool) -> Result<Option<Stop>, Fatal> {
     match e {
-        Event::Frames { source, frames } => ex.on_frames(py, source, frames)?,
+        Event::Frames { source, frames, .. } => ex.on_frames(py, source, frames)?,
         Event::PeerData { from, body } => ex.on_peer_data(py, from, &body)?,
         Event::PeerLost { name, why } => {
             if !*stopping_peers {

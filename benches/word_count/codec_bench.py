@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Codec micro-benchmark: quoll's codec vs pickle on a small tuple.
+
+Times `codec_decode(codec_encode(obj))` against
+`pickle.loads(pickle.dumps(obj, HIGHEST_PROTOCOL))`, in ns per round trip
+(best and median of several repeats).
+
+Caveat, reported with the figures: these are Python-level calls, so each
+quoll round trip also pays two Python->Rust calls (PyO3 argument parsing,
+and `Codec::default_codec()` re-importing pickle and looking up three
+attributes on every call) that the engine, calling the codec from Rust,
+does not. The same round trip on `None` (almost no encoding work) is timed
+too, as an estimate of that fixed per-call cost; pickle has its own fixed
+cost (a Pickler/Unpickler per call), timed the same way.
+
+Prints one JSON object on stdout.
+"""
+
+import argparse
+import json
+import pickle
+import statistics
+import sys
+import time
+
+from quoll._engine import codec_decode, codec_encode
+
+OBJ = ("word", 12345, 3.5)
+
+
+def time_loop(fn, obj, iters, repeats):
+    per = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn(obj, iters)
+        per.append((time.perf_counter_ns() - t0) / iters)
+    return dict(best_ns=min(per), median_ns=statistics.median(per))
+
+
+def quoll_rt(obj, n, enc=codec_encode, dec=codec_decode):
+    for _ in range(n):
+        dec(enc(obj))
+
+
+def pickle_rt(obj, n, dumps=pickle.dumps, loads=pickle.loads, proto=pickle.HIGHEST_PROTOCOL):
+    for _ in range(n):
+        loads(dumps(obj, proto))
+
+
+def quoll_enc(obj, n, enc=codec_encode):
+    for _ in range(n):
+        enc(obj)
+
+
+def pickle_enc(obj, n, dumps=pickle.dumps, proto=pickle.HIGHEST_PROTOCOL):
+    for _ in range(n):
+        dumps(obj, proto)
+
+
+def empty_loop(obj, n):
+    for _ in range(n):
+        pass
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--iters", type=int, default=200_000)
+    p.add_argument("--repeats", type=int, default=7)
+    a = p.parse_args()
+
+    blob = codec_encode(OBJ)
+    assert codec_decode(blob) == OBJ and type(codec_decode(blob)) is tuple
+    assert blob[:1] == b"Q", "the tuple should take the fast (non-pickle) path"
+    pblob = pickle.dumps(OBJ, pickle.HIGHEST_PROTOCOL)
+
+    # Warm up.
+    quoll_rt(OBJ, 10_000)
+    pickle_rt(OBJ, 10_000)
+
+    r = {}
+    r["empty_loop"] = time_loop(empty_loop, OBJ, a.iters, a.repeats)
+    r["quoll_roundtrip"] = time_loop(quoll_rt, OBJ, a.iters, a.repeats)
+    r["pickle_roundtrip"] = time_loop(pickle_rt, OBJ, a.iters, a.repeats)
+    r["quoll_encode"] = time_loop(quoll_enc, OBJ, a.iters, a.repeats)
+    r["pickle_encode"] = time_loop(pickle_enc, OBJ, a.iters, a.repeats)
+    r["quoll_roundtrip_none"] = time_loop(quoll_rt, None, a.iters, a.repeats)
+    r["pickle_roundtrip_none"] = time_loop(pickle_rt, None, a.iters, a.repeats)
+
+    loop = r["empty_loop"]["best_ns"]
+    q = r["quoll_roundtrip"]["best_ns"] - loop
+    pk = r["pickle_roundtrip"]["best_ns"] - loop
+    qn = r["quoll_roundtrip_none"]["best_ns"] - loop
+    pn = r["pickle_roundtrip_none"]["best_ns"] - loop
+    json.dump(dict(
+        object=repr(OBJ), iters=a.iters, repeats=a.repeats,
+        quoll_blob_bytes=len(blob), pickle_blob_bytes=len(pblob),
+        timings=r,
+        # Loop overhead subtracted; best of repeats.
+        quoll_rt_ns=q, pickle_rt_ns=pk, ratio=q / pk,
+        quoll_fixed_ns=qn, pickle_fixed_ns=pn,
+        # What the tuple costs beyond a round trip of None (≈ call + setup overhead).
+        quoll_rt_minus_fixed_ns=q - qn, pickle_rt_minus_fixed_ns=pk - pn,
+        ratio_minus_fixed=(q - qn) / (pk - pn) if pk > pn else None,
+        python=sys.version.split()[0],
+    ), sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
