@@ -4,27 +4,44 @@ Each input line is split into words; every word is routed by its key to the
 worker that owns it, where a per-word counter is incremented; each new count
 is sent out as `word => count\n`.
 
-Run on one worker:
+Run on one worker (TCP in, TCP out):
 
     quoll run examples/word_count/word_count.py --in lines@127.0.0.1:7010 --out 127.0.0.1:7002
+
+With `--in-file PATH` the lines come from a file of 4-byte-length-framed
+records instead (quoll's replayable file source), and with `--out-file PATH`
+the counts go to quoll's exactly-once file sink; `{worker}` in a path is
+replaced by the worker's name, so each worker of a cluster has its own.
 """
 
+import argparse
 import string
 
 import wallaroo
 
 
 def application_setup(args):
-    in_name, in_host, in_port = wallaroo.tcp_parse_input_addrs(args)[0]
-    out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
+    files = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    files.add_argument("--in-file")
+    files.add_argument("--out-file")
+    files, _ = files.parse_known_args(args)
 
-    lines = wallaroo.source("Split and Count",
-                            wallaroo.TCPSourceConfig(in_name, in_host, in_port, decode_line))
-    pipeline = (lines
+    if files.in_file:
+        source = wallaroo.FileSourceConfig("lines", files.in_file, decode_line)
+    else:
+        in_name, in_host, in_port = wallaroo.tcp_parse_input_addrs(args)[0]
+        source = wallaroo.TCPSourceConfig(in_name, in_host, in_port, decode_line)
+    if files.out_file:
+        sink = wallaroo.FileSinkConfig(files.out_file, encode_word_count)
+    else:
+        out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
+        sink = wallaroo.TCPSinkConfig(out_host, out_port, encode_word_count)
+
+    pipeline = (wallaroo.source("Split and Count", source)
                 .to(split)
                 .key_by(extract_word)
                 .to(count_word)
-                .to_sink(wallaroo.TCPSinkConfig(out_host, out_port, encode_word_count)))
+                .to_sink(sink))
     return wallaroo.build_application("Word Count Application", pipeline)
 
 

@@ -43,8 +43,6 @@ def _not_yet(args):
     """Flags that belong to capabilities not built yet: refuse them clearly."""
     if args.join:
         return "--join (growing a running cluster) is not supported yet by quoll"
-    if args.run_with_resilience:
-        return "--run-with-resilience is not supported yet by quoll"
     return None
 
 
@@ -77,6 +75,9 @@ def main(argv=None):
     problem = _not_yet(args)
     if problem:
         return _fail(problem)
+
+    if args.run_with_resilience and not os.path.isdir(args.resilience_dir):
+        return _fail(f"--resilience-dir {args.resilience_dir}: no such directory; create it first")
 
     import wallaroo
     from quoll import topology
@@ -111,6 +112,9 @@ def main(argv=None):
         "control": args.control,
         "data": args.data,
         "my_data": args.my_data,
+        "resilience": bool(args.run_with_resilience),
+        "resilience_dir": args.resilience_dir,
+        "checkpoint_interval_ns": int(args.time_between_checkpoints),
     }
     try:
         _engine.run_worker(config, topology.as_engine_tuples(topo), codec)

@@ -5,13 +5,17 @@
 //! Python binding (`quoll-py`) supplies the values, the user calls and the
 //! executor thread that drives these state machines.
 //!
+//! - [`checkpoint_store`]: durable checkpoint files (full and delta), the coordinator's commit log, the membership file.
 //! - [`key_group`]: the stable key hash, key groups and their assignment to workers.
 //! - [`length_header`]: TCP source framing as a Wallaroo decoder declares it.
 //! - [`windows`]: range and count window state per key.
 //! - [`external`]: the external channel's frames (cluster status, shutdown).
 //! - [`topology`]: the dataflow as the engine sees it: stages, links, routing points.
 //! - [`wire`]: frames between workers: control messages and data batches.
+//! - [`connector`]: connector protocol v3 frames (sources fed by external clients).
 
+pub mod checkpoint_store;
+pub mod connector;
 pub mod external;
 pub mod key_group;
 pub mod length_header;

@@ -14,6 +14,7 @@
 //! |------|------|
 //! | [`KIND_CONTROL`] | postcard-encoded [`Control`] |
 //! | [`KIND_DATA`] | a data batch (below) |
+//! | [`KIND_BARRIER`] | u64 LE generation, u64 LE checkpoint id |
 //!
 //! A data batch carries messages for keyed stages owned by the receiver:
 //!
@@ -25,12 +26,15 @@
 //!
 //! Invariants: a batch holds messages in the order the sender processed
 //! them, and links are FIFO, so per-key order survives a hop. The
-//! generation lets a receiver drop batches sent before a rollback.
+//! generation lets a receiver drop batches sent before a rollback. A barrier
+//! for checkpoint N on a link separates the messages the sender processed
+//! before its part of checkpoint N from those after.
 
 use serde::{Deserialize, Serialize};
 
 pub const KIND_CONTROL: u8 = 1;
 pub const KIND_DATA: u8 = 2;
+pub const KIND_BARRIER: u8 = 3;
 /// Frames larger than this are refused: a peer speaking garbage must not
 /// make a worker allocate without bound.
 pub const MAX_WIRE_FRAME: u32 = 256 << 20;
@@ -43,19 +47,33 @@ pub struct Member {
     pub data_addr: String,
 }
 
-/// Control messages. Formation: `Join` (worker to initializer), `Welcome`
-/// or `Refused` (initializer to worker), `DataHello` (first frame of every
-/// data link), `LinksUp` (worker to initializer once all its data links are
-/// up in both directions), `Start` (initializer to all). Afterwards:
-/// `Shutdown` in both directions.
+/// Control messages.
+///
+/// Formation (also after a failure, with a new generation): `Join` (worker
+/// to initializer), `Welcome` or `Refused` (initializer to worker; `Welcome`
+/// names the checkpoint everyone rolls back to), `DataHello` (first frame
+/// of every data link), `LinksUp` (worker to initializer once all its data
+/// links are up in both directions), `Start` (initializer to all).
+///
+/// Running: `Ping`/`Pong` heartbeats; checkpoints (`Checkpoint` from the
+/// initializer, `CheckpointDone` back once the worker's part is durable,
+/// `Committed` once the initializer has durably marked it complete);
+/// `Reform` (the initializer lost a worker: everyone re-forms and rolls
+/// back); `Shutdown` in both directions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Control {
-    Join { name: String, data_addr: String, fingerprint: u64 },
-    Welcome { members: Vec<Member>, generation: u64 },
+    Join { name: String, data_addr: String, fingerprint: u64, has_files: bool },
+    Welcome { members: Vec<Member>, generation: u64, rollback_to: Option<u64>, resilient: bool },
     Refused { reason: String },
     DataHello { from: String, generation: u64 },
     LinksUp { name: String },
     Start { generation: u64 },
+    Ping,
+    Pong,
+    Checkpoint { id: u64, generation: u64 },
+    CheckpointDone { id: u64, generation: u64, error: Option<String> },
+    Committed { id: u64, generation: u64 },
+    Reform { reason: String },
     Shutdown { reason: String },
 }
 
@@ -80,6 +98,17 @@ pub enum WireFrame {
     Control(Control),
     /// The body of a data batch, parsed lazily with [`BatchReader`].
     Data(bytes::Bytes),
+    Barrier { generation: u64, checkpoint: u64 },
+}
+
+/// Encodes a barrier frame.
+pub fn barrier_frame(generation: u64, checkpoint: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21);
+    out.extend_from_slice(&17u32.to_be_bytes());
+    out.push(KIND_BARRIER);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&checkpoint.to_le_bytes());
+    out
 }
 
 /// Encodes a control frame.
@@ -118,6 +147,11 @@ pub fn next_frame(buf: &mut bytes::BytesMut) -> Result<Option<WireFrame>, WireEr
             .map(|c| Some(WireFrame::Control(c)))
             .map_err(|e| WireError::BadControl(e.to_string())),
         KIND_DATA => Ok(Some(WireFrame::Data(body))),
+        KIND_BARRIER if body.len() == 16 => Ok(Some(WireFrame::Barrier {
+            generation: u64::from_le_bytes(body[0..8].try_into().expect("8 bytes")),
+            checkpoint: u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")),
+        })),
+        KIND_BARRIER => Err(WireError::BadBatch("barrier frame of the wrong size")),
         other => Err(WireError::UnknownKind(other)),
     }
 }
@@ -292,8 +326,10 @@ mod tests {
             let mut bytes = w.finish();
             let hello = control_frame(&Control::DataHello { from: "w1".into(), generation });
             bytes.extend_from_slice(&hello);
+            bytes.extend_from_slice(&barrier_frame(generation, 7));
             let frames = frames_of(&bytes, &splits);
-            prop_assert_eq!(frames.len(), 2);
+            prop_assert_eq!(frames.len(), 3);
+            prop_assert_eq!(&frames[2], &WireFrame::Barrier { generation, checkpoint: 7 });
             let WireFrame::Data(body) = &frames[0] else { panic!("data first") };
             let reader = BatchReader::new(body).unwrap();
             prop_assert_eq!(reader.generation, generation);

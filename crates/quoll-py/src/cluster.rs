@@ -1,46 +1,59 @@
 //! Cluster formation and the links between workers (spec 8.2).
 //!
-//! Formation, in order:
+//! Formation, in order (the same after a failure, with a new generation):
 //! 1. The initializer listens on `--control` and `--data`. Every other
 //!    worker binds its data listener (`--my-data`, else an ephemeral port on
 //!    the address it reaches the initializer from), connects to the
 //!    initializer's control address (retrying, and saying so) and sends
-//!    `Join { name, data_addr, fingerprint }`.
+//!    `Join { name, data_addr, fingerprint, has_files }`.
 //! 2. The initializer refuses duplicate names, a different application
 //!    (fingerprint) and workers beyond `--worker-count`; once
-//!    `worker_count - 1` have joined it sends everyone `Welcome { members }`:
-//!    the initializer first, then the others sorted by name. A worker's
-//!    index in that list is its place in the key-group map.
+//!    `worker_count - 1` have joined it sends everyone `Welcome { members,
+//!    generation, rollback_to }`: the initializer first, then the others
+//!    sorted by name. A worker's index in that list is its place in the
+//!    key-group map, so names (not join order) decide who owns what.
 //! 3. Every worker opens one data link to every other (a one-way link per
 //!    ordered pair, starting with `DataHello`) and accepts one from each.
 //!    With all of them up it sends `LinksUp`; the initializer, with all
-//!    `LinksUp` and its own links up, sends `Start`, and everyone prints the
-//!    ready lines.
+//!    `LinksUp` and its own links up, sends `Start`.
 //!
 //! After formation the control links (a star around the initializer) carry
-//! `Shutdown`; data links carry batches (see `quoll_core::wire`). A link
-//! that closes outside a shutdown is reported as a lost worker.
+//! heartbeats, checkpoint coordination, `Reform` and `Shutdown`; data links
+//! carry batches and barriers (see `quoll_core::wire`). Every event a link
+//! task reports carries the generation of its formation, so the executor
+//! can ignore what a torn-down link said late. A peer that sends nothing
+//! (not even a heartbeat) for [`HEARTBEAT_TIMEOUT`] is reported lost: a
+//! hung process is not a healthy one.
 
 use crate::io::Event;
 use bytes::BytesMut;
 use quoll_core::wire::{self, Control, Member, WireFrame};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
-/// How a worker takes part in formation.
-pub struct ClusterConfig {
+/// Heartbeats go out this often on every control link.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(300);
+/// A peer silent this long is reported lost.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_RETRY: Duration = Duration::from_millis(200);
+
+/// The listeners a worker keeps for its whole life, across re-formations.
+pub struct ControlPlane {
     pub name: String,
     pub initializer: bool,
     pub worker_count: usize,
-    /// Initializer: its control listen address; others: the initializer's.
+    /// Initializer: its control address; others: the initializer's.
     pub control: String,
-    /// Initializer: `--data`; others: `--my-data` (optional).
-    pub data: Option<String>,
+    control_listener: Option<TcpListener>,
+    data_listener: Option<Arc<TcpListener>>,
+    my_data: Option<String>,
     pub fingerprint: u64,
 }
 
@@ -49,6 +62,9 @@ pub struct Cluster {
     pub me: usize,
     pub members: Vec<Member>,
     pub generation: u64,
+    pub rollback_to: Option<u64>,
+    /// Whether the cluster runs with resilience (the initializer decides).
+    pub resilient: bool,
     /// Per worker index: the writer of the data link to it (`None` for me).
     pub data_out: Vec<Option<mpsc::Sender<Vec<u8>>>>,
     /// Control messages to send: to the initializer, or (on the
@@ -56,12 +72,34 @@ pub struct Cluster {
     pub control_out: mpsc::Sender<Control>,
     /// The task writing `control_out`; it ends after writing a `Shutdown`.
     pub control_writer: tokio::task::JoinHandle<()>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Cluster {
+    /// Tears down every link of this formation (before re-forming), after
+    /// writing `last` on the control link(s) if given.
+    pub async fn tear_down(self, last: Option<Control>) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(msg) = last {
+            if self.control_out.send(msg).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.control_writer).await;
+                return;
+            }
+        }
+        self.control_writer.abort();
+    }
+}
+
+/// What the initializer tells workers when it welcomes them.
+pub struct WelcomePlan {
+    pub generation: u64,
+    pub rollback_to: Option<u64>,
+    pub resilient: bool,
 }
 
 type Result<T> = std::result::Result<T, String>;
-
-const CONNECT_RETRY: Duration = Duration::from_millis(500);
-const FORMATION_TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn read_frame(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Option<WireFrame>> {
     loop {
@@ -78,10 +116,13 @@ async fn read_frame(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Opti
 }
 
 async fn read_control(read: &mut OwnedReadHalf, buf: &mut BytesMut, peer: &str) -> Result<Control> {
-    match read_frame(read, buf).await? {
-        Some(WireFrame::Control(c)) => Ok(c),
-        Some(WireFrame::Data(_)) => Err(format!("{peer} sent data before formation finished")),
-        None => Err(format!("{peer} closed the connection during cluster formation")),
+    loop {
+        match read_frame(read, buf).await? {
+            Some(WireFrame::Control(Control::Ping | Control::Pong)) => continue,
+            Some(WireFrame::Control(c)) => return Ok(c),
+            Some(_) => return Err(format!("{peer} sent data before formation finished")),
+            None => return Err(format!("{peer} closed the connection during cluster formation")),
+        }
     }
 }
 
@@ -89,184 +130,268 @@ async fn send_control(write: &mut OwnedWriteHalf, msg: &Control) -> Result<()> {
     write.write_all(&wire::control_frame(msg)).await.map_err(|e| e.to_string())
 }
 
-/// Forms the cluster (blocking until `Start`) and spawns the link tasks.
-pub async fn form(cfg: ClusterConfig, events: mpsc::Sender<Event>) -> Result<Cluster> {
-    tokio::time::timeout(FORMATION_TIMEOUT, form_inner(cfg, events))
-        .await
-        .map_err(|_| format!("the cluster did not form within {} s", FORMATION_TIMEOUT.as_secs()))?
-}
-
-async fn form_inner(cfg: ClusterConfig, events: mpsc::Sender<Event>) -> Result<Cluster> {
-    if cfg.initializer {
-        form_as_initializer(cfg, events).await
-    } else {
-        form_as_joiner(cfg, events).await
+impl ControlPlane {
+    /// Binds the listeners this worker keeps (the initializer's control and
+    /// data addresses; another worker's `--my-data` if given).
+    pub async fn bind(
+        name: String,
+        initializer: bool,
+        worker_count: usize,
+        control: String,
+        data: Option<String>,
+        fingerprint: u64,
+    ) -> Result<ControlPlane> {
+        let (control_listener, data_listener, my_data) = if initializer {
+            let c = TcpListener::bind(&control)
+                .await
+                .map_err(|e| format!("can't listen on --control {control}: {e} (is another initializer running?)"))?;
+            let data = data.ok_or("the initializer needs --data HOST:PORT")?;
+            let d = TcpListener::bind(&data).await.map_err(|e| format!("can't listen on --data {data}: {e}"))?;
+            (Some(c), Some(Arc::new(d)), None)
+        } else {
+            (None, None, data)
+        };
+        Ok(ControlPlane { name, initializer, worker_count, control, control_listener, data_listener, my_data, fingerprint })
     }
-}
 
-async fn form_as_initializer(cfg: ClusterConfig, events: mpsc::Sender<Event>) -> Result<Cluster> {
-    let control = TcpListener::bind(&cfg.control)
-        .await
-        .map_err(|e| format!("can't listen on --control {}: {e} (is another initializer running?)", cfg.control))?;
-    let data_addr = cfg.data.clone().ok_or("the initializer needs --data HOST:PORT")?;
-    let data = TcpListener::bind(&data_addr).await.map_err(|e| format!("can't listen on --data {data_addr}: {e}"))?;
-    println!(
-        "quoll: initializer waiting for {} more worker(s) on {}",
-        cfg.worker_count - 1,
-        cfg.control
-    );
-    let mut joined: Vec<(Member, OwnedReadHalf, OwnedWriteHalf, BytesMut)> = Vec::new();
-    while joined.len() + 1 < cfg.worker_count {
-        let (stream, peer) = control.accept().await.map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let (mut read, mut write) = stream.into_split();
-        let mut buf = BytesMut::new();
-        let msg = match read_control(&mut read, &mut buf, &format!("the worker at {peer}")).await {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("quoll: initializer: {e}");
+    /// Forms (or re-forms) the cluster; returns once everyone has started.
+    /// `plan` is the initializer's decision (ignored elsewhere); `has_files`
+    /// says whether this worker found resilience files of its own.
+    pub async fn form(&mut self, plan: &WelcomePlan, has_files: bool, events: mpsc::Sender<Event>) -> Result<Cluster> {
+        if self.initializer {
+            self.form_as_initializer(plan, events).await
+        } else {
+            self.form_as_joiner(has_files, events).await
+        }
+    }
+
+    async fn form_as_initializer(&mut self, plan: &WelcomePlan, events: mpsc::Sender<Event>) -> Result<Cluster> {
+        let control = self.control_listener.as_ref().expect("bound for the initializer");
+        let data = self.data_listener.clone().expect("bound for the initializer");
+        let data_addr = data.local_addr().map_err(|e| e.to_string())?.to_string();
+        if self.worker_count > 1 {
+            println!("quoll: initializer waiting for {} more worker(s) on {}", self.worker_count - 1, self.control);
+        }
+        let mut joined: Vec<(Member, OwnedReadHalf, OwnedWriteHalf, BytesMut)> = Vec::new();
+        while joined.len() + 1 < self.worker_count {
+            let (stream, peer) = control.accept().await.map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            let (mut read, mut write) = stream.into_split();
+            let mut buf = BytesMut::new();
+            let msg = match read_control(&mut read, &mut buf, &format!("the worker at {peer}")).await {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("quoll: initializer: {e}");
+                    continue;
+                }
+            };
+            let Control::Join { name, data_addr, fingerprint, .. } = msg else {
+                eprintln!("quoll: initializer: {peer} sent {msg:?} instead of Join; ignored");
+                continue;
+            };
+            let refusal = if fingerprint != self.fingerprint {
+                Some(format!(
+                    "worker '{name}' runs a different application (topology fingerprint {fingerprint:#x}, the initializer's is {:#x}); start every worker with the same app and app version",
+                    self.fingerprint
+                ))
+            } else if name == self.name || joined.iter().any(|(m, ..)| m.name == name) {
+                Some(format!("a worker named '{name}' is already in the cluster; give each worker a unique --name"))
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
+                eprintln!("quoll: initializer: refused {peer}: {reason}");
+                let _ = send_control(&mut write, &Control::Refused { reason }).await;
                 continue;
             }
-        };
-        let Control::Join { name, data_addr, fingerprint } = msg else {
-            eprintln!("quoll: initializer: {peer} sent {msg:?} instead of Join; ignored");
-            continue;
-        };
-        let refusal = if fingerprint != cfg.fingerprint {
-            Some(format!(
-                "worker '{name}' runs a different application (topology fingerprint {fingerprint:#x}, the initializer's is {:#x}); start every worker with the same app and app version",
-                cfg.fingerprint
-            ))
-        } else if name == cfg.name || joined.iter().any(|(m, ..)| m.name == name) {
-            Some(format!("a worker named '{name}' is already in the cluster; give each worker a unique --name"))
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            eprintln!("quoll: initializer: refused {peer}: {reason}");
-            let _ = send_control(&mut write, &Control::Refused { reason }).await;
-            continue;
+            println!("quoll: initializer: worker '{name}' joined ({}/{})", joined.len() + 2, self.worker_count);
+            joined.push((Member { name, data_addr }, read, write, buf));
         }
-        println!("quoll: initializer: worker '{name}' joined ({}/{})", joined.len() + 2, cfg.worker_count);
-        joined.push((Member { name, data_addr }, read, write, buf));
-    }
-    joined.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    let mut members = vec![Member { name: cfg.name.clone(), data_addr: data_addr.clone() }];
-    members.extend(joined.iter().map(|(m, ..)| m.clone()));
-    let generation = 0;
-    for (_, _, write, _) in joined.iter_mut() {
-        send_control(write, &Control::Welcome { members: members.clone(), generation }).await?;
-    }
-    let data_out = open_data_links(&cfg.name, 0, &members, data, generation, events.clone()).await?;
-    for (m, read, _, buf) in joined.iter_mut() {
-        match read_control(read, buf, &format!("worker '{}'", m.name)).await? {
-            Control::LinksUp { .. } => {}
-            other => return Err(format!("worker '{}' sent {other:?} instead of LinksUp", m.name)),
+        joined.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let mut members = vec![Member { name: self.name.clone(), data_addr }];
+        members.extend(joined.iter().map(|(m, ..)| m.clone()));
+        let generation = plan.generation;
+        for (_, _, write, _) in joined.iter_mut() {
+            let welcome = Control::Welcome {
+                members: members.clone(),
+                generation,
+                rollback_to: plan.rollback_to,
+                resilient: plan.resilient,
+            };
+            send_control(write, &welcome).await?;
         }
-    }
-    for (_, _, write, _) in joined.iter_mut() {
-        send_control(write, &Control::Start { generation }).await?;
-    }
-    // The control star: a reader per worker, one writer task that broadcasts.
-    let (control_out, mut control_rx) = mpsc::channel::<Control>(16);
-    let mut writers = Vec::new();
-    for (m, read, write, buf) in joined {
-        writers.push(write);
-        tokio::spawn(read_control_link(m.name, read, buf, events.clone(), Some(control_out.clone())));
-    }
-    let control_writer = tokio::spawn(async move {
-        while let Some(msg) = control_rx.recv().await {
-            let frame = wire::control_frame(&msg);
-            for w in writers.iter_mut() {
-                let _ = w.write_all(&frame).await;
-            }
-            if matches!(msg, Control::Shutdown { .. }) {
-                return;
+        let mut tasks = Vec::new();
+        let data_out = open_data_links(&self.name, 0, &members, data, generation, events.clone(), &mut tasks).await?;
+        for (m, read, _, buf) in joined.iter_mut() {
+            match read_control(read, buf, &format!("worker '{}'", m.name)).await? {
+                Control::LinksUp { .. } => {}
+                other => return Err(format!("worker '{}' sent {other:?} instead of LinksUp", m.name)),
             }
         }
-    });
-    Ok(Cluster { me: 0, members, generation, data_out, control_out, control_writer })
-}
-
-async fn form_as_joiner(cfg: ClusterConfig, events: mpsc::Sender<Event>) -> Result<Cluster> {
-    let mut warned = false;
-    let stream = loop {
-        match TcpStream::connect(&cfg.control).await {
-            Ok(s) => break s,
-            Err(e) => {
-                if !warned {
-                    println!(
-                        "quoll: worker '{}': can't reach the initializer at {} ({e}); retrying every {} ms",
-                        cfg.name,
-                        cfg.control,
-                        CONNECT_RETRY.as_millis()
-                    );
-                    warned = true;
+        for (_, _, write, _) in joined.iter_mut() {
+            send_control(write, &Control::Start { generation }).await?;
+        }
+        // The control star: a reader per worker, one writer task that
+        // broadcasts, and a heartbeat.
+        let (control_out, mut control_rx) = mpsc::channel::<Control>(64);
+        let mut writers = Vec::new();
+        for (i, (m, read, write, buf)) in joined.into_iter().enumerate() {
+            writers.push(write);
+            let heard = Arc::new(AtomicU64::new(0));
+            let link = ControlLink { from: i + 1, peer: m.name, generation, events: events.clone(), heard: heard.clone() };
+            tasks.push(tokio::spawn(link.read(read, buf, Some(control_out.clone()))).abort_handle());
+            tasks.push(tokio::spawn(watch_heartbeat(m_name_of(&members, i + 1), generation, heard, events.clone())).abort_handle());
+        }
+        let control_writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                let msg = tokio::select! {
+                    m = control_rx.recv() => match m { Some(m) => m, None => return },
+                    _ = tick.tick() => Control::Ping,
+                };
+                let frame = wire::control_frame(&msg);
+                for w in writers.iter_mut() {
+                    let _ = w.write_all(&frame).await;
                 }
-                tokio::time::sleep(CONNECT_RETRY).await;
+                if matches!(msg, Control::Shutdown { .. } | Control::Reform { .. }) {
+                    return;
+                }
             }
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let data_bind = match &cfg.data {
-        Some(a) => a.clone(),
-        None => format!("{}:0", stream.local_addr().map_err(|e| e.to_string())?.ip()),
-    };
-    let data = TcpListener::bind(&data_bind).await.map_err(|e| format!("can't listen on --my-data {data_bind}: {e}"))?;
-    let data_addr = data.local_addr().map_err(|e| e.to_string())?.to_string();
-    let (mut read, mut write) = stream.into_split();
-    let mut buf = BytesMut::new();
-    send_control(&mut write, &Control::Join { name: cfg.name.clone(), data_addr, fingerprint: cfg.fingerprint }).await?;
-    println!("quoll: worker '{}': joined the initializer at {}; waiting for the other workers", cfg.name, cfg.control);
-    let (members, generation) = match read_control(&mut read, &mut buf, "the initializer").await? {
-        Control::Welcome { members, generation } => (members, generation),
-        Control::Refused { reason } => return Err(format!("the initializer refused this worker: {reason}")),
-        other => return Err(format!("the initializer sent {other:?} instead of Welcome")),
-    };
-    let me = members.iter().position(|m| m.name == cfg.name).ok_or("the initializer's member list does not name this worker")?;
-    let data_out = open_data_links(&cfg.name, me, &members, data, generation, events.clone()).await?;
-    send_control(&mut write, &Control::LinksUp { name: cfg.name.clone() }).await?;
-    match read_control(&mut read, &mut buf, "the initializer").await? {
-        Control::Start { .. } => {}
-        other => return Err(format!("the initializer sent {other:?} instead of Start")),
+        });
+        Ok(Cluster { me: 0, members, generation, rollback_to: plan.rollback_to, resilient: plan.resilient, data_out, control_out, control_writer, tasks })
     }
-    let (control_out, mut control_rx) = mpsc::channel::<Control>(16);
-    tokio::spawn(read_control_link(members[0].name.clone(), read, buf, events, None));
-    let control_writer = tokio::spawn(async move {
-        while let Some(msg) = control_rx.recv().await {
-            if write.write_all(&wire::control_frame(&msg)).await.is_err() || matches!(msg, Control::Shutdown { .. }) {
-                return;
+
+    async fn form_as_joiner(&mut self, has_files: bool, events: mpsc::Sender<Event>) -> Result<Cluster> {
+        let mut warned = Instant::now() - Duration::from_secs(3600);
+        let stream = loop {
+            match TcpStream::connect(&self.control).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    if warned.elapsed() >= Duration::from_secs(10) {
+                        println!(
+                            "quoll: worker '{}': can't reach the initializer at {} ({e}); retrying every {} ms",
+                            self.name,
+                            self.control,
+                            CONNECT_RETRY.as_millis()
+                        );
+                        warned = Instant::now();
+                    }
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
             }
+        };
+        let _ = stream.set_nodelay(true);
+        if self.data_listener.is_none() {
+            let bind_addr = match &self.my_data {
+                Some(a) => a.clone(),
+                None => format!("{}:0", stream.local_addr().map_err(|e| e.to_string())?.ip()),
+            };
+            let l = TcpListener::bind(&bind_addr).await.map_err(|e| format!("can't listen on --my-data {bind_addr}: {e}"))?;
+            self.data_listener = Some(Arc::new(l));
         }
-    });
-    Ok(Cluster { me, members, generation, data_out, control_out, control_writer })
+        let data = self.data_listener.clone().expect("bound above");
+        let data_addr = data.local_addr().map_err(|e| e.to_string())?.to_string();
+        let (mut read, mut write) = stream.into_split();
+        let mut buf = BytesMut::new();
+        let join = Control::Join { name: self.name.clone(), data_addr, fingerprint: self.fingerprint, has_files };
+        send_control(&mut write, &join).await?;
+        println!("quoll: worker '{}': joined the initializer at {}; waiting for the other workers", self.name, self.control);
+        let (members, generation, rollback_to, resilient) = match read_control(&mut read, &mut buf, "the initializer").await? {
+            Control::Welcome { members, generation, rollback_to, resilient } => (members, generation, rollback_to, resilient),
+            Control::Refused { reason } => return Err(format!("the initializer refused this worker: {reason}")),
+            other => return Err(format!("the initializer sent {other:?} instead of Welcome")),
+        };
+        let me = members.iter().position(|m| m.name == self.name).ok_or("the initializer's member list does not name this worker")?;
+        let mut tasks = Vec::new();
+        let data_out = open_data_links(&self.name, me, &members, data, generation, events.clone(), &mut tasks).await?;
+        send_control(&mut write, &Control::LinksUp { name: self.name.clone() }).await?;
+        match read_control(&mut read, &mut buf, "the initializer").await? {
+            Control::Start { .. } => {}
+            other => return Err(format!("the initializer sent {other:?} instead of Start")),
+        }
+        let (control_out, mut control_rx) = mpsc::channel::<Control>(64);
+        let heard = Arc::new(AtomicU64::new(0));
+        let link = ControlLink { from: 0, peer: members[0].name.clone(), generation, events: events.clone(), heard: heard.clone() };
+        tasks.push(tokio::spawn(link.read(read, buf, None)).abort_handle());
+        tasks.push(tokio::spawn(watch_heartbeat(members[0].name.clone(), generation, heard, events)).abort_handle());
+        let control_writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                let msg = tokio::select! {
+                    m = control_rx.recv() => match m { Some(m) => m, None => return },
+                    _ = tick.tick() => Control::Pong,
+                };
+                if write.write_all(&wire::control_frame(&msg)).await.is_err() || matches!(msg, Control::Shutdown { .. }) {
+                    return;
+                }
+            }
+        });
+        Ok(Cluster { me, members, generation, rollback_to, resilient, data_out, control_out, control_writer, tasks })
+    }
 }
 
-/// Reads one control link after formation. On the initializer a worker's
-/// `Shutdown` request is passed on to everyone (`relay`).
-async fn read_control_link(
-    peer: String,
-    mut read: OwnedReadHalf,
-    mut buf: BytesMut,
-    events: mpsc::Sender<Event>,
-    relay: Option<mpsc::Sender<Control>>,
-) {
+fn m_name_of(members: &[Member], i: usize) -> String {
+    members[i].name.clone()
+}
+
+fn now_millis() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Reports the peer lost once nothing was heard from it for
+/// [`HEARTBEAT_TIMEOUT`].
+async fn watch_heartbeat(peer: String, generation: u64, heard: Arc<AtomicU64>, events: mpsc::Sender<Event>) {
+    heard.store(now_millis(), Ordering::Relaxed);
     loop {
-        match read_frame(&mut read, &mut buf).await {
-            Ok(Some(WireFrame::Control(Control::Shutdown { reason }))) => {
-                if let Some(relay) = &relay {
-                    let _ = relay.send(Control::Shutdown { reason: reason.clone() }).await;
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        let silent = now_millis().saturating_sub(heard.load(Ordering::Relaxed));
+        if silent >= HEARTBEAT_TIMEOUT.as_millis() as u64 {
+            let why = format!("no heartbeat for {:.1} s (the process may be hung or stopped)", silent as f64 / 1000.0);
+            let _ = events.send(Event::PeerLost { name: peer, generation, why }).await;
+            return;
+        }
+    }
+}
+
+/// One control link after formation.
+struct ControlLink {
+    from: usize,
+    peer: String,
+    generation: u64,
+    events: mpsc::Sender<Event>,
+    heard: Arc<AtomicU64>,
+}
+
+impl ControlLink {
+    /// Reads control messages and hands them to the executor. On the
+    /// initializer a worker's `Shutdown` request is passed on to everyone
+    /// (`relay`).
+    async fn read(self, mut read: OwnedReadHalf, mut buf: BytesMut, relay: Option<mpsc::Sender<Control>>) {
+        loop {
+            let frame = read_frame(&mut read, &mut buf).await;
+            self.heard.store(now_millis(), Ordering::Relaxed);
+            match frame {
+                Ok(Some(WireFrame::Control(Control::Ping | Control::Pong))) => {}
+                Ok(Some(WireFrame::Control(Control::Shutdown { reason }))) => {
+                    if let Some(relay) = &relay {
+                        let _ = relay.send(Control::Shutdown { reason: reason.clone() }).await;
+                    }
+                    let _ = self.events.send(Event::Shutdown { reason, from_cluster: true }).await;
                 }
-                let _ = events.send(Event::Shutdown { reason, from_cluster: true }).await;
-            }
-            Ok(Some(other)) => eprintln!("quoll: unexpected message on the control link from '{peer}': {other:?}"),
-            Ok(None) => {
-                let _ = events.send(Event::PeerLost { name: peer, why: "control link closed".into() }).await;
-                return;
-            }
-            Err(e) => {
-                let _ = events.send(Event::PeerLost { name: peer, why: format!("control link failed: {e}") }).await;
-                return;
+                Ok(Some(WireFrame::Control(msg))) => {
+                    let _ = self.events.send(Event::Control { from: self.from, generation: self.generation, msg }).await;
+                }
+                Ok(Some(other)) => eprintln!("quoll: unexpected {other:?} on the control link from '{}'", self.peer),
+                Ok(None) => {
+                    let _ = self.events.send(Event::PeerLost { name: self.peer, generation: self.generation, why: "its control link closed".into() }).await;
+                    return;
+                }
+                Err(e) => {
+                    let why = format!("its control link failed: {e}");
+                    let _ = self.events.send(Event::PeerLost { name: self.peer, generation: self.generation, why }).await;
+                    return;
+                }
             }
         }
     }
@@ -278,14 +403,15 @@ async fn open_data_links(
     my_name: &str,
     me: usize,
     members: &[Member],
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     generation: u64,
     events: mpsc::Sender<Event>,
+    tasks: &mut Vec<AbortHandle>,
 ) -> Result<Vec<Option<mpsc::Sender<Vec<u8>>>>> {
     let index: Arc<HashMap<String, usize>> = Arc::new(members.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect());
     let expected = members.len() - 1;
-    let (up_tx, mut up_rx) = mpsc::channel::<usize>(members.len().max(1));
-    {
+    let (up_tx, mut up_rx) = mpsc::channel::<AbortHandle>(members.len().max(1));
+    let acceptor = {
         let index = index.clone();
         let events = events.clone();
         tokio::spawn(async move {
@@ -293,28 +419,31 @@ async fn open_data_links(
             while accepted < expected {
                 let Ok((stream, peer)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
-                let (mut read, _write) = stream.into_split();
+                let (mut read, write) = stream.into_split();
                 let mut buf = BytesMut::new();
                 match read_control(&mut read, &mut buf, &format!("data link from {peer}")).await {
-                    Ok(Control::DataHello { from, .. }) => match index.get(&from) {
+                    Ok(Control::DataHello { from, generation: g }) if g == generation => match index.get(&from) {
                         Some(&i) => {
                             accepted += 1;
-                            let _ = up_tx.send(i).await;
-                            let name = from.clone();
                             let events = events.clone();
-                            tokio::spawn(async move {
-                                let _keep_open = _write;
-                                read_data_link(i, name, read, buf, events).await
+                            let task = tokio::spawn(async move {
+                                let _keep_open = write;
+                                read_data_link(i, from, generation, read, buf, events).await
                             });
+                            let _ = up_tx.send(task.abort_handle()).await;
                         }
                         None => eprintln!("quoll: data link from unknown worker '{from}' ({peer}) refused"),
                     },
+                    Ok(Control::DataHello { from, generation: g }) => {
+                        eprintln!("quoll: data link from '{from}' of generation {g} refused: the cluster is at generation {generation}")
+                    }
                     Ok(other) => eprintln!("quoll: data link from {peer} began with {other:?}; refused"),
                     Err(e) => eprintln!("quoll: {e}"),
                 }
             }
-        });
-    }
+        })
+    };
+    tasks.push(acceptor.abort_handle());
     let mut data_out = Vec::with_capacity(members.len());
     for (i, m) in members.iter().enumerate() {
         if i == me {
@@ -324,16 +453,16 @@ async fn open_data_links(
         let stream = loop {
             match TcpStream::connect(&m.data_addr).await {
                 Ok(s) => break s,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
         let _ = stream.set_nodelay(true);
-        let (_read, mut write) = stream.into_split();
+        let (read, mut write) = stream.into_split();
         send_control(&mut write, &Control::DataHello { from: my_name.to_string(), generation }).await?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
         let peer = m.name.clone();
-        tokio::spawn(async move {
-            let _keep_open = _read;
+        let task = tokio::spawn(async move {
+            let _keep_open = read;
             while let Some(frame) = rx.recv().await {
                 if let Err(e) = write.write_all(&frame).await {
                     eprintln!("quoll: data link to worker '{peer}' failed: {e}");
@@ -341,31 +470,30 @@ async fn open_data_links(
                 }
             }
         });
+        tasks.push(task.abort_handle());
         data_out.push(Some(tx));
     }
     for _ in 0..expected {
-        up_rx.recv().await.ok_or("data link acceptor stopped")?;
+        tasks.push(up_rx.recv().await.ok_or("data link acceptor stopped")?);
     }
     Ok(data_out)
 }
 
-async fn read_data_link(from: usize, name: String, mut read: OwnedReadHalf, mut buf: BytesMut, events: mpsc::Sender<Event>) {
+async fn read_data_link(from: usize, name: String, generation: u64, mut read: OwnedReadHalf, mut buf: BytesMut, events: mpsc::Sender<Event>) {
     loop {
-        match read_frame(&mut read, &mut buf).await {
-            Ok(Some(WireFrame::Data(body))) => {
-                if events.send(Event::PeerData { from, body }).await.is_err() {
-                    return;
-                }
+        let event = match read_frame(&mut read, &mut buf).await {
+            Ok(Some(WireFrame::Data(body))) => Event::PeerData { from, body },
+            Ok(Some(WireFrame::Barrier { generation: g, checkpoint })) => Event::PeerBarrier { from, generation: g, checkpoint },
+            Ok(Some(WireFrame::Control(c))) => {
+                eprintln!("quoll: unexpected {c:?} on the data link from '{name}'");
+                continue;
             }
-            Ok(Some(WireFrame::Control(c))) => eprintln!("quoll: unexpected {c:?} on the data link from '{name}'"),
-            Ok(None) => {
-                let _ = events.send(Event::PeerLost { name, why: "data link closed".into() }).await;
-                return;
-            }
-            Err(e) => {
-                let _ = events.send(Event::PeerLost { name, why: format!("data link failed: {e}") }).await;
-                return;
-            }
+            Ok(None) => Event::PeerLost { name: name.clone(), generation, why: "its data link closed".into() },
+            Err(e) => Event::PeerLost { name: name.clone(), generation, why: format!("its data link failed: {e}") },
+        };
+        let last = matches!(event, Event::PeerLost { .. });
+        if events.send(event).await.is_err() || last {
+            return;
         }
     }
 }

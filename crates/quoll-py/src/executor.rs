@@ -20,7 +20,7 @@
 //!   and handed to the sink's writer after each batch.
 
 use crate::app::{AggregationCalls, AppPlan, SinkPlan, SourceSpec, StageCalls};
-use crate::io::SinkChunk;
+use crate::io::{SinkChunk, SinkCommand, SourcePosition};
 use crate::user_errors::{Fatal, UserErrors};
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -47,10 +47,19 @@ enum Op {
     Stateless { call: Py<PyAny>, multi: bool },
     KeyBy { call: Py<PyAny> },
     Collect { key: Py<PyAny> },
-    State { call: Py<PyAny>, multi: bool, initial_state: Py<PyAny>, states: KeyMap<Py<PyAny>> },
-    Range { agg: AggregationCalls, spec: RangeWindowSpec, windows: KeyMap<(Py<PyAny>, RangeWindows<Py<PyAny>>)>, timers: WindowTimers },
-    Count { agg: AggregationCalls, spec: CountWindowSpec, windows: KeyMap<(Py<PyAny>, CountWindows<Py<PyAny>>)>, next_flush: Instant },
+    State { call: Py<PyAny>, multi: bool, initial_state: Py<PyAny>, states: KeyMap<Keyed<Py<PyAny>>> },
+    Range { agg: AggregationCalls, spec: RangeWindowSpec, windows: KeyMap<Keyed<RangeWindows<Py<PyAny>>>>, timers: WindowTimers },
+    Count { agg: AggregationCalls, spec: CountWindowSpec, windows: KeyMap<Keyed<CountWindows<Py<PyAny>>>>, next_flush: Instant },
     Sinks { sinks: Vec<usize> },
+}
+
+/// Per-key state of a keyed stage: the key as the user saw it (for
+/// `Aggregation.output`), the state, and whether it changed since the last
+/// checkpoint (incremental checkpoints write only those).
+struct Keyed<T> {
+    key: Py<PyAny>,
+    value: T,
+    dirty: bool,
 }
 
 /// Timer state of one range-window stage (spec 6): a periodic tick of
@@ -79,15 +88,25 @@ struct SinkOut {
     encode: Py<PyAny>,
     buf: Vec<u8>,
     messages: u64,
-    tx: mpsc::Sender<SinkChunk>,
+    tx: mpsc::Sender<SinkCommand>,
+    /// Bytes handed to the writer since the sink (re)started at `base`.
+    offset: u64,
 }
 
 /// A generator source, driven on the executor thread.
 struct GenSource {
     source: usize,
     name: String,
+    initial_value: Py<PyAny>,
     apply: Py<PyAny>,
     cur: Option<Py<PyAny>>,
+}
+
+/// How far a replayable source has been processed.
+#[derive(Default, Clone)]
+pub struct SourceProgress {
+    pub file_offset: u64,
+    pub streams: std::collections::BTreeMap<u64, u64>,
 }
 
 /// A framed source's decode call and where its messages go.
@@ -103,7 +122,6 @@ pub struct Router {
     pub me: usize,
     pub names: Vec<String>,
     pub map: KeyGroupMap,
-    pub codec: Codec,
     pub generation: u64,
     /// Per worker: the batch being filled, frames waiting for the link, the link.
     batches: Vec<Option<BatchWriter>>,
@@ -120,13 +138,12 @@ const BATCH_FLUSH_BYTES: usize = 64 << 10;
 pub const CONGESTED_BYTES: usize = 8 << 20;
 
 impl Router {
-    pub fn new(me: usize, names: Vec<String>, codec: Codec, generation: u64, links: Vec<Option<mpsc::Sender<Vec<u8>>>>) -> Router {
+    pub fn new(me: usize, names: Vec<String>, generation: u64, links: Vec<Option<mpsc::Sender<Vec<u8>>>>) -> Router {
         let n = names.len();
         Router {
             me,
             map: KeyGroupMap::even(n),
             names,
-            codec,
             generation,
             batches: (0..n).map(|_| None).collect(),
             pending: (0..n).map(|_| VecDeque::new()).collect(),
@@ -173,11 +190,37 @@ impl Router {
     pub fn has_pending(&self) -> bool {
         self.pending_bytes > 0
     }
+
+    /// Queues `frame` (a barrier) for every other worker, after the
+    /// batches already filled for it.
+    pub fn send_to_all(&mut self, frame: Vec<u8>) {
+        for w in 0..self.batches.len() {
+            if self.links[w].is_some() {
+                self.seal(w);
+                self.pending_bytes += frame.len();
+                self.pending[w].push_back(frame.clone());
+            }
+        }
+        self.flush();
+    }
+
+    /// Drops every batch and frame not yet handed to a link (a rollback
+    /// makes them stale).
+    pub fn reset(&mut self) {
+        self.batches.iter_mut().for_each(|b| *b = None);
+        self.pending.iter_mut().for_each(|p| p.clear());
+        self.pending_bytes = 0;
+    }
 }
 
 pub struct Executor {
     stages: Vec<Stage>,
     pub router: Option<Router>,
+    /// The worker's one codec: messages to other workers, state to disk.
+    pub codec: Codec,
+    /// Per source: where it stands after the frames processed so far.
+    progress: Vec<SourceProgress>,
+    gens_enabled: bool,
     sources: Vec<FramedSource>,
     gens: Vec<GenSource>,
     sinks: Vec<SinkOut>,
@@ -196,7 +239,8 @@ impl Executor {
     pub fn new(
         py: Python<'_>,
         plan: AppPlan,
-        sink_txs: Vec<mpsc::Sender<SinkChunk>>,
+        sink_txs: Vec<mpsc::Sender<SinkCommand>>,
+        codec: Codec,
         errors: UserErrors,
         rt: tokio::runtime::Handle,
     ) -> PyResult<Executor> {
@@ -242,7 +286,8 @@ impl Executor {
             let decode = match src.spec {
                 SourceSpec::Tcp { decode, .. } | SourceSpec::File { decode, .. } => Some(decode),
                 SourceSpec::Gen { initial_value, apply } => {
-                    gens.push(GenSource { source: index, name: src.name.clone(), apply, cur: Some(initial_value) });
+                    let cur = Some(initial_value.clone_ref(py));
+                    gens.push(GenSource { source: index, name: src.name.clone(), initial_value, apply, cur });
                     None
                 }
             };
@@ -263,11 +308,16 @@ impl Executor {
                 buf: Vec::with_capacity(SINK_FLUSH_BYTES * 2),
                 messages: 0,
                 tx,
+                offset: 0,
             })
             .collect();
+        let progress = (0..framed.len()).map(|_| SourceProgress::default()).collect();
         let mut ex = Executor {
             stages,
             router: None,
+            codec,
+            progress,
+            gens_enabled: true,
             sources: framed,
             gens,
             sinks,
@@ -305,7 +355,7 @@ impl Executor {
 
     /// True while some generator source still has values to emit.
     pub fn generating(&self) -> bool {
-        self.gens.iter().any(|g| g.cur.is_some())
+        self.gens_enabled && self.gens.iter().any(|g| g.cur.is_some())
     }
 
     /// The event time of messages ingested now: wall-clock nanoseconds,
@@ -316,8 +366,21 @@ impl Executor {
         t
     }
 
-    /// Decodes and processes the frames of one source connection.
-    pub fn on_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>) -> Result<(), Fatal> {
+    /// Decodes and processes the frames of one source connection, then
+    /// records where the source stands.
+    pub fn on_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>, position: Option<SourcePosition>) -> Result<(), Fatal> {
+        self.process_frames(py, source, frames)?;
+        match position {
+            Some(SourcePosition::FileOffset(o)) => self.progress[source].file_offset = o,
+            Some(SourcePosition::Stream { id, point_of_ref }) => {
+                self.progress[source].streams.insert(id, point_of_ref);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn process_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>) -> Result<(), Fatal> {
         let et = self.ingest_time();
         let src = &self.sources[source];
         let (Some(decode), entry) = (src.decode.as_ref().map(|d| d.clone_ref(py)), src.entry) else { return Ok(()) };
@@ -407,11 +470,14 @@ impl Executor {
                     Ok(kb) => kb,
                     Err(e) => return self.key_error(py, stage, e),
                 };
-                let state = match states.get(kb) {
-                    Some(s) => s.bind(py).clone(),
+                let state = match states.get_mut(kb) {
+                    Some(s) => {
+                        s.dirty = true;
+                        s.value.bind(py).clone()
+                    }
                     None => match initial_state.bind(py).call0() {
                         Ok(s) => {
-                            states.insert(kb.into(), s.clone().unbind());
+                            states.insert(kb.into(), Keyed { key: key.clone().unbind(), value: s.clone().unbind(), dirty: true });
                             s
                         }
                         Err(e) => {
@@ -443,11 +509,12 @@ impl Executor {
                         // after a restart.
                         let offset = spec.offset_from_random(quoll_core::key_group::stable_hash(kb));
                         let w = RangeWindows::new(spec.clone(), watermark, offset);
-                        windows.entry(kb.into()).or_insert((key.clone().unbind(), w))
+                        windows.entry(kb.into()).or_insert(Keyed { key: key.clone().unbind(), value: w, dirty: true })
                     }
                 };
+                entry.dirty = true;
                 let value = value.unbind();
-                let r = entry.1.on_message(&mut aggregator, kb, &value, et, watermark, &mut out).map(|_| ());
+                let r = entry.value.on_message(&mut aggregator, kb, &value, et, watermark, &mut out).map(|_| ());
                 self.window_results(py, stage, next, key, r, out)
             }
             Op::Count { agg, spec, windows, .. } => {
@@ -459,10 +526,11 @@ impl Executor {
                 let mut aggregator = PyAggregation { py, calls: agg };
                 let entry = match windows.get_mut(kb) {
                     Some(e) => e,
-                    None => windows.entry(kb.into()).or_insert((key.clone().unbind(), CountWindows::new(spec.clone()))),
+                    None => windows.entry(kb.into()).or_insert(Keyed { key: key.clone().unbind(), value: CountWindows::new(spec.clone()), dirty: true }),
                 };
+                entry.dirty = true;
                 let value = value.unbind();
-                let r = entry.1.on_message(&mut aggregator, kb, &value, et, &mut out);
+                let r = entry.value.on_message(&mut aggregator, kb, &value, et, &mut out);
                 self.window_results(py, stage, next, key, r, out)
             }
             Op::Sinks { sinks } => {
@@ -481,7 +549,7 @@ impl Executor {
         let router = self.router.as_mut().expect("ship is only called with a router");
         let generation = router.generation;
         let batch = router.batches[owner].get_or_insert_with(|| BatchWriter::new(generation));
-        let codec = &router.codec;
+        let codec = &self.codec;
         match batch.push(stage as u32, kb, et, |out| codec.encode(value, out)) {
             Ok(()) => {
                 router.shipped += 1;
@@ -524,8 +592,7 @@ impl Executor {
                 self.errors.report(&format!("data link from worker '{from_name}'"), "message", &cause, None)?;
                 continue;
             }
-            let codec = &self.router.as_ref().expect("checked above").codec;
-            let value = match codec.decode(py, msg.value) {
+            let value = match self.codec.decode(py, msg.value) {
                 Ok(v) => v,
                 Err(e) => {
                     let place = self.stages[stage].place.clone();
@@ -669,6 +736,8 @@ impl Executor {
         }
         let chunk = SinkChunk { bytes: Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(SINK_FLUSH_BYTES * 2))), messages: s.messages };
         s.messages = 0;
+        s.offset += chunk.bytes.len() as u64;
+        let chunk = SinkCommand::Write(chunk);
         match s.tx.try_send(chunk) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(chunk)) => {
@@ -710,15 +779,17 @@ impl Executor {
                         let quiet = now.duration_since(timers.last_input) >= timers.period * 2;
                         if !(quiet && timers.flushed_since_input) {
                             let mut aggregator = PyAggregation { py, calls: agg };
-                            for (kb, (key, w)) in windows.iter_mut() {
+                            for (kb, entry) in windows.iter_mut() {
                                 let mut out = Vec::new();
+                                let before = entry.value.next_window_start_ns();
                                 let r = if quiet {
-                                    w.flush(&mut aggregator, kb, &mut out)
+                                    entry.value.flush(&mut aggregator, kb, &mut out)
                                 } else {
-                                    w.on_timer(&mut aggregator, kb, timers.watermark, &mut out)
+                                    entry.value.on_timer(&mut aggregator, kb, timers.watermark, &mut out)
                                 };
+                                entry.dirty |= entry.value.next_window_start_ns() != before;
                                 if !out.is_empty() || r.is_err() {
-                                    fired.push((key.clone_ref(py), out, r));
+                                    fired.push((entry.key.clone_ref(py), out, r));
                                 }
                             }
                             timers.flushed_since_input = quiet;
@@ -730,11 +801,13 @@ impl Executor {
                     if now >= *next_flush {
                         *next_flush = now + COUNT_WINDOW_FLUSH;
                         let mut aggregator = PyAggregation { py, calls: agg };
-                        for (kb, (key, w)) in windows.iter_mut() {
+                        for (kb, entry) in windows.iter_mut() {
                             let mut out = Vec::new();
-                            let r = w.flush_partial(&mut aggregator, kb, &mut out);
+                            let before = entry.value.count();
+                            let r = entry.value.flush_partial(&mut aggregator, kb, &mut out);
+                            entry.dirty |= entry.value.count() != before;
                             if !out.is_empty() || r.is_err() {
-                                fired.push((key.clone_ref(py), out, r));
+                                fired.push((entry.key.clone_ref(py), out, r));
                             }
                         }
                     }
@@ -834,5 +907,225 @@ impl<'py> Aggregator for PyAggregation<'_, 'py> {
         let key = pyo3::types::PyBytes::new(self.py, key).call_method1("decode", ("utf-8", "surrogateescape"))?;
         let out = self.calls.output.bind(self.py).call1((key, acc.bind(self.py)))?;
         Ok(if out.is_none() { None } else { Some(out) })
+    }
+}
+
+// ---- checkpoints: what this worker's executor contributes ----
+
+/// This worker's part of a checkpoint, encoded and ready to write.
+pub struct Snapshot {
+    /// `(stage, key, blob)`: state objects (codec blobs) and window state
+    /// (postcard of the window snapshot, accumulators as codec blobs).
+    pub entries: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    /// `(source, position)`: file offset (u64 LE), generator value (codec
+    /// blob, empty once stopped), connector streams (postcard).
+    pub sources: Vec<(u32, Vec<u8>)>,
+    /// `(sink, length)`: bytes of output produced before the barrier (u64 LE).
+    pub sinks: Vec<(u32, Vec<u8>)>,
+}
+
+/// Where sources resume and sinks stand after a restore.
+pub struct Restored {
+    pub entries: usize,
+    pub progress: Vec<SourceProgress>,
+    pub sink_offsets: Vec<u64>,
+}
+
+fn encode_blob(codec: &Codec, obj: &Bound<'_, PyAny>) -> Result<Vec<u8>, String> {
+    let mut v = Vec::new();
+    codec.encode(obj, &mut v).map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+fn key_object<'py>(py: Python<'py>, kb: &[u8]) -> Bound<'py, PyAny> {
+    match std::str::from_utf8(kb) {
+        Ok(s) => PyString::new(py, s).into_any(),
+        Err(_) => PyBytes::new(py, kb).into_any(),
+    }
+}
+
+fn u64_blob(v: u64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+fn blob_u64(b: &[u8]) -> Result<u64, String> {
+    b.try_into().map(u64::from_le_bytes).map_err(|_| format!("expected 8 bytes, found {}", b.len()))
+}
+
+impl Executor {
+    /// Hands buffered output to the sinks and returns each sink's length:
+    /// the output produced before a barrier.
+    pub fn sink_offsets(&mut self, py: Python<'_>) -> Vec<u64> {
+        self.flush_sinks(py);
+        self.sinks.iter().map(|s| s.offset).collect()
+    }
+
+    /// Encodes the keyed state that changed since the last snapshot (all of
+    /// it if `full`), the source positions and `sink_offsets`. Dirty marks
+    /// are cleared only if everything encoded: a failed snapshot leaves the
+    /// next one to write the same changes.
+    pub fn snapshot(&mut self, py: Python<'_>, full: bool, sink_offsets: &[u64]) -> Result<Snapshot, String> {
+        let mut entries = Vec::new();
+        for (id, st) in self.stages.iter().enumerate() {
+            let stage = id as u32;
+            let fail = |kb: &[u8], e: String| format!("{}, key {:?}: {e}", st.place, value_key(kb));
+            match &st.op {
+                Op::State { states, .. } => {
+                    for (kb, e) in states.iter().filter(|(_, e)| full || e.dirty) {
+                        let blob = encode_blob(&self.codec, e.value.bind(py)).map_err(|err| fail(kb, err))?;
+                        entries.push((stage, kb.to_vec(), blob));
+                    }
+                }
+                Op::Range { windows, .. } => {
+                    for (kb, e) in windows.iter().filter(|(_, e)| full || e.dirty) {
+                        let snap = e.value.snapshot().try_map(|acc| encode_blob(&self.codec, acc.bind(py))).map_err(|err| fail(kb, err))?;
+                        let blob = postcard::to_allocvec(&snap).map_err(|err| fail(kb, err.to_string()))?;
+                        entries.push((stage, kb.to_vec(), blob));
+                    }
+                }
+                Op::Count { windows, .. } => {
+                    for (kb, e) in windows.iter().filter(|(_, e)| full || e.dirty) {
+                        let snap = e.value.snapshot().try_map(|acc| encode_blob(&self.codec, acc.bind(py))).map_err(|err| fail(kb, err))?;
+                        let blob = postcard::to_allocvec(&snap).map_err(|err| fail(kb, err.to_string()))?;
+                        entries.push((stage, kb.to_vec(), blob));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut sources = Vec::new();
+        for (i, p) in self.progress.iter().enumerate() {
+            let blob = if !p.streams.is_empty() {
+                let streams: Vec<(u64, u64)> = p.streams.iter().map(|(a, b)| (*a, *b)).collect();
+                postcard::to_allocvec(&streams).map_err(|e| e.to_string())?
+            } else {
+                u64_blob(p.file_offset)
+            };
+            sources.push((i as u32, blob));
+        }
+        for g in &self.gens {
+            let blob = match &g.cur {
+                Some(cur) => encode_blob(&self.codec, cur.bind(py)).map_err(|e| format!("source '{}' (gen) value: {e}", g.name))?,
+                None => Vec::new(),
+            };
+            sources.retain(|(i, _)| *i as usize != g.source);
+            sources.push((g.source as u32, blob));
+        }
+        let sinks = sink_offsets.iter().enumerate().map(|(i, o)| (i as u32, u64_blob(*o))).collect();
+        for st in self.stages.iter_mut() {
+            match &mut st.op {
+                Op::State { states, .. } => states.values_mut().for_each(|e| e.dirty = false),
+                Op::Range { windows, .. } => windows.values_mut().for_each(|e| e.dirty = false),
+                Op::Count { windows, .. } => windows.values_mut().for_each(|e| e.dirty = false),
+                _ => {}
+            }
+        }
+        Ok(Snapshot { entries, sources, sinks })
+    }
+
+    /// Replaces all keyed state, generator values and positions with those
+    /// of a checkpoint (`None`: the state before any input). Errors name the
+    /// stage and key: state that can't be decoded can't be recovered.
+    pub fn restore(
+        &mut self,
+        py: Python<'_>,
+        entries: &std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>>,
+        sources: &std::collections::BTreeMap<u32, Vec<u8>>,
+        sinks: &std::collections::BTreeMap<u32, Vec<u8>>,
+    ) -> Result<Restored, String> {
+        for st in self.stages.iter_mut() {
+            match &mut st.op {
+                Op::State { states, .. } => states.clear(),
+                Op::Range { windows, timers, .. } => {
+                    windows.clear();
+                    timers.watermark = i64::MIN;
+                    timers.last_input = Instant::now();
+                    timers.flushed_since_input = true;
+                }
+                Op::Count { windows, .. } => windows.clear(),
+                _ => {}
+            }
+        }
+        if let Some(r) = &mut self.router {
+            r.reset();
+        }
+        for ((stage, kb), blob) in entries {
+            let st = self.stages.get_mut(*stage as usize).ok_or_else(|| format!("checkpoint names stage {stage}, which this app does not have"))?;
+            let fail = |e: String| format!("{}, key {:?}: can't restore its state: {e}", st.place, value_key(kb));
+            let key = key_object(py, kb).unbind();
+            let codec = &self.codec;
+            let decode = |b: Vec<u8>| codec.decode(py, &b).map(|v| v.unbind()).map_err(|e| e.to_string());
+            match &mut st.op {
+                Op::State { states, .. } => {
+                    let value = codec.decode(py, blob).map_err(|e| fail(e.to_string()))?.unbind();
+                    states.insert(kb.clone().into_boxed_slice(), Keyed { key, value, dirty: false });
+                }
+                Op::Range { windows, spec, .. } => {
+                    let snap: quoll_core::windows::RangeWindowsSnapshot<Vec<u8>> = postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
+                    let snap = snap.try_map(decode).map_err(fail)?;
+                    let w = RangeWindows::restore(spec.clone(), snap).map_err(|e| fail(e.to_string()))?;
+                    windows.insert(kb.clone().into_boxed_slice(), Keyed { key, value: w, dirty: false });
+                }
+                Op::Count { windows, spec, .. } => {
+                    let snap: quoll_core::windows::CountWindowsSnapshot<Vec<u8>> = postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
+                    let snap = snap.try_map(decode).map_err(fail)?;
+                    let w = CountWindows::restore(spec.clone(), snap).map_err(|e| fail(e.to_string()))?;
+                    windows.insert(kb.clone().into_boxed_slice(), Keyed { key, value: w, dirty: false });
+                }
+                _ => return Err(format!("checkpoint has state for {}, which keeps none", st.place)),
+            }
+        }
+        let gen_sources: Vec<usize> = self.gens.iter().map(|g| g.source).collect();
+        let mut progress: Vec<SourceProgress> = (0..self.sources.len()).map(|_| SourceProgress::default()).collect();
+        for (i, g) in self.gens.iter_mut().enumerate() {
+            g.cur = match sources.get(&(g.source as u32)) {
+                Some(b) if b.is_empty() => None,
+                Some(b) => Some(self.codec.decode(py, b).map_err(|e| format!("source '{}' (gen): can't restore its value: {e}", g.name))?.unbind()),
+                None => {
+                    let _ = i;
+                    match g.initial_value.bind(py).call0() {
+                        Ok(v) if v.is_none() => None,
+                        Ok(v) => Some(v.unbind()),
+                        Err(e) => return Err(format!("source '{}' (gen): initial_value() raised: {e}", g.name)),
+                    }
+                }
+            };
+        }
+        for (&i, b) in sources {
+            let i = i as usize;
+            if i >= progress.len() || gen_sources.contains(&i) {
+                continue;
+            }
+            if b.len() == 8 {
+                progress[i].file_offset = blob_u64(b)?;
+            } else {
+                let streams: Vec<(u64, u64)> = postcard::from_bytes(b).map_err(|e| format!("source {i} position: {e}"))?;
+                progress[i].streams = streams.into_iter().collect();
+            }
+        }
+        self.progress = progress.clone();
+        let mut sink_offsets = vec![0u64; self.sinks.len()];
+        for (&i, b) in sinks {
+            if let Some(o) = sink_offsets.get_mut(i as usize) {
+                *o = blob_u64(b)?;
+            }
+        }
+        for (s, o) in self.sinks.iter_mut().zip(&sink_offsets) {
+            s.buf.clear();
+            s.messages = 0;
+            s.offset = *o;
+        }
+        Ok(Restored { entries: entries.len(), progress, sink_offsets })
+    }
+
+    /// Where every source stands now.
+    pub fn progress(&self) -> Vec<SourceProgress> {
+        self.progress.clone()
+    }
+
+    /// Whether generator sources may emit (with resilience: only once a
+    /// first checkpoint is complete, spec 7.3).
+    pub fn enable_generators(&mut self, enabled: bool) {
+        self.gens_enabled = enabled;
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// What the I/O threads tell the executor. Source frames come through one
 /// inbox, everything else (peers, control) through another that the
@@ -25,12 +25,22 @@ use tokio::sync::{mpsc, Semaphore};
 pub enum Event {
     /// Frames read from one connection of a source, in order. `position`
     /// (replayable sources only) is where the source stands once these
-    /// frames are processed; a checkpoint records it.
-    Frames { source: usize, frames: Vec<Bytes>, position: Option<SourcePosition> },
+    /// frames are processed; a checkpoint records it. `epoch` is the
+    /// incarnation of a restartable source (0 for others): frames of an
+    /// incarnation stopped by a rollback are dropped.
+    Frames { source: usize, frames: Vec<Bytes>, position: Option<SourcePosition>, epoch: u32 },
     /// A data batch from the worker with index `from`.
     PeerData { from: usize, body: Bytes },
-    /// A link to another worker closed or failed.
-    PeerLost { name: String, why: String },
+    /// A checkpoint barrier on the data link from worker `from`.
+    PeerBarrier { from: usize, generation: u64, checkpoint: u64 },
+    /// A control message from worker `from` (0 is the initializer).
+    Control { from: usize, generation: u64, msg: quoll_core::wire::Control },
+    /// A link of formation `generation` to another worker closed, failed or
+    /// went silent.
+    PeerLost { name: String, generation: u64, why: String },
+    /// This worker's part of checkpoint `id` (a delta on `parent`, or full)
+    /// is on disk, or failed.
+    CheckpointWritten { id: u64, parent: Option<u64>, result: Result<String, String> },
     /// A clean shutdown: requested here (external channel) or relayed by
     /// the cluster (`from_cluster`).
     Shutdown { reason: String, from_cluster: bool },
@@ -88,7 +98,7 @@ pub async fn run_tcp_source(
         let (worker, name, tx, stats) = (worker.clone(), name.clone(), tx.clone(), stats.clone());
         tokio::spawn(async move {
             let place = format!("worker '{worker}', source '{name}', connection from {peer}");
-            read_frames(&place, source, stream, header, max_frame_size, tx, &stats).await;
+            read_frames(&place, Origin { source, epoch: 0, offset: None }, stream, header, max_frame_size, tx, &stats).await;
             drop(permit);
         });
     }
@@ -103,35 +113,60 @@ pub async fn run_file_source(
     path: String,
     header: LengthHeader,
     max_frame_size: u64,
+    start: u64,
+    epoch: u32,
     tx: mpsc::Sender<Event>,
     stats: Arc<IoStats>,
 ) {
+    use tokio::io::AsyncSeekExt;
     let place = format!("worker '{worker}', source '{name}', file {path}");
-    match tokio::fs::File::open(&path).await {
-        Ok(file) => read_frames(&place, source, file, header, max_frame_size, tx, &stats).await,
-        Err(e) => eprintln!("quoll: error: {place}: can't open: {e}; this source produces nothing"),
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return eprintln!("quoll: error: {place}: can't open: {e}; this source produces nothing"),
+    };
+    if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
+        return eprintln!("quoll: error: {place}: can't seek to offset {start}: {e}; this source produces nothing");
     }
+    let origin = Origin { source, epoch, offset: Some(start) };
+    read_frames(&place, origin, file, header, max_frame_size, tx, &stats).await;
+}
+
+/// Where frames come from: the source, its incarnation, and (for a file)
+/// the offset the reading started at, so events carry positions.
+#[derive(Clone, Copy)]
+struct Origin {
+    source: usize,
+    epoch: u32,
+    offset: Option<u64>,
 }
 
 /// Splits a byte stream into frames and hands them to the executor in
 /// order, until the end of the stream.
 async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
     place: &str,
-    source: usize,
+    origin: Origin,
     mut stream: R,
     header: LengthHeader,
     max_frame_size: u64,
     tx: mpsc::Sender<Event>,
     stats: &IoStats,
 ) {
+    let Origin { source, epoch, offset } = origin;
     let mut decoder = FrameDecoder::new(header, max_frame_size);
+    // Bytes read so far; minus what the decoder still holds, the offset of
+    // the next frame boundary.
+    let mut read_total = offset.unwrap_or(0);
+    let mut boundary = read_total;
     loop {
         let buf = decoder.read_buf();
         if buf.capacity() - buf.len() < (64 << 10) {
             buf.reserve(256 << 10);
         }
         let n = match stream.read_buf(buf).await {
-            Ok(n) => n,
+            Ok(n) => {
+                read_total += n as u64;
+                n
+            }
             Err(e) => {
                 eprintln!("quoll: error: {place}: read failed: {e}; connection closed");
                 return;
@@ -158,9 +193,12 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
                     frames.push(frame.payload);
+                    // Right after a frame, what the decoder holds starts at a frame boundary.
+                    boundary = read_total - decoder.buffered_len() as u64;
                     if frames.len() >= FRAMES_PER_EVENT {
                         stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
-                        if tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), position: None }).await.is_err() {
+                        let position = offset.map(|_| SourcePosition::FileOffset(boundary));
+                        if tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), position, epoch }).await.is_err() {
                             return;
                         }
                     }
@@ -182,7 +220,8 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
         }
         if !frames.is_empty() {
             stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
-            if tx.send(Event::Frames { source, frames, position: None }).await.is_err() {
+            let position = offset.map(|_| SourcePosition::FileOffset(boundary));
+            if tx.send(Event::Frames { source, frames, position, epoch }).await.is_err() {
                 return;
             }
         }
@@ -195,10 +234,22 @@ pub struct SinkChunk {
     pub messages: u64,
 }
 
+/// What the executor asks of a sink writer, in order.
+pub enum SinkCommand {
+    Write(SinkChunk),
+    /// Make everything written so far durable (a checkpoint's sink
+    /// pre-commit). TCP sinks answer at once: they are at-least-once.
+    Sync(oneshot::Sender<Result<(), String>>),
+    /// Cut the output back to `len` bytes: the start of an exactly-once file
+    /// sink (0, or the checkpointed length after a rollback).
+    Truncate(u64, oneshot::Sender<Result<(), String>>),
+}
+
 /// Writes a TCP sink: connects (retrying every 250 ms), writes chunks in
 /// order, reconnects after a failure. While disconnected it holds up to
 /// [`SINK_HOLD_BYTES`] of output and drops (and counts) what comes beyond.
-pub async fn run_tcp_sink(worker: Arc<str>, label: String, addr: String, mut rx: mpsc::Receiver<SinkChunk>, stats: Arc<IoStats>) {
+pub async fn run_tcp_sink(worker: Arc<str>, label: String, addr: String, rx: mpsc::Receiver<SinkCommand>, stats: Arc<IoStats>) {
+    let mut rx = tcp_sink_chunks(rx);
     let mut held: VecDeque<SinkChunk> = VecDeque::new();
     let mut held_bytes = 0usize;
     let mut warned = false;
@@ -276,6 +327,27 @@ pub async fn run_tcp_sink(worker: Arc<str>, label: String, addr: String, mut rx:
     }
 }
 
+/// A TCP sink has nothing to sync or truncate: it is at-least-once. This
+/// answers those commands and passes the chunks on.
+fn tcp_sink_chunks(mut rx: mpsc::Receiver<SinkCommand>) -> mpsc::Receiver<SinkChunk> {
+    let (tx, chunks) = mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                SinkCommand::Write(c) => {
+                    if tx.send(c).await.is_err() {
+                        return;
+                    }
+                }
+                SinkCommand::Sync(reply) | SinkCommand::Truncate(_, reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    });
+    chunks
+}
+
 fn hold(worker: &str, label: &str, held: &mut VecDeque<SinkChunk>, held_bytes: &mut usize, c: SinkChunk, stats: &IoStats) {
     if *held_bytes + c.bytes.len() > SINK_HOLD_BYTES {
         let before = stats.sink_dropped.fetch_add(c.messages, Ordering::Relaxed);
@@ -293,12 +365,41 @@ fn hold(worker: &str, label: &str, held: &mut VecDeque<SinkChunk>, held_bytes: &
     held.push_back(c);
 }
 
-/// Writes a file sink: the file is created (truncated) at start-up and every
-/// chunk appended in order.
-pub async fn run_file_sink(worker: Arc<str>, label: String, mut file: tokio::fs::File, mut rx: mpsc::Receiver<SinkChunk>) {
-    while let Some(c) = rx.recv().await {
-        if let Err(e) = file.write_all(&c.bytes).await {
-            eprintln!("quoll: error: worker '{worker}', {label}: write failed: {e}");
+/// Writes a file sink. The worker starts it with a `Truncate` (to 0 on a
+/// fresh start, to the checkpointed length after a rollback); chunks are
+/// appended in order; `Sync` makes them durable.
+pub async fn run_file_sink(worker: Arc<str>, label: String, mut file: tokio::fs::File, mut rx: mpsc::Receiver<SinkCommand>) {
+    use tokio::io::AsyncSeekExt;
+    let mut failed = false;
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            SinkCommand::Write(c) => {
+                if let Err(e) = file.write_all(&c.bytes).await {
+                    if !failed {
+                        eprintln!("quoll: error: worker '{worker}', {label}: write failed: {e}");
+                    }
+                    failed = true;
+                }
+            }
+            SinkCommand::Sync(reply) => {
+                let r = match (failed, file.sync_data().await) {
+                    (true, _) => Err(format!("{label}: an earlier write failed")),
+                    (false, r) => r.map_err(|e| format!("{label}: sync failed: {e}")),
+                };
+                let _ = reply.send(r);
+            }
+            SinkCommand::Truncate(len, reply) => {
+                let r = async {
+                    file.flush().await?;
+                    file.set_len(len).await?;
+                    file.seek(std::io::SeekFrom::Start(len)).await?;
+                    file.sync_all().await
+                }
+                .await
+                .map_err(|e| format!("{label}: can't truncate to {len} bytes: {e}"));
+                failed = r.is_err();
+                let _ = reply.send(r);
+            }
         }
     }
     if let Err(e) = file.sync_all().await {

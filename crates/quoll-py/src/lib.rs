@@ -9,6 +9,7 @@
 use pyo3::prelude::*;
 
 mod app;
+mod checkpoint;
 mod cluster;
 mod codec;
 mod executor;

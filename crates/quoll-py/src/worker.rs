@@ -1,5 +1,5 @@
 //! One worker process: wires the plan to sockets, forms the cluster, runs
-//! the executor loop.
+//! the executor loop, takes part in checkpoints and recovery.
 //!
 //! `run_worker` is called by `quoll.worker` on the Python main thread after
 //! the app has been imported and `application_setup` has run. That thread
@@ -8,24 +8,34 @@
 //! that waits for "Application is ready to work!" can connect at once.
 //!
 //! The event loop serves two inboxes: peers and control first, then source
-//! input. While frames for a slow worker pile up beyond
-//! [`crate::executor::CONGESTED_BYTES`] it takes no source input, but it keeps
-//! serving peers, so a cycle of workers waiting on each other drains.
+//! input. It takes no source input while a checkpoint's barriers are being
+//! aligned, nor while frames for a slow worker pile up beyond
+//! [`crate::executor::CONGESTED_BYTES`]; it keeps serving peers, so a cycle
+//! of workers waiting on each other drains.
+//!
+//! With resilience, losing a worker (link closed, or silent past the
+//! heartbeat timeout) makes the whole cluster re-form under a new
+//! generation and roll back to the last committed checkpoint; a restarted
+//! worker does the same from its files.
 
 use crate::app::{build_plan, SinkSpec, SourceSpec};
-use crate::cluster::{self, ClusterConfig};
+use crate::checkpoint::{Alignment, Coordinator, Files, Image, WorkerCheckpoints};
+use crate::cluster::{Cluster, ControlPlane, WelcomePlan};
 use crate::codec::Codec;
 use crate::executor::{Executor, Router};
-use crate::io::{self, Event, ExternalView, IoStats};
+use crate::io::{self, Event, ExternalView, IoStats, SinkCommand};
 use crate::user_errors::{Fatal, OnUserError, UserErrors};
 use pyo3::exceptions::{PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
-use quoll_core::wire::Control;
+use quoll_core::length_header::LengthHeader;
+use quoll_core::wire::{self, Control};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
 
 /// Worker settings, from the command line (parsed in Python).
 #[derive(FromPyObject)]
@@ -41,6 +51,9 @@ pub struct WorkerConfig {
     pub control: Option<String>,
     pub data: Option<String>,
     pub my_data: Option<String>,
+    pub resilience: bool,
+    pub resilience_dir: String,
+    pub checkpoint_interval_ns: u64,
 }
 
 /// Events taken from an inbox per round before outputs are flushed.
@@ -50,6 +63,36 @@ const SINK_DRAIN: Duration = Duration::from_secs(10);
 
 fn bind(rt: &tokio::runtime::Runtime, addr: &str, what: &str) -> Result<tokio::net::TcpListener, String> {
     rt.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("{what}: can't listen on {addr}: {e}"))
+}
+
+/// A file source's task, restarted at a checkpointed offset on rollback.
+struct FileSource {
+    index: usize,
+    name: String,
+    path: String,
+    header: LengthHeader,
+    task: Option<AbortHandle>,
+}
+
+/// Everything the event loop works with.
+struct Worker<'a> {
+    config: &'a WorkerConfig,
+    worker: Arc<str>,
+    rt: &'a tokio::runtime::Runtime,
+    view: &'a ExternalView,
+    stats: Arc<IoStats>,
+    src_tx: mpsc::Sender<Event>,
+    ctl_tx: mpsc::Sender<Event>,
+    file_sources: Vec<FileSource>,
+    /// Incarnation of the file sources: frames of older ones are dropped.
+    source_epoch: u32,
+    sinks: Vec<mpsc::Sender<SinkCommand>>,
+    plane: Option<ControlPlane>,
+    cluster: Option<Cluster>,
+    checkpoints: Option<WorkerCheckpoints>,
+    coordinator: Option<Coordinator>,
+    generation: u64,
+    stopping: bool,
 }
 
 /// Runs a worker until a clean shutdown. Raises `SystemExit(2)` on a set-up
@@ -63,6 +106,7 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     };
     let plan = build_plan(py, app).map_err(|e| exit(e.to_string()))?;
     let fingerprint = plan.topology.fingerprint();
+    let app_name = plan.topology.app_name.clone();
     let codec = match codec {
         Some((s, d)) => Codec::user(s, d),
         None => Codec::default_codec(py)?,
@@ -76,11 +120,16 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         .build()
         .map_err(|e| exit(format!("can't start the I/O runtime: {e}")))?;
     let (src_tx, mut src_rx) = mpsc::channel::<Event>(64);
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Event>(256);
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Event>(1024);
     let stats = Arc::new(IoStats::default());
+    if config.resilience {
+        println!("****RESILIENCE MODE is active****");
+    }
 
-    // Sources: bind now so errors are reported before "ready".
+    // Sources: bind now so errors are reported before "ready". File
+    // sources start once it is known where they resume.
     let mut source_ids = Vec::new();
+    let mut file_sources = Vec::new();
     for (index, src) in plan.sources.iter().enumerate() {
         source_ids.push(src.name.clone());
         match &src.spec {
@@ -102,22 +151,16 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
                     stats.clone(),
                 ));
             }
-            SourceSpec::File { path, header, .. } => {
-                rt.spawn(io::run_file_source(
-                    worker.clone(),
-                    index,
-                    src.name.clone(),
-                    path.clone(),
-                    *header,
-                    config.max_frame_size,
-                    src_tx.clone(),
-                    stats.clone(),
-                ));
-            }
+            SourceSpec::File { path, header, .. } => file_sources.push(FileSource {
+                index,
+                name: src.name.clone(),
+                path: path.replace("{worker}", &config.name),
+                header: *header,
+                task: None,
+            }),
             SourceSpec::Gen { .. } => {}
         }
     }
-    drop(src_tx);
 
     // Sinks: one writer task each.
     let mut sink_txs = Vec::new();
@@ -130,9 +173,10 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
                 rt.spawn(io::run_tcp_sink(worker.clone(), sink.label.clone(), format!("{host}:{port}"), srx, stats.clone()))
             }
             SinkSpec::File { path } => {
+                let path = path.replace("{worker}", &config.name);
                 let file = rt
-                    .block_on(tokio::fs::File::create(path))
-                    .map_err(|e| exit(format!("{}: can't create {path}: {e}", sink.label)))?;
+                    .block_on(tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path))
+                    .map_err(|e| exit(format!("{}: can't open {path}: {e}", sink.label)))?;
                 rt.spawn(io::run_file_sink(worker.clone(), sink.label.clone(), file, srx))
             }
         };
@@ -152,31 +196,52 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     }
 
     let errors = UserErrors::new(&config.name, policy);
-    let mut ex = Executor::new(py, plan, sink_txs, errors, rt.handle().clone())?;
+    let sinks = sink_txs.clone();
+    let mut ex = Executor::new(py, plan, sink_txs, codec, errors, rt.handle().clone())?;
 
-    // Cluster formation, if this worker is part of one.
     let clustered = config.worker_count > 1 || !config.cluster_initializer;
-    let mut cluster = None;
-    if clustered {
+    let plane = if clustered {
         let control = config.control.clone().ok_or_else(|| exit("a cluster needs --control HOST:PORT".into()))?;
-        let cfg = ClusterConfig {
-            name: config.name.clone(),
-            initializer: config.cluster_initializer,
-            worker_count: config.worker_count,
-            control,
-            data: if config.cluster_initializer { config.data.clone() } else { config.my_data.clone() },
-            fingerprint,
-        };
-        let events = ctl_tx.clone();
-        let formed = py.detach(|| rt.block_on(cluster::form(cfg, events))).map_err(exit)?;
-        let names: Vec<String> = formed.members.iter().map(|m| m.name.clone()).collect();
-        if let Ok(mut n) = view.worker_names.lock() {
-            *n = names.clone();
-        }
-        ex.router = Some(Router::new(formed.me, names, codec, formed.generation, formed.data_out.clone()));
-        cluster = Some(formed);
+        let data = if config.cluster_initializer { config.data.clone() } else { config.my_data.clone() };
+        let bound = rt.block_on(ControlPlane::bind(config.name.clone(), config.cluster_initializer, config.worker_count.max(1), control, data, fingerprint));
+        Some(bound.map_err(exit)?)
+    } else {
+        None
+    };
+    let files = Files { dir: PathBuf::from(&config.resilience_dir), app: app_name, worker: config.name.clone() };
+    let mut w = Worker {
+        config: &config,
+        worker: worker.clone(),
+        rt: &rt,
+        view: &view,
+        stats: stats.clone(),
+        src_tx,
+        ctl_tx,
+        file_sources,
+        source_epoch: 0,
+        sinks,
+        plane,
+        cluster: None,
+        checkpoints: None,
+        coordinator: None,
+        generation: 0,
+        stopping: false,
+    };
+    if config.resilience && config.cluster_initializer {
+        let interval = Duration::from_nanos(config.checkpoint_interval_ns.max(1_000_000));
+        let (c, _, _) = Coordinator::open(&files, interval).map_err(exit)?;
+        w.coordinator = Some(c);
     }
-    drop(ctl_tx);
+    let had_files = config.resilience && files.exist(config.cluster_initializer);
+    if config.resilience {
+        w.checkpoints = Some(WorkerCheckpoints::new(files));
+        ex.enable_generators(false);
+    }
+    if had_files {
+        println!("Attempting to recover...");
+        println!("Recovering from recovery files!");
+    }
+    w.start(py, &mut ex, had_files, "start-up").map_err(|Fatal(m)| exit(m))?;
 
     view.ready.store(true, Ordering::SeqCst);
     view.processing.store(true, Ordering::SeqCst);
@@ -186,17 +251,23 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     println!("|~~ INIT PHASE III: Application is ready to work! ~~|");
 
     let mut inbox = Inbox { src: &mut src_rx, src_open: true, ctl: &mut ctl_rx };
-    let result = event_loop(py, &mut ex, &mut inbox, &rt, &view, &stats, config.batch_size.max(1));
+    let result = w.event_loop(py, &mut ex, &mut inbox);
     view.processing.store(false, Ordering::SeqCst);
 
     // A requested stop goes to the whole cluster.
-    if let (Some(c), Ok(Stop::Requested(reason))) = (&cluster, &result) {
+    let clean = matches!(result, Ok(Stop::Requested(_)) | Ok(Stop::Relayed));
+    if let (Some(c), Ok(Stop::Requested(reason))) = (&w.cluster, &result) {
         let _ = c.control_out.try_send(Control::Shutdown { reason: reason.clone() });
     }
     ex.flush_peers();
     ex.flush_sinks(py);
     let dropped = ex.errors.total();
     drop(ex);
+    let cluster = w.cluster.take();
+    let checkpoints = w.checkpoints.take();
+    drop(w);
+    // Sink writers end once every sender is dropped (the executor's and the
+    // worker's, both gone now) and what they hold is written.
     py.detach(|| {
         rt.block_on(async {
             let _ = tokio::time::timeout(SINK_DRAIN, async {
@@ -211,7 +282,14 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
             .await;
         });
     });
-    rt.shutdown_timeout(Duration::from_millis(100));
+    rt.shutdown_timeout(Duration::from_millis(500));
+    if clean {
+        if let Some(c) = checkpoints {
+            if let Err(e) = c.files.remove_all(config.cluster_initializer) {
+                eprintln!("quoll: error: worker '{}': clean shutdown could not remove its resilience files: {e}", config.name);
+            }
+        }
+    }
     if dropped > 0 {
         println!("quoll: worker '{}': {dropped} messages were dropped after errors", config.name);
     }
@@ -232,109 +310,470 @@ struct Inbox<'a> {
     ctl: &'a mut mpsc::Receiver<Event>,
 }
 
-/// Handles one event; `Some(stop)` ends the loop.
-fn handle(py: Python<'_>, ex: &mut Executor, e: Event, stopping_peers: &mut bool) -> Result<Option<Stop>, Fatal> {
-    match e {
-        Event::Frames { source, frames, .. } => ex.on_frames(py, source, frames)?,
-        Event::PeerData { from, body } => ex.on_peer_data(py, from, &body)?,
-        Event::PeerLost { name, why } => {
-            if !*stopping_peers {
-                eprintln!("quoll: error: lost worker '{name}': {why}; messages for its keys are dropped until it is back");
-            }
-        }
-        Event::Shutdown { reason, from_cluster } => {
-            println!("quoll: stopping: {reason}");
-            *stopping_peers = true;
-            return Ok(Some(if from_cluster { Stop::Relayed } else { Stop::Requested(reason) }));
-        }
+impl Worker<'_> {
+    fn is_initializer(&self) -> bool {
+        self.config.cluster_initializer
     }
-    Ok(None)
-}
 
-fn event_loop(
-    py: Python<'_>,
-    ex: &mut Executor,
-    inbox: &mut Inbox<'_>,
-    rt: &tokio::runtime::Runtime,
-    view: &ExternalView,
-    stats: &IoStats,
-    batch_size: usize,
-) -> Result<Stop, Fatal> {
-    let mut next_timer: Option<Instant> = ex.on_timers(py)?;
-    let mut last_report = Instant::now();
-    let mut stopping_peers = false;
-    loop {
-        if py.check_signals().is_err() {
-            return Ok(Stop::Requested("interrupted".into()));
+    fn workers(&self) -> usize {
+        self.cluster.as_ref().map_or(1, |c| c.members.len())
+    }
+
+    fn me(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.me)
+    }
+
+    /// Forms the cluster (if any), restores the checkpoint it rolls back to
+    /// and starts the replayable sources where that checkpoint left them.
+    fn start(&mut self, py: Python<'_>, ex: &mut Executor, has_files: bool, why: &str) -> Result<(), Fatal> {
+        let mut rollback_to = None;
+        if let Some(c) = &mut self.coordinator {
+            let (last_committed, generation) = c.recovery_point().map_err(Fatal)?;
+            rollback_to = last_committed;
+            self.generation = generation.max(self.generation) + 1;
+            c.new_generation(self.generation).map_err(Fatal)?;
+        } else if self.plane.is_none() {
+            self.generation += 1;
         }
-        let congested = ex.router.as_ref().is_some_and(|r| r.congested());
-        let mut busy = false;
-        for _ in 0..EVENTS_PER_ROUND {
-            let Ok(e) = inbox.ctl.try_recv() else { break };
-            busy = true;
-            if let Some(stop) = handle(py, ex, e, &mut stopping_peers)? {
-                return Ok(stop);
+        if let Some(plane) = &mut self.plane {
+            let plan = WelcomePlan { generation: self.generation, rollback_to, resilient: self.config.resilience };
+            let events = self.ctl_tx.clone();
+            let rt = self.rt;
+            let formed = py.detach(|| rt.block_on(plane.form(&plan, has_files, events))).map_err(|e| Fatal(format!("cluster formation ({why}): {e}")))?;
+            if formed.resilient != self.config.resilience {
+                return Err(Fatal(format!(
+                    "the initializer runs {} resilience but this worker {} --run-with-resilience; start every worker with the same flags",
+                    if formed.resilient { "with" } else { "without" },
+                    if self.config.resilience { "has" } else { "lacks" }
+                )));
             }
+            self.generation = formed.generation;
+            rollback_to = formed.rollback_to;
+            let names: Vec<String> = formed.members.iter().map(|m| m.name.clone()).collect();
+            if let Ok(mut n) = self.view.worker_names.lock() {
+                *n = names.clone();
+            }
+            ex.router = Some(Router::new(formed.me, names, formed.generation, formed.data_out.clone()));
+            self.cluster = Some(formed);
         }
-        if !congested && inbox.src_open {
-            for _ in 0..EVENTS_PER_ROUND {
-                match inbox.src.try_recv() {
-                    Ok(e) => {
-                        busy = true;
-                        if let Some(stop) = handle(py, ex, e, &mut stopping_peers)? {
-                            return Ok(stop);
+        if let Some(cp) = &mut self.checkpoints {
+            if !has_files && rollback_to.is_some() {
+                return Err(Fatal(format!(
+                    "the cluster rolls back to checkpoint {} but this worker has no resilience files in {}; \
+                     restart it with the same --resilience-dir it ran with",
+                    rollback_to.unwrap_or_default(),
+                    cp.files.dir.display()
+                )));
+            }
+            if has_files && rollback_to.is_none() && why == "start-up" {
+                println!(
+                    "quoll: worker '{}': resilience files in {} are from a run that never completed a checkpoint; starting fresh",
+                    self.worker,
+                    cp.files.dir.display()
+                );
+            }
+            let files = cp.files.clone();
+            let image = py.detach(|| files.load(rollback_to)).map_err(|e| Fatal(format!("recovery: {e}")))?;
+            self.restore(py, ex, image)?;
+        } else {
+            self.truncate_sinks(py, &vec![0; self.sinks.len()])?;
+            self.restart_file_sources(&vec![0; self.file_sources.len()]);
+        }
+        Ok(())
+    }
+
+    /// Puts the executor, sinks and file sources where `image` says.
+    fn restore(&mut self, py: Python<'_>, ex: &mut Executor, image: Image) -> Result<(), Fatal> {
+        let restored = ex.restore(py, &image.entries, &image.sources, &image.sinks).map_err(|e| Fatal(format!("recovery: {e}")))?;
+        self.truncate_sinks(py, &restored.sink_offsets)?;
+        let offsets: Vec<u64> = self.file_sources.iter().map(|f| restored.progress.get(f.index).map_or(0, |p| p.file_offset)).collect();
+        self.restart_file_sources(&offsets);
+        let cp = self.checkpoints.as_mut().expect("resilient");
+        cp.restored(image.checkpoint);
+        ex.enable_generators(image.checkpoint.is_some());
+        if let Some(id) = image.checkpoint {
+            println!("RESILIENCE: Replayed {} entries from recovery log file.", restored.entries);
+            println!("|~~ - Recovery COMPLETE - ~~| (checkpoint {id}, generation {})", self.generation);
+        } else if self.generation > 1 {
+            println!("RESILIENCE: Replayed 0 entries from recovery log file.");
+            println!("|~~ - Recovery COMPLETE - ~~| (no checkpoint was complete: started over, generation {})", self.generation);
+        }
+        Ok(())
+    }
+
+    fn truncate_sinks(&self, py: Python<'_>, offsets: &[u64]) -> Result<(), Fatal> {
+        let rt = self.rt;
+        let sinks = self.sinks.clone();
+        py.detach(|| {
+            rt.block_on(async {
+                for (tx, &len) in sinks.iter().zip(offsets) {
+                    let (reply, done) = oneshot::channel();
+                    if tx.send(SinkCommand::Truncate(len, reply)).await.is_ok() {
+                        if let Ok(Err(e)) = done.await {
+                            return Err(Fatal(e));
                         }
                     }
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        inbox.src_open = false;
-                        break;
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
                 }
-            }
-            if ex.generating() {
-                busy = true;
-                ex.run_generators(py, batch_size)?;
-            }
-        }
-        ex.flush_peers();
-        ex.flush_sinks(py);
-        if next_timer.is_none_or(|t| Instant::now() >= t) {
-            next_timer = ex.on_timers(py)?;
-        }
-        ex.errors.maybe_summarise();
-        if last_report.elapsed() >= Duration::from_millis(500) {
-            last_report = Instant::now();
-            publish_report(ex, view, stats);
-        }
-        if busy {
-            continue;
-        }
-        // Idle: wait for input, the next timer, or a slow link, without the GIL.
-        let mut wait = next_timer
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_millis(200))
-            .min(Duration::from_millis(200));
-        if ex.router.as_ref().is_some_and(|r| r.has_pending()) {
-            wait = wait.min(Duration::from_millis(1));
-        }
-        let take_src = !congested && inbox.src_open;
-        let event = py.detach(|| {
-            rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    e = inbox.ctl.recv() => e,
-                    e = inbox.src.recv(), if take_src => {
-                        if e.is_none() { inbox.src_open = false; }
-                        e
-                    }
-                    _ = tokio::time::sleep(wait) => None,
-                }
+                Ok(())
             })
+        })
+    }
+
+    fn restart_file_sources(&mut self, offsets: &[u64]) {
+        self.source_epoch += 1;
+        for (f, &offset) in self.file_sources.iter_mut().zip(offsets) {
+            if let Some(t) = f.task.take() {
+                t.abort();
+            }
+            let task = self.rt.spawn(io::run_file_source(
+                self.worker.clone(),
+                f.index,
+                f.name.clone(),
+                f.path.clone(),
+                f.header,
+                self.config.max_frame_size,
+                offset,
+                self.source_epoch,
+                self.src_tx.clone(),
+                self.stats.clone(),
+            ));
+            f.task = Some(task.abort_handle());
+        }
+    }
+
+    /// Rolls the whole cluster back: tear down this formation, re-form
+    /// under a new generation, restore the last committed checkpoint.
+    fn recover(&mut self, py: Python<'_>, ex: &mut Executor, reason: &str) -> Result<(), Fatal> {
+        println!("quoll: worker '{}': rolling back to the last complete checkpoint: {reason}", self.worker);
+        self.view.processing.store(false, Ordering::SeqCst);
+        if let Some(c) = self.cluster.take() {
+            // The initializer tells the others first, so they re-form now
+            // rather than when their heartbeat times out.
+            let last = self.is_initializer().then(|| Control::Reform { reason: reason.to_string() });
+            let rt = self.rt;
+            py.detach(|| rt.block_on(c.tear_down(last)));
+        }
+        ex.router = None;
+        if let Some(cp) = &mut self.checkpoints {
+            cp.alignment = None;
+        }
+        if let Some(c) = &mut self.coordinator {
+            c.finish();
+        }
+        self.start(py, ex, true, "recovery")?;
+        self.view.processing.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    // ---- checkpoints ----
+
+    /// Starts this worker's part of checkpoint `id` (see `checkpoint`).
+    fn begin_checkpoint(&mut self, py: Python<'_>, ex: &mut Executor, id: u64) -> Result<(), Fatal> {
+        let (workers, me, generation) = (self.workers(), self.me(), self.generation);
+        let Some(cp) = &mut self.checkpoints else { return Ok(()) };
+        if id <= cp.last_begun || cp.alignment.is_some() {
+            return Ok(());
+        }
+        cp.last_begun = id;
+        cp.progress_at.insert(id, ex.progress());
+        if let Some(r) = &mut ex.router {
+            r.send_to_all(wire::barrier_frame(generation, id));
+        }
+        cp.alignment = Some(Alignment::new(id, workers, me));
+        self.maybe_aligned(py, ex)
+    }
+
+    fn on_barrier(&mut self, py: Python<'_>, ex: &mut Executor, from: usize, generation: u64, id: u64) -> Result<(), Fatal> {
+        if generation != self.generation {
+            return Ok(());
+        }
+        let begun = self.checkpoints.as_ref().map_or(0, |c| c.last_begun);
+        if id > begun {
+            self.begin_checkpoint(py, ex, id)?;
+        }
+        if let Some(a) = self.checkpoints.as_mut().and_then(|c| c.alignment.as_mut()) {
+            if a.id == id {
+                if let Some(b) = a.barriers.get_mut(from) {
+                    *b = true;
+                }
+            }
+        }
+        self.maybe_aligned(py, ex)
+    }
+
+    /// With every barrier in: snapshot, resume, hand the file to an I/O
+    /// thread, then process what was held back.
+    fn maybe_aligned(&mut self, py: Python<'_>, ex: &mut Executor) -> Result<(), Fatal> {
+        let Some(cp) = &mut self.checkpoints else { return Ok(()) };
+        if !cp.alignment.as_ref().is_some_and(|a| a.complete()) {
+            return Ok(());
+        }
+        let a = cp.alignment.take().expect("checked");
+        let parent = cp.next_parent();
+        let id = a.id;
+        // Output of peer messages processed while aligning belongs before
+        // the barrier too, so sink lengths are taken now, with the state.
+        let sink_offsets = ex.sink_offsets(py);
+        match ex.snapshot(py, parent.is_none(), &sink_offsets) {
+            Ok(snapshot) => {
+                let files = cp.files.clone();
+                let sinks = self.sinks.clone();
+                let events = self.ctl_tx.clone();
+                self.rt.spawn(async move {
+                    let mut result = Ok(String::new());
+                    for tx in sinks {
+                        let (reply, done) = oneshot::channel();
+                        if tx.send(SinkCommand::Sync(reply)).await.is_ok() {
+                            if let Ok(Err(e)) = done.await {
+                                result = Err(e);
+                            }
+                        }
+                    }
+                    if result.is_ok() {
+                        result = tokio::task::spawn_blocking(move || files.write(id, parent, snapshot))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("checkpoint writer failed: {e}")));
+                    }
+                    let _ = events.send(Event::CheckpointWritten { id, parent, result }).await;
+                });
+            }
+            Err(e) => {
+                eprintln!("quoll: error: worker '{}': checkpoint {id} can't be taken: {e}; it is abandoned and the next one will retry", self.worker);
+                self.checkpoint_done(py, ex, id, Some(e))?;
+            }
+        }
+        for (from, held) in a.held.into_iter().enumerate() {
+            for body in held {
+                ex.on_peer_data(py, from, &body)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This worker's part of `id` is durable (or failed): tell the coordinator.
+    fn checkpoint_done(&mut self, py: Python<'_>, ex: &mut Executor, id: u64, error: Option<String>) -> Result<(), Fatal> {
+        let generation = self.generation;
+        if self.is_initializer() {
+            self.on_done(py, ex, id, 0, error)
+        } else {
+            if let Some(c) = &self.cluster {
+                let _ = c.control_out.try_send(Control::CheckpointDone { id, generation, error });
+            }
+            Ok(())
+        }
+    }
+
+    /// Coordinator: worker `who` finished its part of `id`. With everyone
+    /// done, "id committed" goes durably into the commit log, and only then
+    /// to the workers.
+    fn on_done(&mut self, py: Python<'_>, ex: &mut Executor, id: u64, who: usize, error: Option<String>) -> Result<(), Fatal> {
+        let generation = self.generation;
+        let Some(c) = &mut self.coordinator else { return Ok(()) };
+        if let Some(e) = error {
+            if c.in_flight.as_ref().is_some_and(|(cur, _)| *cur == id) {
+                let name = self.cluster.as_ref().and_then(|cl| cl.members.get(who)).map_or("initializer", |m| m.name.as_str());
+                eprintln!("quoll: error: checkpoint {id} abandoned: worker '{name}': {e}");
+                c.finish();
+            }
+            return Ok(());
+        }
+        if !c.done(id, who) {
+            return Ok(());
+        }
+        let result = py.detach(|| c.commit(id, generation));
+        c.finish();
+        match result {
+            Ok(()) => {
+                if let Some(cl) = &self.cluster {
+                    let _ = cl.control_out.try_send(Control::Committed { id, generation });
+                }
+                self.on_committed(ex, id);
+            }
+            Err(e) => eprintln!("quoll: error: checkpoint {id} could not be marked complete: {e}; it is abandoned"),
+        }
+        Ok(())
+    }
+
+    /// Checkpoint `id` is complete cluster-wide.
+    fn on_committed(&mut self, ex: &mut Executor, id: u64) {
+        let Some(cp) = &mut self.checkpoints else { return };
+        let compact = cp.committed(id);
+        ex.enable_generators(true);
+        let files = cp.files.clone();
+        let worker = self.worker.clone();
+        self.rt.spawn_blocking(move || {
+            if let Err(e) = files.after_commit(id, compact) {
+                eprintln!("quoll: error: worker '{worker}': after checkpoint {id}: {e}");
+            }
         });
-        if let Some(e) = event {
-            if let Some(stop) = handle(py, ex, e, &mut stopping_peers)? {
-                return Ok(stop);
+    }
+
+    /// Handles one event; `Some(stop)` ends the loop.
+    fn handle(&mut self, py: Python<'_>, ex: &mut Executor, e: Event) -> Result<Option<Stop>, Fatal> {
+        match e {
+            Event::Frames { source, frames, position, epoch } => {
+                if epoch == 0 || epoch == self.source_epoch {
+                    ex.on_frames(py, source, frames, position)?
+                }
+            }
+            Event::PeerData { from, body } => {
+                if let Some(a) = self.checkpoints.as_mut().and_then(|c| c.alignment.as_mut()) {
+                    if a.barriers.get(from).copied().unwrap_or(false) {
+                        a.held[from].push_back(body);
+                        return Ok(None);
+                    }
+                }
+                ex.on_peer_data(py, from, &body)?
+            }
+            Event::PeerBarrier { from, generation, checkpoint } => self.on_barrier(py, ex, from, generation, checkpoint)?,
+            Event::Control { from, generation, msg } => {
+                if generation != self.generation {
+                    return Ok(None);
+                }
+                match msg {
+                    Control::Checkpoint { id, .. } => self.begin_checkpoint(py, ex, id)?,
+                    Control::CheckpointDone { id, error, .. } => self.on_done(py, ex, id, from, error)?,
+                    Control::Committed { id, .. } => self.on_committed(ex, id),
+                    Control::Reform { reason } => {
+                        if self.config.resilience {
+                            self.recover(py, ex, &format!("the initializer re-forms the cluster: {reason}"))?;
+                        }
+                    }
+                    other => eprintln!("quoll: worker '{}': unexpected control message {other:?}", self.worker),
+                }
+            }
+            Event::PeerLost { name, generation, why } => {
+                if generation != self.generation || self.stopping {
+                    return Ok(None);
+                }
+                let is_initializer_link = self.cluster.as_ref().is_some_and(|c| c.members.first().is_some_and(|m| m.name == name));
+                eprintln!("quoll: error: worker '{}': lost worker '{name}': {why}", self.worker);
+                if self.config.resilience {
+                    if self.is_initializer() || is_initializer_link {
+                        self.recover(py, ex, &format!("lost worker '{name}': {why}"))?;
+                    }
+                } else {
+                    eprintln!("quoll: worker '{}': without --run-with-resilience the cluster can't recover; messages for '{name}' are dropped", self.worker);
+                }
+            }
+            Event::CheckpointWritten { id, parent, result } => match result {
+                Ok(_summary) => {
+                    if let Some(cp) = &mut self.checkpoints {
+                        cp.written(id, parent);
+                    }
+                    self.checkpoint_done(py, ex, id, None)?;
+                }
+                Err(e) => {
+                    eprintln!("quoll: error: worker '{}': checkpoint {id} could not be written: {e}", self.worker);
+                    self.checkpoint_done(py, ex, id, Some(e))?;
+                }
+            },
+            Event::Shutdown { reason, from_cluster } => {
+                println!("quoll: stopping: {reason}");
+                self.stopping = true;
+                return Ok(Some(if from_cluster { Stop::Relayed } else { Stop::Requested(reason) }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn aligning(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(|c| c.alignment.is_some())
+    }
+
+    fn event_loop(&mut self, py: Python<'_>, ex: &mut Executor, inbox: &mut Inbox<'_>) -> Result<Stop, Fatal> {
+        let mut next_timer: Option<Instant> = ex.on_timers(py)?;
+        let mut last_report = Instant::now();
+        let batch_size = self.config.batch_size.max(1);
+        loop {
+            if py.check_signals().is_err() {
+                return Ok(Stop::Requested("interrupted".into()));
+            }
+            let workers = self.workers();
+            if let Some(id) = self.coordinator.as_mut().and_then(|c| c.due(workers)) {
+                if let Some(c) = &self.cluster {
+                    let _ = c.control_out.try_send(Control::Checkpoint { id, generation: self.generation });
+                }
+                self.begin_checkpoint(py, ex, id)?;
+            }
+            let paused = self.aligning() || ex.router.as_ref().is_some_and(|r| r.congested());
+            let mut busy = false;
+            for _ in 0..EVENTS_PER_ROUND {
+                let Ok(e) = inbox.ctl.try_recv() else { break };
+                busy = true;
+                if let Some(stop) = self.handle(py, ex, e)? {
+                    return Ok(stop);
+                }
+            }
+            let paused = paused || self.aligning();
+            if !paused && inbox.src_open {
+                for _ in 0..EVENTS_PER_ROUND {
+                    match inbox.src.try_recv() {
+                        Ok(e) => {
+                            busy = true;
+                            if let Some(stop) = self.handle(py, ex, e)? {
+                                return Ok(stop);
+                            }
+                            if self.aligning() {
+                                break;
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            inbox.src_open = false;
+                            break;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                    }
+                }
+                if ex.generating() && !self.aligning() {
+                    busy = true;
+                    ex.run_generators(py, batch_size)?;
+                }
+            }
+            ex.flush_peers();
+            ex.flush_sinks(py);
+            if next_timer.is_none_or(|t| Instant::now() >= t) {
+                next_timer = ex.on_timers(py)?;
+            }
+            ex.errors.maybe_summarise();
+            if last_report.elapsed() >= Duration::from_millis(500) {
+                last_report = Instant::now();
+                publish_report(ex, self.view, &self.stats);
+            }
+            if busy {
+                continue;
+            }
+            // Idle: wait for input, the next timer, a checkpoint or a slow
+            // link, without the GIL.
+            let mut wait = next_timer
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_millis(200))
+                .min(Duration::from_millis(200));
+            if let Some(c) = &self.coordinator {
+                wait = wait.min(c.next_at.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+            }
+            if ex.router.as_ref().is_some_and(|r| r.has_pending()) {
+                wait = wait.min(Duration::from_millis(1));
+            }
+            let take_src = !self.aligning() && !ex.router.as_ref().is_some_and(|r| r.congested()) && inbox.src_open;
+            let rt = self.rt;
+            let event = py.detach(|| {
+                rt.block_on(async {
+                    tokio::select! {
+                        biased;
+                        e = inbox.ctl.recv() => e,
+                        e = inbox.src.recv(), if take_src => {
+                            if e.is_none() { inbox.src_open = false; }
+                            e
+                        }
+                        _ = tokio::time::sleep(wait) => None,
+                    }
+                })
+            });
+            if let Some(e) = event {
+                if let Some(stop) = self.handle(py, ex, e)? {
+                    return Ok(stop);
+                }
             }
         }
     }

@@ -4,7 +4,9 @@
 //! [`run`] with the arguments that follow `quoll` (so `args[0]` is the
 //! subcommand name):
 //!
-//! - `send`: feed a file to a worker's TCP source ([`send`]).
+//! - `send`: feed a file to a worker's TCP source ([`send`]), or with
+//!   `--connector` to a source connector over connector protocol v3
+//!   ([`connector_client`]).
 //! - `receive`: listen for the workers' TCP sinks and store or count what
 //!   arrives ([`receive`]).
 //! - `status`, `shutdown`: talk to a worker's external channel
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
+pub mod connector_client;
 pub mod external_client;
 pub mod receive;
 pub mod send;

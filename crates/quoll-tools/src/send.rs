@@ -27,6 +27,13 @@
 //! At the end the sending side of the socket is shut down, and one line is
 //! printed on stdout:
 //! `quoll send: sent N messages (B bytes) in T s (R msgs/s)`.
+//!
+//! `--connector` speaks connector protocol v3 to a worker's source
+//! connector instead (`--cookie`, `--stream-id`, `--stream-name`,
+//! `--program-name`, `--instance-name`, `--reconnect-timeout`): every
+//! record is one MESSAGE, credits are obeyed, and what the worker has not
+//! acknowledged is sent again after a RESTART or a lost connection. See
+//! [`crate::connector_client`].
 
 use std::io::Write;
 use std::net::Shutdown;
@@ -78,6 +85,41 @@ pub struct SendArgs {
     /// Seconds to keep retrying the connection (every 100 ms).
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
     pub connect_timeout: f64,
+    /// Speak the connector protocol (v3) to a worker's source connector:
+    /// one MESSAGE per record, resent from the last acknowledged one after
+    /// a restart.
+    #[arg(long)]
+    pub connector: bool,
+    /// With --connector: the source connector's cookie.
+    #[arg(
+        long,
+        value_name = "COOKIE",
+        default_value = "cookie",
+        requires = "connector"
+    )]
+    pub cookie: String,
+    /// With --connector: the stream id (message ids restart at 1 per run,
+    /// so a worker that already has a stream's messages skips them).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "connector")]
+    pub stream_id: u64,
+    /// With --connector: the stream name (default: the --file path).
+    #[arg(long, value_name = "NAME", requires = "connector")]
+    pub stream_name: Option<String>,
+    /// With --connector: the program name sent in HELLO.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "quoll-send",
+        requires = "connector"
+    )]
+    pub program_name: String,
+    /// With --connector: the instance name sent in HELLO (default: quoll-send-PID).
+    #[arg(long, value_name = "NAME", requires = "connector")]
+    pub instance_name: Option<String>,
+    /// With --connector: seconds to keep trying to resume after a restart or
+    /// a lost connection, and to wait for any reply (credits, the final ACK).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_seconds, requires = "connector")]
+    pub reconnect_timeout: f64,
 }
 
 /// A file encoded for sending: one buffer and the end offset of each message.
@@ -318,8 +360,11 @@ pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
 pub fn run_send(
     args: &SendArgs,
     out: &mut dyn Write,
-    _err: &mut dyn Write,
+    err: &mut dyn Write,
 ) -> Result<i32, ToolError> {
+    if args.connector {
+        return crate::connector_client::run_send_connector(args, out, err);
+    }
     let report = send(args)?;
     let _ = writeln!(out, "{}", report.line());
     Ok(EXIT_OK)

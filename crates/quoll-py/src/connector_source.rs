@@ -1,0 +1,1000 @@
+//! A connector source (spec 7.5, 7.7) on one worker: external clients
+//! connect, speak connector protocol v3 ([`quoll_core::connector`]) and send
+//! MESSAGE frames on streams; the payloads go to the executor with the
+//! stream position, so a checkpoint records where each stream stands and a
+//! rollback makes the clients resend from there.
+//!
+//! One task accepts connections and serves the executor's commands
+//! ([`ConnectorCommand`]); each connection has its own task. The
+//! connections of this source share a registry of streams: who owns each
+//! stream id, the last message id seen (for deduplication), the last
+//! position handed to the executor and the last acknowledged (checkpointed)
+//! position, which NOTIFY_ACK returns to a client that opens the stream
+//! again.
+//!
+//! # Contract with the executor
+//!
+//! - Frames arrive as `Event::Frames { source, frames, position:
+//!   Some(SourcePosition::Stream { id, point_of_ref }) }`: `point_of_ref` is
+//!   the message id of the last message the event covers. Consecutive
+//!   messages of one stream that are already buffered travel in one event.
+//!   Messages with an empty payload ("no message") are not forwarded.
+//! - With resilience, nothing is acknowledged to a client until
+//!   [`ConnectorCommand::Committed`] says a checkpoint covers it.
+//! - Every event carries the source epoch of the connection that read it:
+//!   [`ConnectorSourceConfig::epoch`] at first, then the `epoch` of the
+//!   latest [`ConnectorCommand::Restart`]. The executor drops frames of an
+//!   older epoch (those were read before the rollback; the clients resend
+//!   them), so the epoch must be nonzero (0 is never filtered).
+//! - [`ConnectorCommand::Restart`] (rollback) stops every connection (each
+//!   gets RESTART("") and is closed) and resets the registry to the given
+//!   positions; connections of the old epoch can no longer change it.
+//! - Commands queued before the task starts are applied before the first
+//!   client is accepted: a restarted worker can queue `Restart { resume, .. }`
+//!   with its recovered positions before spawning the task, so that NOTIFY
+//!   answers with the checkpointed positions from the start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quoll_core::connector::{self, ConnectorDecoder, ConnectorMessage, FrameType, NO_POSITION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::io::{Event, SourcePosition};
+
+/// Frames per event handed to the executor: bounds latency and memory.
+const FRAMES_PER_EVENT: usize = 4096;
+
+/// One source-connector source, as the app configured it.
+#[derive(Debug, Clone)]
+pub struct ConnectorSourceConfig {
+    /// The source's name (for messages).
+    pub name: String,
+    /// The cookie clients must present in HELLO.
+    pub cookie: String,
+    /// Credits granted at HELLO and topped up to.
+    pub max_credits: u32,
+    /// Top up once the client's credits fall to this or below.
+    pub refill_credits: u32,
+    /// Largest frame length (type + body) accepted; a larger one closes the connection.
+    pub max_frame_size: u64,
+    /// The source epoch events carry until the first `Restart` (nonzero).
+    pub epoch: u32,
+}
+
+/// What the executor tells a connector source.
+#[derive(Debug, Clone)]
+pub enum ConnectorCommand {
+    /// A checkpoint completed cluster-wide: send each open stream's connection an ACK with these positions (stream id -> last message id covered by the checkpoint), and release streams that were pending close (EOS) and are covered.
+    Committed { positions: Vec<(u64, u64)> },
+    /// Rollback: send RESTART("") to every client and close them; afterwards streams resume from `resume` (stream id -> point of reference; absent = never seen), and events carry `epoch`.
+    Restart { resume: Vec<(u64, u64)>, epoch: u32 },
+}
+
+/// One stream id as this source knows it.
+#[derive(Debug, Clone)]
+struct StreamState {
+    /// The connection that has it open (or pending close), if any.
+    owner: Option<u64>,
+    /// EOS received; waiting for a checkpoint to cover it.
+    pending_close: bool,
+    /// Last message id received (deduplication), [`NO_POSITION`] if none.
+    last_seen: u64,
+    /// Last message id handed to the executor, [`NO_POSITION`] if none.
+    forwarded: u64,
+    /// Last position acknowledged (checkpointed); NOTIFY_ACK resumes from it.
+    acked: u64,
+}
+
+impl StreamState {
+    fn at(pos: u64) -> StreamState {
+        StreamState {
+            owner: None,
+            pending_close: false,
+            last_seen: pos,
+            forwarded: pos,
+            acked: pos,
+        }
+    }
+
+    /// True once everything handed to the executor is acknowledged.
+    fn covered(&self) -> bool {
+        self.forwarded == NO_POSITION || (self.acked != NO_POSITION && self.acked >= self.forwarded)
+    }
+}
+
+/// What the source task tells one connection.
+enum Ctl {
+    /// Send an ACK with these positions (plus a credit top-up).
+    Ack(Vec<(u64, u64)>),
+    /// Rollback: send RESTART and close.
+    Restart,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Bumped at every rollback; a connection of an older generation stops.
+    generation: u64,
+    /// The source epoch new connections' events carry.
+    epoch: u32,
+    streams: HashMap<u64, StreamState>,
+    conns: HashMap<u64, mpsc::UnboundedSender<Ctl>>,
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+fn lock(reg: &Shared) -> MutexGuard<'_, Registry> {
+    reg.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serves one connector source: accepts clients on `listener`, forwards
+/// their messages to `tx` and obeys `commands` (see the module docs).
+/// Ends when the executor's inbox closes.
+pub async fn run_connector_source(
+    worker: Arc<str>,
+    source: usize,
+    cfg: ConnectorSourceConfig,
+    listener: TcpListener,
+    tx: mpsc::Sender<Event>,
+    mut commands: mpsc::Receiver<ConnectorCommand>,
+    resilient: bool,
+) {
+    let cfg = Arc::new(cfg);
+    let reg: Shared = Arc::new(Mutex::new(Registry { epoch: cfg.epoch, ..Registry::default() }));
+    let mut tasks: HashMap<u64, JoinHandle<()>> = HashMap::new();
+    let mut next_conn: u64 = 0;
+    // Commands queued before the start (a recovered worker's Restart) come first.
+    while let Ok(cmd) = commands.try_recv() {
+        handle_command(cmd, &reg);
+    }
+    let mut commands_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = tx.closed() => break,
+            cmd = commands.recv(), if commands_open => match cmd {
+                Some(cmd) => handle_command(cmd, &reg),
+                None => commands_open = false,
+            },
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tasks.retain(|_, h| !h.is_finished());
+                    let id = next_conn;
+                    next_conn += 1;
+                    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+                    let (generation, epoch) = {
+                        let mut r = lock(&reg);
+                        r.conns.insert(id, ctl_tx);
+                        (r.generation, r.epoch)
+                    };
+                    let conn = Conn {
+                        id,
+                        generation,
+                        epoch,
+                        source,
+                        place: format!("worker '{worker}', source '{}', connection from {peer}", cfg.name),
+                        cfg: cfg.clone(),
+                        reg: reg.clone(),
+                        tx: tx.clone(),
+                        ctl: ctl_rx,
+                        stream,
+                        resilient,
+                        greeted: false,
+                        credits: 0,
+                        batch: None,
+                        out: Vec::new(),
+                    };
+                    tasks.insert(id, tokio::spawn(conn.run()));
+                }
+                Err(e) => {
+                    eprintln!("quoll: error: worker '{worker}', source '{}': accept failed: {e}", cfg.name);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    for (_, h) in tasks {
+        h.abort();
+    }
+}
+
+fn handle_command(cmd: ConnectorCommand, reg: &Shared) {
+    match cmd {
+        ConnectorCommand::Committed { positions } => committed(reg, positions),
+        ConnectorCommand::Restart { resume, epoch } => {
+            let conns = {
+                let mut r = lock(reg);
+                r.generation += 1;
+                r.epoch = epoch;
+                r.streams.clear();
+                for (id, por) in resume {
+                    r.streams.insert(id, StreamState::at(por));
+                }
+                std::mem::take(&mut r.conns)
+            };
+            // Connections of the old generation stop at once; whatever they
+            // still hand over carries the old epoch and is dropped.
+            for ctl in conns.values() {
+                let _ = ctl.send(Ctl::Restart);
+            }
+        }
+    }
+}
+
+/// A checkpoint completed: record the positions, acknowledge open streams
+/// and release covered streams that are pending close.
+fn committed(reg: &Shared, positions: Vec<(u64, u64)>) {
+    let mut r = lock(reg);
+    let mut per_conn: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for (id, pos) in positions {
+        if pos == NO_POSITION {
+            continue;
+        }
+        let s = r.streams.entry(id).or_insert_with(|| StreamState::at(NO_POSITION));
+        s.acked = pos;
+        if s.last_seen == NO_POSITION || s.last_seen < pos {
+            s.last_seen = pos;
+        }
+        if s.forwarded == NO_POSITION || s.forwarded < pos {
+            s.forwarded = pos;
+        }
+        if let Some(owner) = s.owner {
+            per_conn.entry(owner).or_default().push((id, pos));
+        }
+    }
+    for (&id, s) in r.streams.iter_mut() {
+        if !s.pending_close || !s.covered() {
+            continue;
+        }
+        let Some(owner) = s.owner.take() else { continue };
+        s.pending_close = false;
+        if s.last_seen != NO_POSITION {
+            // The final position (beyond the checkpoint's only by messages
+            // with an empty payload, which need no replay).
+            s.acked = s.last_seen;
+            let acks = per_conn.entry(owner).or_default();
+            match acks.iter_mut().find(|(i, _)| *i == id) {
+                Some(a) => a.1 = s.last_seen,
+                None => acks.push((id, s.last_seen)),
+            }
+        }
+    }
+    for (conn, acks) in per_conn {
+        if acks.is_empty() {
+            continue;
+        }
+        if let Some(ctl) = r.conns.get(&conn) {
+            let _ = ctl.send(Ctl::Ack(acks));
+        }
+    }
+}
+
+/// How processing continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Close the connection (after writing what is queued, e.g. an ERROR).
+    Close,
+    /// Rollback: RESTART and close.
+    Restart,
+    /// The executor is gone.
+    Stop,
+}
+
+/// Consecutive messages of one stream, not yet handed over.
+struct Batch {
+    stream_id: u64,
+    frames: Vec<Bytes>,
+    last: u64,
+}
+
+/// A MESSAGE's fate, decided under the registry lock.
+enum Verdict {
+    Take,
+    Duplicate,
+    Unregistered,
+    Stale,
+}
+
+struct Conn {
+    id: u64,
+    generation: u64,
+    /// The source epoch this connection's events carry.
+    epoch: u32,
+    source: usize,
+    place: String,
+    cfg: Arc<ConnectorSourceConfig>,
+    reg: Shared,
+    tx: mpsc::Sender<Event>,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
+    stream: TcpStream,
+    resilient: bool,
+    /// Whether HELLO was accepted.
+    greeted: bool,
+    /// The worker's count of the client's credits.
+    credits: i64,
+    batch: Option<Batch>,
+    /// Frames to write to the client.
+    out: Vec<u8>,
+}
+
+impl Conn {
+    async fn run(mut self) {
+        let max = self.cfg.max_frame_size.clamp(1, u32::MAX as u64) as u32;
+        let mut dec = ConnectorDecoder::with_max_frame_size(max);
+        let flow = loop {
+            let flow = self.process(&mut dec).await;
+            if flow != Flow::Continue {
+                break flow;
+            }
+            let buf = dec.read_buf();
+            if buf.capacity() - buf.len() < (16 << 10) {
+                buf.reserve(64 << 10);
+            }
+            tokio::select! {
+                r = self.stream.read_buf(dec.read_buf()) => match r {
+                    Ok(0) => {
+                        if !dec.is_empty() {
+                            eprintln!(
+                                "quoll: error: {}: the client closed the connection in the middle of a frame ({} bytes); that frame is dropped",
+                                self.place,
+                                dec.buffered_len()
+                            );
+                        }
+                        break Flow::Close;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("quoll: error: {}: read failed: {e}; connection closed", self.place);
+                        break Flow::Close;
+                    }
+                },
+                c = self.ctl.recv() => {
+                    let flow = self.on_ctl(c).await;
+                    if flow != Flow::Continue {
+                        break flow;
+                    }
+                }
+            }
+        };
+        if flow == Flow::Restart {
+            self.queue(&ConnectorMessage::Restart { address: String::new() });
+        }
+        if flow != Flow::Stop {
+            let _ = self.write_out().await;
+            let _ = self.stream.shutdown().await;
+        }
+        self.release();
+    }
+
+    /// Handles a message from the source task.
+    async fn on_ctl(&mut self, c: Option<Ctl>) -> Flow {
+        match c {
+            Some(Ctl::Ack(acks)) => {
+                self.queue_ack(acks);
+                if self.write_out().await {
+                    Flow::Continue
+                } else {
+                    Flow::Close
+                }
+            }
+            Some(Ctl::Restart) | None => Flow::Restart,
+        }
+    }
+
+    /// Handles every complete frame buffered, forwards the batch and
+    /// writes the replies.
+    async fn process(&mut self, dec: &mut ConnectorDecoder) -> Flow {
+        let mut flow = Flow::Continue;
+        while flow == Flow::Continue {
+            let frame = match dec.pop_raw() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    flow = self.fail(&format!("{e}"));
+                    break;
+                }
+            };
+            let ty = frame.ty;
+            flow = match frame.decode() {
+                Ok(msg) => self.on_message(msg).await,
+                Err(e) => {
+                    let what = match FrameType::from_u8(ty) {
+                        Some(t) => format!("malformed {t}: {e}"),
+                        None => format!("{e}"),
+                    };
+                    self.fail(&what)
+                }
+            };
+        }
+        if flow == Flow::Continue || flow == Flow::Close {
+            // Hand over what was accepted before an error too.
+            let f = self.flush().await;
+            if f != Flow::Continue {
+                flow = f;
+            }
+        }
+        if flow == Flow::Continue && !self.write_out().await {
+            flow = Flow::Close;
+        }
+        flow
+    }
+
+    /// Queues ERROR "Invalid message: ..." and closes.
+    fn fail(&mut self, what: &str) -> Flow {
+        self.reject(connector::invalid_message_error(what))
+    }
+
+    /// Queues ERROR with this text and closes.
+    fn reject(&mut self, text: String) -> Flow {
+        eprintln!("quoll: error: {}: {text}; connection closed", self.place);
+        self.queue(&ConnectorMessage::Error { message: text });
+        Flow::Close
+    }
+
+    async fn on_message(&mut self, msg: ConnectorMessage) -> Flow {
+        if !self.greeted {
+            return match msg {
+                ConnectorMessage::Hello { version, cookie, .. } => {
+                    if version != connector::PROTOCOL_VERSION {
+                        return self.reject(connector::unknown_version_error(&version));
+                    }
+                    if cookie != self.cfg.cookie {
+                        return self.reject(connector::bad_cookie_error(&cookie, &self.cfg.cookie));
+                    }
+                    self.greeted = true;
+                    self.credits = self.cfg.max_credits as i64;
+                    self.queue(&ConnectorMessage::Ok { initial_credits: self.cfg.max_credits });
+                    Flow::Continue
+                }
+                ConnectorMessage::Error { message } => self.client_error(&message),
+                other => self.fail(&format!("{} before HELLO", other.frame_type())),
+            };
+        }
+        match msg {
+            ConnectorMessage::Message { stream_id, message_id, payload, .. } => {
+                let flow = self.on_data(stream_id, message_id, payload).await;
+                if flow == Flow::Continue {
+                    self.spend();
+                }
+                flow
+            }
+            ConnectorMessage::Notify { stream_id, point_of_ref, .. } => {
+                let flow = self.on_notify(stream_id, point_of_ref);
+                if flow == Flow::Continue {
+                    self.spend();
+                }
+                flow
+            }
+            ConnectorMessage::Eos { stream_id } => self.on_eos(stream_id).await,
+            ConnectorMessage::Error { message } => self.client_error(&message),
+            ConnectorMessage::Hello { .. } => self.fail("HELLO after the handshake"),
+            other @ (ConnectorMessage::Ok { .. }
+            | ConnectorMessage::NotifyAck { .. }
+            | ConnectorMessage::Ack { .. }
+            | ConnectorMessage::Restart { .. }) => self.fail(&format!("{} from a client", other.frame_type())),
+        }
+    }
+
+    fn client_error(&mut self, message: &str) -> Flow {
+        eprintln!("quoll: error: {}: the client sent ERROR \"{message}\"; connection closed", self.place);
+        Flow::Close
+    }
+
+    fn on_notify(&mut self, stream_id: u64, asked: u64) -> Flow {
+        let me = self.id;
+        let reply = {
+            let mut r = lock(&self.reg);
+            if r.generation != self.generation {
+                return Flow::Restart;
+            }
+            let s = r.streams.entry(stream_id).or_insert_with(|| StreamState::at(NO_POSITION));
+            if s.owner.is_some() {
+                ConnectorMessage::NotifyAck { success: false, stream_id, point_of_ref: asked }
+            } else {
+                s.owner = Some(me);
+                s.pending_close = false;
+                ConnectorMessage::NotifyAck { success: true, stream_id, point_of_ref: s.acked }
+            }
+        };
+        self.queue(&reply);
+        Flow::Continue
+    }
+
+    async fn on_data(&mut self, stream_id: u64, message_id: u64, payload: Bytes) -> Flow {
+        let me = self.id;
+        let verdict = {
+            let mut r = lock(&self.reg);
+            if r.generation != self.generation {
+                Verdict::Stale
+            } else {
+                match r.streams.get_mut(&stream_id) {
+                    Some(s) if s.owner == Some(me) && !s.pending_close => {
+                        if s.last_seen != NO_POSITION && message_id <= s.last_seen {
+                            Verdict::Duplicate
+                        } else {
+                            s.last_seen = message_id;
+                            Verdict::Take
+                        }
+                    }
+                    _ => Verdict::Unregistered,
+                }
+            }
+        };
+        match verdict {
+            Verdict::Stale => Flow::Restart,
+            Verdict::Unregistered => self.reject(connector::bad_stream_error(stream_id)),
+            Verdict::Duplicate => Flow::Continue,
+            Verdict::Take => {
+                if payload.is_empty() {
+                    // "No message": nothing to hand over, but a batch of
+                    // this stream now ends at this id.
+                    if let Some(b) = self.batch.as_mut().filter(|b| b.stream_id == stream_id) {
+                        b.last = message_id;
+                    }
+                    return Flow::Continue;
+                }
+                if self.batch.as_ref().is_some_and(|b| b.stream_id != stream_id || b.frames.len() >= FRAMES_PER_EVENT) {
+                    let flow = self.flush().await;
+                    if flow != Flow::Continue {
+                        return flow;
+                    }
+                }
+                let b = self.batch.get_or_insert_with(|| Batch { stream_id, frames: Vec::new(), last: message_id });
+                b.frames.push(payload);
+                b.last = message_id;
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn on_eos(&mut self, stream_id: u64) -> Flow {
+        let flow = self.flush().await;
+        if flow != Flow::Continue {
+            return flow;
+        }
+        let me = self.id;
+        let mut reply = None;
+        let owned = {
+            let mut r = lock(&self.reg);
+            if r.generation != self.generation {
+                return Flow::Restart;
+            }
+            match r.streams.get_mut(&stream_id) {
+                Some(s) if s.owner == Some(me) && !s.pending_close => {
+                    if self.resilient {
+                        s.pending_close = true;
+                    } else {
+                        s.owner = None;
+                        if s.last_seen != NO_POSITION {
+                            s.acked = s.last_seen;
+                        }
+                        reply = Some(ConnectorMessage::Ack { credits: 0, acks: vec![(stream_id, s.last_seen)] });
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !owned {
+            return self.reject(connector::bad_stream_error(stream_id));
+        }
+        if let Some(m) = reply {
+            self.queue(&m);
+        }
+        Flow::Continue
+    }
+
+    /// Counts one credit spent; tops the client up when it runs low.
+    fn spend(&mut self) {
+        self.credits -= 1;
+        if self.credits <= self.cfg.refill_credits as i64 {
+            self.queue_ack(Vec::new());
+        }
+    }
+
+    /// Queues an ACK with these positions, a credit top-up and (without
+    /// resilience) the positions of every stream this connection owns.
+    fn queue_ack(&mut self, mut acks: Vec<(u64, u64)>) {
+        if !self.resilient {
+            let me = self.id;
+            let mut r = lock(&self.reg);
+            if r.generation == self.generation {
+                for (&id, s) in r.streams.iter_mut() {
+                    if s.owner == Some(me) && s.last_seen != NO_POSITION && s.last_seen != s.acked {
+                        s.acked = s.last_seen;
+                        acks.push((id, s.last_seen));
+                    }
+                }
+            }
+        }
+        let max = self.cfg.max_credits as i64;
+        let credits = if self.greeted { (max - self.credits).clamp(0, u32::MAX as i64) as u32 } else { 0 };
+        if self.greeted {
+            self.credits = max;
+        }
+        self.queue(&ConnectorMessage::Ack { credits, acks });
+    }
+
+    /// Hands the pending batch to the executor.
+    async fn flush(&mut self) -> Flow {
+        let Some(b) = self.batch.take() else { return Flow::Continue };
+        if b.frames.is_empty() {
+            return Flow::Continue;
+        }
+        {
+            let mut r = lock(&self.reg);
+            if r.generation != self.generation {
+                return Flow::Restart;
+            }
+            if let Some(s) = r.streams.get_mut(&b.stream_id) {
+                s.forwarded = b.last;
+            }
+        }
+        let ev = Event::Frames {
+            source: self.source,
+            frames: b.frames,
+            position: Some(SourcePosition::Stream { id: b.stream_id, point_of_ref: b.last }),
+            epoch: self.epoch,
+        };
+        // Wait for room in the executor's inbox, still obeying commands.
+        let tx = self.tx.clone();
+        loop {
+            tokio::select! {
+                permit = tx.reserve() => {
+                    return match permit {
+                        Ok(p) => {
+                            p.send(ev);
+                            Flow::Continue
+                        }
+                        Err(_) => Flow::Stop,
+                    };
+                }
+                c = self.ctl.recv() => {
+                    let flow = self.on_ctl(c).await;
+                    if flow != Flow::Continue {
+                        return flow;
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue(&mut self, m: &ConnectorMessage) {
+        if let Err(e) = m.encode_into(&mut self.out) {
+            eprintln!("quoll: error: {}: can't encode {}: {e}", self.place, m.frame_type());
+        }
+    }
+
+    /// Writes the queued frames; false if the connection failed.
+    async fn write_out(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let r = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("quoll: error: {}: write failed: {e}; connection closed", self.place);
+                false
+            }
+        }
+    }
+
+    /// The connection ended: its streams are free again.
+    fn release(&mut self) {
+        let me = self.id;
+        let mut r = lock(&self.reg);
+        if r.generation != self.generation {
+            return;
+        }
+        r.conns.remove(&me);
+        for s in r.streams.values_mut() {
+            if s.owner == Some(me) {
+                s.owner = None;
+                s.pending_close = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quoll_core::connector::ConnectorMessage as M;
+    use std::time::Instant;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Harness {
+        addr: String,
+        cmd: mpsc::Sender<ConnectorCommand>,
+        rx: mpsc::Receiver<Event>,
+    }
+
+    async fn start(resilient: bool, max_credits: u32, refill_credits: u32) -> Harness {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::channel(64);
+        let (cmd, crx) = mpsc::channel(16);
+        let cfg = ConnectorSourceConfig {
+            name: "conn".into(),
+            cookie: "c".into(),
+            max_credits,
+            refill_credits,
+            max_frame_size: 1 << 20,
+            epoch: 1,
+        };
+        tokio::spawn(run_connector_source(Arc::from("w1"), 3, cfg, listener, tx, crx, resilient));
+        Harness { addr, cmd, rx }
+    }
+
+    impl Harness {
+        /// The next event: (payloads, stream, position, epoch).
+        async fn event(&mut self) -> (Vec<String>, u64, u64, u32) {
+            let ev = tokio::time::timeout(WAIT, self.rx.recv()).await.expect("no event").expect("inbox closed");
+            match ev {
+                Event::Frames { source, frames, position: Some(SourcePosition::Stream { id, point_of_ref }), epoch } => {
+                    assert_eq!(source, 3);
+                    let p = frames.iter().map(|f| String::from_utf8(f.to_vec()).unwrap()).collect();
+                    (p, id, point_of_ref, epoch)
+                }
+                _ => panic!("unexpected event"),
+            }
+        }
+    }
+
+    struct Raw {
+        s: TcpStream,
+        dec: ConnectorDecoder,
+    }
+
+    impl Raw {
+        async fn connect(addr: &str) -> Raw {
+            Raw { s: TcpStream::connect(addr).await.unwrap(), dec: ConnectorDecoder::new() }
+        }
+
+        async fn send(&mut self, m: M) {
+            self.s.write_all(&m.encode().unwrap()).await.unwrap();
+        }
+
+        async fn recv(&mut self) -> Option<M> {
+            loop {
+                if let Some(m) = self.dec.pop().unwrap() {
+                    return Some(m);
+                }
+                let n = tokio::time::timeout(WAIT, self.s.read_buf(self.dec.read_buf())).await.expect("no reply").unwrap_or(0);
+                if n == 0 {
+                    return None;
+                }
+            }
+        }
+
+        async fn hello(&mut self, version: &str, cookie: &str) -> Option<M> {
+            self.send(M::Hello { version: version.into(), cookie: cookie.into(), program_name: "p".into(), instance_name: "i".into() }).await;
+            self.recv().await
+        }
+
+        async fn notify(&mut self, stream_id: u64) -> Option<M> {
+            self.send(M::Notify { stream_id, stream_name: format!("s{stream_id}"), point_of_ref: NO_POSITION }).await;
+            self.recv().await
+        }
+
+        async fn msg(&mut self, stream_id: u64, message_id: u64, payload: &str) {
+            self.send(M::Message { stream_id, message_id, event_time: 0, key: Bytes::new(), payload: Bytes::from(payload.to_string()) }).await;
+        }
+    }
+
+    fn err(text: &str) -> Option<M> {
+        Some(M::error(text))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handshake_errors() {
+        let h = start(false, 10, 2).await;
+        let mut c = Raw::connect(&h.addr).await;
+        assert_eq!(c.hello("9.9", "c").await, err("Unknown protocol version: 9.9"));
+        assert_eq!(c.recv().await, None);
+        let mut c = Raw::connect(&h.addr).await;
+        assert_eq!(c.hello("0.0.1", "nope").await, err("Bad cookie: nope, wanted: c"));
+        assert_eq!(c.recv().await, None);
+        let mut c = Raw::connect(&h.addr).await;
+        assert_eq!(c.notify(1).await, err("Invalid message: NOTIFY before HELLO"));
+        assert_eq!(c.recv().await, None);
+        let mut c = Raw::connect(&h.addr).await;
+        assert_eq!(c.hello("0.0.1", "c").await, Some(M::Ok { initial_credits: 10 }));
+        assert_eq!(c.hello("0.0.1", "c").await, err("Invalid message: HELLO after the handshake"));
+        assert_eq!(c.recv().await, None);
+        let mut c = Raw::connect(&h.addr).await;
+        c.hello("0.0.1", "c").await;
+        c.send(M::Ack { credits: 1, acks: vec![] }).await;
+        assert_eq!(c.recv().await, err("Invalid message: ACK from a client"));
+        let mut c = Raw::connect(&h.addr).await;
+        c.hello("0.0.1", "c").await;
+        c.s.write_all(&[0, 0, 0, 2, 42, 0]).await.unwrap();
+        assert_eq!(c.recv().await, err("Invalid message: unknown connector frame type 42"));
+        let mut c = Raw::connect(&h.addr).await;
+        c.hello("0.0.1", "c").await;
+        c.s.write_all(&[0, 0x20, 0, 0, 5]).await.unwrap();
+        let Some(M::Error { message }) = c.recv().await else { panic!() };
+        assert!(message.starts_with("Invalid message: connector frame length 2097152 exceeds"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_credits_dedup_and_eos_without_resilience() {
+        let mut h = start(false, 4, 1).await;
+        let mut a = Raw::connect(&h.addr).await;
+        assert_eq!(a.hello("0.0.1", "c").await, Some(M::Ok { initial_credits: 4 }));
+        assert_eq!(a.notify(1).await, Some(M::NotifyAck { success: true, stream_id: 1, point_of_ref: NO_POSITION }));
+        a.msg(1, 1, "a").await;
+        a.msg(1, 1, "dup").await;
+        // Count 4 - 3 = 1 <= refill: a top-up of 3 with the position seen.
+        assert_eq!(a.recv().await, Some(M::Ack { credits: 3, acks: vec![(1, 1)] }));
+        assert_eq!(h.event().await, (vec!["a".to_string()], 1, 1, 1));
+        // Another connection can't take stream 1, can open stream 2, and
+        // is closed for a message on a stream it does not own.
+        let mut b = Raw::connect(&h.addr).await;
+        b.hello("0.0.1", "c").await;
+        assert_eq!(b.notify(1).await, Some(M::NotifyAck { success: false, stream_id: 1, point_of_ref: NO_POSITION }));
+        assert_eq!(b.notify(2).await, Some(M::NotifyAck { success: true, stream_id: 2, point_of_ref: NO_POSITION }));
+        b.msg(1, 5, "x").await;
+        assert_eq!(b.recv().await, err("Bad/unregistered stream_id 1"));
+        assert_eq!(b.recv().await, None);
+        // Empty payloads advance the position without a frame; a batch
+        // ends at the last id.
+        a.s.write_all(&[
+            M::Message { stream_id: 1, message_id: 2, event_time: 0, key: Bytes::new(), payload: Bytes::from_static(b"b") }.encode().unwrap(),
+            M::Message { stream_id: 1, message_id: 3, event_time: 0, key: Bytes::new(), payload: Bytes::new() }.encode().unwrap(),
+        ]
+        .concat())
+        .await
+        .unwrap();
+        a.send(M::Eos { stream_id: 1 }).await;
+        let mut acks = Vec::new();
+        loop {
+            match a.recv().await {
+                Some(M::Ack { credits: 0, acks: fin }) if fin == vec![(1, 3)] => break,
+                Some(M::Ack { acks: more, .. }) => acks.extend(more),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(h.event().await, (vec!["b".to_string()], 1, 3, 1));
+        // Released: a new connection resumes after 3 and duplicates are dropped.
+        let mut c = Raw::connect(&h.addr).await;
+        c.hello("0.0.1", "c").await;
+        assert_eq!(c.notify(1).await, Some(M::NotifyAck { success: true, stream_id: 1, point_of_ref: 3 }));
+        c.msg(1, 2, "old").await;
+        c.msg(1, 4, "d").await;
+        assert_eq!(h.event().await, (vec!["d".to_string()], 1, 4, 1));
+        // Count 4 - 3 = 1: a top-up, acknowledging 4 at once (no resilience).
+        assert_eq!(c.recv().await, Some(M::Ack { credits: 3, acks: vec![(1, 4)] }));
+        // Stream 2 was released when its connection closed.
+        assert_eq!(c.notify(2).await, Some(M::NotifyAck { success: true, stream_id: 2, point_of_ref: NO_POSITION }));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eos_with_resilience_waits_for_a_covering_checkpoint() {
+        let mut h = start(true, 10, 2).await;
+        let mut a = Raw::connect(&h.addr).await;
+        a.hello("0.0.1", "c").await;
+        a.notify(4).await;
+        a.msg(4, 10, "x").await;
+        a.msg(4, 11, "y").await;
+        a.send(M::Eos { stream_id: 4 }).await;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let (p, ..) = h.event().await;
+            got.extend(p);
+        }
+        assert_eq!(got, vec!["x", "y"]);
+        // A checkpoint that covers only 10 acknowledges nothing final.
+        h.cmd.send(ConnectorCommand::Committed { positions: vec![(4, 10)] }).await.unwrap();
+        assert_eq!(a.recv().await, Some(M::Ack { credits: 3, acks: vec![(4, 10)] }));
+        let mut b = Raw::connect(&h.addr).await;
+        b.hello("0.0.1", "c").await;
+        assert!(matches!(b.notify(4).await, Some(M::NotifyAck { success: false, .. })));
+        h.cmd.send(ConnectorCommand::Committed { positions: vec![(4, 11)] }).await.unwrap();
+        assert_eq!(a.recv().await, Some(M::Ack { credits: 0, acks: vec![(4, 11)] }));
+        assert_eq!(b.notify(4).await, Some(M::NotifyAck { success: true, stream_id: 4, point_of_ref: 11 }));
+    }
+
+    fn temp_file(name: &str, lines: usize) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("quoll-connector-{}-{name}.txt", std::process::id()));
+        let text: String = (1..=lines).map(|i| format!("line-{i}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn send_tool(addr: &str, file: &std::path::Path, extra: &[&str]) -> tokio::task::JoinHandle<(i32, String, String)> {
+        let mut args: Vec<String> = vec!["send".into(), "--connector".into(), "--host".into(), addr.into(), "--file".into(), file.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tokio::task::spawn_blocking(move || {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = quoll_tools::run_with_io(args, &mut out, &mut err);
+            (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quoll_send_without_resilience() {
+        let mut h = start(false, 67, 10).await;
+        let file = temp_file("plain", 1000);
+        let client = send_tool(&h.addr, &file, &["--cookie", "c"]);
+        let mut got = Vec::new();
+        let mut last = 0;
+        while got.len() < 1000 {
+            let (p, id, pos, epoch) = h.event().await;
+            assert_eq!((id, epoch), (1, 1));
+            assert!(pos > last);
+            last = pos;
+            got.extend(p);
+        }
+        let (code, out, err) = client.await.unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(got, (1..=1000).map(|i| format!("line-{i}")).collect::<Vec<_>>());
+        assert!(out.contains("sent 1000 messages") && out.contains("(0 resent"), "{out}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quoll_send_with_checkpoints_and_a_rollback() {
+        let mut h = start(true, 67, 10).await;
+        let n = 400;
+        let file = temp_file("resilient", n);
+        let client = send_tool(&h.addr, &file, &["--cookie", "c", "--rate", "2000", "--reconnect-timeout", "10"]);
+        // A fake executor: processes events of the current epoch, commits
+        // every 20 ms, rolls back once after 100 messages.
+        let mut processed: Vec<(u64, String)> = Vec::new();
+        let mut epoch = 1;
+        let mut committed = NO_POSITION;
+        let mut rolled_back = false;
+        let mut lost = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let started = Instant::now();
+        while processed.len() < n || processed.last().map(|p| p.0) != Some(committed) {
+            assert!(started.elapsed() < Duration::from_secs(20), "stuck at {} messages", processed.len());
+            tokio::select! {
+                ev = h.rx.recv() => {
+                    let Some(Event::Frames { frames, position: Some(SourcePosition::Stream { point_of_ref, .. }), epoch: e, .. }) = ev else { panic!() };
+                    if e != epoch {
+                        continue;
+                    }
+                    let first = point_of_ref + 1 - frames.len() as u64;
+                    for (i, f) in frames.iter().enumerate() {
+                        processed.push((first + i as u64, String::from_utf8(f.to_vec()).unwrap()));
+                    }
+                    if !rolled_back && processed.len() >= 100 {
+                        // Lose what came after the last commit.
+                        rolled_back = true;
+                        lost = processed.len() - if committed == NO_POSITION { 0 } else { committed as usize };
+                        processed.truncate(processed.len() - lost);
+                        epoch = 2;
+                        let resume = if committed == NO_POSITION { vec![] } else { vec![(1, committed)] };
+                        h.cmd.send(ConnectorCommand::Restart { resume, epoch }).await.unwrap();
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(&(pos, _)) = processed.last() {
+                        committed = pos;
+                        h.cmd.send(ConnectorCommand::Committed { positions: vec![(1, pos)] }).await.unwrap();
+                    }
+                }
+            }
+        }
+        let (code, out, err) = client.await.unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(rolled_back && lost > 0, "{lost}");
+        let want: Vec<(u64, String)> = (1..=n as u64).map(|i| (i, format!("line-{i}"))).collect();
+        assert_eq!(processed, want);
+        assert!(err.contains("the worker asked for a restart"), "{err}");
+        assert!(out.contains(&format!("sent {n} messages")), "{out}");
+    }
+}
