@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "examples" / "word_count"
 BIN = Path(sys.executable).parent
 WORKERS = 3
+VICTIM = int(os.environ.get("DEMO_VICTIM", "1"))
 LINES_PER_WORKER = 40_000
 
 
@@ -97,18 +98,20 @@ def main():
         while len(sink_lines(workdir)) < total // 4 and time.time() < deadline:
             time.sleep(0.05)
         done = len(sink_lines(workdir))
-        print(f"demo: {done} of {total} counts out; kill -9 worker1 (pid {procs[1].pid})")
-        procs[1].send_signal(signal.SIGKILL)
-        procs[1].wait()
+        victim = "initializer" if VICTIM == 0 else f"worker{VICTIM}"
+        print(f"demo: {done} of {total} counts out; kill -9 {victim} (pid {procs[VICTIM].pid})")
+        procs[VICTIM].send_signal(signal.SIGKILL)
+        procs[VICTIM].wait()
         time.sleep(0.5)
-        print("demo: restarting worker1 with its original command")
+        print(f"demo: restarting {victim} with its original command")
         t0 = time.time()
-        procs[1] = start(1)
-        while "Recovery COMPLETE" not in (workdir / "worker1.log").read_text(errors="replace"):
-            if time.time() - t0 > 60 or procs[1].poll() is not None:
-                raise SystemExit("demo: worker1 did not recover; see " + str(workdir / "worker1.log"))
+        log = workdir / f"worker{VICTIM}.log"
+        procs[VICTIM] = start(VICTIM)
+        while "Recovery COMPLETE" not in log.read_text(errors="replace"):
+            if time.time() - t0 > 60 or procs[VICTIM].poll() is not None:
+                raise SystemExit(f"demo: {victim} did not recover; see {log}")
             time.sleep(0.05)
-        print(f"demo: worker1 recovered in {time.time() - t0:.2f} s; the cluster rolled back and goes on")
+        print(f"demo: {victim} recovered in {time.time() - t0:.2f} s; the cluster rolled back and goes on")
 
         deadline = time.time() + 120
         while len(sink_lines(workdir)) < total and time.time() < deadline:

@@ -30,10 +30,25 @@ QUOLL = _bin("quoll")
 MACHIDA3 = _bin("machida3")
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768+), so no
+    outgoing connection can take it between now and the worker's bind, and
+    never the same one twice in a test run."""
+    import random
+    while True:
+        port = random.randint(20000, 32000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def wait_until(predicate, timeout, what, interval=0.05):

@@ -59,6 +59,8 @@ pub enum SourceSpec {
     Gen { initial_value: Py<PyAny>, apply: Py<PyAny> },
     /// A file of framed records (quoll's own source).
     File { path: String, header: LengthHeader, decode: Py<PyAny> },
+    /// A connector-protocol listener (`wallaroo.experimental.SourceConnectorConfig`).
+    Connector { host: String, port: String, decode: Py<PyAny>, cookie: String, max_credits: u32, refill_credits: u32 },
 }
 
 pub struct SourcePlan {
@@ -236,9 +238,26 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
                 let (header, decode) = decoder_framing(&item(cfg, 3)?, &name)?;
                 SourceSpec::File { path, header, decode }
             }
+            "source_connector" => {
+                // ("source_connector", name, host, str(port), encoder, decoder, cookie, max_credits, refill_credits);
+                // the worker frames the protocol itself and calls only decode().
+                let decoder = item(cfg, 5)?;
+                let decode = direct(&decoder, "decode")?;
+                let number = |i: usize, what: &str| -> Result<u32, AppError> {
+                    item(cfg, i)?.extract::<u32>().map_err(|e| err(format!("{what}: {e}")))
+                };
+                SourceSpec::Connector {
+                    host: text(&item(cfg, 2)?),
+                    port: text(&item(cfg, 3)?),
+                    decode,
+                    cookie: text(&item(cfg, 6)?),
+                    max_credits: number(7, "max_credits")?,
+                    refill_credits: number(8, "refill_credits")?,
+                }
+            }
             other => {
                 return Err(err(format!(
-                    "source kind '{other}' is not supported yet by quoll (supported: tcp, gen, file)"
+                    "source kind '{other}' is not supported yet by quoll (supported: tcp, gen, file, source_connector)"
                 )))
             }
         };

@@ -93,6 +93,7 @@ impl Cluster {
 }
 
 /// What the initializer tells workers when it welcomes them.
+#[derive(Clone)]
 pub struct WelcomePlan {
     pub generation: u64,
     pub rollback_to: Option<u64>,
@@ -100,6 +101,30 @@ pub struct WelcomePlan {
 }
 
 type Result<T> = std::result::Result<T, String>;
+
+/// How a formation attempt failed: for good (the initializer refused this
+/// worker), or in a way worth trying again (a peer went away meanwhile).
+enum FormError {
+    Fatal(String),
+    Retry(String),
+}
+
+impl From<String> for FormError {
+    fn from(e: String) -> Self {
+        FormError::Retry(e)
+    }
+}
+
+/// A formation step that waits on peers gives up after this long, and the
+/// formation starts over.
+const FORMATION_STEP: Duration = Duration::from_secs(20);
+
+async fn step<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> std::result::Result<T, FormError> {
+    match tokio::time::timeout(FORMATION_STEP, f).await {
+        Ok(r) => r.map_err(FormError::Retry),
+        Err(_) => Err(FormError::Retry(format!("{what} took longer than {} s", FORMATION_STEP.as_secs()))),
+    }
+}
 
 async fn read_frame(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Option<WireFrame>> {
     loop {
@@ -157,15 +182,30 @@ impl ControlPlane {
     /// Forms (or re-forms) the cluster; returns once everyone has started.
     /// `plan` is the initializer's decision (ignored elsewhere); `has_files`
     /// says whether this worker found resilience files of its own.
+    /// A peer that goes away mid-formation (a worker restarting, the
+    /// initializer's listener closing as it dies) makes the attempt start
+    /// over; only a refusal is final.
     pub async fn form(&mut self, plan: &WelcomePlan, has_files: bool, events: mpsc::Sender<Event>) -> Result<Cluster> {
-        if self.initializer {
-            self.form_as_initializer(plan, events).await
-        } else {
-            self.form_as_joiner(has_files, events).await
+        let mut plan = plan.clone();
+        loop {
+            let attempt = if self.initializer {
+                self.form_as_initializer(&plan, events.clone()).await
+            } else {
+                self.form_as_joiner(has_files, events.clone()).await
+            };
+            match attempt {
+                Ok(c) => return Ok(c),
+                Err(FormError::Fatal(e)) => return Err(e),
+                Err(FormError::Retry(e)) => {
+                    println!("quoll: worker '{}': cluster formation interrupted ({e}); starting over", self.name);
+                    plan.generation += 1;
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+            }
         }
     }
 
-    async fn form_as_initializer(&mut self, plan: &WelcomePlan, events: mpsc::Sender<Event>) -> Result<Cluster> {
+    async fn form_as_initializer(&mut self, plan: &WelcomePlan, events: mpsc::Sender<Event>) -> std::result::Result<Cluster, FormError> {
         let control = self.control_listener.as_ref().expect("bound for the initializer");
         let data = self.data_listener.clone().expect("bound for the initializer");
         let data_addr = data.local_addr().map_err(|e| e.to_string())?.to_string();
@@ -221,11 +261,19 @@ impl ControlPlane {
             send_control(write, &welcome).await?;
         }
         let mut tasks = Vec::new();
-        let data_out = open_data_links(&self.name, 0, &members, data, generation, events.clone(), &mut tasks).await?;
+        let data_out = step("opening data links", open_data_links(&self.name, 0, &members, data, generation, events.clone(), &mut tasks)).await;
+        let data_out = data_out.inspect_err(|_| tasks.iter().for_each(|t| t.abort()))?;
         for (m, read, _, buf) in joined.iter_mut() {
-            match read_control(read, buf, &format!("worker '{}'", m.name)).await? {
-                Control::LinksUp { .. } => {}
-                other => return Err(format!("worker '{}' sent {other:?} instead of LinksUp", m.name)),
+            let what = format!("worker '{}'", m.name);
+            match step("waiting for LinksUp", read_control(read, buf, &what)).await {
+                Ok(Control::LinksUp { .. }) => {}
+                other => {
+                    tasks.iter().for_each(|t| t.abort());
+                    return Err(FormError::Retry(format!("{what} did not confirm its data links: {}", match other {
+                        Ok(m) => format!("{m:?}"),
+                        Err(FormError::Retry(e) | FormError::Fatal(e)) => e,
+                    })));
+                }
             }
         }
         for (_, _, write, _) in joined.iter_mut() {
@@ -261,7 +309,7 @@ impl ControlPlane {
         Ok(Cluster { me: 0, members, generation, rollback_to: plan.rollback_to, resilient: plan.resilient, data_out, control_out, control_writer, tasks })
     }
 
-    async fn form_as_joiner(&mut self, has_files: bool, events: mpsc::Sender<Event>) -> Result<Cluster> {
+    async fn form_as_joiner(&mut self, has_files: bool, events: mpsc::Sender<Event>) -> std::result::Result<Cluster, FormError> {
         let mut warned = Instant::now() - Duration::from_secs(3600);
         let stream = loop {
             match TcpStream::connect(&self.control).await {
@@ -298,16 +346,26 @@ impl ControlPlane {
         println!("quoll: worker '{}': joined the initializer at {}; waiting for the other workers", self.name, self.control);
         let (members, generation, rollback_to, resilient) = match read_control(&mut read, &mut buf, "the initializer").await? {
             Control::Welcome { members, generation, rollback_to, resilient } => (members, generation, rollback_to, resilient),
-            Control::Refused { reason } => return Err(format!("the initializer refused this worker: {reason}")),
-            other => return Err(format!("the initializer sent {other:?} instead of Welcome")),
+            Control::Refused { reason } => return Err(FormError::Fatal(format!("the initializer refused this worker: {reason}"))),
+            other => return Err(FormError::Retry(format!("the initializer sent {other:?} instead of Welcome"))),
         };
-        let me = members.iter().position(|m| m.name == self.name).ok_or("the initializer's member list does not name this worker")?;
+        let me = members
+            .iter()
+            .position(|m| m.name == self.name)
+            .ok_or_else(|| FormError::Fatal("the initializer's member list does not name this worker".into()))?;
         let mut tasks = Vec::new();
-        let data_out = open_data_links(&self.name, me, &members, data, generation, events.clone(), &mut tasks).await?;
+        let data_out = step("opening data links", open_data_links(&self.name, me, &members, data, generation, events.clone(), &mut tasks)).await;
+        let data_out = data_out.inspect_err(|_| tasks.iter().for_each(|t| t.abort()))?;
         send_control(&mut write, &Control::LinksUp { name: self.name.clone() }).await?;
-        match read_control(&mut read, &mut buf, "the initializer").await? {
-            Control::Start { .. } => {}
-            other => return Err(format!("the initializer sent {other:?} instead of Start")),
+        match step("waiting for Start", read_control(&mut read, &mut buf, "the initializer")).await {
+            Ok(Control::Start { .. }) => {}
+            other => {
+                tasks.iter().for_each(|t| t.abort());
+                return Err(FormError::Retry(match other {
+                    Ok(m) => format!("the initializer sent {m:?} instead of Start"),
+                    Err(FormError::Retry(e) | FormError::Fatal(e)) => e,
+                }));
+            }
         }
         let (control_out, mut control_rx) = mpsc::channel::<Control>(64);
         let heard = Arc::new(AtomicU64::new(0));

@@ -24,6 +24,7 @@
 //! to pickle. Invariant: `decode(encode(v)) == v` and the types are identical
 //! all the way down.
 
+use crate::user_errors::format_traceback;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -41,11 +42,23 @@ pub enum CodecError {
     #[error("pickle can't serialize a {type_name}: {reason} (define serialize/deserialize in the app module to handle it)")]
     Pickle { type_name: String, reason: String },
     #[error("the app's serialize() raised on a {type_name}: {reason}")]
-    UserSerialize { type_name: String, reason: String },
+    UserSerialize { type_name: String, reason: String, traceback: Option<String> },
+    #[error("the app's deserialize() raised: {reason}")]
+    UserDeserialize { reason: String, traceback: Option<String> },
     #[error("the app's serialize() returned {returned} for a {type_name}; it must return bytes")]
     NotBytes { type_name: String, returned: String },
     #[error("{0}")]
     Decode(String),
+}
+
+impl CodecError {
+    /// The Python traceback, where the app's own function raised.
+    pub fn traceback(&self) -> Option<&str> {
+        match self {
+            CodecError::UserSerialize { traceback, .. } | CodecError::UserDeserialize { traceback, .. } => traceback.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// A worker's codec.
@@ -106,6 +119,7 @@ impl Codec {
                 let result = serialize.bind(py).call1((obj,)).map_err(|e| CodecError::UserSerialize {
                     type_name: type_name(obj),
                     reason: e.to_string(),
+                    traceback: format_traceback(py, &e),
                 })?;
                 out.push(TAG_USER);
                 if let Ok(b) = result.cast::<PyBytes>() {
@@ -140,7 +154,7 @@ impl Codec {
             (TAG_USER, Codec::User { deserialize, .. }) => deserialize
                 .bind(py)
                 .call1((PyBytes::new(py, body),))
-                .map_err(|e| CodecError::Decode(format!("the app's deserialize() raised: {e}"))),
+                .map_err(|e| CodecError::UserDeserialize { reason: e.to_string(), traceback: format_traceback(py, &e) }),
             (tag, codec) => Err(CodecError::Decode(format!(
                 "blob tag {tag:#04x} does not belong to this worker's codec ({}): were the workers started with different apps?",
                 if codec.is_user() { "the app's serialize/deserialize" } else { "the default codec" }

@@ -71,6 +71,39 @@ struct WindowTimers {
     last_input: Instant,
     watermark: i64,
     flushed_since_input: bool,
+    /// Per upstream worker (index): the newest event time heard from it and
+    /// when. The stage's watermark is the minimum over upstreams heard
+    /// within two timer periods (spec 6): each upstream's event times only
+    /// grow, so none of its messages can be late.
+    upstreams: Vec<Option<(i64, Instant)>>,
+}
+
+impl WindowTimers {
+    /// Notes a message from `origin` and returns the stage's watermark.
+    fn advance(&mut self, origin: usize, et: i64, now: Instant) -> i64 {
+        if self.upstreams.len() <= origin {
+            self.upstreams.resize(origin + 1, None);
+        }
+        let last = self.upstreams[origin].map_or(et, |(t, _)| t.max(et));
+        self.upstreams[origin] = Some((last, now));
+        self.refresh(now);
+        self.watermark
+    }
+
+    /// Recomputes the watermark from the live upstreams (never lowering it).
+    fn refresh(&mut self, now: Instant) {
+        let live = self.period * 2;
+        let min_live = self
+            .upstreams
+            .iter()
+            .flatten()
+            .filter(|(_, heard)| now.duration_since(*heard) <= live)
+            .map(|(t, _)| *t)
+            .min();
+        if let Some(w) = min_live {
+            self.watermark = self.watermark.max(w);
+        }
+    }
 }
 
 struct Stage {
@@ -220,6 +253,9 @@ pub struct Executor {
     pub codec: Codec,
     /// Per source: where it stands after the frames processed so far.
     progress: Vec<SourceProgress>,
+    /// The worker the message being processed came from (this one for
+    /// source input), for window watermarks.
+    origin: usize,
     gens_enabled: bool,
     sources: Vec<FramedSource>,
     gens: Vec<GenSource>,
@@ -261,7 +297,14 @@ impl Executor {
                         agg: aggregation,
                         spec: spec.clone(),
                         windows: KeyMap::default(),
-                        timers: WindowTimers { period, next_tick: now + period, last_input: now, watermark: i64::MIN, flushed_since_input: true },
+                        timers: WindowTimers {
+                            period,
+                            next_tick: now + period,
+                            last_input: now,
+                            watermark: i64::MIN,
+                            flushed_since_input: true,
+                            upstreams: Vec::new(),
+                        },
                     }
                 }
                 (StageKind::CountWindows { count }, StageCalls::Windows { aggregation }) => Op::Count {
@@ -284,7 +327,7 @@ impl Executor {
         let mut gens = Vec::new();
         for (index, (src, def)) in sources.into_iter().zip(&topology.sources).enumerate() {
             let decode = match src.spec {
-                SourceSpec::Tcp { decode, .. } | SourceSpec::File { decode, .. } => Some(decode),
+                SourceSpec::Tcp { decode, .. } | SourceSpec::File { decode, .. } | SourceSpec::Connector { decode, .. } => Some(decode),
                 SourceSpec::Gen { initial_value, apply } => {
                     let cur = Some(initial_value.clone_ref(py));
                     gens.push(GenSource { source: index, name: src.name.clone(), initial_value, apply, cur });
@@ -317,6 +360,7 @@ impl Executor {
             router: None,
             codec,
             progress,
+            origin: 0,
             gens_enabled: true,
             sources: framed,
             gens,
@@ -381,6 +425,7 @@ impl Executor {
     }
 
     fn process_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>) -> Result<(), Fatal> {
+        self.origin = self.me();
         let et = self.ingest_time();
         let src = &self.sources[source];
         let (Some(decode), entry) = (src.decode.as_ref().map(|d| d.clone_ref(py)), src.entry) else { return Ok(()) };
@@ -405,6 +450,7 @@ impl Executor {
     /// Emits up to `budget` values from every active generator (spec 7.3:
     /// `apply(cur)` runs before `cur` goes downstream).
     pub fn run_generators(&mut self, py: Python<'_>, budget: usize) -> Result<(), Fatal> {
+        self.origin = self.me();
         for i in 0..self.gens.len() {
             let source = self.gens[i].source;
             let (entry, key) = (self.sources[source].entry, self.sources[source].implicit_key.bind(py).clone());
@@ -495,10 +541,10 @@ impl Executor {
                     Ok(kb) => kb,
                     Err(e) => return self.key_error(py, stage, e),
                 };
-                timers.last_input = Instant::now();
+                let now = Instant::now();
+                timers.last_input = now;
                 timers.flushed_since_input = false;
-                timers.watermark = timers.watermark.max(et);
-                let watermark = timers.watermark;
+                let watermark = timers.advance(self.origin, et, now);
                 let mut out = Vec::new();
                 let mut aggregator = PyAggregation { py, calls: agg };
                 let entry = match windows.get_mut(kb) {
@@ -559,9 +605,9 @@ impl Executor {
                 Ok(())
             }
             Err(e) => {
-                let detail = format!("key {:?}, sending to worker '{}'", value_key(kb), router.names[owner]);
+                let detail = format!("key {}, sending to worker '{}'", quote_key(kb), router.names[owner]);
                 let place = self.stages[stage].place.clone();
-                self.errors.report(&place, &detail, &e.to_string(), None)
+                self.errors.report(&place, &detail, &e.to_string(), e.traceback())
             }
         }
     }
@@ -579,6 +625,7 @@ impl Executor {
         if reader.generation != router.generation {
             return Ok(());
         }
+        self.origin = from;
         for msg in reader {
             let msg = match msg {
                 Ok(m) => m,
@@ -596,8 +643,8 @@ impl Executor {
                 Ok(v) => v,
                 Err(e) => {
                     let place = self.stages[stage].place.clone();
-                    let detail = format!("message from worker '{from_name}'");
-                    self.errors.report(&place, &detail, &e.to_string(), None)?;
+                    let detail = format!("key {}, message from worker '{from_name}'", quote_key(msg.key));
+                    self.errors.report(&place, &detail, &e.to_string(), e.traceback())?;
                     continue;
                 }
             };
@@ -609,6 +656,11 @@ impl Executor {
             self.push(py, stage, value, &key, msg.event_time)?;
         }
         Ok(())
+    }
+
+    /// This worker's index in the cluster (0 when alone).
+    fn me(&self) -> usize {
+        self.router.as_ref().map_or(0, |r| r.me)
     }
 
     /// Hands batches for other workers to their links (never blocks).
@@ -776,6 +828,7 @@ impl Executor {
                 Op::Range { agg, windows, timers, .. } => {
                     if now >= timers.next_tick {
                         timers.next_tick = now + timers.period;
+                        timers.refresh(now);
                         let quiet = now.duration_since(timers.last_input) >= timers.period * 2;
                         if !(quiet && timers.flushed_since_input) {
                             let mut aggregator = PyAggregation { py, calls: agg };
@@ -859,9 +912,14 @@ fn normalise_key<'py>(py: Python<'py>, k: Bound<'py, PyAny>) -> Result<Bound<'py
     Err(KeyError::BadType(k.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
 }
 
-/// Key bytes shown like a Python key in messages.
-fn value_key(kb: &[u8]) -> &str {
-    std::str::from_utf8(kb).unwrap_or("<non-UTF-8 key>")
+/// Key bytes quoted the way [`show_key`] shows a key object (Python's repr
+/// of a plain str, or of bytes).
+fn quote_key(kb: &[u8]) -> String {
+    match std::str::from_utf8(kb) {
+        Ok(s) if !s.contains('\'') && !s.contains('\\') && s.chars().all(|c| !c.is_control()) => format!("'{s}'"),
+        Ok(s) => format!("{s:?}"),
+        Err(_) => format!("b{:?}", String::from_utf8_lossy(kb)),
+    }
 }
 
 /// A key for error messages: its repr, shortened.
@@ -917,8 +975,9 @@ pub struct Snapshot {
     /// `(stage, key, blob)`: state objects (codec blobs) and window state
     /// (postcard of the window snapshot, accumulators as codec blobs).
     pub entries: Vec<(u32, Vec<u8>, Vec<u8>)>,
-    /// `(source, position)`: file offset (u64 LE), generator value (codec
-    /// blob, empty once stopped), connector streams (postcard).
+    /// `(source, position)`: postcard of (file offset, [(stream, point of
+    /// reference)]), or for a generator its value (codec blob, empty once
+    /// stopped).
     pub sources: Vec<(u32, Vec<u8>)>,
     /// `(sink, length)`: bytes of output produced before the barrier (u64 LE).
     pub sinks: Vec<(u32, Vec<u8>)>,
@@ -968,7 +1027,7 @@ impl Executor {
         let mut entries = Vec::new();
         for (id, st) in self.stages.iter().enumerate() {
             let stage = id as u32;
-            let fail = |kb: &[u8], e: String| format!("{}, key {:?}: {e}", st.place, value_key(kb));
+            let fail = |kb: &[u8], e: String| format!("{}, key {}: {e}", st.place, quote_key(kb));
             match &st.op {
                 Op::State { states, .. } => {
                     for (kb, e) in states.iter().filter(|(_, e)| full || e.dirty) {
@@ -995,12 +1054,8 @@ impl Executor {
         }
         let mut sources = Vec::new();
         for (i, p) in self.progress.iter().enumerate() {
-            let blob = if !p.streams.is_empty() {
-                let streams: Vec<(u64, u64)> = p.streams.iter().map(|(a, b)| (*a, *b)).collect();
-                postcard::to_allocvec(&streams).map_err(|e| e.to_string())?
-            } else {
-                u64_blob(p.file_offset)
-            };
+            let streams: Vec<(u64, u64)> = p.streams.iter().map(|(a, b)| (*a, *b)).collect();
+            let blob = postcard::to_allocvec(&(p.file_offset, streams)).map_err(|e| e.to_string())?;
             sources.push((i as u32, blob));
         }
         for g in &self.gens {
@@ -1039,6 +1094,7 @@ impl Executor {
                 Op::Range { windows, timers, .. } => {
                     windows.clear();
                     timers.watermark = i64::MIN;
+                    timers.upstreams.clear();
                     timers.last_input = Instant::now();
                     timers.flushed_since_input = true;
                 }
@@ -1051,7 +1107,7 @@ impl Executor {
         }
         for ((stage, kb), blob) in entries {
             let st = self.stages.get_mut(*stage as usize).ok_or_else(|| format!("checkpoint names stage {stage}, which this app does not have"))?;
-            let fail = |e: String| format!("{}, key {:?}: can't restore its state: {e}", st.place, value_key(kb));
+            let fail = |e: String| format!("{}, key {}: can't restore its state: {e}", st.place, quote_key(kb));
             let key = key_object(py, kb).unbind();
             let codec = &self.codec;
             let decode = |b: Vec<u8>| codec.decode(py, &b).map(|v| v.unbind()).map_err(|e| e.to_string());
@@ -1096,12 +1152,9 @@ impl Executor {
             if i >= progress.len() || gen_sources.contains(&i) {
                 continue;
             }
-            if b.len() == 8 {
-                progress[i].file_offset = blob_u64(b)?;
-            } else {
-                let streams: Vec<(u64, u64)> = postcard::from_bytes(b).map_err(|e| format!("source {i} position: {e}"))?;
-                progress[i].streams = streams.into_iter().collect();
-            }
+            let (offset, streams): (u64, Vec<(u64, u64)>) = postcard::from_bytes(b).map_err(|e| format!("source {i} position: {e}"))?;
+            progress[i].file_offset = offset;
+            progress[i].streams = streams.into_iter().collect();
         }
         self.progress = progress.clone();
         let mut sink_offsets = vec![0u64; self.sinks.len()];

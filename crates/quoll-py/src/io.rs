@@ -40,7 +40,7 @@ pub enum Event {
     PeerLost { name: String, generation: u64, why: String },
     /// This worker's part of checkpoint `id` (a delta on `parent`, or full)
     /// is on disk, or failed.
-    CheckpointWritten { id: u64, parent: Option<u64>, result: Result<String, String> },
+    CheckpointWritten { id: u64, generation: u64, parent: Option<u64>, result: Result<String, String> },
     /// A clean shutdown: requested here (external channel) or relayed by
     /// the cluster (`from_cluster`).
     Shutdown { reason: String, from_cluster: bool },
@@ -212,6 +212,12 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                     );
                 }
                 Err(e) => {
+                    // Frames before the bad header are good: they go on.
+                    if !frames.is_empty() {
+                        stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
+                        let position = offset.map(|_| SourcePosition::FileOffset(boundary));
+                        let _ = tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), position, epoch }).await;
+                    }
                     stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     eprintln!("quoll: error: {place}: {e}; the stream can't be re-synchronised, connection closed");
                     return;

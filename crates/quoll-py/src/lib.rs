@@ -3,6 +3,10 @@
 //! - [`app`]: the flattened application tuple to the engine's plan.
 //! - [`executor`]: the thread that runs user code, batch by batch.
 //! - [`io`]: sockets and files on tokio threads (sources, sinks, external channel).
+//! - [`connector_source`]: connector protocol v3 sources (external clients, replay after rollback).
+//! - [`cluster`]: formation, heartbeats and the links between workers.
+//! - [`checkpoint`]: checkpoint files, the commit log, the protocol's state machines.
+//! - [`codec`]: the worker's one codec (the app's serialize/deserialize, else fast codec and pickle).
 //! - [`worker`]: start-up, wiring and the event loop of one worker.
 //! - [`user_errors`]: how errors in user code and data are reported and counted.
 
@@ -12,6 +16,7 @@ mod app;
 mod checkpoint;
 mod cluster;
 mod codec;
+mod connector_source;
 mod executor;
 mod io;
 mod user_errors;

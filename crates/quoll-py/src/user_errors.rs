@@ -139,9 +139,10 @@ pub fn json_string(s: &str) -> String {
     out
 }
 
-fn format_traceback(py: Python<'_>, err: &PyErr) -> Option<String> {
+/// The Python traceback of `err`, as `traceback.format_exception` prints it.
+pub fn format_traceback(py: Python<'_>, err: &PyErr) -> Option<String> {
     let tb = py.import("traceback").ok()?;
-    let lines = tb.call_method1("format_exception", (err.value(py),)).ok()?;
+    let lines = tb.call_method1("format_exception", (err.get_type(py), err.value(py), err.traceback(py))).ok()?;
     let parts: Vec<String> = lines.extract().ok()?;
     Some(parts.concat())
 }

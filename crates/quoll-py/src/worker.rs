@@ -22,7 +22,8 @@ use crate::app::{build_plan, SinkSpec, SourceSpec};
 use crate::checkpoint::{Alignment, Coordinator, Files, Image, WorkerCheckpoints};
 use crate::cluster::{Cluster, ControlPlane, WelcomePlan};
 use crate::codec::Codec;
-use crate::executor::{Executor, Router};
+use crate::connector_source::{self, ConnectorCommand, ConnectorSourceConfig};
+use crate::executor::{Executor, Router, SourceProgress};
 use crate::io::{self, Event, ExternalView, IoStats, SinkCommand};
 use crate::user_errors::{Fatal, OnUserError, UserErrors};
 use pyo3::exceptions::{PyRuntimeError, PySystemExit};
@@ -74,6 +75,12 @@ struct FileSource {
     task: Option<AbortHandle>,
 }
 
+/// A connector source's task, told about commits and rollbacks.
+struct ConnectorHandle {
+    index: usize,
+    commands: mpsc::Sender<ConnectorCommand>,
+}
+
 /// Everything the event loop works with.
 struct Worker<'a> {
     config: &'a WorkerConfig,
@@ -84,7 +91,8 @@ struct Worker<'a> {
     src_tx: mpsc::Sender<Event>,
     ctl_tx: mpsc::Sender<Event>,
     file_sources: Vec<FileSource>,
-    /// Incarnation of the file sources: frames of older ones are dropped.
+    connectors: Vec<ConnectorHandle>,
+    /// Incarnation of the replayable sources: frames of older ones are dropped.
     source_epoch: u32,
     sinks: Vec<mpsc::Sender<SinkCommand>>,
     plane: Option<ControlPlane>,
@@ -120,7 +128,9 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         .build()
         .map_err(|e| exit(format!("can't start the I/O runtime: {e}")))?;
     let (src_tx, mut src_rx) = mpsc::channel::<Event>(64);
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Event>(1024);
+    // Peer batches are up to ~64 KiB: 128 of them bound what a fast peer can
+    // queue here; beyond that its link stops being read (back-pressure).
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Event>(128);
     let stats = Arc::new(IoStats::default());
     if config.resilience {
         println!("****RESILIENCE MODE is active****");
@@ -130,6 +140,8 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     // sources start once it is known where they resume.
     let mut source_ids = Vec::new();
     let mut file_sources = Vec::new();
+    let mut connectors = Vec::new();
+    let first_epoch = 1;
     for (index, src) in plan.sources.iter().enumerate() {
         source_ids.push(src.name.clone());
         match &src.spec {
@@ -158,6 +170,21 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
                 header: *header,
                 task: None,
             }),
+            SourceSpec::Connector { host, port, cookie, max_credits, refill_credits, .. } => {
+                let addr = format!("{host}:{port}");
+                let listener = bind(&rt, &addr, &format!("source '{}'", src.name)).map_err(exit)?;
+                let (commands, rx) = mpsc::channel(64);
+                let cfg = ConnectorSourceConfig {
+                    name: src.name.clone(),
+                    cookie: cookie.clone(),
+                    max_credits: *max_credits,
+                    refill_credits: *refill_credits,
+                    max_frame_size: config.max_frame_size,
+                    epoch: first_epoch,
+                };
+                rt.spawn(connector_source::run_connector_source(worker.clone(), index, cfg, listener, src_tx.clone(), rx, config.resilience));
+                connectors.push(ConnectorHandle { index, commands });
+            }
             SourceSpec::Gen { .. } => {}
         }
     }
@@ -218,7 +245,8 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         src_tx,
         ctl_tx,
         file_sources,
-        source_epoch: 0,
+        connectors,
+        source_epoch: first_epoch,
         sinks,
         plane,
         cluster: None,
@@ -227,12 +255,12 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         generation: 0,
         stopping: false,
     };
+    let had_files = config.resilience && files.exist(config.cluster_initializer);
     if config.resilience && config.cluster_initializer {
         let interval = Duration::from_nanos(config.checkpoint_interval_ns.max(1_000_000));
         let (c, _, _) = Coordinator::open(&files, interval).map_err(exit)?;
         w.coordinator = Some(c);
     }
-    let had_files = config.resilience && files.exist(config.cluster_initializer);
     if config.resilience {
         w.checkpoints = Some(WorkerCheckpoints::new(files));
         ex.enable_generators(false);
@@ -377,7 +405,7 @@ impl Worker<'_> {
             self.restore(py, ex, image)?;
         } else {
             self.truncate_sinks(py, &vec![0; self.sinks.len()])?;
-            self.restart_file_sources(&vec![0; self.file_sources.len()]);
+            self.restart_sources(&[]);
         }
         Ok(())
     }
@@ -386,8 +414,7 @@ impl Worker<'_> {
     fn restore(&mut self, py: Python<'_>, ex: &mut Executor, image: Image) -> Result<(), Fatal> {
         let restored = ex.restore(py, &image.entries, &image.sources, &image.sinks).map_err(|e| Fatal(format!("recovery: {e}")))?;
         self.truncate_sinks(py, &restored.sink_offsets)?;
-        let offsets: Vec<u64> = self.file_sources.iter().map(|f| restored.progress.get(f.index).map_or(0, |p| p.file_offset)).collect();
-        self.restart_file_sources(&offsets);
+        self.restart_sources(&restored.progress);
         let cp = self.checkpoints.as_mut().expect("resilient");
         cp.restored(image.checkpoint);
         ex.enable_generators(image.checkpoint.is_some());
@@ -419,12 +446,15 @@ impl Worker<'_> {
         })
     }
 
-    fn restart_file_sources(&mut self, offsets: &[u64]) {
+    /// Starts the replayable sources again where `progress` says (from
+    /// the beginning where it says nothing), as a new incarnation.
+    fn restart_sources(&mut self, progress: &[SourceProgress]) {
         self.source_epoch += 1;
-        for (f, &offset) in self.file_sources.iter_mut().zip(offsets) {
+        for f in self.file_sources.iter_mut() {
             if let Some(t) = f.task.take() {
                 t.abort();
             }
+            let offset = progress.get(f.index).map_or(0, |p| p.file_offset);
             let task = self.rt.spawn(io::run_file_source(
                 self.worker.clone(),
                 f.index,
@@ -438,6 +468,12 @@ impl Worker<'_> {
                 self.stats.clone(),
             ));
             f.task = Some(task.abort_handle());
+        }
+        for c in &self.connectors {
+            let resume = progress.get(c.index).map(|p| p.streams.iter().map(|(s, p)| (*s, *p)).collect()).unwrap_or_default();
+            if c.commands.try_send(ConnectorCommand::Restart { resume, epoch: self.source_epoch }).is_err() {
+                eprintln!("quoll: error: worker '{}': connector source {} did not take its restart", self.worker, c.index);
+            }
         }
     }
 
@@ -509,6 +545,7 @@ impl Worker<'_> {
             return Ok(());
         }
         let a = cp.alignment.take().expect("checked");
+        let generation = self.generation;
         let parent = cp.next_parent();
         let id = a.id;
         // Output of peer messages processed while aligning belongs before
@@ -534,7 +571,7 @@ impl Worker<'_> {
                             .await
                             .unwrap_or_else(|e| Err(format!("checkpoint writer failed: {e}")));
                     }
-                    let _ = events.send(Event::CheckpointWritten { id, parent, result }).await;
+                    let _ = events.send(Event::CheckpointWritten { id, generation, parent, result }).await;
                 });
             }
             Err(e) => {
@@ -594,9 +631,16 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Checkpoint `id` is complete cluster-wide.
+    /// Checkpoint `id` is complete cluster-wide: connector clients may
+    /// forget what it covers, old files go.
     fn on_committed(&mut self, ex: &mut Executor, id: u64) {
         let Some(cp) = &mut self.checkpoints else { return };
+        if let Some(progress) = cp.progress_at.get(&id) {
+            for c in &self.connectors {
+                let positions = progress.get(c.index).map(|p| p.streams.iter().map(|(s, p)| (*s, *p)).collect()).unwrap_or_default();
+                let _ = c.commands.try_send(ConnectorCommand::Committed { positions });
+            }
+        }
         let compact = cp.committed(id);
         ex.enable_generators(true);
         let files = cp.files.clone();
@@ -656,7 +700,9 @@ impl Worker<'_> {
                     eprintln!("quoll: worker '{}': without --run-with-resilience the cluster can't recover; messages for '{name}' are dropped", self.worker);
                 }
             }
-            Event::CheckpointWritten { id, parent, result } => match result {
+            // A write that finishes after a rollback belongs to the old generation.
+            Event::CheckpointWritten { generation, .. } if generation != self.generation => {}
+            Event::CheckpointWritten { id, parent, result, .. } => match result {
                 Ok(_summary) => {
                     if let Some(cp) = &mut self.checkpoints {
                         cp.written(id, parent);
