@@ -317,6 +317,23 @@ fn fast_decode<'py>(py: Python<'py>, at: &mut &[u8]) -> Result<Bound<'py, PyAny>
     })
 }
 
+/// The default codec, made once per process (importing pickle per call
+/// would dominate what the test and benchmark hooks below measure).
+static DEFAULT_CODEC: pyo3::sync::PyOnceLock<Codec> = pyo3::sync::PyOnceLock::new();
+
+/// Runs `f` with the codec the hooks below were asked for.
+fn with_codec<T>(
+    py: Python<'_>,
+    serialize: Option<Py<PyAny>>,
+    deserialize: Option<Py<PyAny>>,
+    f: impl FnOnce(&Codec) -> PyResult<T>,
+) -> PyResult<T> {
+    match (serialize, deserialize) {
+        (Some(s), Some(d)) => f(&Codec::user(s, d)),
+        _ => f(DEFAULT_CODEC.get_or_try_init(py, || Codec::default_codec(py))?),
+    }
+}
+
 /// `quoll._engine.codec_encode(obj, serialize=None, deserialize=None)`:
 /// the blob the worker would ship for `obj` (tests and benchmarks).
 #[pyfunction]
@@ -327,13 +344,11 @@ pub fn codec_encode<'py>(
     serialize: Option<Py<PyAny>>,
     deserialize: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let codec = match (serialize, deserialize) {
-        (Some(s), Some(d)) => Codec::user(s, d),
-        _ => Codec::default_codec(py)?,
-    };
-    let mut out = Vec::new();
-    codec.encode(obj, &mut out).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    Ok(PyBytes::new(py, &out))
+    with_codec(py, serialize, deserialize, |codec| {
+        let mut out = Vec::with_capacity(64);
+        codec.encode(obj, &mut out).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &out))
+    })
 }
 
 /// `quoll._engine.codec_decode(blob, serialize=None, deserialize=None)`.
@@ -345,9 +360,5 @@ pub fn codec_decode<'py>(
     serialize: Option<Py<PyAny>>,
     deserialize: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let codec = match (serialize, deserialize) {
-        (Some(s), Some(d)) => Codec::user(s, d),
-        _ => Codec::default_codec(py)?,
-    };
-    codec.decode(py, blob).map_err(|e| PyValueError::new_err(e.to_string()))
+    with_codec(py, serialize, deserialize, |codec| codec.decode(py, blob).map_err(|e| PyValueError::new_err(e.to_string())))
 }
