@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo test --release -p quoll-core -p quoll-tools
+cargo test --release -p quoll-core -p quoll-tools -p quoll-py
 .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 300 tests/python tests/e2e
