@@ -51,7 +51,7 @@ pub struct ControlPlane {
     pub worker_count: usize,
     /// Initializer: its control address; others: the initializer's.
     pub control: String,
-    control_listener: Option<TcpListener>,
+    control_listener: Option<Arc<TcpListener>>,
     data_listener: Option<Arc<TcpListener>>,
     my_data: Option<String>,
     pub fingerprint: u64,
@@ -172,7 +172,7 @@ impl ControlPlane {
                 .map_err(|e| format!("can't listen on --control {control}: {e} (is another initializer running?)"))?;
             let data = data.ok_or("the initializer needs --data HOST:PORT")?;
             let d = TcpListener::bind(&data).await.map_err(|e| format!("can't listen on --data {data}: {e}"))?;
-            (Some(c), Some(Arc::new(d)), None)
+            (Some(Arc::new(c)), Some(Arc::new(d)), None)
         } else {
             (None, None, data)
         };
@@ -206,7 +206,7 @@ impl ControlPlane {
     }
 
     async fn form_as_initializer(&mut self, plan: &WelcomePlan, events: mpsc::Sender<Event>) -> std::result::Result<Cluster, FormError> {
-        let control = self.control_listener.as_ref().expect("bound for the initializer");
+        let control = self.control_listener.clone().expect("bound for the initializer");
         let data = self.data_listener.clone().expect("bound for the initializer");
         let data_addr = data.local_addr().map_err(|e| e.to_string())?.to_string();
         if self.worker_count > 1 {
@@ -234,8 +234,19 @@ impl ControlPlane {
                     "worker '{name}' runs a different application (topology fingerprint {fingerprint:#x}, the initializer's is {:#x}); start every worker with the same app and app version",
                     self.fingerprint
                 ))
-            } else if name == self.name || joined.iter().any(|(m, ..)| m.name == name) {
-                Some(format!("a worker named '{name}' is already in the cluster; give each worker a unique --name"))
+            } else if name == self.name {
+                Some(format!("'{name}' is the initializer's name; give each worker a unique --name"))
+            } else if let Some(i) = joined.iter().position(|(m, ..)| m.name == name) {
+                // The same name again: a restart of a worker that joined
+                // (its old connection is closed) replaces it; a second live
+                // process with that name is refused.
+                if connection_closed(&joined[i].1) {
+                    println!("quoll: initializer: worker '{name}' joined again (it restarted)");
+                    joined.remove(i);
+                    None
+                } else {
+                    Some(format!("a worker named '{name}' is already in the cluster; give each worker a unique --name"))
+                }
             } else {
                 None
             };
@@ -279,6 +290,8 @@ impl ControlPlane {
         for (_, _, write, _) in joined.iter_mut() {
             send_control(write, &Control::Start { generation }).await?;
         }
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        tasks.push(tokio::spawn(guard_control(control, names, generation, plan.resilient, events.clone())).abort_handle());
         // The control star: a reader per worker, one writer task that
         // broadcasts, and a heartbeat.
         let (control_out, mut control_rx) = mpsc::channel::<Control>(64);
@@ -385,6 +398,46 @@ impl ControlPlane {
             }
         });
         Ok(Cluster { me, members, generation, rollback_to, resilient, data_out, control_out, control_writer, tasks })
+    }
+}
+
+/// True if the peer closed this connection (a non-blocking peek sees EOF).
+/// (A joiner sends nothing between `Join` and `Welcome`, so no data is lost.)
+fn connection_closed(read: &OwnedReadHalf) -> bool {
+    let mut byte = [0u8; 1];
+    match read.try_read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// The initializer's control listener once the cluster has formed: a
+/// member that restarted is a lost member (recovery re-forms the cluster,
+/// and the member's retry then joins it); anyone else is refused with the
+/// reason.
+async fn guard_control(listener: Arc<TcpListener>, members: Vec<String>, generation: u64, resilient: bool, events: mpsc::Sender<Event>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (mut read, mut write) = stream.into_split();
+        let mut buf = BytesMut::new();
+        let join = tokio::time::timeout(FORMATION_STEP, read_control(&mut read, &mut buf, &format!("the worker at {peer}"))).await;
+        let Ok(Ok(Control::Join { name, .. })) = join else { continue };
+        let reason = if members.contains(&name) && resilient {
+            let why = "it restarted and asks to rejoin".to_string();
+            let _ = events.send(Event::PeerLost { name, generation, why }).await;
+            continue;
+        } else if members.contains(&name) {
+            format!("worker '{name}' restarted, but the cluster runs without --run-with-resilience, so it can't rejoin; restart the whole cluster")
+        } else {
+            format!(
+                "the cluster already has its {} workers ({}); a worker named '{name}' can't join: restart a member with its original command, or start a new cluster with a larger --worker-count",
+                members.len(),
+                members.join(", ")
+            )
+        };
+        eprintln!("quoll: initializer: refused {peer}: {reason}");
+        let _ = send_control(&mut write, &Control::Refused { reason }).await;
     }
 }
 

@@ -1,0 +1,68 @@
+"""A generator source counting 1..N (on the initializer only), keyed sums,
+exactly-once file sink; for crash tests.
+
+`--gen-count N` (default 100000), `--keys K` (default 50), `--out-file PATH`
+(`{worker}` = worker name). Value v is keyed by `str(v % K)`; the state per
+key counts and sums its values; every value gives one output line
+`key count sum\\n`. The generator's current value is what a checkpoint
+stores, so after a rollback it resumes where the checkpoint left it.
+"""
+
+import argparse
+
+import wallaroo
+
+
+def application_setup(args):
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--gen-count", type=int, default=100000)
+    p.add_argument("--keys", type=int, default=50)
+    p.add_argument("--out-file", required=True)
+    opts, _ = p.parse_known_args(args)
+    global KEYS
+    KEYS = opts.keys
+    only_here = "--cluster-initializer" in wallaroo._ARGS
+    gen = wallaroo.GenSourceConfig("counter", Counter(opts.gen_count, only_here))
+    pipeline = (wallaroo.source("counter", gen)
+                .key_by(key_of)
+                .to(add)
+                .to_sink(wallaroo.FileSinkConfig(opts.out_file, encode)))
+    return wallaroo.build_application("Resilient generator", pipeline)
+
+
+KEYS = 50
+
+
+class Counter(object):
+    def __init__(self, n, active):
+        self.n = n
+        self.active = active
+
+    def initial_value(self):
+        return 1 if self.active else None
+
+    def apply(self, v):
+        return v + 1 if v < self.n else None
+
+
+class Sum(object):
+    def __init__(self):
+        self.count = 0
+        self.sum = 0
+
+
+@wallaroo.key_extractor
+def key_of(v):
+    return str(v % KEYS)
+
+
+@wallaroo.state_computation(name="sum per key", state=Sum)
+def add(v, state):
+    state.count += 1
+    state.sum += v
+    return (str(v % KEYS), state.count, state.sum)
+
+
+@wallaroo.encoder
+def encode(out):
+    return "%s %d %d\n" % out
