@@ -269,7 +269,7 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         println!("Attempting to recover...");
         println!("Recovering from recovery files!");
     }
-    w.start(py, &mut ex, had_files, "start-up").map_err(|Fatal(m)| exit(m))?;
+    w.start(py, &mut ex, Occasion::StartUp { had_files }).map_err(|Fatal(m)| exit(m))?;
 
     view.ready.store(true, Ordering::SeqCst);
     view.processing.store(true, Ordering::SeqCst);
@@ -324,6 +324,15 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     result.map(|_| ()).map_err(|Fatal(m)| PyRuntimeError::new_err(m))
 }
 
+/// Why a worker (re)starts its part of the cluster.
+#[derive(Clone, Copy)]
+enum Occasion {
+    /// The process started; `had_files`: it found resilience files of its own.
+    StartUp { had_files: bool },
+    /// The cluster lost a worker and rolls back.
+    Recovery,
+}
+
 /// Why the event loop ended.
 enum Stop {
     /// Shutdown asked here (external channel, Ctrl-C): tell the cluster.
@@ -353,7 +362,11 @@ impl Worker<'_> {
 
     /// Forms the cluster (if any), restores the checkpoint it rolls back to
     /// and starts the replayable sources where that checkpoint left them.
-    fn start(&mut self, py: Python<'_>, ex: &mut Executor, has_files: bool, why: &str) -> Result<(), Fatal> {
+    fn start(&mut self, py: Python<'_>, ex: &mut Executor, occasion: Occasion) -> Result<(), Fatal> {
+        let (has_files, why) = match occasion {
+            Occasion::StartUp { had_files } => (had_files, "start-up"),
+            Occasion::Recovery => (true, "recovery"),
+        };
         let mut rollback_to = None;
         if let Some(c) = &mut self.coordinator {
             let (last_committed, generation) = c.recovery_point().map_err(Fatal)?;
@@ -393,7 +406,7 @@ impl Worker<'_> {
                     cp.files.dir.display()
                 )));
             }
-            if has_files && rollback_to.is_none() && why == "start-up" {
+            if matches!(occasion, Occasion::StartUp { had_files: true }) && rollback_to.is_none() {
                 println!(
                     "quoll: worker '{}': resilience files in {} are from a run that never completed a checkpoint; starting fresh",
                     self.worker,
@@ -496,7 +509,7 @@ impl Worker<'_> {
         if let Some(c) = &mut self.coordinator {
             c.finish();
         }
-        self.start(py, ex, true, "recovery")?;
+        self.start(py, ex, Occasion::Recovery)?;
         self.view.processing.store(true, Ordering::SeqCst);
         Ok(())
     }

@@ -1,0 +1,578 @@
+"""Resilience under repeated faults (DESIGN 7-10, spec 8.3).
+
+Every test runs 3 workers with `--run-with-resilience`, reads its input
+through quoll's replayable file source and writes through the exactly-once
+file sink (`{worker}` in both paths is the worker's name), and injects
+faults while the input is being processed:
+
+- `test_repeated_kills_word_count`: 12+ SIGKILLs of random workers (the
+  initializer at least twice), some of them while the cluster is still
+  recovering from the previous one; restarted with their original command.
+  The sink files must end exactly as an uninterrupted run leaves them.
+- `test_custom_codec_state_under_kills`: state that pickle refuses goes to
+  disk through the app's own serialize/deserialize.
+- `test_windows_under_kills` (count and range windows): every message is in
+  exactly as many window outputs as the window spec says, no more.
+- `test_sigstop`: a stopped worker is declared lost by heartbeat, and
+  rejoins by itself on SIGCONT; a short stop of the initializer is harmless.
+- `test_gen_source_under_kills`: the generator's value is checkpointed.
+
+The fault schedule is random; the seed is printed (and is in every failure
+message). Set QUOLL_FAULT_SEED to replay one.
+"""
+
+import collections
+import os
+import random
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import EXAMPLES, Proc, wait_until
+
+APPS = Path(__file__).resolve().parent / "apps"
+WC_DIR = EXAMPLES / "word_count"
+NAMES = ["initializer", "worker1", "worker2"]
+CHECKPOINT_NS = 150_000_000
+RECOVERED = "|~~ - Recovery COMPLETE - ~~|"
+REPLAYED = re.compile(r"RESILIENCE: Replayed \d+ entries from recovery log file\.")
+
+
+def fault_seed():
+    env = os.environ.get("QUOLL_FAULT_SEED")
+    seed = int(env) if env else random.SystemRandom().randrange(2 ** 32)
+    print(f"fault schedule seed: QUOLL_FAULT_SEED={seed}")
+    return seed
+
+
+def write_framed(path, records):
+    with open(path, "wb") as f:
+        for r in records:
+            b = r.encode("utf-8")
+            f.write(len(b).to_bytes(4, "big") + b)
+
+
+def resilience_flags(res_dir, interval_ns=CHECKPOINT_NS):
+    return ["--run-with-resilience", "--resilience-dir", str(res_dir), "--time-between-checkpoints", str(interval_ns)]
+
+
+def file_args(in_pattern, out_pattern, *extra):
+    return lambda c, i: ["--in-file", str(in_pattern), "--out-file", str(out_pattern), *extra]
+
+
+def out_paths(out_dir):
+    return [Path(out_dir) / f"out-{n}.txt" for n in NAMES]
+
+
+def total_size(paths):
+    s = 0
+    for p in paths:
+        try:
+            s += os.path.getsize(p)
+        except FileNotFoundError:
+            pass
+    return s
+
+
+def read_lines(paths):
+    lines = []
+    for p in paths:
+        if p.exists():
+            lines += p.read_text().splitlines()
+    return lines
+
+
+class Faults:
+    """Kills and restarts the workers of a resilient cluster and keeps a log
+    of what was done, for failure messages."""
+
+    def __init__(self, cluster, seed):
+        self.cluster = cluster
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.t0 = time.time()
+        self.events = []
+        self.incarnation = [0] * cluster.n
+        self.all_procs = list(cluster.workers)
+        self.kills = collections.Counter()
+
+    def note(self, msg):
+        self.events.append(f"{time.time() - self.t0:7.2f}s {msg}")
+
+    def report(self):
+        return f"seed {self.seed}; fault log:\n  " + "\n  ".join(self.events)
+
+    def describe(self, tail=3000):
+        parts = [self.report()]
+        for p in self.all_procs:
+            rc = p.popen.poll() if p.popen else None
+            parts.append(f"--- {p.label} rc={rc}\nstdout:\n{p.stdout()[-tail:]}\nstderr:\n{p.stderr()[-tail:]}")
+        return "\n".join(parts)
+
+    def kill(self, i, sig=signal.SIGKILL):
+        p = self.cluster.workers[i]
+        assert p.alive(), f"{p.label} died on its own before it was killed\n{self.describe()}"
+        p.signal(sig)
+        rc = p.wait(10)
+        assert rc == -sig, f"{p.label} exited with {rc} on signal {sig}\n{self.describe()}"
+        p.stop()  # closes its output files
+        self.kills[i] += 1
+        self.note(f"killed {NAMES[i]} ({p.label}, pid {p.popen.pid})")
+
+    def restart(self, i):
+        self.incarnation[i] += 1
+        label = f"worker{i}-r{self.incarnation[i]}"
+        p = Proc(self.cluster.command(i), self.cluster.workdir, label, env=self.cluster.env).start()
+        self.cluster.workers[i] = p
+        self.all_procs.append(p)
+        self.note(f"restarted {NAMES[i]} as {label} (pid {p.popen.pid})")
+        return p
+
+    def wait_recovered(self, i, timeout=30):
+        """Waits for the current incarnation of worker i to print the
+        recovery lines (spec 8.3)."""
+        p = self.cluster.workers[i]
+        try:
+            wait_until(lambda: RECOVERED in p.stdout() or not p.alive(), timeout, f"{p.label} to recover")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.describe()}")
+        assert p.alive(), f"{p.label} exited during recovery\n{self.describe()}"
+        assert REPLAYED.search(p.stdout()), f"{p.label} did not print the replay line\n{self.describe()}"
+        self.note(f"{p.label} recovered")
+
+    def kill_and_restart(self, i, max_pause=0.5):
+        self.kill(i)
+        time.sleep(self.rng.uniform(0, max_pause))
+        return self.restart(i)
+
+    def all_alive(self):
+        dead = [p.label for p in self.cluster.workers if not p.alive()]
+        assert not dead, f"workers exited on their own: {dead}\n{self.describe()}"
+
+    def wait_progress(self, measure, target, what, timeout=60):
+        try:
+            wait_until(lambda: measure() >= target or not all(p.alive() for p in self.cluster.workers),
+                       timeout, what, interval=0.02)
+        except AssertionError as e:
+            raise AssertionError(f"{e} (at {measure()})\n{self.describe()}")
+        self.all_alive()
+
+    def wait_final(self, measure, target, what, quiet=1.0, timeout=60):
+        """Waits until `measure()` reaches `target`, then checks that it
+        stays there for `quiet` seconds. Returns the last value."""
+        self.wait_progress(measure, target, what, timeout)
+        end = time.time() + quiet
+        while time.time() < end:
+            v = measure()
+            assert v == target, f"{what}: reached {target}, then {v}\n{self.describe()}"
+            time.sleep(0.05)
+        self.all_alive()
+        self.note(f"done: {what}")
+        return measure()
+
+    def shutdown(self, res_dir, app_prefix):
+        """Clean shutdown: every worker exits 0 and the resilience files of
+        the app are gone (spec 8.3, 8.4)."""
+        self.cluster.shutdown()
+        rcs = {p.label: p.popen.poll() for p in self.cluster.workers}
+        assert all(rc == 0 for rc in rcs.values()), f"exit codes after a clean shutdown: {rcs}\n{self.describe()}"
+        left = sorted(os.listdir(res_dir))
+        assert not [f for f in left if f.startswith(app_prefix)], \
+            f"resilience files left after a clean shutdown: {left}\n{self.describe()}"
+        assert not left, f"files left in the resilience dir: {left}"
+
+
+# ---------------------------------------------------------------- word count
+
+def make_word_input(in_dir, lines_per_worker, seed=7):
+    """Framed lines of Zipf-distributed words, one file per worker."""
+    rng = random.Random(seed)
+    vocab = [f"w{i:04d}" for i in range(2000)]
+    weights = [1.0 / (i + 1) ** 1.1 for i in range(len(vocab))]
+    truth = collections.Counter()
+    for name in NAMES:
+        lines = []
+        for _ in range(lines_per_worker):
+            words = rng.choices(vocab, weights, k=rng.randint(1, 8))
+            truth.update(words)
+            lines.append(" ".join(words))
+        write_framed(Path(in_dir) / f"in-{name}.bin", lines)
+    return truth
+
+
+def word_count_bytes(truth):
+    """Total size of the sink files once every count is out."""
+    total = 0
+    for w, c in truth.items():
+        total += c * (len(w) + 5)  # "w => " + "\n"
+        total += sum(len(str(n)) for n in range(1, c + 1))
+    return total
+
+
+def check_word_counts(lines, truth, describe):
+    pairs = collections.Counter()
+    last = {}
+    for line in lines:
+        word, n = line.rsplit(" => ", 1)
+        pairs[(word, int(n))] += 1
+        last[word] = max(last.get(word, 0), int(n))
+    doubled = sorted(p for p, k in pairs.items() if k > 1)
+    wrong = {w: (last.get(w), n) for w, n in truth.items() if last.get(w) != n}
+    unknown = sorted(set(last) - set(truth))
+    missing = [(w, n) for w, c in truth.items() for n in range(1, c + 1) if (w, n) not in pairs]
+    assert not doubled and not wrong and not unknown and not missing and len(lines) == sum(truth.values()), (
+        f"{len(lines)} lines for {sum(truth.values())} words; {len(doubled)} (word, n) doubled, e.g. {doubled[:5]}; "
+        f"{len(missing)} missing, e.g. {missing[:5]}; {len(wrong)} wrong final counts (got, true), e.g. "
+        f"{dict(list(wrong.items())[:5])}; unknown words {unknown[:5]}\n{describe()}")
+
+
+def start_word_count(make_cluster, in_dir, out_dir, res_dir, interval_ns=CHECKPOINT_NS):
+    for d in (out_dir, res_dir):
+        d.mkdir()
+    return make_cluster("word_count", WC_DIR, 3, extra_flags=resilience_flags(res_dir, interval_ns),
+                        app_args=file_args(in_dir / "in-{worker}.bin", out_dir / "out-{worker}.txt"))
+
+
+def test_repeated_kills_word_count(make_cluster, tmp_path):
+    seed = fault_seed()
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    truth = make_word_input(in_dir, 40_000)
+    target = word_count_bytes(truth)
+    t_start = time.time()
+
+    # The uninterrupted run: what each worker's sink must end up holding.
+    ref = start_word_count(make_cluster, in_dir, tmp_path / "ref-out", tmp_path / "ref-res")
+    ref_faults = Faults(ref, seed)
+    ref_paths = out_paths(tmp_path / "ref-out")
+    ref_faults.wait_final(lambda: total_size(ref_paths), target, "the uninterrupted run's output")
+    t_ref = time.time() - t_start
+    expected = {n: sorted(p.read_text().splitlines()) for n, p in zip(NAMES, ref_paths)}
+    ref_faults.shutdown(tmp_path / "ref-res", "Word_Count_Application-")
+    check_word_counts([l for n in NAMES for l in expected[n]], truth, ref_faults.describe)
+
+    # The same input under repeated SIGKILLs.
+    res_dir = tmp_path / "res"
+    cluster = start_word_count(make_cluster, in_dir, tmp_path / "out", res_dir)
+    f = Faults(cluster, seed)
+    rng = f.rng
+    paths = out_paths(tmp_path / "out")
+    progress = lambda: total_size(paths)  # noqa: E731
+    victims = [0, 0, 1, 1, 2, 2] + [rng.randrange(3) for _ in range(6)]
+    rng.shuffle(victims)
+    fractions = sorted(rng.uniform(0.03, 0.9) for _ in victims)
+    for k, (victim, frac) in enumerate(zip(victims, fractions)):
+        f.wait_progress(progress, int(frac * target), f"{frac:.0%} of the output before kill {k + 1}")
+        time.sleep(rng.uniform(0, 0.2))
+        f.note(f"kill {k + 1} at {progress() / target:.1%} of the output")
+        restarted = {victim}
+        f.kill_and_restart(victim)
+        if rng.random() < 0.3:
+            # Again, while the cluster is still recovering.
+            time.sleep(rng.uniform(0, 0.4))
+            again = rng.randrange(3)
+            f.note(f"kill during recovery: {NAMES[again]}")
+            f.kill_and_restart(again)
+            restarted.add(again)
+        for i in sorted(restarted):
+            f.wait_recovered(i)
+    f.wait_final(progress, target, "all the output after the kills", quiet=1.5)
+    t_faults = time.time() - t_start - t_ref
+    print(f.report())
+
+    kills = sum(f.kills.values())
+    assert kills >= 10 and f.kills[0] >= 2, f.report()
+    lines = read_lines(paths)
+    check_word_counts(lines, truth, f.describe)
+    for name, p in zip(NAMES, paths):
+        got = sorted(p.read_text().splitlines())
+        if got != expected[name]:
+            diff = collections.Counter(got)
+            diff.subtract(expected[name])
+            extra = [l for l, k in diff.items() if k > 0][:5]
+            lacking = [l for l, k in diff.items() if k < 0][:5]
+            raise AssertionError(f"{name}'s sink differs from the uninterrupted run's: extra {extra}, "
+                                 f"missing {lacking}\n{f.describe()}")
+    f.shutdown(res_dir, "Word_Count_Application-")
+    print(f"reference run {t_ref:.1f} s, {kills} kills ({dict(f.kills)}) and recovery "
+          f"{t_faults:.1f} s, {sum(truth.values())} words")
+
+
+# ---------------------------------------------------------------- custom codec
+
+def codec_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("resilient_custom_codec_for_test", APPS / "resilient_custom_codec.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_custom_codec_state_under_kills(make_cluster, tmp_path):
+    seed = fault_seed()
+    magic = codec_module().MAGIC
+    rng_in = random.Random(11)
+    in_dir, out_dir, res_dir = tmp_path / "in", tmp_path / "out", tmp_path / "res"
+    for d in (in_dir, out_dir, res_dir):
+        d.mkdir()
+    truth = collections.defaultdict(lambda: [0, 0])
+    sensors = [f"s{i:03d}" for i in range(200)]
+    for name in NAMES:
+        recs = []
+        for _ in range(25_000):
+            s, v = rng_in.choice(sensors), rng_in.randint(-1000, 1000)
+            truth[s][0] += 1
+            truth[s][1] += v
+            recs.append(f"{s},{v}")
+        write_framed(in_dir / f"in-{name}.bin", recs)
+    total = sum(c for c, _ in truth.values())
+    log = tmp_path / "deserialize.log"
+    env = dict(os.environ, RESILIENT_CODEC_LOG=str(log))
+    cluster = make_cluster("resilient_custom_codec", APPS, 3, env=env, extra_flags=resilience_flags(res_dir),
+                           app_args=file_args(in_dir / "in-{worker}.bin", out_dir / "out-{worker}.txt"))
+    f = Faults(cluster, seed)
+    paths = out_paths(out_dir)
+    progress = lambda: sum(p.read_bytes().count(b"\n") for p in paths if p.exists())  # noqa: E731
+
+    def magic_on_disk():
+        """Which workers have a checkpoint file holding the codec's magic."""
+        found = set()
+        for name in os.listdir(res_dir):
+            if ".ckpt-" not in name or name.endswith(".tmp"):
+                continue
+            try:
+                data = (res_dir / name).read_bytes()
+            except FileNotFoundError:
+                continue
+            if magic in data:
+                found.add(name.split(".ckpt-")[0].rsplit("-", 1)[1])
+        return found
+
+    victims = [1, 0, 2, 1]
+    for k, (victim, frac) in enumerate(zip(victims, [0.15, 0.35, 0.55, 0.75])):
+        f.wait_progress(progress, int(frac * total), f"{frac:.0%} of the output")
+        if k == 0:
+            # State (unpicklable: it holds a lock) is on disk through the app's codec.
+            found = set()
+
+            def every_worker_has_magic():
+                found.update(magic_on_disk())
+                return found >= set(NAMES)
+            try:
+                wait_until(every_worker_has_magic, 10, "the codec's magic in every worker's checkpoint files")
+            except AssertionError as e:
+                raise AssertionError(f"{e}; found for {sorted(found)}; files {sorted(os.listdir(res_dir))}\n"
+                                     f"{f.describe()}")
+        before = log.read_text().splitlines() if log.exists() else []
+        f.note(f"kill {k + 1} at {progress()} of {total} lines")
+        p = f.kill_and_restart(victim)
+        f.wait_recovered(victim)
+        # The restarted process restored its state through deserialize, and so did the others (rollback).
+        restored = collections.Counter(l.split()[1] for l in log.read_text().splitlines()[len(before):])
+        assert restored[str(p.popen.pid)] > 0, f"the restarted {p.label} never deserialized state: {restored}\n{f.describe()}"
+        others = [w for i, w in enumerate(cluster.workers) if i != victim]
+        wait_until(lambda: all(RECOVERED in w.stdout() or "rolling back" in w.stdout() for w in others), 10, "rollback")
+    f.wait_final(progress, total, "all the output after the kills", quiet=1.0)
+    print(f.report())
+
+    lines = read_lines(paths)
+    pairs = collections.Counter()
+    last = {}
+    for line in lines:
+        s, c, t = line.split()
+        pairs[(s, int(c))] += 1
+        if int(c) >= last.get(s, (0, 0))[0]:
+            last[s] = (int(c), int(t))
+    doubled = [p for p, k in pairs.items() if k > 1]
+    missing = [(s, n) for s, (c, _) in truth.items() for n in range(1, c + 1) if (s, n) not in pairs]
+    wrong = {s: (last.get(s), tuple(v)) for s, v in truth.items() if last.get(s) != tuple(v)}
+    assert not doubled and not missing and not wrong and len(lines) == total, (
+        f"{len(lines)} lines for {total} readings; doubled {doubled[:5]}; missing {missing[:5]}; "
+        f"wrong (got, true) {dict(list(wrong.items())[:5])}\n{f.describe()}")
+    f.shutdown(res_dir, "Resilient_custom_codec-")
+
+
+# ---------------------------------------------------------------- windows
+
+@pytest.mark.parametrize("kind", ["count", "range"])
+def test_windows_under_kills(kind, make_cluster, tmp_path):
+    seed = fault_seed()
+    in_dir, out_dir, res_dir = tmp_path / "in", tmp_path / "out", tmp_path / "res"
+    for d in (in_dir, out_dir, res_dir):
+        d.mkdir()
+    rng_in = random.Random(5)
+    accounts = [f"acct{i:02d}" for i in range(40)]
+    owner = {}
+    ident = 0
+    for name in NAMES:
+        recs = []
+        for _ in range(15_000):
+            ident += 1
+            a = rng_in.choice(accounts)
+            owner[ident] = a
+            recs.append(f"{a},{ident}")
+        write_framed(in_dir / f"in-{name}.bin", recs)
+    if kind == "count":
+        per_message, extra = 1, ["--count-windows", "7"]
+    else:
+        per_message, extra = 2, ["--window-ms", "400", "--slide-ms", "200"]
+    expected = len(owner) * per_message
+    cluster = make_cluster("resilient_windows", APPS, 3, extra_flags=resilience_flags(res_dir),
+                           app_args=file_args(in_dir / "in-{worker}.bin", out_dir / "out-{worker}.txt", *extra))
+    f = Faults(cluster, seed)
+    paths = out_paths(out_dir)
+
+    def outputs():
+        out = []
+        for p in paths:
+            if p.exists():
+                data = p.read_text()
+                out += data[:data.rfind("\n") + 1].splitlines()
+        return out
+
+    def progress():
+        return sum(int(l.split()[1]) for l in outputs())
+
+    for k, (victim, frac) in enumerate(zip([1, 0, 2], [0.2, 0.45, 0.7])):
+        f.wait_progress(progress, int(frac * expected), f"{frac:.0%} of the window outputs")
+        f.note(f"kill {k + 1} at {progress()} of {expected}")
+        f.kill_and_restart(victim)
+        f.wait_recovered(victim)
+    # Partial count windows wait for the 5 s flush; range windows for the quiet flush.
+    f.wait_final(progress, expected, "every window output", quiet=1.0, timeout=60)
+    print(f.report())
+
+    lines = outputs()
+    seen = collections.Counter()
+    bad = []
+    per_key = collections.Counter()
+    for line in lines:
+        acct, n, ids = line.split()
+        ids = [int(i) for i in ids.split(";")]
+        if len(ids) != int(n) or len(set(ids)) != len(ids) or any(owner.get(i) != acct for i in ids):
+            bad.append(line[:200])
+        if kind == "count" and int(n) > 7:
+            bad.append(line[:200])
+        per_key[acct] += int(n)
+        seen.update(ids)
+    wrong = {i: seen[i] for i in owner if seen[i] != per_message}
+    messages = collections.Counter(owner.values())
+    key_sums = {a: (per_key[a], messages[a] * per_message) for a in accounts if per_key[a] != messages[a] * per_message}
+    assert not bad and not wrong and not key_sums and not (set(seen) - set(owner)), (
+        f"malformed outputs {bad[:3]}; {len(wrong)} ids not in exactly {per_message} window output(s), e.g. "
+        f"{dict(list(wrong.items())[:8])}; per-key sums of counts (got, want) {key_sums}\n{f.describe()}")
+    if kind == "count":
+        assert len(set(lines)) == len(lines)
+    f.shutdown(res_dir, "Resilient_windows-")
+
+
+# ---------------------------------------------------------------- SIGSTOP
+
+def test_sigstop(make_cluster, tmp_path):
+    seed = fault_seed()
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    truth = make_word_input(in_dir, 30_000, seed=3)
+    target = word_count_bytes(truth)
+    res_dir = tmp_path / "res"
+    cluster = start_word_count(make_cluster, in_dir, tmp_path / "out", res_dir)
+    f = Faults(cluster, seed)
+    paths = out_paths(tmp_path / "out")
+    progress = lambda: total_size(paths)  # noqa: E731
+    init, w1 = cluster.workers[0], cluster.workers[1]
+
+    # A stopped worker is lost by heartbeat timeout and rejoins when continued.
+    f.wait_progress(progress, int(0.15 * target), "15% of the output")
+    recovered_before = [w.stdout().count(RECOVERED) for w in cluster.workers]
+    lost = re.compile(r"lost worker 'worker1': no heartbeat for (\d+(?:\.\d+)?) s")
+    t0 = time.time()
+    w1.signal(signal.SIGSTOP)
+    f.note("SIGSTOP worker1")
+    try:
+        wait_until(lambda: lost.search(init.stderr()), 10, "the initializer to declare worker1 lost by heartbeat")
+    except AssertionError as e:
+        w1.signal(signal.SIGCONT)
+        raise AssertionError(f"{e}\n{f.describe()}")
+    detected = time.time() - t0
+    silent = float(lost.search(init.stderr()).group(1))
+    f.note(f"initializer: {lost.search(init.stderr()).group(0)} (after {detected:.2f} s)")
+    time.sleep(max(0.0, 5.0 - (time.time() - t0)))
+    w1.signal(signal.SIGCONT)
+    f.note("SIGCONT worker1")
+    t1 = time.time()
+    try:
+        wait_until(lambda: all(w.stdout().count(RECOVERED) > b for w, b in zip(cluster.workers, recovered_before)),
+                   20, "every worker to recover after SIGCONT")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{f.describe()}")
+    f.note(f"cluster re-formed {time.time() - t1:.2f} s after SIGCONT")
+    f.all_alive()
+    assert 2.5 <= detected <= 5.0 and silent >= 3.0, f"worker1 declared lost {detected:.2f} s after SIGSTOP ({silent} s)"
+
+    # A stop of the initializer shorter than the heartbeat timeout changes nothing.
+    f.wait_progress(progress, int(0.55 * target), "55% of the output")
+    err_before = [len(w.stderr()) for w in cluster.workers]
+    out_before = [w.stdout().count("rolling back") for w in cluster.workers]
+    init.signal(signal.SIGSTOP)
+    f.note(f"SIGSTOP initializer at {progress() / target:.0%}")
+    time.sleep(1.5)
+    init.signal(signal.SIGCONT)
+    f.note("SIGCONT initializer")
+    f.wait_final(progress, target, "all the output", quiet=1.5)
+    print(f.report())
+    new_err = "".join(w.stderr()[b:] for w, b in zip(cluster.workers, err_before))
+    assert "lost worker" not in new_err, f"a 1.5 s stop of the initializer broke the cluster:\n{new_err}\n{f.describe()}"
+    assert [w.stdout().count("rolling back") for w in cluster.workers] == out_before, f.describe()
+    check_word_counts(read_lines(paths), truth, f.describe)
+    f.shutdown(res_dir, "Word_Count_Application-")
+
+
+# ---------------------------------------------------------------- generator
+
+def test_gen_source_under_kills(make_cluster, tmp_path):
+    seed = fault_seed()
+    n, keys = 120_000, 50
+    out_dir, res_dir = tmp_path / "out", tmp_path / "res"
+    out_dir.mkdir()
+    res_dir.mkdir()
+    cluster = make_cluster("resilient_gen", APPS, 3, extra_flags=resilience_flags(res_dir),
+                           app_args=lambda c, i: ["--gen-count", str(n), "--keys", str(keys),
+                                                  "--out-file", str(out_dir / "out-{worker}.txt")])
+    f = Faults(cluster, seed)
+    paths = out_paths(out_dir)
+    progress = lambda: sum(p.read_bytes().count(b"\n") for p in paths if p.exists())  # noqa: E731
+    for k, (victim, frac) in enumerate(zip([0, 1, 0, 2], [0.15, 0.35, 0.55, 0.75])):
+        f.wait_progress(progress, int(frac * n), f"{frac:.0%} of the output")
+        f.note(f"kill {k + 1} at {progress()} of {n}")
+        f.kill_and_restart(victim)
+        f.wait_recovered(victim)
+    f.wait_final(progress, n, "all the output", quiet=1.5)
+    print(f.report())
+
+    # Per key, in file order: exactly (1, v1), (2, v1+v2), ... in generator order.
+    got = collections.defaultdict(list)
+    where = collections.defaultdict(set)
+    for name, p in zip(NAMES, paths):
+        for line in p.read_text().splitlines():
+            k, c, s = line.split()
+            got[k].append((int(c), int(s)))
+            where[k].add(name)
+    want = collections.defaultdict(list)
+    sums = collections.Counter()
+    for v in range(1, n + 1):
+        k = str(v % keys)
+        sums[k] += v
+        want[k].append((len(want[k]) + 1, sums[k]))
+    wrong = []
+    for k in want:
+        if got[k] != want[k]:
+            g = got[k]
+            i = next((j for j, (a, b) in enumerate(zip(g, want[k])) if a != b), min(len(g), len(want[k])))
+            wrong.append(f"key {k}: {len(g)} lines (want {len(want[k])}), first difference at {i}: "
+                         f"{g[i:i + 3]} vs {want[k][i:i + 3]}")
+    assert not wrong and set(got) == set(want), "\n".join(wrong[:10]) + "\n" + f.describe()
+    assert all(len(w) == 1 for w in where.values()), f"a key's outputs on several workers: {dict(where)}"
+    f.shutdown(res_dir, "Resilient_generator-")
