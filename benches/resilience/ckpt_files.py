@@ -167,12 +167,12 @@ class DirWatcher(threading.Thread):
         self.lock = threading.Lock()
         self.files = {}     # name -> dict(id, stem, first_seen, size, changes=[(t, size)], deleted=None)
         self.tmp_seen = {}  # name of a *.tmp -> first seen
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.poll()
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def poll(self):
         now = time.perf_counter()
@@ -198,7 +198,11 @@ class DirWatcher(threading.Thread):
                 if f is None:
                     self.files[e.name] = dict(name=e.name, stem=m.group("stem"), id=int(m.group("id")),
                                               first_seen=now, size=size, changes=[], deleted=None)
-                elif f["deleted"] is None and size != (f["changes"][-1][1] if f["changes"] else f["size"]):
+                elif f["deleted"] is not None:
+                    # The same name again (an id reused after a rollback removed the uncommitted file).
+                    f["deleted"] = None
+                    f["changes"].append((now, size))
+                elif size != (f["changes"][-1][1] if f["changes"] else f["size"]):
                     f["changes"].append((now, size))
             for name, f in self.files.items():
                 if name not in seen and f["deleted"] is None:
@@ -219,5 +223,5 @@ class DirWatcher(threading.Thread):
             return ids
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=2)

@@ -534,7 +534,15 @@ def test_sigstop(make_cluster, tmp_path):
 
 def test_gen_source_under_kills(make_cluster, tmp_path):
     seed = fault_seed()
-    n, keys = 120_000, 50
+    n, keys = 1_000_000, 50
+    # Per key, in generator order: (1, v1), (2, v1+v2), ...
+    want = collections.defaultdict(list)
+    sums = collections.Counter()
+    for v in range(1, n + 1):
+        k = str(v % keys)
+        sums[k] += v
+        want[k].append((len(want[k]) + 1, sums[k]))
+    target = sum(len(f"{k} {c} {s}\n") for k, pairs in want.items() for c, s in pairs)
     out_dir, res_dir = tmp_path / "out", tmp_path / "res"
     out_dir.mkdir()
     res_dir.mkdir()
@@ -543,16 +551,21 @@ def test_gen_source_under_kills(make_cluster, tmp_path):
                                                   "--out-file", str(out_dir / "out-{worker}.txt")])
     f = Faults(cluster, seed)
     paths = out_paths(out_dir)
-    progress = lambda: sum(p.read_bytes().count(b"\n") for p in paths if p.exists())  # noqa: E731
+    progress = lambda: total_size(paths)  # noqa: E731
+    restored = []
     for k, (victim, frac) in enumerate(zip([0, 1, 0, 2], [0.15, 0.35, 0.55, 0.75])):
-        f.wait_progress(progress, int(frac * n), f"{frac:.0%} of the output")
-        f.note(f"kill {k + 1} at {progress()} of {n}")
-        f.kill_and_restart(victim)
+        f.wait_progress(progress, int(frac * target), f"{frac:.0%} of the output")
+        f.note(f"kill {k + 1} at {progress() / target:.1%} of the output")
+        p = f.kill_and_restart(victim)
         f.wait_recovered(victim)
-    f.wait_final(progress, n, "all the output", quiet=1.5)
+        m = re.search(r"Recovery COMPLETE - ~~\| \(checkpoint (\d+)", p.stdout())
+        restored.append(int(m.group(1)) if m else None)
+    f.note(f"checkpoints restored: {restored}")
+    f.wait_final(progress, target, "all the output", quiet=1.5)
     print(f.report())
+    # The kills came mid-stream: a recovery went back to a checkpoint taken while the generator ran.
+    assert any(c is None or c > 1 for c in restored), f.report()
 
-    # Per key, in file order: exactly (1, v1), (2, v1+v2), ... in generator order.
     got = collections.defaultdict(list)
     where = collections.defaultdict(set)
     for name, p in zip(NAMES, paths):
@@ -560,12 +573,6 @@ def test_gen_source_under_kills(make_cluster, tmp_path):
             k, c, s = line.split()
             got[k].append((int(c), int(s)))
             where[k].add(name)
-    want = collections.defaultdict(list)
-    sums = collections.Counter()
-    for v in range(1, n + 1):
-        k = str(v % keys)
-        sums[k] += v
-        want[k].append((len(want[k]) + 1, sums[k]))
     wrong = []
     for k in want:
         if got[k] != want[k]:
