@@ -1416,8 +1416,15 @@ impl CommitLog {
     }
 
     /// Deletes the log (clean shutdown); `false` if there was none.
+    /// Deletes the log, and a temp file its creation may have left.
     pub fn remove(dir: &Path, app: &str) -> Result<bool, StoreError> {
         let path = Self::path(dir, app);
+        let tmp = tmp_path(&path);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&tmp, "delete", e)),
+        }
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 use crate::io::{Event, SourcePosition};
 
 /// Frames per event handed to the executor: bounds latency and memory.
-const FRAMES_PER_EVENT: usize = 4096;
+const FRAMES_PER_EVENT: usize = 1024;
 
 /// One source-connector source, as the app configured it.
 #[derive(Debug, Clone)]

@@ -67,8 +67,9 @@ pub struct IoStats {
 const SINK_RETRY: Duration = Duration::from_millis(250);
 /// How much output a disconnected sink holds before it drops messages.
 const SINK_HOLD_BYTES: usize = 64 << 20;
-/// Frames per event handed to the executor: bounds latency and memory.
-const FRAMES_PER_EVENT: usize = 4096;
+/// Frames per event handed to the executor: bounds latency, memory, and
+/// how long the executor is busy before it can start a checkpoint.
+const FRAMES_PER_EVENT: usize = 1024;
 
 /// Accepts connections for one TCP source and splits each into frames.
 #[allow(clippy::too_many_arguments)]

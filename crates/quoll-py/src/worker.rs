@@ -59,6 +59,9 @@ pub struct WorkerConfig {
 
 /// Events taken from an inbox per round before outputs are flushed.
 const EVENTS_PER_ROUND: usize = 64;
+/// A round of source input ends after this long, so checkpoints start on
+/// time and control messages wait little, however slow the user code.
+const ROUND_TIME: Duration = Duration::from_millis(20);
 /// How long a stopping worker waits for its sinks to write what they hold.
 const SINK_DRAIN: Duration = Duration::from_secs(10);
 
@@ -201,10 +204,11 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
             }
             SinkSpec::File { path } => {
                 let path = path.replace("{worker}", &config.name);
+                let label = sink.label.replace("{worker}", &config.name);
                 let file = rt
                     .block_on(tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path))
-                    .map_err(|e| exit(format!("{}: can't open {path}: {e}", sink.label)))?;
-                rt.spawn(io::run_file_sink(worker.clone(), sink.label.clone(), file, srx))
+                    .map_err(|e| exit(format!("{label}: can't open {path}: {e}")))?;
+                rt.spawn(io::run_file_sink(worker.clone(), label, file, srx))
             }
         };
         sink_tasks.push(task);
@@ -269,7 +273,13 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         println!("Attempting to recover...");
         println!("Recovering from recovery files!");
     }
-    w.start(py, &mut ex, Occasion::StartUp { had_files }).map_err(|Fatal(m)| exit(m))?;
+    if let Err(Fatal(m)) = w.start(py, &mut ex, Occasion::StartUp { had_files }) {
+        // Let the sink writers finish before the runtime goes away.
+        drop(w);
+        drop(ex);
+        let _ = py.detach(|| rt.block_on(async { tokio::time::timeout(SINK_DRAIN, futures_join(sink_tasks)).await }));
+        return Err(exit(m));
+    }
 
     view.ready.store(true, Ordering::SeqCst);
     view.processing.store(true, Ordering::SeqCst);
@@ -299,9 +309,7 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     py.detach(|| {
         rt.block_on(async {
             let _ = tokio::time::timeout(SINK_DRAIN, async {
-                for t in sink_tasks {
-                    let _ = t.await;
-                }
+                futures_join(sink_tasks).await;
                 if let Some(c) = cluster {
                     drop(c.control_out);
                     let _ = c.control_writer.await;
@@ -322,6 +330,13 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         println!("quoll: worker '{}': {dropped} messages were dropped after errors", config.name);
     }
     result.map(|_| ()).map_err(|Fatal(m)| PyRuntimeError::new_err(m))
+}
+
+/// Waits for every task (sink writers ending once their senders are gone).
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
 }
 
 /// Why a worker (re)starts its part of the cluster.
@@ -766,7 +781,11 @@ impl Worker<'_> {
             }
             let paused = paused || self.aligning();
             if !paused && inbox.src_open {
+                let round = Instant::now();
                 for _ in 0..EVENTS_PER_ROUND {
+                    if round.elapsed() >= ROUND_TIME {
+                        break;
+                    }
                     match inbox.src.try_recv() {
                         Ok(e) => {
                             busy = true;
