@@ -127,7 +127,16 @@ def part_overhead(a, workdir):
                 log(f"overhead: {n} worker(s), {variant}, resilience {mode.upper()} (repeat {rep + 1}/{a.repeats}) ...")
                 wc.APP_DIR = apps[variant]
                 try:
-                    r = wc.run_quoll(n, input_path, total_words, wd, a.timeout, flags)
+                    try:
+                        r = wc.run_quoll(n, input_path, total_words, wd, a.timeout, flags)
+                    except RuntimeError as e:
+                        # Others may reinstall the engine under us (ImportError in a tool): one retry.
+                        log(f"overhead: run failed ({str(e).splitlines()[0]}); retrying once in 10 s")
+                        time.sleep(10)
+                        shutil.rmtree(wd, ignore_errors=True)
+                        if mode == "on":
+                            (wd / "resilience").mkdir(parents=True)
+                        r = wc.run_quoll(n, input_path, total_words, wd, a.timeout, flags)
                 finally:
                     wc.APP_DIR = default_app
                     if watcher:
@@ -144,6 +153,7 @@ def part_overhead(a, workdir):
                 r.pop("sender_output", None)
                 r.pop("logs", None)
                 r["loadavg"] = os.getloadavg()
+                r["engine"] = wc.engine_build()
                 runs[(n, variant, mode)].append(r)
                 log(f"overhead: {n}w {variant} {mode}: {r['words_per_s']:,.0f} words/s, {r['elapsed_s']:.2f} s, "
                     f"{r['cpu_s_per_million_words']:.2f} CPU s/Mw"
@@ -174,9 +184,9 @@ def part_overhead(a, workdir):
                 on_checkpoint_bytes_total=best_on.get("checkpoint_bytes_total"),
                 on_peak_rss_mb=best_on["max_peak_rss_mb"], off_peak_rss_mb=best_off["max_peak_rss_mb"],
                 all_off=[dict(words_per_s=r["words_per_s"], cpu_s_per_mw=r["cpu_s_per_million_words"],
-                              elapsed_s=r["elapsed_s"], loadavg=r["loadavg"]) for r in off],
+                              elapsed_s=r["elapsed_s"], loadavg=r["loadavg"], engine=r["engine"]) for r in off],
                 all_on=[dict(words_per_s=r["words_per_s"], cpu_s_per_mw=r["cpu_s_per_million_words"],
-                             elapsed_s=r["elapsed_s"], loadavg=r["loadavg"], checkpoints=r.get("checkpoints"),
+                             elapsed_s=r["elapsed_s"], loadavg=r["loadavg"], engine=r["engine"], checkpoints=r.get("checkpoints"),
                              checkpoint_files=r.get("checkpoint_files")) for r in on],
             ))
     return out
@@ -391,11 +401,15 @@ STRACE_SYSCALLS = "openat,read,write,connect"
 
 def parse_strace(path, wall_minus_perf):
     """Times (perf_counter) of: the first checkpoint file opened, the last read
-    of a checkpoint file, and the stdout writes of the recovery lines."""
+    of a checkpoint file, and the stdout writes of the recovery lines. Only the
+    main thread's file activity before "Replayed" counts: recovery loads on
+    the main thread, while I/O threads later read checkpoint files again
+    (compaction, pruning) and must not be mistaken for the load."""
     ckpt_fds = {}      # (pid, fd) -> path
     pending = {}       # pid -> fd of an unfinished read
-    t = dict(first_ckpt_open=None, last_ckpt_read=None, ckpt_bytes_read=0, ckpt_files=set(),
-             attempting=None, replayed=None, complete=None, ready=None, first_line=None, commit_log_open=None)
+    main_pid = None
+    opens, reads = [], []   # (ts, path) / (ts, bytes) of the main thread
+    t = dict(attempting=None, replayed=None, complete=None, ready=None, first_line=None, commit_log_open=None)
     open_re = re.compile(r'^(\d+)\s+([\d.]+)\s+openat\([^"]*"([^"]*)".*\)\s+=\s+(-?\d+)')
     read_re = re.compile(r'^(\d+)\s+([\d.]+)\s+read\((\d+),.*\)\s+=\s+(-?\d+)')
     read_unf_re = re.compile(r'^(\d+)\s+([\d.]+)\s+read\((\d+),.*<unfinished \.\.\.>')
@@ -403,15 +417,17 @@ def parse_strace(path, wall_minus_perf):
     write_re = re.compile(r'^(\d+)\s+([\d.]+)\s+write\(1, "(.*)')
     with open(path, errors="replace") as f:
         for line in f:
+            head = line.split(None, 1)
+            if main_pid is None and head and head[0].isdigit():
+                main_pid = int(head[0])
             m = open_re.match(line)
             if m:
                 pid, ts, p, fd = int(m.group(1)), float(m.group(2)), m.group(3), int(m.group(4))
                 if fd >= 0:
                     if ckpt_files.CKPT_RE.match(os.path.basename(p)):
                         ckpt_fds[(pid, fd)] = p
-                        t["ckpt_files"].add(os.path.basename(p))
-                        if t["first_ckpt_open"] is None:
-                            t["first_ckpt_open"] = ts
+                        if pid == main_pid:
+                            opens.append((ts, os.path.basename(p)))
                     else:
                         ckpt_fds.pop((pid, fd), None)
                         if p.endswith(".commits") and t["commit_log_open"] is None:
@@ -420,9 +436,8 @@ def parse_strace(path, wall_minus_perf):
             m = read_re.match(line)
             if m:
                 pid, ts, fd, n = int(m.group(1)), float(m.group(2)), int(m.group(3)), int(m.group(4))
-                if (pid, fd) in ckpt_fds:
-                    t["last_ckpt_read"] = ts
-                    t["ckpt_bytes_read"] += max(n, 0)
+                if (pid, fd) in ckpt_fds and pid == main_pid:
+                    reads.append((ts, max(n, 0)))
                 continue
             m = read_unf_re.match(line)
             if m:
@@ -432,9 +447,8 @@ def parse_strace(path, wall_minus_perf):
             if m:
                 pid, ts, n = int(m.group(1)), float(m.group(2)), int(m.group(3))
                 fd = pending.pop(pid, None)
-                if fd is not None and (pid, fd) in ckpt_fds:
-                    t["last_ckpt_read"] = ts
-                    t["ckpt_bytes_read"] += max(n, 0)
+                if fd is not None and (pid, fd) in ckpt_fds and pid == main_pid:
+                    reads.append((ts, max(n, 0)))
                 continue
             m = write_re.match(line)
             if m:
@@ -445,7 +459,14 @@ def parse_strace(path, wall_minus_perf):
                                     ("complete", "Recovery COMPLETE"), ("ready", "INIT PHASE III")):
                     if t[key] is None and marker in text:
                         t[key] = ts
-    t["ckpt_files"] = sorted(t["ckpt_files"])
+    end = t["replayed"] if t["replayed"] is not None else float("inf")
+    opens = [o for o in opens if o[0] <= end]
+    reads = [r for r in reads if r[0] <= end]
+    t["first_ckpt_open"] = opens[0][0] if opens else None
+    t["last_ckpt_read"] = reads[-1][0] if reads else None
+    t["ckpt_bytes_read"] = sum(n for _, n in reads)
+    t["ckpt_files"] = sorted({name for _, name in opens})
+    t["ckpt_opens"] = len(opens)
     for k, v in list(t.items()):
         if isinstance(v, float):
             t[k] = v - wall_minus_perf
@@ -592,6 +613,8 @@ def recovery_run(n, a, workdir):
                 survivors=survivors,
                 complete_line=nw.find(COMPLETE_LINE, t_restart)[1],
             )
+            m = re.search(r"\(checkpoint (\d+),", cyc["complete_line"])
+            cyc["restored_checkpoint"] = int(m.group(1)) if m else None
             if under_strace:
                 st = parse_strace(strace_out, wall_minus_perf)
                 rel = {k: (v - t_restart if isinstance(v, float) else v) for k, v in st.items()}
@@ -833,7 +856,7 @@ def report(res):
         L.append("")
         L.append(f"2. recovery: keyed_counter, {rec[0]['keys']:,} keys of state, file source + file sink; SIGKILL, "
                  f"restart {rec[0]['restart_delay_s']} s later with the same command; seconds from the restart command")
-        hdr = (f"{'workers':<9}{'victim':<13}{'cycle':>6}{'ckpt':>6}{'keys':>9}{'ckpt MB':>9}{'1st line':>10}"
+        hdr = (f"{'workers':<9}{'victim':<13}{'cycle':>6}{'ckpt':>6}{'keys':>10}{'ckpt MB':>9}{'restored':>9}{'1st line':>10}"
                f"{'COMPLETE':>10}{'ready':>8}{'1st out':>9}{'all out':>9}{'survivor':>10}{'wrong':>7}")
         L.append(hdr)
         L.append("-" * len(hdr))
@@ -842,15 +865,17 @@ def report(res):
             for x in rows:
                 surv = [v["complete_s"] for v in x["survivors"].values() if v["complete_s"] is not None]
                 L.append(f"{r['workers']:<9}{r['victim']:<13}{str(x['cycle']) + ('*' if x['under_strace'] else ''):>6}"
-                         f"{x['checkpoint']:>6}{x['image_keys']:>9,}"
-                         f"{sum(v for v in x['chain_bytes'].values()) / 1e6:>9.2f}"
+                         f"{x['checkpoint']:>6}{x['image_keys']:>10,}"
+                         f"{sum(v for v in x['chain_bytes'].values()) / 1e6:>9.2f}{fmt(x.get('restored_checkpoint'), 'd'):>9}"
                          f"{fmt(x['first_stdout_line_s'], '.3f'):>10}{x['complete_s']:>10.3f}{fmt(x['ready_s'], '.3f'):>8}"
                          f"{x['first_output_s']:>9.3f}{x['all_probes_out_s']:>9.3f}"
                          f"{(fmt(max(surv), '.3f') if surv else '-'):>10}{x['wrong_counts']:>7}")
         L.append("  1st line: the restarted worker's first stdout line (Python up, app built, runtime started);")
         L.append("  COMPLETE: its `|~~ - Recovery COMPLETE - ~~|`; 1st out / all out: first / all probe records")
         L.append("  (appended to the inputs before the kill) in the sinks; survivor: the other worker's COMPLETE;")
-        L.append("  ckpt MB: bytes of the checkpoint chain loaded (all workers); wrong: probe counts not as expected;")
+        L.append("  ckpt / keys / ckpt MB: the committed checkpoint checked before the kill, the keys in its image and the")
+        L.append("  bytes of its chain (all workers); restored: the checkpoint the recovery rolled back to (the newest")
+        L.append("  committed, >= the checked one); wrong: probe counts not as expected;")
         L.append("  * = restart under strace (slower; only for the split below, not in the targets).")
         for r in rec:
             st = r.get("strace")
@@ -858,7 +883,7 @@ def report(res):
                 ph = st["strace"]["phases"]
                 s = st["strace"]
                 L.append(f"  {r['workers']}w split (strace cycle, {s['ckpt_bytes_read'] / 1e6:.1f} MB of checkpoint read from "
-                         f"{len(s['ckpt_files'])} file(s) incl. header reads):")
+                         f"{len(s['ckpt_files'])} file(s), {s['ckpt_opens']} opens incl. header reads):")
                 names = dict(process_start_to_attempting="exec + Python + app setup -> 'Attempting to recover'",
                              attempting_to_first_ckpt_open="cluster formation (+ commit log) -> first checkpoint file opened",
                              checkpoint_load="checkpoint load: read + checksum + parse the chain",
@@ -949,6 +974,11 @@ def main(argv=None):
             shutil.rmtree(workdir, ignore_errors=True)
     res["meta"]["loadavg_end"] = os.getloadavg()
     res["meta"]["engine_end"] = wc.engine_build()
+    builds = {json.dumps(r["engine"], sort_keys=True) for s in res.get("overhead", {}).get("sizes", [])
+              for r in s["all_off"] + s["all_on"] if r.get("engine")}
+    res["meta"]["engine_builds_seen_in_overhead"] = len(builds)
+    if len(builds) > 1:
+        log(f"warning: {len(builds)} different quoll._engine builds ran during the overhead runs")
     if res["meta"]["engine_end"] != res["meta"]["engine"]:
         log("warning: the quoll._engine build changed during the run (someone rebuilt it)")
     res["targets"] = evaluate(res)

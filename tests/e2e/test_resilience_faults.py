@@ -256,19 +256,18 @@ def start_cluster(make_cluster, workdir, module, pythonpath, flags, app_args, en
     return c.start()
 
 
-def start_word_count(make_cluster, in_dir, out_dir, res_dir, interval_ns=CHECKPOINT_NS):
+def start_word_count(make_cluster, in_dir, out_dir, res_dir):
     for d in (out_dir, res_dir):
         d.mkdir()
     return start_cluster(make_cluster, out_dir.parent / f"logs-{out_dir.name}", "word_count", WC_DIR,
-                         resilience_flags(res_dir, interval_ns),
-                         file_args(in_dir / "in-{worker}.bin", out_dir / "out-{worker}.txt"))
+                         resilience_flags(res_dir), file_args(in_dir / "in-{worker}.bin", out_dir / "out-{worker}.txt"))
 
 
 def test_repeated_kills_word_count(make_cluster, tmp_path):
     seed = fault_seed()
     in_dir = tmp_path / "in"
     in_dir.mkdir()
-    truth = make_word_input(in_dir, 50_000, min_words=3, max_words=12)
+    truth = make_word_input(in_dir, 50_000)
     target = word_count_bytes(truth)
     t_start = time.time()
 
@@ -282,7 +281,11 @@ def test_repeated_kills_word_count(make_cluster, tmp_path):
     ref_faults.shutdown(tmp_path / "ref-res", "Word_Count_Application-")
     check_word_counts([l for n in NAMES for l in expected[n]], truth, ref_faults.describe)
 
-    # The same input under repeated SIGKILLs.
+    # The same input under repeated SIGKILLs: the first 8 when the output
+    # reaches random points (so they hit a cluster with input left, whatever
+    # its speed); the last 4 at random times, some of them only after a
+    # checkpoint was committed in the current generation (often after the
+    # end of the input: a rollback must then leave the output as it was).
     res_dir = tmp_path / "res"
     cluster = start_word_count(make_cluster, in_dir, tmp_path / "out", res_dir)
     f = Faults(cluster, seed)
@@ -291,14 +294,16 @@ def test_repeated_kills_word_count(make_cluster, tmp_path):
     progress = lambda: total_size(paths)  # noqa: E731
     victims = [0, 0, 1, 1, 2, 2] + [rng.randrange(3) for _ in range(6)]
     rng.shuffle(victims)
+    fractions = sorted(rng.uniform(0.05, 0.9) for _ in range(8))
     mid_stream = 0
-    f.wait_progress(progress, int(0.02 * target), "the first output")
     for k, victim in enumerate(victims):
-        if rng.random() < 0.6:
-            # Let the cluster commit a checkpoint in this generation first,
-            # so the rollback goes to a point in the middle of the input.
-            f.wait_commit(res_dir, f.commit_mark(res_dir))
-        time.sleep(rng.uniform(0.0, 0.3))
+        if k < len(fractions):
+            f.wait_progress(progress, int(fractions[k] * target), f"{fractions[k]:.0%} of the output")
+            time.sleep(rng.uniform(0, 0.05))
+        else:
+            if rng.random() < 0.5:
+                f.wait_commit(res_dir, f.commit_mark(res_dir), timeout=1.5)
+            time.sleep(rng.uniform(0.05, 0.4))
         done = progress() / target
         mid_stream += done < 1
         f.note(f"kill {k + 1} at {done:.1%} of the output")
@@ -319,9 +324,7 @@ def test_repeated_kills_word_count(make_cluster, tmp_path):
 
     kills = sum(f.kills.values())
     assert kills >= 10 and f.kills[0] >= 2, f.report()
-    # Most kills must hit a cluster that is still working through its input
-    # (if this fails because the engine got faster, make the input longer).
-    assert mid_stream >= len(victims) // 2, f"only {mid_stream} kills came before the output was complete\n{f.report()}"
+    assert mid_stream >= 6, f"only {mid_stream} kills came before the output was complete\n{f.report()}"
     lines = read_lines(paths)
     check_word_counts(lines, truth, f.describe)
     for name, p in zip(NAMES, paths):
@@ -359,7 +362,7 @@ def test_custom_codec_state_under_kills(make_cluster, tmp_path):
     sensors = [f"s{i:03d}" for i in range(200)]
     for name in NAMES:
         recs = []
-        for _ in range(25_000):
+        for _ in range(200_000):
             s, v = rng_in.choice(sensors), rng_in.randint(-1000, 1000)
             truth[s][0] += 1
             truth[s][1] += v
@@ -389,31 +392,33 @@ def test_custom_codec_state_under_kills(make_cluster, tmp_path):
         return found
 
     victims = [1, 0, 2, 1]
-    for k, (victim, frac) in enumerate(zip(victims, [0.15, 0.35, 0.55, 0.75])):
+    with_state = 0
+    for k, (victim, frac) in enumerate(zip(victims, [0.1, 0.25, 0.4, 0.55])):
         f.wait_progress(progress, int(frac * total), f"{frac:.0%} of the output")
-        if k == 0:
-            # State (unpicklable: it holds a lock) is on disk through the app's codec.
-            found = set()
-
-            def every_worker_has_magic():
-                found.update(magic_on_disk())
-                return found >= set(NAMES)
-            try:
-                wait_until(every_worker_has_magic, 10, "the codec's magic in every worker's checkpoint files")
-            except AssertionError as e:
-                raise AssertionError(f"{e}; found for {sorted(found)}; files {sorted(os.listdir(res_dir))}\n"
-                                     f"{f.describe()}")
+        # A checkpoint committed from here on holds state (not just the
+        # empty one taken before any input).
+        f.wait_commit(res_dir, f.commit_mark(res_dir))
         before = log.read_text().splitlines() if log.exists() else []
         f.note(f"kill {k + 1} at {progress()} of {total} lines")
         p = f.kill_and_restart(victim)
         f.wait_recovered(victim)
-        # The restarted process restored its state through deserialize, and so did the others (rollback).
-        restored = collections.Counter(l.split()[1] for l in log.read_text().splitlines()[len(before):])
-        assert restored[str(p.popen.pid)] > 0, f"the restarted {p.label} never deserialized state: {restored}\n{f.describe()}"
-        others = [w for i, w in enumerate(cluster.workers) if i != victim]
-        wait_until(lambda: all(RECOVERED in w.stdout() or "rolling back" in w.stdout() for w in others), 10, "rollback")
+        # The restarted process restored each state entry it replayed through deserialize.
+        after = log.read_text().splitlines() if log.exists() else []
+        restored = collections.Counter(l.split()[1] for l in after[len(before):])
+        replayed = int(re.search(r"Replayed (\d+) entries", p.stdout()).group(1))
+        f.note(f"{p.label} replayed {replayed} entries; state deserializations by pid since the kill: {dict(restored)}")
+        assert restored[str(p.popen.pid)] == replayed, \
+            f"the restarted {p.label} replayed {replayed} entries but deserialized {restored[str(p.popen.pid)]} states\n" \
+            f"{f.describe()}"
+        with_state += replayed > 0
+    assert with_state >= 3, f"only {with_state} recoveries restored any state\n{f.report()}"
     f.wait_final(progress, total, "all the output after the kills", quiet=1.0)
     print(f.report())
+    # The state on disk went through the app's serialize (each worker's
+    # newest checkpoint chain starts with a full checkpoint of its state).
+    found = magic_on_disk()
+    assert found == set(NAMES), f"the codec's magic is in checkpoint files of {sorted(found)} only; files: " \
+                                f"{sorted(os.listdir(res_dir))}\n{f.describe()}"
 
     lines = read_lines(paths)
     pairs = collections.Counter()
@@ -434,6 +439,69 @@ def test_custom_codec_state_under_kills(make_cluster, tmp_path):
 
 # ---------------------------------------------------------------- windows
 
+def window_outputs(paths):
+    """Every window output line, per sink file, as (account, count, [ids])."""
+    out = {}
+    for p in paths:
+        rows = []
+        if p.exists():
+            data = p.read_text()
+            for line in data[:data.rfind("\n") + 1].splitlines():
+                acct, n, ids = line.split()
+                rows.append((acct, int(n), [int(i) for i in ids.split(";")]))
+        out[p.name] = rows
+    return out
+
+
+def check_windows(kind, outputs, owner, describe):
+    """Count windows (7 messages): every message in exactly one output of
+    its key, at most 7 per output, per key the counts add up to its
+    messages. Sliding range windows (range = 2 x slide, late data placed in
+    the oldest open window): every message in one output of its key, or in
+    two that are consecutive outputs of that key (neighbouring windows share
+    a pane). Not every message is in two windows: those in the first pane of
+    a key's grid, and those that reach their key's worker after a window
+    holding their time fired (the watermark only counts upstreams already
+    heard from, spec 6), are in one. A window output lost, or written twice
+    (e.g. not truncated away on rollback, then fired again), breaks this."""
+    problems = []
+    where = collections.defaultdict(list)  # id -> [(file, key, index among the key's outputs)]
+    per_key = collections.Counter()
+    files_of_key = collections.defaultdict(set)
+    for fname, rows in outputs.items():
+        index = collections.Counter()
+        for acct, n, ids in rows:
+            files_of_key[acct].add(fname)
+            if n != len(ids) or len(set(ids)) != n or (kind == "count" and n > 7):
+                problems.append(f"malformed output {acct} {n} {ids[:10]}")
+            for i in ids:
+                if owner.get(i) != acct:
+                    problems.append(f"id {i} of {owner.get(i)} in an output of {acct}")
+                where[i].append((fname, acct, index[acct]))
+            per_key[acct] += n
+            index[acct] += 1
+    split = {k: v for k, v in files_of_key.items() if len(v) > 1}
+    if split:
+        problems.append(f"keys with outputs on several workers: {split}")
+    counts = collections.Counter(len(where[i]) for i in owner)
+    for i in owner:
+        w = where[i]
+        if kind == "count" or len(w) != 2:
+            ok = len(w) == 1
+        else:
+            ok = w[0][:2] == w[1][:2] and w[1][2] == w[0][2] + 1
+        if not ok:
+            problems.append(f"id {i} ({owner[i]}) in outputs {w}")
+    messages = collections.Counter(owner.values())
+    if kind == "count":
+        wrong = {a: (per_key[a], m) for a, m in messages.items() if per_key[a] != m}
+        if wrong:
+            problems.append(f"per-key sums of window counts (got, messages): {wrong}")
+    assert not problems, (f"{len(problems)} problems, e.g.\n  " + "\n  ".join(problems[:12]) +
+                          f"\nids by number of outputs: {dict(counts)}\n{describe()}")
+    return counts
+
+
 @pytest.mark.parametrize("kind", ["count", "range"])
 def test_windows_under_kills(kind, make_cluster, tmp_path):
     seed = fault_seed()
@@ -446,63 +514,38 @@ def test_windows_under_kills(kind, make_cluster, tmp_path):
     ident = 0
     for name in NAMES:
         recs = []
-        for _ in range(15_000):
+        for _ in range(60_000):
             ident += 1
             a = rng_in.choice(accounts)
             owner[ident] = a
             recs.append(f"{a},{ident}")
         write_framed(in_dir / f"in-{name}.bin", recs)
     if kind == "count":
-        per_message, extra = 1, ["--count-windows", "7"]
+        extra, quiet = ["--count-windows", "7"], 1.0
     else:
-        per_message, extra = 2, ["--window-ms", "400", "--slide-ms", "200"]
-    expected = len(owner) * per_message
+        # Range windows fire as the watermark passes them; after the input
+        # ends, the quiet flush fires the rest (about 2 x 2 x range later).
+        extra, quiet = ["--window-ms", "400", "--slide-ms", "200", "--late-policy", "place-in-oldest-window"], 3.0
     cluster = make_cluster("resilient_windows", APPS, 3, extra_flags=resilience_flags(res_dir),
                            app_args=file_args(in_dir / "in-{worker}.bin", out_dir / "out-{worker}.txt", *extra))
     f = Faults(cluster, seed)
     paths = out_paths(out_dir)
 
-    def outputs():
-        out = []
-        for p in paths:
-            if p.exists():
-                data = p.read_text()
-                out += data[:data.rfind("\n") + 1].splitlines()
-        return out
-
     def progress():
-        return sum(int(l.split()[1]) for l in outputs())
+        """How many distinct messages are in some window output."""
+        return len({i for rows in window_outputs(paths).values() for _, _, ids in rows for i in ids})
 
     for k, (victim, frac) in enumerate(zip([1, 0, 2], [0.2, 0.45, 0.7])):
-        f.wait_progress(progress, int(frac * expected), f"{frac:.0%} of the window outputs")
-        f.note(f"kill {k + 1} at {progress()} of {expected}")
+        f.wait_progress(progress, int(frac * len(owner)), f"{frac:.0%} of the messages in window outputs")
+        f.note(f"kill {k + 1} with {progress()} of {len(owner)} messages out")
         f.kill_and_restart(victim)
         f.wait_recovered(victim)
-    # Partial count windows wait for the 5 s flush; range windows for the quiet flush.
-    f.wait_final(progress, expected, "every window output", quiet=1.0, timeout=60)
+    # Partial count windows wait for the 5 s flush.
+    f.wait_progress(progress, len(owner), "every message in a window output", timeout=30)
+    f.wait_final(lambda: total_size(paths), total_size(paths), "the window outputs to settle", quiet=quiet)
     print(f.report())
-
-    lines = outputs()
-    seen = collections.Counter()
-    bad = []
-    per_key = collections.Counter()
-    for line in lines:
-        acct, n, ids = line.split()
-        ids = [int(i) for i in ids.split(";")]
-        if len(ids) != int(n) or len(set(ids)) != len(ids) or any(owner.get(i) != acct for i in ids):
-            bad.append(line[:200])
-        if kind == "count" and int(n) > 7:
-            bad.append(line[:200])
-        per_key[acct] += int(n)
-        seen.update(ids)
-    wrong = {i: seen[i] for i in owner if seen[i] != per_message}
-    messages = collections.Counter(owner.values())
-    key_sums = {a: (per_key[a], messages[a] * per_message) for a in accounts if per_key[a] != messages[a] * per_message}
-    assert not bad and not wrong and not key_sums and not (set(seen) - set(owner)), (
-        f"malformed outputs {bad[:3]}; {len(wrong)} ids not in exactly {per_message} window output(s), e.g. "
-        f"{dict(list(wrong.items())[:8])}; per-key sums of counts (got, want) {key_sums}\n{f.describe()}")
-    if kind == "count":
-        assert len(set(lines)) == len(lines)
+    counts = check_windows(kind, window_outputs(paths), owner, f.describe)
+    print(f"messages by number of window outputs holding them: {dict(counts)}")
     f.shutdown(res_dir, "Resilient_windows-")
 
 

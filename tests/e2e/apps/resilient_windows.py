@@ -4,10 +4,11 @@ exactly-once file sink, for crash tests.
 Input (`--in-file PATH`, `{worker}` = worker name): records framed with a
 4-byte big-endian length, each `account,id` where `id` is unique over the
 whole input. Windows: `--count-windows N` (tumbling count windows), else
-range windows `--window-ms R --slide-ms S` (each message lands in R/S
-windows). The accumulator collects the ids it saw, so every window output
-line, `account count id;id;...\\n` (ids in arrival order), tells exactly
-which messages the window covered. Output goes to `--out-file PATH`.
+range windows `--window-ms R --slide-ms S` (a message lands in up to R/S
+windows) with late data handled as `--late-policy` says (default "drop").
+The accumulator collects the ids it saw, so every window output line,
+`account count id;id;...\n` (ids in arrival order), tells exactly which
+messages the window covered. Output goes to `--out-file PATH`.
 """
 
 import argparse
@@ -22,12 +23,14 @@ def application_setup(args):
     p.add_argument("--count-windows", type=int, default=0)
     p.add_argument("--window-ms", type=int, default=400)
     p.add_argument("--slide-ms", type=int, default=200)
+    p.add_argument("--late-policy", default="drop")
     opts, _ = p.parse_known_args(args)
     if opts.count_windows > 0:
         windows = wallaroo.count_windows(opts.count_windows).over(CollectIds)
     else:
         windows = (wallaroo.range_windows(wallaroo.milliseconds(opts.window_ms))
                    .with_slide(wallaroo.milliseconds(opts.slide_ms))
+                   .with_late_data_policy(opts.late_policy)
                    .over(CollectIds))
     pipeline = (wallaroo.source("transactions", wallaroo.FileSourceConfig("transactions", opts.in_file, decode))
                 .key_by(account_of)
