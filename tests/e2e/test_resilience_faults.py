@@ -1,24 +1,33 @@
 """Resilience under repeated faults (DESIGN 7-10, spec 8.3).
 
-Every test runs 3 workers with `--run-with-resilience`, reads its input
-through quoll's replayable file source and writes through the exactly-once
-file sink (`{worker}` in both paths is the worker's name), and injects
-faults while the input is being processed:
+Every test runs 3 workers with `--run-with-resilience` and checkpoints
+every 150 ms, reads its input through quoll's replayable file source and
+writes through the exactly-once file sink (`{worker}` in both paths is the
+worker's name), injects faults while the input is being processed, and ends
+with a clean shutdown after which every worker exits 0 and the resilience
+directory is empty. A restarted worker runs its original command and must
+print the recovery lines of spec 8.3.
 
-- `test_repeated_kills_word_count`: 12+ SIGKILLs of random workers (the
-  initializer at least twice), some of them while the cluster is still
-  recovering from the previous one; restarted with their original command.
-  The sink files must end exactly as an uninterrupted run leaves them.
-- `test_custom_codec_state_under_kills`: state that pickle refuses goes to
-  disk through the app's own serialize/deserialize.
+- `test_repeated_kills_word_count`: examples/word_count, 12+ SIGKILLs of
+  random workers (the initializer at least twice), some while the cluster
+  is still recovering from the previous one. Every word's last count is
+  exact, every (word, n) for n in 1..count is in the sinks exactly once, and
+  each worker's sink holds what it holds after an uninterrupted run.
+- `test_custom_codec_state_under_kills`: per-key state that pickle refuses
+  (it holds a lock) is checkpointed through the app's own top-level
+  serialize/deserialize: the checkpoint files hold the app's magic, and a
+  restarted worker deserializes exactly the entries it says it replayed.
 - `test_windows_under_kills` (count and range windows): every message is in
-  exactly as many window outputs as the window spec says, no more.
-- `test_sigstop`: a stopped worker is declared lost by heartbeat, and
-  rejoins by itself on SIGCONT; a short stop of the initializer is harmless.
-- `test_gen_source_under_kills`: the generator's value is checkpointed.
+  as many window outputs of its key as the window spec allows, none lost
+  and no window output written twice (see `check_windows`).
+- `test_sigstop`: a stopped worker is declared lost by the heartbeat
+  timeout and rejoins by itself on SIGCONT; a 1.5 s stop of the initializer
+  (under the 3 s timeout) changes nothing.
+- `test_gen_source_under_kills`: the generator's value is checkpointed: per
+  key, the running sums are exactly those of 1..N in order.
 
 The fault schedule is random; the seed is printed (and is in every failure
-message). Set QUOLL_FAULT_SEED to replay one.
+message with the log of what was done). Set QUOLL_FAULT_SEED to replay one.
 """
 
 import collections
@@ -170,23 +179,23 @@ class Faults:
         dead = [p.label for p in self.cluster.workers if not p.alive()]
         assert not dead, f"workers exited on their own: {dead}\n{self.describe()}"
 
-    def wait_progress(self, measure, target, what, timeout=60):
+    def wait_progress(self, measure, target, what, timeout=60, interval=0.02):
         try:
             wait_until(lambda: measure() >= target or not all(p.alive() for p in self.cluster.workers),
-                       timeout, what, interval=0.02)
+                       timeout, what, interval=interval)
         except AssertionError as e:
             raise AssertionError(f"{e} (at {measure()})\n{self.describe()}")
         self.all_alive()
 
-    def wait_final(self, measure, target, what, quiet=1.0, timeout=60):
+    def wait_final(self, measure, target, what, quiet=1.0, timeout=60, interval=0.05):
         """Waits until `measure()` reaches `target`, then checks that it
         stays there for `quiet` seconds. Returns the last value."""
-        self.wait_progress(measure, target, what, timeout)
+        self.wait_progress(measure, target, what, timeout, interval)
         end = time.time() + quiet
         while time.time() < end:
             v = measure()
             assert v == target, f"{what}: reached {target}, then {v}\n{self.describe()}"
-            time.sleep(0.05)
+            time.sleep(interval)
         self.all_alive()
         self.note(f"done: {what}")
         return measure()
@@ -394,7 +403,7 @@ def test_custom_codec_state_under_kills(make_cluster, tmp_path):
     victims = [1, 0, 2, 1]
     with_state = 0
     for k, (victim, frac) in enumerate(zip(victims, [0.1, 0.25, 0.4, 0.55])):
-        f.wait_progress(progress, int(frac * total), f"{frac:.0%} of the output")
+        f.wait_progress(progress, int(frac * total), f"{frac:.0%} of the output", interval=0.1)
         # A checkpoint committed from here on holds state (not just the
         # empty one taken before any input).
         f.wait_commit(res_dir, f.commit_mark(res_dir))
@@ -412,7 +421,7 @@ def test_custom_codec_state_under_kills(make_cluster, tmp_path):
             f"{f.describe()}"
         with_state += replayed > 0
     assert with_state >= 3, f"only {with_state} recoveries restored any state\n{f.report()}"
-    f.wait_final(progress, total, "all the output after the kills", quiet=1.0)
+    f.wait_final(progress, total, "all the output after the kills", quiet=1.0, interval=0.2)
     print(f.report())
     # The state on disk went through the app's serialize (each worker's
     # newest checkpoint chain starts with a full checkpoint of its state).
@@ -536,12 +545,13 @@ def test_windows_under_kills(kind, make_cluster, tmp_path):
         return len({i for rows in window_outputs(paths).values() for _, _, ids in rows for i in ids})
 
     for k, (victim, frac) in enumerate(zip([1, 0, 2], [0.2, 0.45, 0.7])):
-        f.wait_progress(progress, int(frac * len(owner)), f"{frac:.0%} of the messages in window outputs")
+        f.wait_progress(progress, int(frac * len(owner)), f"{frac:.0%} of the messages in window outputs",
+                        interval=0.1)
         f.note(f"kill {k + 1} with {progress()} of {len(owner)} messages out")
         f.kill_and_restart(victim)
         f.wait_recovered(victim)
     # Partial count windows wait for the 5 s flush.
-    f.wait_progress(progress, len(owner), "every message in a window output", timeout=30)
+    f.wait_progress(progress, len(owner), "every message in a window output", timeout=30, interval=0.2)
     f.wait_final(lambda: total_size(paths), total_size(paths), "the window outputs to settle", quiet=quiet)
     print(f.report())
     counts = check_windows(kind, window_outputs(paths), owner, f.describe)

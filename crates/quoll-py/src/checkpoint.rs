@@ -42,6 +42,8 @@ pub struct Files {
 /// What recovery loads: the image of one checkpoint.
 pub struct Image {
     pub checkpoint: Option<u64>,
+    /// Files read to rebuild it: the full file and the deltas after it.
+    pub files_read: usize,
     pub entries: BTreeMap<(u32, Vec<u8>), Vec<u8>>,
     pub sources: BTreeMap<u32, Vec<u8>>,
     pub sinks: BTreeMap<u32, Vec<u8>>,
@@ -49,7 +51,7 @@ pub struct Image {
 
 impl Image {
     pub fn empty() -> Image {
-        Image { checkpoint: None, entries: BTreeMap::new(), sources: BTreeMap::new(), sinks: BTreeMap::new() }
+        Image { checkpoint: None, files_read: 0, entries: BTreeMap::new(), sources: BTreeMap::new(), sinks: BTreeMap::new() }
     }
 }
 
@@ -94,7 +96,13 @@ impl Files {
         }
         let Some(id) = id else { return Ok(Image::empty()) };
         let image = checkpoint_store::load(&self.dir, &self.app, &self.worker, id).map_err(|e| e.to_string())?;
-        Ok(Image { checkpoint: Some(id), entries: image.entries, sources: image.sources, sinks: image.sinks })
+        Ok(Image {
+            checkpoint: Some(id),
+            files_read: image.files_read.len(),
+            entries: image.entries,
+            sources: image.sources,
+            sinks: image.sinks,
+        })
     }
 
     /// After checkpoint `id` committed: compact if asked, delete what no
@@ -145,11 +153,12 @@ impl WorkerCheckpoints {
         }
     }
 
-    /// After a restore from `id`: the state equals that checkpoint.
-    pub fn restored(&mut self, id: Option<u64>) {
+    /// After a restore from `id`, read from `files_read` files: the state
+    /// equals that checkpoint, whose chain has `files_read - 1` deltas.
+    pub fn restored(&mut self, id: Option<u64>, files_read: usize) {
         self.last_written = id;
         self.last_committed = id;
-        self.deltas_since_full = 0;
+        self.deltas_since_full = files_read.saturating_sub(1) as u32;
         self.progress_at.clear();
         self.alignment = None;
         if let Some(id) = id {

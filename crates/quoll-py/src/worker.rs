@@ -444,7 +444,7 @@ impl Worker<'_> {
         self.truncate_sinks(py, &restored.sink_offsets)?;
         self.restart_sources(&restored.progress);
         let cp = self.checkpoints.as_mut().expect("resilient");
-        cp.restored(image.checkpoint);
+        cp.restored(image.checkpoint, image.files_read);
         ex.enable_generators(image.checkpoint.is_some());
         if let Some(id) = image.checkpoint {
             println!("RESILIENCE: Replayed {} entries from recovery log file.", restored.entries);
