@@ -69,6 +69,12 @@ fn bind(rt: &tokio::runtime::Runtime, addr: &str, what: &str) -> Result<tokio::n
     rt.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("{what}: can't listen on {addr}: {e}"))
 }
 
+/// A sink whose writer task is not started yet.
+enum PendingSink {
+    Tcp { label: String, addr: String, rx: mpsc::Receiver<SinkCommand> },
+    File { label: String, file: tokio::fs::File, rx: mpsc::Receiver<SinkCommand> },
+}
+
 /// A file source's task, restarted at a checkpointed offset on rollback.
 struct FileSource {
     index: usize,
@@ -192,26 +198,25 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         }
     }
 
-    // Sinks: one writer task each.
+    // Sinks: files are opened now (an error is a set-up error); the writer
+    // tasks start once nothing else in set-up can fail, so an early exit
+    // never leaves one behind.
     let mut sink_txs = Vec::new();
-    let mut sink_tasks = Vec::new();
+    let mut pending_sinks = Vec::new();
     for sink in &plan.sinks {
         let (stx, srx) = mpsc::channel(64);
         sink_txs.push(stx);
-        let task = match &sink.spec {
-            SinkSpec::Tcp { host, port } => {
-                rt.spawn(io::run_tcp_sink(worker.clone(), sink.label.clone(), format!("{host}:{port}"), srx, stats.clone()))
-            }
+        pending_sinks.push(match &sink.spec {
+            SinkSpec::Tcp { host, port } => PendingSink::Tcp { label: sink.label.clone(), addr: format!("{host}:{port}"), rx: srx },
             SinkSpec::File { path } => {
                 let path = path.replace("{worker}", &config.name);
                 let label = sink.label.replace("{worker}", &config.name);
                 let file = rt
                     .block_on(tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path))
                     .map_err(|e| exit(format!("{label}: can't open {path}: {e}")))?;
-                rt.spawn(io::run_file_sink(worker.clone(), label, file, srx))
+                PendingSink::File { label, file, rx: srx }
             }
-        };
-        sink_tasks.push(task);
+        });
     }
 
     let view = Arc::new(ExternalView {
@@ -273,6 +278,13 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         println!("Attempting to recover...");
         println!("Recovering from recovery files!");
     }
+    let sink_tasks: Vec<_> = pending_sinks
+        .into_iter()
+        .map(|p| match p {
+            PendingSink::Tcp { label, addr, rx } => rt.spawn(io::run_tcp_sink(worker.clone(), label, addr, rx, stats.clone())),
+            PendingSink::File { label, file, rx } => rt.spawn(io::run_file_sink(worker.clone(), label, file, rx)),
+        })
+        .collect();
     if let Err(Fatal(m)) = w.start(py, &mut ex, Occasion::StartUp { had_files }) {
         // Let the sink writers finish before the runtime goes away.
         drop(w);
