@@ -476,8 +476,8 @@ async fn serve_external(worker: &str, mut stream: TcpStream, view: &ExternalView
                     None
                 }
                 MessageType::SourceIdsQuery => {
-                    let ids: Vec<String> = view.source_ids.iter().map(|s| crate::user_errors::json_string(s)).collect();
-                    Some((MessageType::SourceIdsQueryResponse, format!("{{\"source_ids\":[{}]}}", ids.join(","))))
+                    let ids = external::SourceIds { source_ids: view.source_ids.clone() };
+                    Some((MessageType::SourceIdsQueryResponse, ids.to_json()))
                 }
                 MessageType::ReportStatus => {
                     Some((MessageType::ReportStatus, view.report.lock().map(|r| r.clone()).unwrap_or_default()))

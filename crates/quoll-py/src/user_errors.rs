@@ -11,6 +11,7 @@
 //! rest only as a periodic count. Counting is never bounded.
 
 use pyo3::prelude::*;
+use quoll_core::external::write_json_string;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -115,28 +116,17 @@ impl UserErrors {
 
     /// The counts as a JSON object, for the external channel's status report.
     pub fn counts_json(&self) -> String {
-        let items: Vec<String> = self.counts.iter().map(|(k, v)| format!("{}:{v}", json_string(k))).collect();
-        format!("{{{}}}", items.join(","))
-    }
-}
-
-/// A JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+        let mut out = String::from("{");
+        for (i, (place, n)) in self.counts.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_json_string(&mut out, place);
+            out.push_str(&format!(":{n}"));
         }
+        out.push('}');
+        out
     }
-    out.push('"');
-    out
 }
 
 /// The Python traceback of `err`, as `traceback.format_exception` prints it.
