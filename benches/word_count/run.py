@@ -484,8 +484,7 @@ def report(res):
                      f"{c['pickle_rt_minus_fixed_ns']:.0f} ns, ratio {fmt(c['ratio_minus_fixed'], '.2f')}")
         lines.append(f"  rough engine-side estimate (quoll tuple-minus-None vs pickle's whole round trip): "
                      f"{c['engine_side_estimate_ratio']:.2f} x")
-        lines.append("  Note: these include two Python->Rust calls per round trip (PyO3 argument parsing and, in")
-        lines.append("  codec_encode/codec_decode, building the default codec: import pickle + 3 getattrs per call);")
+        lines.append("  Note: these include two Python->Rust calls per round trip (PyO3 argument parsing);")
         lines.append("  the engine calls the codec from Rust without that overhead.")
     t = res["targets"]
     lines.append("")
