@@ -64,14 +64,13 @@ impl Files {
     }
 
     /// Writes this worker's part of checkpoint `id` (blocking: an I/O
-    /// thread calls it). Returns a one-line summary.
-    pub fn write(&self, id: u64, parent: Option<u64>, snapshot: Snapshot) -> Result<String, String> {
+    /// thread calls it).
+    pub fn write(&self, id: u64, parent: Option<u64>, snapshot: Snapshot) -> Result<(), String> {
         let kind = match parent {
             Some(p) => CheckpointKind::Delta { parent: p },
             None => CheckpointKind::Full,
         };
         let mut w = CheckpointWriter::create(&self.dir, &self.app, &self.worker, id, kind).map_err(|e| e.to_string())?;
-        let entries = snapshot.entries.len();
         for (stage, key, value) in &snapshot.entries {
             w.entry(*stage, key, value);
         }
@@ -81,8 +80,7 @@ impl Files {
         for (i, p) in &snapshot.sinks {
             w.sink(*i, p);
         }
-        let stats = w.commit().map_err(|e| e.to_string())?;
-        Ok(format!("{entries} changed entries, {} bytes", stats.bytes))
+        w.commit().map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Loads checkpoint `id` (`None`: nothing was ever committed) and
@@ -224,7 +222,7 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn open(files: &Files, interval: Duration) -> Result<(Coordinator, Option<u64>, u64), String> {
+    pub fn open(files: &Files, interval: Duration) -> Result<Coordinator, String> {
         let state = CommitLog::read(&files.dir, &files.app).map_err(|e| e.to_string())?.unwrap_or_default();
         let log = CommitLog::open_or_create(&files.dir, &files.app).map_err(|e| e.to_string())?;
         let next_id = state.last_committed.map_or(1, |c| c + 1);
@@ -237,7 +235,7 @@ impl Coordinator {
             next_at: Instant::now() + interval,
             in_flight: None,
         };
-        Ok((c, state.last_committed, state.generation))
+        Ok(c)
     }
 
     /// The last committed checkpoint and the newest generation, as the

@@ -133,6 +133,8 @@ struct GenSource {
     initial_value: Py<PyAny>,
     apply: Py<PyAny>,
     cur: Option<Py<PyAny>>,
+    /// It has emitted values (so starting over calls `initial_value()` again).
+    emitted: bool,
 }
 
 /// How far a replayable source has been processed.
@@ -330,7 +332,7 @@ impl Executor {
                 SourceSpec::Tcp { decode, .. } | SourceSpec::File { decode, .. } | SourceSpec::Connector { decode, .. } => Some(decode),
                 SourceSpec::Gen { initial_value, apply } => {
                     let cur = Some(initial_value.clone_ref(py));
-                    gens.push(GenSource { source: index, name: src.name.clone(), initial_value, apply, cur });
+                    gens.push(GenSource { source: index, name: src.name.clone(), initial_value, apply, cur, emitted: false });
                     None
                 }
             };
@@ -458,6 +460,7 @@ impl Executor {
             let et = self.ingest_time();
             for _ in 0..budget {
                 let Some(cur) = self.gens[i].cur.take() else { break };
+                self.gens[i].emitted = true;
                 let cur = cur.into_bound(py);
                 match apply.bind(py).call1((&cur,)) {
                     Ok(nxt) if nxt.is_none() => self.gen_stopped(i),
@@ -1133,19 +1136,20 @@ impl Executor {
         }
         let gen_sources: Vec<usize> = self.gens.iter().map(|g| g.source).collect();
         let mut progress: Vec<SourceProgress> = (0..self.sources.len()).map(|_| SourceProgress::default()).collect();
-        for (i, g) in self.gens.iter_mut().enumerate() {
+        for g in self.gens.iter_mut() {
             g.cur = match sources.get(&(g.source as u32)) {
                 Some(b) if b.is_empty() => None,
                 Some(b) => Some(self.codec.decode(py, b).map_err(|e| format!("source '{}' (gen): can't restore its value: {e}", g.name))?.unbind()),
-                None => {
-                    let _ = i;
-                    match g.initial_value.bind(py).call0() {
-                        Ok(v) if v.is_none() => None,
-                        Ok(v) => Some(v.unbind()),
-                        Err(e) => return Err(format!("source '{}' (gen): initial_value() raised: {e}", g.name)),
-                    }
-                }
+                // Nothing checkpointed: start over, calling initial_value()
+                // again only if the first value has already gone out.
+                None if !g.emitted => g.cur.take(),
+                None => match g.initial_value.bind(py).call0() {
+                    Ok(v) if v.is_none() => None,
+                    Ok(v) => Some(v.unbind()),
+                    Err(e) => return Err(format!("source '{}' (gen): initial_value() raised: {e}", g.name)),
+                },
             };
+            g.emitted = false;
         }
         for (&i, b) in sources {
             let i = i as usize;

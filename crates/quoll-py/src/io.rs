@@ -40,7 +40,7 @@ pub enum Event {
     PeerLost { name: String, generation: u64, why: String },
     /// This worker's part of checkpoint `id` (a delta on `parent`, or full)
     /// is on disk, or failed.
-    CheckpointWritten { id: u64, generation: u64, parent: Option<u64>, result: Result<String, String> },
+    CheckpointWritten { id: u64, generation: u64, parent: Option<u64>, result: Result<(), String> },
     /// A clean shutdown: requested here (external channel) or relayed by
     /// the cluster (`from_cluster`).
     Shutdown { reason: String, from_cluster: bool },

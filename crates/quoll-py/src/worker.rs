@@ -267,8 +267,7 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     let had_files = config.resilience && files.exist(config.cluster_initializer);
     if config.resilience && config.cluster_initializer {
         let interval = Duration::from_nanos(config.checkpoint_interval_ns.max(1_000_000));
-        let (c, _, _) = Coordinator::open(&files, interval).map_err(exit)?;
-        w.coordinator = Some(c);
+        w.coordinator = Some(Coordinator::open(&files, interval).map_err(exit)?);
     }
     if config.resilience {
         w.checkpoints = Some(WorkerCheckpoints::new(files));
@@ -597,7 +596,7 @@ impl Worker<'_> {
                 let sinks = self.sinks.clone();
                 let events = self.ctl_tx.clone();
                 self.rt.spawn(async move {
-                    let mut result = Ok(String::new());
+                    let mut result = Ok(());
                     for tx in sinks {
                         let (reply, done) = oneshot::channel();
                         if tx.send(SinkCommand::Sync(reply)).await.is_ok() {
@@ -743,7 +742,7 @@ impl Worker<'_> {
             // A write that finishes after a rollback belongs to the old generation.
             Event::CheckpointWritten { generation, .. } if generation != self.generation => {}
             Event::CheckpointWritten { id, parent, result, .. } => match result {
-                Ok(_summary) => {
+                Ok(()) => {
                     if let Some(cp) = &mut self.checkpoints {
                         cp.written(id, parent);
                     }
