@@ -291,6 +291,8 @@ enum Flow {
 struct Batch {
     stream_id: u64,
     frames: Vec<Bytes>,
+    /// The MESSAGE key of each frame (empty: none).
+    keys: Vec<Bytes>,
     last: u64,
 }
 
@@ -458,8 +460,8 @@ impl Conn {
             };
         }
         match msg {
-            ConnectorMessage::Message { stream_id, message_id, payload, .. } => {
-                let flow = self.on_data(stream_id, message_id, payload).await;
+            ConnectorMessage::Message { stream_id, message_id, key, payload, .. } => {
+                let flow = self.on_data(stream_id, message_id, key, payload).await;
                 if flow == Flow::Continue {
                     self.spend();
                 }
@@ -507,7 +509,7 @@ impl Conn {
         Flow::Continue
     }
 
-    async fn on_data(&mut self, stream_id: u64, message_id: u64, payload: Bytes) -> Flow {
+    async fn on_data(&mut self, stream_id: u64, message_id: u64, key: Bytes, payload: Bytes) -> Flow {
         let me = self.id;
         let verdict = {
             let mut r = lock(&self.reg);
@@ -546,8 +548,9 @@ impl Conn {
                         return flow;
                     }
                 }
-                let b = self.batch.get_or_insert_with(|| Batch { stream_id, frames: Vec::new(), last: message_id });
+                let b = self.batch.get_or_insert_with(|| Batch { stream_id, frames: Vec::new(), keys: Vec::new(), last: message_id });
                 b.frames.push(payload);
+                b.keys.push(key);
                 b.last = message_id;
                 Flow::Continue
             }
@@ -640,6 +643,7 @@ impl Conn {
         let ev = Event::Frames {
             source: self.source,
             frames: b.frames,
+            keys: b.keys,
             position: Some(SourcePosition::Stream { id: b.stream_id, point_of_ref: b.last }),
             epoch: self.epoch,
         };
@@ -741,7 +745,7 @@ mod tests {
         async fn event(&mut self) -> (Vec<String>, u64, u64, u32) {
             let ev = tokio::time::timeout(WAIT, self.rx.recv()).await.expect("no event").expect("inbox closed");
             match ev {
-                Event::Frames { source, frames, position: Some(SourcePosition::Stream { id, point_of_ref }), epoch } => {
+                Event::Frames { source, frames, position: Some(SourcePosition::Stream { id, point_of_ref }), epoch, .. } => {
                     assert_eq!(source, 3);
                     let p = frames.iter().map(|f| String::from_utf8(f.to_vec()).unwrap()).collect();
                     (p, id, point_of_ref, epoch)

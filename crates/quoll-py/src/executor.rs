@@ -414,8 +414,15 @@ impl Executor {
 
     /// Decodes and processes the frames of one source connection, then
     /// records where the source stands.
-    pub fn on_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>, position: Option<SourcePosition>) -> Result<(), Fatal> {
-        self.process_frames(py, source, frames)?;
+    pub fn on_frames(
+        &mut self,
+        py: Python<'_>,
+        source: usize,
+        frames: Vec<Bytes>,
+        keys: &[Bytes],
+        position: Option<SourcePosition>,
+    ) -> Result<(), Fatal> {
+        self.process_frames(py, source, frames, keys)?;
         match position {
             Some(SourcePosition::FileOffset(o)) => self.progress[source].file_offset = o,
             Some(SourcePosition::Stream { id, point_of_ref }) => {
@@ -426,19 +433,27 @@ impl Executor {
         Ok(())
     }
 
-    fn process_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>) -> Result<(), Fatal> {
+    /// A frame's key is its MESSAGE key where a connector gave one (UTF-8,
+    /// spec 9), else the source's implicit key.
+    fn process_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>, keys: &[Bytes]) -> Result<(), Fatal> {
         self.origin = self.me();
         let et = self.ingest_time();
         let src = &self.sources[source];
         let (Some(decode), entry) = (src.decode.as_ref().map(|d| d.clone_ref(py)), src.entry) else { return Ok(()) };
-        let key = src.implicit_key.bind(py).clone();
+        let implicit = src.implicit_key.bind(py).clone();
         let decode = decode.bind(py);
-        for frame in frames {
+        for (i, frame) in frames.into_iter().enumerate() {
             self.messages_in += 1;
             let payload = PyBytes::new(py, &frame);
             match decode.call1((payload,)) {
                 Ok(v) if v.is_none() => {}
-                Ok(v) => self.push(py, entry, v, &key, et)?,
+                Ok(v) => match keys.get(i).filter(|k| !k.is_empty()) {
+                    Some(k) => {
+                        let key = PyString::new(py, &String::from_utf8_lossy(k)).into_any();
+                        self.push(py, entry, v, &key, et)?
+                    }
+                    None => self.push(py, entry, v, &implicit, et)?,
+                },
                 Err(e) => {
                     let place = self.sources[source].place.clone();
                     let detail = format!("decoder, frame of {} bytes", frame.len());

@@ -27,8 +27,10 @@ pub enum Event {
     /// (replayable sources only) is where the source stands once these
     /// frames are processed; a checkpoint records it. `epoch` is the
     /// incarnation of a restartable source (0 for others): frames of an
-    /// incarnation stopped by a rollback are dropped.
-    Frames { source: usize, frames: Vec<Bytes>, position: Option<SourcePosition>, epoch: u32 },
+    /// incarnation stopped by a rollback are dropped. `keys` (connector
+    /// sources) gives each frame's MESSAGE key, empty for none; with no
+    /// keys at all every frame has the source's implicit key.
+    Frames { source: usize, frames: Vec<Bytes>, keys: Vec<Bytes>, position: Option<SourcePosition>, epoch: u32 },
     /// A data batch from the worker with index `from`.
     PeerData { from: usize, body: Bytes },
     /// A checkpoint barrier on the data link from worker `from`.
@@ -199,7 +201,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                     if frames.len() >= FRAMES_PER_EVENT {
                         stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
                         let position = offset.map(|_| SourcePosition::FileOffset(boundary));
-                        if tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), position, epoch }).await.is_err() {
+                        if tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), keys: Vec::new(), position, epoch }).await.is_err() {
                             return;
                         }
                     }
@@ -217,7 +219,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                     if !frames.is_empty() {
                         stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
                         let position = offset.map(|_| SourcePosition::FileOffset(boundary));
-                        let _ = tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), position, epoch }).await;
+                        let _ = tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), keys: Vec::new(), position, epoch }).await;
                     }
                     stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     eprintln!("quoll: error: {place}: {e}; the stream can't be re-synchronised, connection closed");
@@ -228,7 +230,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
         if !frames.is_empty() {
             stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
             let position = offset.map(|_| SourcePosition::FileOffset(boundary));
-            if tx.send(Event::Frames { source, frames, position, epoch }).await.is_err() {
+            if tx.send(Event::Frames { source, frames, keys: Vec::new(), position, epoch }).await.is_err() {
                 return;
             }
         }

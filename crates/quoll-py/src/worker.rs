@@ -694,9 +694,9 @@ impl Worker<'_> {
     /// Handles one event; `Some(stop)` ends the loop.
     fn handle(&mut self, py: Python<'_>, ex: &mut Executor, e: Event) -> Result<Option<Stop>, Fatal> {
         match e {
-            Event::Frames { source, frames, position, epoch } => {
+            Event::Frames { source, frames, keys, position, epoch } => {
                 if epoch == 0 || epoch == self.source_epoch {
-                    ex.on_frames(py, source, frames, position)?
+                    ex.on_frames(py, source, frames, &keys, position)?
                 }
             }
             Event::PeerData { from, body } => {
