@@ -159,9 +159,10 @@ impl WorkerCheckpoints {
         self.deltas_since_full = files_read.saturating_sub(1) as u32;
         self.progress_at.clear();
         self.alignment = None;
-        if let Some(id) = id {
-            self.last_begun = self.last_begun.max(id);
-        }
+        // A restarted coordinator numbers on from the last commit, so ids
+        // begun in the old generation come round again: files of those were
+        // removed by the load, and they may be begun anew.
+        self.last_begun = id.unwrap_or(0);
     }
 
     /// The parent of the next file (`None`: write a full one).

@@ -425,7 +425,7 @@ async fn guard_control(listener: Arc<TcpListener>, members: Vec<String>, generat
         let Ok(Ok(Control::Join { name, .. })) = join else { continue };
         let reason = if members.contains(&name) && resilient {
             let why = "it restarted and asks to rejoin".to_string();
-            let _ = events.send(Event::PeerLost { name, generation, why }).await;
+            let _ = events.send(Event::PeerLost { name, generation, why, control: true }).await;
             continue;
         } else if members.contains(&name) {
             format!("worker '{name}' restarted, but the cluster runs without --run-with-resilience, so it can't rejoin; restart the whole cluster")
@@ -459,7 +459,7 @@ async fn watch_heartbeat(peer: String, generation: u64, heard: Arc<AtomicU64>, e
         let silent = now_millis().saturating_sub(heard.load(Ordering::Relaxed));
         if silent >= HEARTBEAT_TIMEOUT.as_millis() as u64 {
             let why = format!("no heartbeat for {:.1} s (the process may be hung or stopped)", silent as f64 / 1000.0);
-            let _ = events.send(Event::PeerLost { name: peer, generation, why }).await;
+            let _ = events.send(Event::PeerLost { name: peer, generation, why, control: true }).await;
             return;
         }
     }
@@ -495,12 +495,13 @@ impl ControlLink {
                 }
                 Ok(Some(other)) => eprintln!("quoll: unexpected {other:?} on the control link from '{}'", self.peer),
                 Ok(None) => {
-                    let _ = self.events.send(Event::PeerLost { name: self.peer, generation: self.generation, why: "its control link closed".into() }).await;
+                    let why = "its control link closed".into();
+                    let _ = self.events.send(Event::PeerLost { name: self.peer, generation: self.generation, why, control: true }).await;
                     return;
                 }
                 Err(e) => {
                     let why = format!("its control link failed: {e}");
-                    let _ = self.events.send(Event::PeerLost { name: self.peer, generation: self.generation, why }).await;
+                    let _ = self.events.send(Event::PeerLost { name: self.peer, generation: self.generation, why, control: true }).await;
                     return;
                 }
             }
@@ -599,8 +600,8 @@ async fn read_data_link(from: usize, name: String, generation: u64, mut read: Ow
                 eprintln!("quoll: unexpected {c:?} on the data link from '{name}'");
                 continue;
             }
-            Ok(None) => Event::PeerLost { name: name.clone(), generation, why: "its data link closed".into() },
-            Err(e) => Event::PeerLost { name: name.clone(), generation, why: format!("its data link failed: {e}") },
+            Ok(None) => Event::PeerLost { name: name.clone(), generation, why: "its data link closed".into(), control: false },
+            Err(e) => Event::PeerLost { name: name.clone(), generation, why: format!("its data link failed: {e}"), control: false },
         };
         let last = matches!(event, Event::PeerLost { .. });
         if events.send(event).await.is_err() || last {

@@ -38,8 +38,10 @@ pub enum Event {
     /// A control message from worker `from` (0 is the initializer).
     Control { from: usize, generation: u64, msg: quoll_core::wire::Control },
     /// A link of formation `generation` to another worker closed, failed or
-    /// went silent.
-    PeerLost { name: String, generation: u64, why: String },
+    /// went silent. Only a control link's loss (`control`) starts recovery:
+    /// the control link carries `Shutdown` ahead of its close, so a clean
+    /// stop is never mistaken for a failure.
+    PeerLost { name: String, generation: u64, why: String, control: bool },
     /// This worker's part of checkpoint `id` (a delta on `parent`, or full)
     /// is on disk, or failed.
     CheckpointWritten { id: u64, generation: u64, parent: Option<u64>, result: Result<(), String> },

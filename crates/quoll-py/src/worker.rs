@@ -725,18 +725,18 @@ impl Worker<'_> {
                     other => eprintln!("quoll: worker '{}': unexpected control message {other:?}", self.worker),
                 }
             }
-            Event::PeerLost { name, generation, why } => {
+            Event::PeerLost { name, generation, why, control } => {
                 if generation != self.generation || self.stopping {
                     return Ok(None);
                 }
-                let is_initializer_link = self.cluster.as_ref().is_some_and(|c| c.members.first().is_some_and(|m| m.name == name));
                 eprintln!("quoll: error: worker '{}': lost worker '{name}': {why}", self.worker);
-                if self.config.resilience {
-                    if self.is_initializer() || is_initializer_link {
-                        self.recover(py, ex, &format!("lost worker '{name}': {why}"))?;
-                    }
-                } else {
+                if !self.config.resilience {
                     eprintln!("quoll: worker '{}': without --run-with-resilience the cluster can't recover; messages for '{name}' are dropped", self.worker);
+                } else if control {
+                    // The initializer watches every control link; the others
+                    // watch theirs to the initializer. A data link's loss is
+                    // followed by its control link's, or by a Reform.
+                    self.recover(py, ex, &format!("lost worker '{name}': {why}"))?;
                 }
             }
             // A write that finishes after a rollback belongs to the old generation.
