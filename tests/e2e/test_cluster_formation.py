@@ -102,3 +102,25 @@ def test_quoll_run_workers(make_receiver, tmp_path):
         assert run.wait(20) == 0, run.describe()
     finally:
         run.stop()
+
+
+def test_duplicate_name_during_formation_is_refused(make_cluster, make_receiver, tmp_path):
+    out = make_receiver()
+    c = make_cluster("word_count", APP, 3, app_args=lambda c, i: wc_args(c, i, out), start=False)
+    c.workers.append(Proc(c.command(0), tmp_path, "worker0", env=c.env).start())
+    first = Proc(c.command(1), tmp_path, "worker1", env=c.env).start()
+    c.workers.append(first)
+    wait_until(lambda: "joined (2/3)" in c.workers[0].stdout(), 20, "worker1 to join")
+    twin_cmd = c.command(1)
+    twin_cmd[twin_cmd.index("--external") + 1] = f"127.0.0.1:{free_port()}"
+    twin_cmd[twin_cmd.index("--in") + 1] = f"lines@127.0.0.1:{free_port()}"
+    twin = Proc(twin_cmd, tmp_path, "twin", env=c.env).start()
+    assert twin.wait(20) == 2
+    assert "a worker named 'worker1' is already in the cluster; give each worker a unique --name" in twin.stderr()
+    # The formation goes on with the first worker1.
+    c.workers.append(Proc(c.command(2), tmp_path, "worker2", env=c.env).start())
+    c.wait_ready()
+    assert first.alive()
+    send_lines(c.in_ports[1], ["d d"], tmp_path)
+    out.wait_for_lines(2)
+    assert sorted(out.lines()) == ["d => 1", "d => 2"]
