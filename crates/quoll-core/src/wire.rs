@@ -68,6 +68,8 @@ pub enum Control {
     DataHello { from: String, generation: u64 },
     LinksUp { name: String },
     Start { generation: u64 },
+    /// A worker has restored its state after `Start` and is processing.
+    Restored { generation: u64 },
     Ping,
     Pong,
     Checkpoint { id: u64, generation: u64 },

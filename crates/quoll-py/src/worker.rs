@@ -110,6 +110,10 @@ struct Worker<'a> {
     coordinator: Option<Coordinator>,
     generation: u64,
     stopping: bool,
+    /// Initializer: the workers whose `Restored` has not come yet.
+    awaiting_restored: Option<std::collections::BTreeSet<usize>>,
+    /// The ready lines have been printed (they are printed once).
+    announced: bool,
 }
 
 /// Runs a worker until a clean shutdown. Raises `SystemExit(2)` on a set-up
@@ -263,6 +267,8 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         coordinator: None,
         generation: 0,
         stopping: false,
+        awaiting_restored: None,
+        announced: false,
     };
     let had_files = config.resilience && files.exist(config.cluster_initializer);
     if config.resilience && config.cluster_initializer {
@@ -292,13 +298,7 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         return Err(exit(m));
     }
 
-    view.ready.store(true, Ordering::SeqCst);
-    view.processing.store(true, Ordering::SeqCst);
-    if config.cluster_initializer {
-        println!("Application has successfully initialized.");
-    }
-    println!("|~~ INIT PHASE III: Application is ready to work! ~~|");
-
+    w.started();
     let mut inbox = Inbox { src: &mut src_rx, src_open: true, ctl: &mut ctl_rx };
     let result = w.event_loop(py, &mut ex, &mut inbox);
     view.processing.store(false, Ordering::SeqCst);
@@ -536,8 +536,40 @@ impl Worker<'_> {
             c.finish();
         }
         self.start(py, ex, Occasion::Recovery)?;
-        self.view.processing.store(true, Ordering::SeqCst);
+        self.started();
         Ok(())
+    }
+
+    /// This worker's state is loaded and it processes again. A worker tells
+    /// the initializer; the initializer reports the cluster ready (status
+    /// `processing_messages`, and the first time the ready lines) once every
+    /// worker has.
+    fn started(&mut self) {
+        if !self.is_initializer() {
+            if let Some(c) = &self.cluster {
+                let _ = c.control_out.try_send(Control::Restored { generation: self.generation });
+            }
+            self.ready();
+            return;
+        }
+        let others: std::collections::BTreeSet<usize> = (1..self.workers()).collect();
+        if others.is_empty() {
+            self.ready();
+        } else {
+            self.awaiting_restored = Some(others);
+        }
+    }
+
+    fn ready(&mut self) {
+        self.view.ready.store(true, Ordering::SeqCst);
+        self.view.processing.store(true, Ordering::SeqCst);
+        if !self.announced {
+            self.announced = true;
+            if self.is_initializer() {
+                println!("Application has successfully initialized.");
+            }
+            println!("|~~ INIT PHASE III: Application is ready to work! ~~|");
+        }
     }
 
     // ---- checkpoints ----
@@ -717,6 +749,15 @@ impl Worker<'_> {
                     Control::Checkpoint { id, .. } => self.begin_checkpoint(py, ex, id)?,
                     Control::CheckpointDone { id, error, .. } => self.on_done(py, ex, id, from, error)?,
                     Control::Committed { id, .. } => self.on_committed(ex, id),
+                    Control::Restored { .. } => {
+                        if let Some(waiting) = &mut self.awaiting_restored {
+                            waiting.remove(&from);
+                            if waiting.is_empty() {
+                                self.awaiting_restored = None;
+                                self.ready();
+                            }
+                        }
+                    }
                     Control::Reform { reason } => {
                         if self.config.resilience {
                             self.recover(py, ex, &format!("the initializer re-forms the cluster: {reason}"))?;
