@@ -16,7 +16,6 @@ as the spec's call table says.
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
-import wallaroo
 
 
 class TopologyError(Exception):

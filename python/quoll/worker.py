@@ -79,7 +79,7 @@ def main(argv=None):
     if args.run_with_resilience and not os.path.isdir(args.resilience_dir):
         return _fail(f"--resilience-dir {args.resilience_dir}: no such directory; create it first")
 
-    import wallaroo
+    import wallaroo  # the module apps import (sys.modules["wallaroo"]), even if the app doesn't
     from quoll import topology
     from quoll import _engine
 
@@ -87,7 +87,6 @@ def main(argv=None):
     try:
         module = import_app(args.application_module)
         codec = select_codec(module)
-        wallaroo = sys.modules["wallaroo"]
         wallaroo._ARGS = tuple(args.wallaroo_args)
         app = module.application_setup(list(args.app_args))
         topo = topology.flatten(app)

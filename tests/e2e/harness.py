@@ -8,7 +8,6 @@ failing test can show it.
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -167,6 +166,24 @@ def send_lines(port, lines, workdir, framing="framed", label="input"):
     path = Path(workdir) / f"{label}-{port}.txt"
     path.write_text("".join(l + "\n" for l in lines))
     return send(port, path, framing)
+
+
+def report_status(port, timeout=5):
+    """A worker's report-status (external type 16) reply, parsed as JSON.
+    quoll's CLI has no command for it, so the frame is spoken here:
+    u32 BE length (2 + payload), u16 BE type, payload."""
+    import json
+    import struct
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(struct.pack(">IH", 2, 16))
+        data = b""
+        while len(data) < 6 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            chunk = s.recv(65536)
+            assert chunk, "external channel closed before replying"
+            data += chunk
+    length, msg_type = struct.unpack(">IH", data[:6])
+    assert msg_type == 16, (msg_type, data)
+    return json.loads(data[6:4 + length].decode("utf-8"))
 
 
 def external(port, command, *extra):

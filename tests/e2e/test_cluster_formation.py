@@ -2,9 +2,6 @@
 shutdown from any worker, and `quoll run --workers N`."""
 
 import json
-import subprocess
-import sys
-import time
 
 from harness import EXAMPLES, QUOLL, Proc, READY_LINE, external, free_port, send_lines, wait_until
 

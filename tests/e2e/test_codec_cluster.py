@@ -14,34 +14,17 @@ failure drops and counts that message only.
 """
 
 import collections
-import json
 import random
 import re
-import socket
-import struct
 from pathlib import Path
 
-from harness import EXAMPLES, send_lines, wait_until
+from harness import EXAMPLES, send_lines, wait_until, report_status
 
 APPS = Path(__file__).resolve().parent / "apps"
 APP_DIR = EXAMPLES / "custom_codec"
 PATHS = [APPS, APP_DIR]
 STAGE = "stage 'total per sensor' (state_computation)"
 NAMES = ["initializer", "worker1", "worker2"]
-
-
-def report_status(port, timeout=5):
-    """The external channel's report-status (type 16) reply, parsed as JSON."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(struct.pack(">IH", 2, 16))
-        data = b""
-        while len(data) < 6 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
-            chunk = s.recv(65536)
-            assert chunk, "external channel closed before replying"
-            data += chunk
-    length, msg_type = struct.unpack(">IH", data[:6])
-    assert msg_type == 16, (msg_type, data)
-    return json.loads(data[6:4 + length].decode("utf-8"))
 
 
 def reports(cluster):

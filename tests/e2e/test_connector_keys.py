@@ -5,7 +5,7 @@ import socket
 import struct
 from pathlib import Path
 
-from harness import free_port, wait_until
+from harness import free_port
 
 APPS = Path(__file__).parent / "apps"
 

@@ -9,7 +9,6 @@ The app (apps/frames_app.py) echoes each payload as a line; its header
 format comes from `--header-length` / `--length-fmt`.
 """
 
-import json
 import socket
 import struct
 import time
@@ -17,23 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_until
+from harness import wait_until, report_status
 
 APPS = Path(__file__).resolve().parent / "apps"
-
-
-def report_status(port, timeout=5):
-    """The external channel's report-status (type 16) reply, parsed as JSON."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(struct.pack(">IH", 2, 16))
-        data = b""
-        while len(data) < 6 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
-            chunk = s.recv(65536)
-            assert chunk, "external channel closed before replying"
-            data += chunk
-    length, msg_type = struct.unpack(">IH", data[:6])
-    assert msg_type == 16, (msg_type, data)
-    return json.loads(data[6:4 + length].decode("utf-8"))
 
 
 def wait_report(port, predicate, what, timeout=10):
@@ -216,7 +201,7 @@ def test_other_header_formats_end_to_end(header_length, fmt, make_cluster, make_
         rest = data[header_length:]
         for i in range(0, len(rest), 777):
             c.sendall(rest[i:i + 777])
-        lines = out.wait_for_lines(len(payloads), timeout=10)
+        out.wait_for_lines(len(payloads), timeout=10)
     assert out.settle(quiet=0.3) == payloads
     assert error_lines(cluster.workers[0].stderr()) == []
     report = wait_report(cluster.external_ports[0], lambda r: r.get("frames_in") == len(payloads), "all frames")

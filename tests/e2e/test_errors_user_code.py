@@ -10,39 +10,16 @@ computation_multi -> key_by -> state computation -> encoder, and `--mode`
 makes exactly one of those misbehave on the input line "boom".
 """
 
-import json
 import re
-import socket
-import struct
-import time
 from pathlib import Path
 
 import pytest
 
-from harness import send_lines, wait_until
+from harness import send_lines, wait_until, report_status
 
 APPS = Path(__file__).resolve().parent / "apps"
 WORKER = "initializer"
 TRACEBACK_HEADER = "Traceback (most recent call last):"
-
-
-def report_status(port, timeout=5):
-    """The external channel's report-status (type 16) reply, parsed as JSON."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(struct.pack(">IH", 2, 16))
-        head = b""
-        while len(head) < 6:
-            chunk = s.recv(6 - len(head))
-            assert chunk, "external channel closed before replying"
-            head += chunk
-        length, msg_type = struct.unpack(">IH", head)
-        body = b""
-        while len(body) < length - 2:
-            chunk = s.recv(length - 2 - len(body))
-            assert chunk, "external channel closed in the middle of a reply"
-            body += chunk
-    assert msg_type == 16, (msg_type, body)
-    return json.loads(body.decode("utf-8"))
 
 
 def wait_report(port, predicate, what, timeout=10):

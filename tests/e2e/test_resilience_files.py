@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import READY_LINE, Proc, external, wait_until
+from harness import READY_LINE, Proc, wait_until
 
 APPS = Path(__file__).resolve().parent / "apps"
 APP = "rfiles wc"

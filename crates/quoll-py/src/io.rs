@@ -156,7 +156,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
     tx: mpsc::Sender<Event>,
     stats: &IoStats,
 ) {
-    let Origin { source, epoch, offset } = origin;
+    let offset = origin.offset;
     let mut decoder = FrameDecoder::new(header, max_frame_size);
     // Bytes read so far; minus what the decoder still holds, the offset of
     // the next frame boundary.
@@ -200,12 +200,8 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                     frames.push(frame.payload);
                     // Right after a frame, what the decoder holds starts at a frame boundary.
                     boundary = read_total - decoder.buffered_len() as u64;
-                    if frames.len() >= FRAMES_PER_EVENT {
-                        stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
-                        let position = offset.map(|_| SourcePosition::FileOffset(boundary));
-                        if tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), keys: Vec::new(), position, epoch }).await.is_err() {
-                            return;
-                        }
+                    if frames.len() >= FRAMES_PER_EVENT && !hand_over(&tx, stats, origin, &mut frames, boundary).await {
+                        return;
                     }
                 }
                 Ok(None) => break,
@@ -218,25 +214,34 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                 }
                 Err(e) => {
                     // Frames before the bad header are good: they go on.
-                    if !frames.is_empty() {
-                        stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
-                        let position = offset.map(|_| SourcePosition::FileOffset(boundary));
-                        let _ = tx.send(Event::Frames { source, frames: std::mem::take(&mut frames), keys: Vec::new(), position, epoch }).await;
-                    }
+                    hand_over(&tx, stats, origin, &mut frames, boundary).await;
                     stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     eprintln!("quoll: error: {place}: {e}; the stream can't be re-synchronised, connection closed");
                     return;
                 }
             }
         }
-        if !frames.is_empty() {
-            stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
-            let position = offset.map(|_| SourcePosition::FileOffset(boundary));
-            if tx.send(Event::Frames { source, frames, keys: Vec::new(), position, epoch }).await.is_err() {
-                return;
-            }
+        if !hand_over(&tx, stats, origin, &mut frames, boundary).await {
+            return;
         }
     }
+}
+
+/// Hands the frames split so far to the executor (nothing if there are
+/// none), with the file position after them; false if the executor is gone.
+async fn hand_over(tx: &mpsc::Sender<Event>, stats: &IoStats, origin: Origin, frames: &mut Vec<Bytes>, boundary: u64) -> bool {
+    if frames.is_empty() {
+        return true;
+    }
+    stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
+    let event = Event::Frames {
+        source: origin.source,
+        frames: std::mem::take(frames),
+        keys: Vec::new(),
+        position: origin.offset.map(|_| SourcePosition::FileOffset(boundary)),
+        epoch: origin.epoch,
+    };
+    tx.send(event).await.is_ok()
 }
 
 /// Encoded output for one sink, and how many messages it holds.
