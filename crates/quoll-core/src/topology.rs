@@ -100,15 +100,28 @@ pub struct Topology {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TopologyError {
     #[error("source '{source_name}' enters at stage {entry}, but there are only {stages} stages")]
-    BadEntry { source_name: String, entry: StageId, stages: usize },
+    BadEntry {
+        source_name: String,
+        entry: StageId,
+        stages: usize,
+    },
     #[error("stage {stage} ('{name}') links to stage {next}, but there are only {stages} stages")]
-    BadLink { stage: StageId, name: String, next: StageId, stages: usize },
+    BadLink {
+        stage: StageId,
+        name: String,
+        next: StageId,
+        stages: usize,
+    },
     #[error("stage {stage} ('{name}') is not a sink but has nothing after it: an application must end with to_sink/s")]
     Unterminated { stage: StageId, name: String },
     #[error("sink stage {stage} has a successor; nothing may follow to_sink/s")]
     SinkHasNext { stage: StageId },
     #[error("sink stage {stage} names sink {sink}, but there are only {sinks} sinks")]
-    BadSink { stage: StageId, sink: usize, sinks: usize },
+    BadSink {
+        stage: StageId,
+        sink: usize,
+        sinks: usize,
+    },
     #[error("to_sinks([]) at stage {stage}: give at least one sink")]
     NoSinks { stage: StageId },
     #[error("the path from source '{source_name}' loops back on itself")]
@@ -134,14 +147,26 @@ impl Topology {
                         return Err(TopologyError::NoSinks { stage: id });
                     }
                     if let Some(&sink) = sinks.iter().find(|&&s| s >= self.sink_count) {
-                        return Err(TopologyError::BadSink { stage: id, sink, sinks: self.sink_count });
+                        return Err(TopologyError::BadSink {
+                            stage: id,
+                            sink,
+                            sinks: self.sink_count,
+                        });
                     }
                 }
                 (_, None) => {
-                    return Err(TopologyError::Unterminated { stage: id, name: stage.name.clone() })
+                    return Err(TopologyError::Unterminated {
+                        stage: id,
+                        name: stage.name.clone(),
+                    })
                 }
                 (_, Some(next)) if next >= n => {
-                    return Err(TopologyError::BadLink { stage: id, name: stage.name.clone(), next, stages: n })
+                    return Err(TopologyError::BadLink {
+                        stage: id,
+                        name: stage.name.clone(),
+                        next,
+                        stages: n,
+                    })
                 }
                 _ => {}
             }
@@ -159,7 +184,9 @@ impl Topology {
             while let Some(id) = at {
                 steps += 1;
                 if steps > n {
-                    return Err(TopologyError::Cycle { source_name: source.name.clone() });
+                    return Err(TopologyError::Cycle {
+                        source_name: source.name.clone(),
+                    });
                 }
                 at = self.stages[id].next;
             }
@@ -193,7 +220,11 @@ mod tests {
     use super::*;
 
     fn stage(kind: StageKind, next: Option<StageId>) -> StageDef {
-        StageDef { name: "s".into(), kind, next }
+        StageDef {
+            name: "s".into(),
+            kind,
+            next,
+        }
     }
 
     fn topo(stages: Vec<StageDef>, entry: StageId) -> Topology {
@@ -229,7 +260,10 @@ mod tests {
     #[test]
     fn rejects_bad_shapes() {
         let t = topo(vec![stage(StageKind::KeyBy, None)], 0);
-        assert!(matches!(t.validate(), Err(TopologyError::Unterminated { .. })));
+        assert!(matches!(
+            t.validate(),
+            Err(TopologyError::Unterminated { .. })
+        ));
         let t = topo(vec![stage(StageKind::KeyBy, Some(0))], 0);
         assert!(matches!(t.validate(), Err(TopologyError::Cycle { .. })));
         let t = topo(vec![stage(StageKind::Sinks { sinks: vec![] }, None)], 0);

@@ -62,21 +62,56 @@ pub struct Member {
 /// back); `Shutdown` in both directions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Control {
-    Join { name: String, data_addr: String, fingerprint: u64, has_files: bool },
-    Welcome { members: Vec<Member>, generation: u64, rollback_to: Option<u64>, resilient: bool },
-    Refused { reason: String },
-    DataHello { from: String, generation: u64 },
-    LinksUp { name: String },
-    Start { generation: u64 },
+    Join {
+        name: String,
+        data_addr: String,
+        fingerprint: u64,
+        has_files: bool,
+    },
+    Welcome {
+        members: Vec<Member>,
+        generation: u64,
+        rollback_to: Option<u64>,
+        resilient: bool,
+    },
+    Refused {
+        reason: String,
+    },
+    DataHello {
+        from: String,
+        generation: u64,
+    },
+    LinksUp {
+        name: String,
+    },
+    Start {
+        generation: u64,
+    },
     /// A worker has restored its state after `Start` and is processing.
-    Restored { generation: u64 },
+    Restored {
+        generation: u64,
+    },
     Ping,
     Pong,
-    Checkpoint { id: u64, generation: u64 },
-    CheckpointDone { id: u64, generation: u64, error: Option<String> },
-    Committed { id: u64, generation: u64 },
-    Reform { reason: String },
-    Shutdown { reason: String },
+    Checkpoint {
+        id: u64,
+        generation: u64,
+    },
+    CheckpointDone {
+        id: u64,
+        generation: u64,
+        error: Option<String>,
+    },
+    Committed {
+        id: u64,
+        generation: u64,
+    },
+    Reform {
+        reason: String,
+    },
+    Shutdown {
+        reason: String,
+    },
 }
 
 /// Why bytes from a peer could not be read.
@@ -100,7 +135,10 @@ pub enum WireFrame {
     Control(Control),
     /// The body of a data batch, parsed lazily with [`BatchReader`].
     Data(bytes::Bytes),
-    Barrier { generation: u64, checkpoint: u64 },
+    Barrier {
+        generation: u64,
+        checkpoint: u64,
+    },
 }
 
 /// Encodes a barrier frame.
@@ -249,7 +287,11 @@ impl<'a> BatchReader<'a> {
         }
         let generation = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
         let remaining = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
-        Ok(BatchReader { generation, remaining, at: &body[12..] })
+        Ok(BatchReader {
+            generation,
+            remaining,
+            at: &body[12..],
+        })
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
@@ -277,7 +319,12 @@ impl<'a> Iterator for BatchReader<'a> {
             let event_time = i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
             let value_len = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;
             let value = self.take(value_len)?;
-            Ok(WireMessage { stage, key, event_time, value })
+            Ok(WireMessage {
+                stage,
+                key,
+                event_time,
+                value,
+            })
         };
         let r = read();
         if r.is_err() {
@@ -344,13 +391,32 @@ mod tests {
     #[test]
     fn failed_value_leaves_batch_unchanged() {
         let mut w = BatchWriter::new(1);
-        w.push::<()>(1, b"k", 5, |out| { out.push(1); Ok(()) }).unwrap();
-        assert!(w.push(2, b"j", 6, |out| { out.push(9); Err("no") }).is_err());
+        w.push::<()>(1, b"k", 5, |out| {
+            out.push(1);
+            Ok(())
+        })
+        .unwrap();
+        assert!(w
+            .push(2, b"j", 6, |out| {
+                out.push(9);
+                Err("no")
+            })
+            .is_err());
         let bytes = w.finish();
         let frames = frames_of(&bytes, &[]);
-        let WireFrame::Data(body) = &frames[0] else { panic!() };
+        let WireFrame::Data(body) = &frames[0] else {
+            panic!()
+        };
         let msgs: Vec<_> = BatchReader::new(body).unwrap().collect();
-        assert_eq!(msgs, vec![Ok(WireMessage { stage: 1, key: b"k", event_time: 5, value: &[1] })]);
+        assert_eq!(
+            msgs,
+            vec![Ok(WireMessage {
+                stage: 1,
+                key: b"k",
+                event_time: 5,
+                value: &[1]
+            })]
+        );
     }
 
     #[test]

@@ -18,9 +18,16 @@ pub enum AppError {
     #[error("stage {stage}: {message}")]
     Stage { stage: String, message: String },
     #[error("source '{source_name}': {message}")]
-    Source { source_name: String, message: String },
+    Source {
+        source_name: String,
+        message: String,
+    },
     #[error("sink {index} ({config}): {message}")]
-    Sink { index: usize, config: String, message: String },
+    Sink {
+        index: usize,
+        config: String,
+        message: String,
+    },
     #[error(transparent)]
     Topology(#[from] quoll_core::topology::TopologyError),
     #[error("{0}")]
@@ -35,11 +42,22 @@ impl From<PyErr> for AppError {
 
 /// The Python callables of one stage.
 pub enum StageCalls {
-    Stateless { call: Py<PyAny> },
-    KeyBy { call: Py<PyAny> },
-    Collect { key: Py<PyAny> },
-    State { call: Py<PyAny>, initial_state: Py<PyAny> },
-    Windows { aggregation: AggregationCalls },
+    Stateless {
+        call: Py<PyAny>,
+    },
+    KeyBy {
+        call: Py<PyAny>,
+    },
+    Collect {
+        key: Py<PyAny>,
+    },
+    State {
+        call: Py<PyAny>,
+        initial_state: Py<PyAny>,
+    },
+    Windows {
+        aggregation: AggregationCalls,
+    },
     Sinks,
 }
 
@@ -54,13 +72,34 @@ pub struct AggregationCalls {
 /// How a source reads its input.
 pub enum SourceSpec {
     /// A TCP listener whose frames are split as the decoder's header says.
-    Tcp { host: String, port: String, header: LengthHeader, decode: Py<PyAny>, valid: bool, parallelism: usize },
+    Tcp {
+        host: String,
+        port: String,
+        header: LengthHeader,
+        decode: Py<PyAny>,
+        valid: bool,
+        parallelism: usize,
+    },
     /// A generator driven on the executor thread.
-    Gen { initial_value: Py<PyAny>, apply: Py<PyAny> },
+    Gen {
+        initial_value: Py<PyAny>,
+        apply: Py<PyAny>,
+    },
     /// A file of framed records (quoll's own source).
-    File { path: String, header: LengthHeader, decode: Py<PyAny> },
+    File {
+        path: String,
+        header: LengthHeader,
+        decode: Py<PyAny>,
+    },
     /// A connector-protocol listener (`wallaroo.experimental.SourceConnectorConfig`).
-    Connector { host: String, port: String, decode: Py<PyAny>, cookie: String, max_credits: u32, refill_credits: u32 },
+    Connector {
+        host: String,
+        port: String,
+        decode: Py<PyAny>,
+        cookie: String,
+        max_credits: u32,
+        refill_credits: u32,
+    },
 }
 
 pub struct SourcePlan {
@@ -94,19 +133,29 @@ fn item<'py>(t: &Bound<'py, PyTuple>, i: usize) -> PyResult<Bound<'py, PyAny>> {
 }
 
 fn text(obj: &Bound<'_, PyAny>) -> String {
-    obj.str().map(|s| s.to_string()).unwrap_or_else(|_| "<unprintable>".into())
+    obj.str()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| "<unprintable>".into())
 }
 
 /// Reads the framing of a Wallaroo decoder: `header_length()` plus the
 /// struct format the `wallaroo.decoder` decorator recorded.
-fn decoder_framing(decoder: &Bound<'_, PyAny>, source_name: &str) -> Result<(LengthHeader, Py<PyAny>), AppError> {
-    let err = |message: String| AppError::Source { source_name: source_name.to_string(), message };
+fn decoder_framing(
+    decoder: &Bound<'_, PyAny>,
+    source_name: &str,
+) -> Result<(LengthHeader, Py<PyAny>), AppError> {
+    let err = |message: String| AppError::Source {
+        source_name: source_name.to_string(),
+        message,
+    };
     let header_length: usize = decoder
         .call_method0("header_length")
         .and_then(|v| v.extract())
         .map_err(|e| err(format!("decoder.header_length() failed: {e}")))?;
     let fmt: String = match decoder.getattr("_quoll_length_fmt") {
-        Ok(f) => f.extract().map_err(|e| err(format!("decoder length format: {e}")))?,
+        Ok(f) => f
+            .extract()
+            .map_err(|e| err(format!("decoder length format: {e}")))?,
         Err(_) => {
             return Err(err(
                 "the decoder was not made with @wallaroo.decoder(header_length, length_fmt); \
@@ -115,7 +164,8 @@ fn decoder_framing(decoder: &Bound<'_, PyAny>, source_name: &str) -> Result<(Len
             ))
         }
     };
-    let header = LengthHeader::parse(header_length, &fmt).map_err(|e| err(format!("decoder header: {e}")))?;
+    let header = LengthHeader::parse(header_length, &fmt)
+        .map_err(|e| err(format!("decoder header: {e}")))?;
     let decode = direct(decoder, "decode")?;
     Ok((header, decode))
 }
@@ -125,7 +175,11 @@ fn decoder_framing(decoder: &Bound<'_, PyAny>, source_name: &str) -> Result<(Len
 fn direct(obj: &Bound<'_, PyAny>, method: &str) -> PyResult<Py<PyAny>> {
     let cls = obj.get_type();
     if let Ok(func) = cls.getattr("_quoll_func") {
-        if cls.getattr("__module__").map(|m| text(&m) == "wallaroo").unwrap_or(false) {
+        if cls
+            .getattr("__module__")
+            .map(|m| text(&m) == "wallaroo")
+            .unwrap_or(false)
+        {
             return Ok(func.unbind());
         }
     }
@@ -151,23 +205,44 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
         let call = item(st, 3)?;
         let params = item(st, 6)?;
         let params = params.cast::<PyTuple>().map_err(PyErr::from)?;
-        let stage_err = |message: String| AppError::Stage { stage: format!("{index} ('{name}')"), message };
+        let stage_err = |message: String| AppError::Stage {
+            stage: format!("{index} ('{name}')"),
+            message,
+        };
         let (core_kind, calls) = match kind.as_str() {
             "computation" | "computation_multi" => (
-                StageKind::Stateless { multi: kind == "computation_multi" },
-                StageCalls::Stateless { call: call.unbind() },
+                StageKind::Stateless {
+                    multi: kind == "computation_multi",
+                },
+                StageCalls::Stateless {
+                    call: call.unbind(),
+                },
             ),
-            "key_by" => (StageKind::KeyBy, StageCalls::KeyBy { call: call.unbind() }),
+            "key_by" => (
+                StageKind::KeyBy,
+                StageCalls::KeyBy {
+                    call: call.unbind(),
+                },
+            ),
             "collect" => {
                 let key: String = item(params, 0)?.extract()?;
                 (
-                    StageKind::Collect { key: key.clone().into_bytes() },
-                    StageCalls::Collect { key: PyString::new(py, &key).into_any().unbind() },
+                    StageKind::Collect {
+                        key: key.clone().into_bytes(),
+                    },
+                    StageCalls::Collect {
+                        key: PyString::new(py, &key).into_any().unbind(),
+                    },
                 )
             }
             "state_computation" | "state_computation_multi" => (
-                StageKind::State { multi: kind == "state_computation_multi" },
-                StageCalls::State { call: call.unbind(), initial_state: item(st, 4)?.unbind() },
+                StageKind::State {
+                    multi: kind == "state_computation_multi",
+                },
+                StageCalls::State {
+                    call: call.unbind(),
+                    initial_state: item(st, 4)?.unbind(),
+                },
             ),
             "range_windows" | "count_windows" => {
                 let agg = item(st, 5)?;
@@ -183,7 +258,8 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
                     let slide: u64 = item(params, 1)?.extract()?;
                     let delay: u64 = item(params, 2)?.extract()?;
                     let policy_name: String = item(params, 3)?.extract()?;
-                    let policy = LateDataPolicy::parse(&policy_name).map_err(|e| stage_err(e.to_string()))?;
+                    let policy = LateDataPolicy::parse(&policy_name)
+                        .map_err(|e| stage_err(e.to_string()))?;
                     let spec = RangeWindowSpec::new(range, slide, delay, policy)
                         .map_err(|e| stage_err(e.to_string()))?;
                     StageKind::RangeWindows(spec)
@@ -202,7 +278,11 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
             }
             other => return Err(stage_err(format!("unknown stage kind '{other}'"))),
         };
-        stages.push(StageDef { name, kind: core_kind, next });
+        stages.push(StageDef {
+            name,
+            kind: core_kind,
+            next,
+        });
         stage_calls.push(calls);
     }
 
@@ -217,7 +297,10 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
         let implicit_key: String = item(src, 3)?.extract()?;
         let cfg = item(src, 4)?;
         let cfg = cfg.cast::<PyTuple>().map_err(PyErr::from)?;
-        let err = |message: String| AppError::Source { source_name: name.clone(), message };
+        let err = |message: String| AppError::Source {
+            source_name: name.clone(),
+            message,
+        };
         let spec = match kind.as_str() {
             "tcp" => {
                 let host = text(&item(cfg, 2)?);
@@ -261,8 +344,17 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
                 )))
             }
         };
-        source_defs.push(SourceDef { name: name.clone(), kind, entry, implicit_key: implicit_key.clone().into_bytes() });
-        sources.push(SourcePlan { name, spec, implicit_key: PyString::new(py, &implicit_key).into_any().unbind() });
+        source_defs.push(SourceDef {
+            name: name.clone(),
+            kind,
+            entry,
+            implicit_key: implicit_key.clone().into_bytes(),
+        });
+        sources.push(SourcePlan {
+            name,
+            spec,
+            implicit_key: PyString::new(py, &implicit_key).into_any().unbind(),
+        });
     }
 
     let mut sinks = Vec::new();
@@ -270,7 +362,11 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
         let cfg = cfg?;
         let config = text(&cfg);
         let cfg = cfg.cast::<PyTuple>().map_err(PyErr::from)?;
-        let err = |message: String| AppError::Sink { index, config: config.clone(), message };
+        let err = |message: String| AppError::Sink {
+            index,
+            config: config.clone(),
+            message,
+        };
         let kind: String = item(cfg, 0)?.extract()?;
         let (spec, encoder) = match kind.as_str() {
             "tcp" => {
@@ -278,9 +374,16 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
                 let port = text(&item(cfg, 3)?);
                 (SinkSpec::Tcp { host, port }, item(cfg, 4)?)
             }
-            "file" => (SinkSpec::File { path: text(&item(cfg, 2)?) }, item(cfg, 3)?),
+            "file" => (
+                SinkSpec::File {
+                    path: text(&item(cfg, 2)?),
+                },
+                item(cfg, 3)?,
+            ),
             other => {
-                return Err(err(format!("sink kind '{other}' is not supported yet by quoll (supported: tcp, file)")))
+                return Err(err(format!(
+                    "sink kind '{other}' is not supported yet by quoll (supported: tcp, file)"
+                )))
             }
         };
         let label = match &spec {
@@ -288,10 +391,24 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
             SinkSpec::File { path } => format!("file sink {path}"),
         };
         let encode = direct(&encoder, "encode").map_err(|e| err(format!("encoder: {e}")))?;
-        sinks.push(SinkPlan { label, spec, encode });
+        sinks.push(SinkPlan {
+            label,
+            spec,
+            encode,
+        });
     }
 
-    let topology = Topology { app_name, sources: source_defs, stages, sink_count: sinks.len() };
+    let topology = Topology {
+        app_name,
+        sources: source_defs,
+        stages,
+        sink_count: sinks.len(),
+    };
     topology.validate()?;
-    Ok(AppPlan { topology, stage_calls, sources, sinks })
+    Ok(AppPlan {
+        topology,
+        stage_calls,
+        sources,
+        sinks,
+    })
 }

@@ -23,7 +23,9 @@
 //! names; files of later checkpoints are ignored and removed.
 
 use crate::executor::{Snapshot, SourceProgress};
-use quoll_core::checkpoint_store::{self, CheckpointKind, CheckpointWriter, CommitLog, CommitRecord};
+use quoll_core::checkpoint_store::{
+    self, CheckpointKind, CheckpointWriter, CommitLog, CommitRecord,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -51,7 +53,13 @@ pub struct Image {
 
 impl Image {
     pub fn empty() -> Image {
-        Image { checkpoint: None, files_read: 0, entries: BTreeMap::new(), sources: BTreeMap::new(), sinks: BTreeMap::new() }
+        Image {
+            checkpoint: None,
+            files_read: 0,
+            entries: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            sinks: BTreeMap::new(),
+        }
     }
 }
 
@@ -70,7 +78,8 @@ impl Files {
             Some(p) => CheckpointKind::Delta { parent: p },
             None => CheckpointKind::Full,
         };
-        let mut w = CheckpointWriter::create(&self.dir, &self.app, &self.worker, id, kind).map_err(|e| e.to_string())?;
+        let mut w = CheckpointWriter::create(&self.dir, &self.app, &self.worker, id, kind)
+            .map_err(|e| e.to_string())?;
         for (stage, key, value) in &snapshot.entries {
             w.entry(*stage, key, value);
         }
@@ -86,14 +95,25 @@ impl Files {
     /// Loads checkpoint `id` (`None`: nothing was ever committed) and
     /// removes files of later, uncommitted checkpoints.
     pub fn load(&self, id: Option<u64>) -> Result<Image, String> {
-        for later in checkpoint_store::list(&self.dir, &self.app, &self.worker).map_err(|e| e.to_string())? {
+        for later in
+            checkpoint_store::list(&self.dir, &self.app, &self.worker).map_err(|e| e.to_string())?
+        {
             if id.is_none_or(|id| later > id) {
-                let path = checkpoint_store::checkpoint_path(&self.dir, &self.app, &self.worker, later);
-                std::fs::remove_file(&path).map_err(|e| format!("can't remove {} (a checkpoint never completed): {e}", path.display()))?;
+                let path =
+                    checkpoint_store::checkpoint_path(&self.dir, &self.app, &self.worker, later);
+                std::fs::remove_file(&path).map_err(|e| {
+                    format!(
+                        "can't remove {} (a checkpoint never completed): {e}",
+                        path.display()
+                    )
+                })?;
             }
         }
-        let Some(id) = id else { return Ok(Image::empty()) };
-        let image = checkpoint_store::load(&self.dir, &self.app, &self.worker, id).map_err(|e| e.to_string())?;
+        let Some(id) = id else {
+            return Ok(Image::empty());
+        };
+        let image = checkpoint_store::load(&self.dir, &self.app, &self.worker, id)
+            .map_err(|e| e.to_string())?;
         Ok(Image {
             checkpoint: Some(id),
             files_read: image.files_read.len(),
@@ -107,14 +127,18 @@ impl Files {
     /// longer matters (blocking: an I/O thread calls it).
     pub fn after_commit(&self, id: u64, compact: bool) -> Result<(), String> {
         if compact {
-            checkpoint_store::compact(&self.dir, &self.app, &self.worker, id).map_err(|e| e.to_string())?;
+            checkpoint_store::compact(&self.dir, &self.app, &self.worker, id)
+                .map_err(|e| e.to_string())?;
         }
-        checkpoint_store::remove_older_than(&self.dir, &self.app, &self.worker, id).map(|_| ()).map_err(|e| e.to_string())
+        checkpoint_store::remove_older_than(&self.dir, &self.app, &self.worker, id)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Clean shutdown: the files are no longer needed.
     pub fn remove_all(&self, initializer: bool) -> Result<(), String> {
-        checkpoint_store::remove_all(&self.dir, &self.app, &self.worker).map_err(|e| e.to_string())?;
+        checkpoint_store::remove_all(&self.dir, &self.app, &self.worker)
+            .map_err(|e| e.to_string())?;
         if initializer {
             CommitLog::remove(&self.dir, &self.app).map_err(|e| e.to_string())?;
         }
@@ -172,7 +196,11 @@ impl WorkerCheckpoints {
 
     pub fn written(&mut self, id: u64, parent: Option<u64>) {
         self.last_written = Some(id);
-        self.deltas_since_full = if parent.is_some() { self.deltas_since_full + 1 } else { 0 };
+        self.deltas_since_full = if parent.is_some() {
+            self.deltas_since_full + 1
+        } else {
+            0
+        };
     }
 
     /// Records a commit; true if the chain should be compacted now.
@@ -201,7 +229,11 @@ impl Alignment {
     pub fn new(id: u64, workers: usize, me: usize) -> Alignment {
         let mut barriers = vec![false; workers];
         barriers[me] = true;
-        Alignment { id, barriers, held: (0..workers).map(|_| VecDeque::new()).collect() }
+        Alignment {
+            id,
+            barriers,
+            held: (0..workers).map(|_| VecDeque::new()).collect(),
+        }
     }
 
     pub fn complete(&self) -> bool {
@@ -224,7 +256,9 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn open(files: &Files, interval: Duration) -> Result<Coordinator, String> {
-        let state = CommitLog::read(&files.dir, &files.app).map_err(|e| e.to_string())?.unwrap_or_default();
+        let state = CommitLog::read(&files.dir, &files.app)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
         let log = CommitLog::open_or_create(&files.dir, &files.app).map_err(|e| e.to_string())?;
         let next_id = state.last_committed.map_or(1, |c| c + 1);
         let c = Coordinator {
@@ -242,18 +276,27 @@ impl Coordinator {
     /// The last committed checkpoint and the newest generation, as the
     /// commit log says (read again at every formation).
     pub fn recovery_point(&self) -> Result<(Option<u64>, u64), String> {
-        let state = CommitLog::read(&self.dir, &self.app).map_err(|e| e.to_string())?.unwrap_or_default();
+        let state = CommitLog::read(&self.dir, &self.app)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
         Ok((state.last_committed, state.generation))
     }
 
     /// Durably records a new generation (every formation gets one).
     pub fn new_generation(&mut self, generation: u64) -> Result<(), String> {
-        self.log.append(CommitRecord::Generation { generation }).map_err(|e| e.to_string())
+        self.log
+            .append(CommitRecord::Generation { generation })
+            .map_err(|e| e.to_string())
     }
 
     /// Durably records checkpoint `id` as complete.
     pub fn commit(&mut self, id: u64, generation: u64) -> Result<(), String> {
-        self.log.append(CommitRecord::Committed { checkpoint: id, generation }).map_err(|e| e.to_string())
+        self.log
+            .append(CommitRecord::Committed {
+                checkpoint: id,
+                generation,
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// Starts checkpoint `id` if it is time and none is in flight.

@@ -119,10 +119,16 @@ impl From<String> for FormError {
 /// formation starts over.
 const FORMATION_STEP: Duration = Duration::from_secs(20);
 
-async fn step<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> std::result::Result<T, FormError> {
+async fn step<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> std::result::Result<T, FormError> {
     match tokio::time::timeout(FORMATION_STEP, f).await {
         Ok(r) => r.map_err(FormError::Retry),
-        Err(_) => Err(FormError::Retry(format!("{what} took longer than {} s", FORMATION_STEP.as_secs()))),
+        Err(_) => Err(FormError::Retry(format!(
+            "{what} took longer than {} s",
+            FORMATION_STEP.as_secs()
+        ))),
     }
 }
 
@@ -146,13 +152,20 @@ async fn read_control(read: &mut OwnedReadHalf, buf: &mut BytesMut, peer: &str) 
             Some(WireFrame::Control(Control::Ping | Control::Pong)) => continue,
             Some(WireFrame::Control(c)) => return Ok(c),
             Some(_) => return Err(format!("{peer} sent data before formation finished")),
-            None => return Err(format!("{peer} closed the connection during cluster formation")),
+            None => {
+                return Err(format!(
+                    "{peer} closed the connection during cluster formation"
+                ))
+            }
         }
     }
 }
 
 async fn send_control(write: &mut OwnedWriteHalf, msg: &Control) -> Result<()> {
-    write.write_all(&wire::control_frame(msg)).await.map_err(|e| e.to_string())
+    write
+        .write_all(&wire::control_frame(msg))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl ControlPlane {
@@ -167,16 +180,29 @@ impl ControlPlane {
         fingerprint: u64,
     ) -> Result<ControlPlane> {
         let (control_listener, data_listener, my_data) = if initializer {
-            let c = TcpListener::bind(&control)
-                .await
-                .map_err(|e| format!("can't listen on --control {control}: {e} (is another initializer running?)"))?;
+            let c = TcpListener::bind(&control).await.map_err(|e| {
+                format!(
+                    "can't listen on --control {control}: {e} (is another initializer running?)"
+                )
+            })?;
             let data = data.ok_or("the initializer needs --data HOST:PORT")?;
-            let d = TcpListener::bind(&data).await.map_err(|e| format!("can't listen on --data {data}: {e}"))?;
+            let d = TcpListener::bind(&data)
+                .await
+                .map_err(|e| format!("can't listen on --data {data}: {e}"))?;
             (Some(Arc::new(c)), Some(Arc::new(d)), None)
         } else {
             (None, None, data)
         };
-        Ok(ControlPlane { name, initializer, worker_count, control, control_listener, data_listener, my_data, fingerprint })
+        Ok(ControlPlane {
+            name,
+            initializer,
+            worker_count,
+            control,
+            control_listener,
+            data_listener,
+            my_data,
+            fingerprint,
+        })
     }
 
     /// Forms (or re-forms) the cluster; returns once everyone has started.
@@ -185,7 +211,12 @@ impl ControlPlane {
     /// A peer that goes away mid-formation (a worker restarting, the
     /// initializer's listener closing as it dies) makes the attempt start
     /// over; only a refusal is final.
-    pub async fn form(&mut self, plan: &WelcomePlan, has_files: bool, events: mpsc::Sender<Event>) -> Result<Cluster> {
+    pub async fn form(
+        &mut self,
+        plan: &WelcomePlan,
+        has_files: bool,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Cluster> {
         let mut plan = plan.clone();
         loop {
             let attempt = if self.initializer {
@@ -197,7 +228,10 @@ impl ControlPlane {
                 Ok(c) => return Ok(c),
                 Err(FormError::Fatal(e)) => return Err(e),
                 Err(FormError::Retry(e)) => {
-                    println!("quoll: worker '{}': cluster formation interrupted ({e}); starting over", self.name);
+                    println!(
+                        "quoll: worker '{}': cluster formation interrupted ({e}); starting over",
+                        self.name
+                    );
                     plan.generation += 1;
                     tokio::time::sleep(CONNECT_RETRY).await;
                 }
@@ -205,12 +239,26 @@ impl ControlPlane {
         }
     }
 
-    async fn form_as_initializer(&mut self, plan: &WelcomePlan, events: mpsc::Sender<Event>) -> std::result::Result<Cluster, FormError> {
-        let control = self.control_listener.clone().expect("bound for the initializer");
-        let data = self.data_listener.clone().expect("bound for the initializer");
+    async fn form_as_initializer(
+        &mut self,
+        plan: &WelcomePlan,
+        events: mpsc::Sender<Event>,
+    ) -> std::result::Result<Cluster, FormError> {
+        let control = self
+            .control_listener
+            .clone()
+            .expect("bound for the initializer");
+        let data = self
+            .data_listener
+            .clone()
+            .expect("bound for the initializer");
         let data_addr = data.local_addr().map_err(|e| e.to_string())?.to_string();
         if self.worker_count > 1 {
-            println!("quoll: initializer waiting for {} more worker(s) on {}", self.worker_count - 1, self.control);
+            println!(
+                "quoll: initializer waiting for {} more worker(s) on {}",
+                self.worker_count - 1,
+                self.control
+            );
         }
         let mut joined: Vec<(Member, OwnedReadHalf, OwnedWriteHalf, BytesMut)> = Vec::new();
         while joined.len() + 1 < self.worker_count {
@@ -218,14 +266,21 @@ impl ControlPlane {
             let _ = stream.set_nodelay(true);
             let (mut read, mut write) = stream.into_split();
             let mut buf = BytesMut::new();
-            let msg = match read_control(&mut read, &mut buf, &format!("the worker at {peer}")).await {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("quoll: initializer: {e}");
-                    continue;
-                }
-            };
-            let Control::Join { name, data_addr, fingerprint, .. } = msg else {
+            let msg =
+                match read_control(&mut read, &mut buf, &format!("the worker at {peer}")).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("quoll: initializer: {e}");
+                        continue;
+                    }
+                };
+            let Control::Join {
+                name,
+                data_addr,
+                fingerprint,
+                ..
+            } = msg
+            else {
                 eprintln!("quoll: initializer: {peer} sent {msg:?} instead of Join; ignored");
                 continue;
             };
@@ -235,7 +290,9 @@ impl ControlPlane {
                     self.fingerprint
                 ))
             } else if name == self.name {
-                Some(format!("'{name}' is the initializer's name; give each worker a unique --name"))
+                Some(format!(
+                    "'{name}' is the initializer's name; give each worker a unique --name"
+                ))
             } else if let Some(i) = joined.iter().position(|(m, ..)| m.name == name) {
                 // The same name again: a restart of a worker that joined
                 // (its old connection is closed) replaces it; a second live
@@ -255,11 +312,18 @@ impl ControlPlane {
                 let _ = send_control(&mut write, &Control::Refused { reason }).await;
                 continue;
             }
-            println!("quoll: initializer: worker '{name}' joined ({}/{})", joined.len() + 2, self.worker_count);
+            println!(
+                "quoll: initializer: worker '{name}' joined ({}/{})",
+                joined.len() + 2,
+                self.worker_count
+            );
             joined.push((Member { name, data_addr }, read, write, buf));
         }
         joined.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        let mut members = vec![Member { name: self.name.clone(), data_addr }];
+        let mut members = vec![Member {
+            name: self.name.clone(),
+            data_addr,
+        }];
         members.extend(joined.iter().map(|(m, ..)| m.clone()));
         let generation = plan.generation;
         for (_, _, write, _) in joined.iter_mut() {
@@ -272,7 +336,19 @@ impl ControlPlane {
             send_control(write, &welcome).await?;
         }
         let mut tasks = Vec::new();
-        let data_out = step("opening data links", open_data_links(&self.name, 0, &members, data, generation, events.clone(), &mut tasks)).await;
+        let data_out = step(
+            "opening data links",
+            open_data_links(
+                &self.name,
+                0,
+                &members,
+                data,
+                generation,
+                events.clone(),
+                &mut tasks,
+            ),
+        )
+        .await;
         let data_out = data_out.inspect_err(|_| tasks.iter().for_each(|t| t.abort()))?;
         for (m, read, _, buf) in joined.iter_mut() {
             let what = format!("worker '{}'", m.name);
@@ -280,10 +356,13 @@ impl ControlPlane {
                 Ok(Control::LinksUp { .. }) => {}
                 other => {
                     tasks.iter().for_each(|t| t.abort());
-                    return Err(FormError::Retry(format!("{what} did not confirm its data links: {}", match other {
-                        Ok(m) => format!("{m:?}"),
-                        Err(FormError::Retry(e) | FormError::Fatal(e)) => e,
-                    })));
+                    return Err(FormError::Retry(format!(
+                        "{what} did not confirm its data links: {}",
+                        match other {
+                            Ok(m) => format!("{m:?}"),
+                            Err(FormError::Retry(e) | FormError::Fatal(e)) => e,
+                        }
+                    )));
                 }
             }
         }
@@ -291,7 +370,16 @@ impl ControlPlane {
             send_control(write, &Control::Start { generation }).await?;
         }
         let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
-        tasks.push(tokio::spawn(guard_control(control, names, generation, plan.resilient, events.clone())).abort_handle());
+        tasks.push(
+            tokio::spawn(guard_control(
+                control,
+                names,
+                generation,
+                plan.resilient,
+                events.clone(),
+            ))
+            .abort_handle(),
+        );
         // The control star: a reader per worker, one writer task that
         // broadcasts, and a heartbeat.
         let (control_out, mut control_rx) = mpsc::channel::<Control>(64);
@@ -299,9 +387,24 @@ impl ControlPlane {
         for (i, (m, read, write, buf)) in joined.into_iter().enumerate() {
             writers.push(write);
             let heard = Arc::new(AtomicU64::new(0));
-            let link = ControlLink { from: i + 1, peer: m.name, generation, events: events.clone(), heard: heard.clone() };
-            tasks.push(tokio::spawn(link.read(read, buf, Some(control_out.clone()))).abort_handle());
-            tasks.push(tokio::spawn(watch_heartbeat(m_name_of(&members, i + 1), generation, heard, events.clone())).abort_handle());
+            let link = ControlLink {
+                from: i + 1,
+                peer: m.name,
+                generation,
+                events: events.clone(),
+                heard: heard.clone(),
+            };
+            tasks
+                .push(tokio::spawn(link.read(read, buf, Some(control_out.clone()))).abort_handle());
+            tasks.push(
+                tokio::spawn(watch_heartbeat(
+                    m_name_of(&members, i + 1),
+                    generation,
+                    heard,
+                    events.clone(),
+                ))
+                .abort_handle(),
+            );
         }
         let control_writer = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
@@ -319,10 +422,24 @@ impl ControlPlane {
                 }
             }
         });
-        Ok(Cluster { me: 0, members, generation, rollback_to: plan.rollback_to, resilient: plan.resilient, data_out, control_out, control_writer, tasks })
+        Ok(Cluster {
+            me: 0,
+            members,
+            generation,
+            rollback_to: plan.rollback_to,
+            resilient: plan.resilient,
+            data_out,
+            control_out,
+            control_writer,
+            tasks,
+        })
     }
 
-    async fn form_as_joiner(&mut self, has_files: bool, events: mpsc::Sender<Event>) -> std::result::Result<Cluster, FormError> {
+    async fn form_as_joiner(
+        &mut self,
+        has_files: bool,
+        events: mpsc::Sender<Event>,
+    ) -> std::result::Result<Cluster, FormError> {
         let mut warned = Instant::now() - Duration::from_secs(3600);
         let stream = loop {
             match TcpStream::connect(&self.control).await {
@@ -347,30 +464,79 @@ impl ControlPlane {
                 Some(a) => a.clone(),
                 None => format!("{}:0", stream.local_addr().map_err(|e| e.to_string())?.ip()),
             };
-            let l = TcpListener::bind(&bind_addr).await.map_err(|e| format!("can't listen on --my-data {bind_addr}: {e}"))?;
+            let l = TcpListener::bind(&bind_addr)
+                .await
+                .map_err(|e| format!("can't listen on --my-data {bind_addr}: {e}"))?;
             self.data_listener = Some(Arc::new(l));
         }
         let data = self.data_listener.clone().expect("bound above");
         let data_addr = data.local_addr().map_err(|e| e.to_string())?.to_string();
         let (mut read, mut write) = stream.into_split();
         let mut buf = BytesMut::new();
-        let join = Control::Join { name: self.name.clone(), data_addr, fingerprint: self.fingerprint, has_files };
-        send_control(&mut write, &join).await?;
-        println!("quoll: worker '{}': joined the initializer at {}; waiting for the other workers", self.name, self.control);
-        let (members, generation, rollback_to, resilient) = match read_control(&mut read, &mut buf, "the initializer").await? {
-            Control::Welcome { members, generation, rollback_to, resilient } => (members, generation, rollback_to, resilient),
-            Control::Refused { reason } => return Err(FormError::Fatal(format!("the initializer refused this worker: {reason}"))),
-            other => return Err(FormError::Retry(format!("the initializer sent {other:?} instead of Welcome"))),
+        let join = Control::Join {
+            name: self.name.clone(),
+            data_addr,
+            fingerprint: self.fingerprint,
+            has_files,
         };
+        send_control(&mut write, &join).await?;
+        println!(
+            "quoll: worker '{}': joined the initializer at {}; waiting for the other workers",
+            self.name, self.control
+        );
+        let (members, generation, rollback_to, resilient) =
+            match read_control(&mut read, &mut buf, "the initializer").await? {
+                Control::Welcome {
+                    members,
+                    generation,
+                    rollback_to,
+                    resilient,
+                } => (members, generation, rollback_to, resilient),
+                Control::Refused { reason } => {
+                    return Err(FormError::Fatal(format!(
+                        "the initializer refused this worker: {reason}"
+                    )))
+                }
+                other => {
+                    return Err(FormError::Retry(format!(
+                        "the initializer sent {other:?} instead of Welcome"
+                    )))
+                }
+            };
         let me = members
             .iter()
             .position(|m| m.name == self.name)
-            .ok_or_else(|| FormError::Fatal("the initializer's member list does not name this worker".into()))?;
+            .ok_or_else(|| {
+                FormError::Fatal("the initializer's member list does not name this worker".into())
+            })?;
         let mut tasks = Vec::new();
-        let data_out = step("opening data links", open_data_links(&self.name, me, &members, data, generation, events.clone(), &mut tasks)).await;
+        let data_out = step(
+            "opening data links",
+            open_data_links(
+                &self.name,
+                me,
+                &members,
+                data,
+                generation,
+                events.clone(),
+                &mut tasks,
+            ),
+        )
+        .await;
         let data_out = data_out.inspect_err(|_| tasks.iter().for_each(|t| t.abort()))?;
-        send_control(&mut write, &Control::LinksUp { name: self.name.clone() }).await?;
-        match step("waiting for Start", read_control(&mut read, &mut buf, "the initializer")).await {
+        send_control(
+            &mut write,
+            &Control::LinksUp {
+                name: self.name.clone(),
+            },
+        )
+        .await?;
+        match step(
+            "waiting for Start",
+            read_control(&mut read, &mut buf, "the initializer"),
+        )
+        .await
+        {
             Ok(Control::Start { .. }) => {}
             other => {
                 tasks.iter().for_each(|t| t.abort());
@@ -382,9 +548,23 @@ impl ControlPlane {
         }
         let (control_out, mut control_rx) = mpsc::channel::<Control>(64);
         let heard = Arc::new(AtomicU64::new(0));
-        let link = ControlLink { from: 0, peer: members[0].name.clone(), generation, events: events.clone(), heard: heard.clone() };
+        let link = ControlLink {
+            from: 0,
+            peer: members[0].name.clone(),
+            generation,
+            events: events.clone(),
+            heard: heard.clone(),
+        };
         tasks.push(tokio::spawn(link.read(read, buf, None)).abort_handle());
-        tasks.push(tokio::spawn(watch_heartbeat(members[0].name.clone(), generation, heard, events)).abort_handle());
+        tasks.push(
+            tokio::spawn(watch_heartbeat(
+                members[0].name.clone(),
+                generation,
+                heard,
+                events,
+            ))
+            .abort_handle(),
+        );
         let control_writer = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
             loop {
@@ -392,12 +572,24 @@ impl ControlPlane {
                     m = control_rx.recv() => match m { Some(m) => m, None => return },
                     _ = tick.tick() => Control::Pong,
                 };
-                if write.write_all(&wire::control_frame(&msg)).await.is_err() || matches!(msg, Control::Shutdown { .. }) {
+                if write.write_all(&wire::control_frame(&msg)).await.is_err()
+                    || matches!(msg, Control::Shutdown { .. })
+                {
                     return;
                 }
             }
         });
-        Ok(Cluster { me, members, generation, rollback_to, resilient, data_out, control_out, control_writer, tasks })
+        Ok(Cluster {
+            me,
+            members,
+            generation,
+            rollback_to,
+            resilient,
+            data_out,
+            control_out,
+            control_writer,
+            tasks,
+        })
     }
 }
 
@@ -416,16 +608,37 @@ fn connection_closed(read: &OwnedReadHalf) -> bool {
 /// member that restarted is a lost member (recovery re-forms the cluster,
 /// and the member's retry then joins it); anyone else is refused with the
 /// reason.
-async fn guard_control(listener: Arc<TcpListener>, members: Vec<String>, generation: u64, resilient: bool, events: mpsc::Sender<Event>) {
+async fn guard_control(
+    listener: Arc<TcpListener>,
+    members: Vec<String>,
+    generation: u64,
+    resilient: bool,
+    events: mpsc::Sender<Event>,
+) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
         let (mut read, mut write) = stream.into_split();
         let mut buf = BytesMut::new();
-        let join = tokio::time::timeout(FORMATION_STEP, read_control(&mut read, &mut buf, &format!("the worker at {peer}"))).await;
-        let Ok(Ok(Control::Join { name, .. })) = join else { continue };
+        let join = tokio::time::timeout(
+            FORMATION_STEP,
+            read_control(&mut read, &mut buf, &format!("the worker at {peer}")),
+        )
+        .await;
+        let Ok(Ok(Control::Join { name, .. })) = join else {
+            continue;
+        };
         let reason = if members.contains(&name) && resilient {
             let why = "it restarted and asks to rejoin".to_string();
-            let _ = events.send(Event::PeerLost { name, generation, why, control: true }).await;
+            let _ = events
+                .send(Event::PeerLost {
+                    name,
+                    generation,
+                    why,
+                    control: true,
+                })
+                .await;
             continue;
         } else if members.contains(&name) {
             format!("worker '{name}' restarted, but the cluster runs without --run-with-resilience, so it can't rejoin; restart the whole cluster")
@@ -452,14 +665,29 @@ fn now_millis() -> u64 {
 
 /// Reports the peer lost once nothing was heard from it for
 /// [`HEARTBEAT_TIMEOUT`].
-async fn watch_heartbeat(peer: String, generation: u64, heard: Arc<AtomicU64>, events: mpsc::Sender<Event>) {
+async fn watch_heartbeat(
+    peer: String,
+    generation: u64,
+    heard: Arc<AtomicU64>,
+    events: mpsc::Sender<Event>,
+) {
     heard.store(now_millis(), Ordering::Relaxed);
     loop {
         tokio::time::sleep(HEARTBEAT_EVERY).await;
         let silent = now_millis().saturating_sub(heard.load(Ordering::Relaxed));
         if silent >= HEARTBEAT_TIMEOUT.as_millis() as u64 {
-            let why = format!("no heartbeat for {:.1} s (the process may be hung or stopped)", silent as f64 / 1000.0);
-            let _ = events.send(Event::PeerLost { name: peer, generation, why, control: true }).await;
+            let why = format!(
+                "no heartbeat for {:.1} s (the process may be hung or stopped)",
+                silent as f64 / 1000.0
+            );
+            let _ = events
+                .send(Event::PeerLost {
+                    name: peer,
+                    generation,
+                    why,
+                    control: true,
+                })
+                .await;
             return;
         }
     }
@@ -478,7 +706,12 @@ impl ControlLink {
     /// Reads control messages and hands them to the executor. On the
     /// initializer a worker's `Shutdown` request is passed on to everyone
     /// (`relay`).
-    async fn read(self, mut read: OwnedReadHalf, mut buf: BytesMut, relay: Option<mpsc::Sender<Control>>) {
+    async fn read(
+        self,
+        mut read: OwnedReadHalf,
+        mut buf: BytesMut,
+        relay: Option<mpsc::Sender<Control>>,
+    ) {
         loop {
             let frame = read_frame(&mut read, &mut buf).await;
             self.heard.store(now_millis(), Ordering::Relaxed);
@@ -486,22 +719,58 @@ impl ControlLink {
                 Ok(Some(WireFrame::Control(Control::Ping | Control::Pong))) => {}
                 Ok(Some(WireFrame::Control(Control::Shutdown { reason }))) => {
                     if let Some(relay) = &relay {
-                        let _ = relay.send(Control::Shutdown { reason: reason.clone() }).await;
+                        let _ = relay
+                            .send(Control::Shutdown {
+                                reason: reason.clone(),
+                            })
+                            .await;
                     }
-                    let _ = self.events.send(Event::Shutdown { reason, from_cluster: true }).await;
+                    let _ = self
+                        .events
+                        .send(Event::Shutdown {
+                            reason,
+                            from_cluster: true,
+                        })
+                        .await;
                 }
                 Ok(Some(WireFrame::Control(msg))) => {
-                    let _ = self.events.send(Event::Control { from: self.from, generation: self.generation, msg }).await;
+                    let _ = self
+                        .events
+                        .send(Event::Control {
+                            from: self.from,
+                            generation: self.generation,
+                            msg,
+                        })
+                        .await;
                 }
-                Ok(Some(other)) => eprintln!("quoll: unexpected {other:?} on the control link from '{}'", self.peer),
+                Ok(Some(other)) => eprintln!(
+                    "quoll: unexpected {other:?} on the control link from '{}'",
+                    self.peer
+                ),
                 Ok(None) => {
                     let why = "its control link closed".into();
-                    let _ = self.events.send(Event::PeerLost { name: self.peer, generation: self.generation, why, control: true }).await;
+                    let _ = self
+                        .events
+                        .send(Event::PeerLost {
+                            name: self.peer,
+                            generation: self.generation,
+                            why,
+                            control: true,
+                        })
+                        .await;
                     return;
                 }
                 Err(e) => {
                     let why = format!("its control link failed: {e}");
-                    let _ = self.events.send(Event::PeerLost { name: self.peer, generation: self.generation, why, control: true }).await;
+                    let _ = self
+                        .events
+                        .send(Event::PeerLost {
+                            name: self.peer,
+                            generation: self.generation,
+                            why,
+                            control: true,
+                        })
+                        .await;
                     return;
                 }
             }
@@ -520,7 +789,13 @@ async fn open_data_links(
     events: mpsc::Sender<Event>,
     tasks: &mut Vec<AbortHandle>,
 ) -> Result<Vec<Option<mpsc::Sender<Vec<u8>>>>> {
-    let index: Arc<HashMap<String, usize>> = Arc::new(members.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect());
+    let index: Arc<HashMap<String, usize>> = Arc::new(
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect(),
+    );
     let expected = members.len() - 1;
     let (up_tx, mut up_rx) = mpsc::channel::<AbortHandle>(members.len().max(1));
     let acceptor = {
@@ -529,12 +804,17 @@ async fn open_data_links(
         tokio::spawn(async move {
             let mut accepted = 0;
             while accepted < expected {
-                let Ok((stream, peer)) = listener.accept().await else { continue };
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (mut read, write) = stream.into_split();
                 let mut buf = BytesMut::new();
                 match read_control(&mut read, &mut buf, &format!("data link from {peer}")).await {
-                    Ok(Control::DataHello { from, generation: g }) if g == generation => match index.get(&from) {
+                    Ok(Control::DataHello {
+                        from,
+                        generation: g,
+                    }) if g == generation => match index.get(&from) {
                         Some(&i) => {
                             accepted += 1;
                             let events = events.clone();
@@ -544,12 +824,19 @@ async fn open_data_links(
                             });
                             let _ = up_tx.send(task.abort_handle()).await;
                         }
-                        None => eprintln!("quoll: data link from unknown worker '{from}' ({peer}) refused"),
+                        None => eprintln!(
+                            "quoll: data link from unknown worker '{from}' ({peer}) refused"
+                        ),
                     },
-                    Ok(Control::DataHello { from, generation: g }) => {
+                    Ok(Control::DataHello {
+                        from,
+                        generation: g,
+                    }) => {
                         eprintln!("quoll: data link from '{from}' of generation {g} refused: the cluster is at generation {generation}")
                     }
-                    Ok(other) => eprintln!("quoll: data link from {peer} began with {other:?}; refused"),
+                    Ok(other) => {
+                        eprintln!("quoll: data link from {peer} began with {other:?}; refused")
+                    }
                     Err(e) => eprintln!("quoll: {e}"),
                 }
             }
@@ -570,7 +857,14 @@ async fn open_data_links(
         };
         let _ = stream.set_nodelay(true);
         let (read, mut write) = stream.into_split();
-        send_control(&mut write, &Control::DataHello { from: my_name.to_string(), generation }).await?;
+        send_control(
+            &mut write,
+            &Control::DataHello {
+                from: my_name.to_string(),
+                generation,
+            },
+        )
+        .await?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
         let peer = m.name.clone();
         let task = tokio::spawn(async move {
@@ -591,17 +885,41 @@ async fn open_data_links(
     Ok(data_out)
 }
 
-async fn read_data_link(from: usize, name: String, generation: u64, mut read: OwnedReadHalf, mut buf: BytesMut, events: mpsc::Sender<Event>) {
+async fn read_data_link(
+    from: usize,
+    name: String,
+    generation: u64,
+    mut read: OwnedReadHalf,
+    mut buf: BytesMut,
+    events: mpsc::Sender<Event>,
+) {
     loop {
         let event = match read_frame(&mut read, &mut buf).await {
             Ok(Some(WireFrame::Data(body))) => Event::PeerData { from, body },
-            Ok(Some(WireFrame::Barrier { generation: g, checkpoint })) => Event::PeerBarrier { from, generation: g, checkpoint },
+            Ok(Some(WireFrame::Barrier {
+                generation: g,
+                checkpoint,
+            })) => Event::PeerBarrier {
+                from,
+                generation: g,
+                checkpoint,
+            },
             Ok(Some(WireFrame::Control(c))) => {
                 eprintln!("quoll: unexpected {c:?} on the data link from '{name}'");
                 continue;
             }
-            Ok(None) => Event::PeerLost { name: name.clone(), generation, why: "its data link closed".into(), control: false },
-            Err(e) => Event::PeerLost { name: name.clone(), generation, why: format!("its data link failed: {e}"), control: false },
+            Ok(None) => Event::PeerLost {
+                name: name.clone(),
+                generation,
+                why: "its data link closed".into(),
+                control: false,
+            },
+            Err(e) => Event::PeerLost {
+                name: name.clone(),
+                generation,
+                why: format!("its data link failed: {e}"),
+                control: false,
+            },
         };
         let last = matches!(event, Event::PeerLost { .. });
         if events.send(event).await.is_err() || last {

@@ -42,9 +42,16 @@ pub enum CodecError {
     #[error("pickle can't serialize a {type_name}: {reason} (define serialize/deserialize in the app module to handle it)")]
     Pickle { type_name: String, reason: String },
     #[error("the app's serialize() raised on a {type_name}: {reason}")]
-    UserSerialize { type_name: String, reason: String, traceback: Option<String> },
+    UserSerialize {
+        type_name: String,
+        reason: String,
+        traceback: Option<String>,
+    },
     #[error("the app's deserialize() raised: {reason}")]
-    UserDeserialize { reason: String, traceback: Option<String> },
+    UserDeserialize {
+        reason: String,
+        traceback: Option<String>,
+    },
     #[error("the app's serialize() returned {returned} for a {type_name}; it must return bytes")]
     NotBytes { type_name: String, returned: String },
     #[error("{0}")]
@@ -55,7 +62,8 @@ impl CodecError {
     /// The Python traceback, where the app's own function raised.
     pub fn traceback(&self) -> Option<&str> {
         match self {
-            CodecError::UserSerialize { traceback, .. } | CodecError::UserDeserialize { traceback, .. } => traceback.as_deref(),
+            CodecError::UserSerialize { traceback, .. }
+            | CodecError::UserDeserialize { traceback, .. } => traceback.as_deref(),
             _ => None,
         }
     }
@@ -63,12 +71,22 @@ impl CodecError {
 
 /// A worker's codec.
 pub enum Codec {
-    Default { dumps: Py<PyAny>, loads: Py<PyAny>, protocol: Py<PyAny> },
-    User { serialize: Py<PyAny>, deserialize: Py<PyAny> },
+    Default {
+        dumps: Py<PyAny>,
+        loads: Py<PyAny>,
+        protocol: Py<PyAny>,
+    },
+    User {
+        serialize: Py<PyAny>,
+        deserialize: Py<PyAny>,
+    },
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "<unknown type>".into())
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "<unknown type>".into())
 }
 
 impl Codec {
@@ -84,7 +102,10 @@ impl Codec {
 
     /// The app's own pair.
     pub fn user(serialize: Py<PyAny>, deserialize: Py<PyAny>) -> Codec {
-        Codec::User { serialize, deserialize }
+        Codec::User {
+            serialize,
+            deserialize,
+        }
     }
 
     pub fn is_user(&self) -> bool {
@@ -95,17 +116,22 @@ impl Codec {
     pub fn encode(&self, obj: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let start = out.len();
         match self {
-            Codec::Default { dumps, protocol, .. } => {
+            Codec::Default {
+                dumps, protocol, ..
+            } => {
                 out.push(TAG_FAST);
                 if fast_encode(obj, out, 0) {
                     return Ok(());
                 }
                 out.truncate(start);
                 let py = obj.py();
-                let pickled = dumps.bind(py).call1((obj, protocol.bind(py))).map_err(|e| CodecError::Pickle {
-                    type_name: type_name(obj),
-                    reason: e.to_string(),
-                })?;
+                let pickled = dumps
+                    .bind(py)
+                    .call1((obj, protocol.bind(py)))
+                    .map_err(|e| CodecError::Pickle {
+                        type_name: type_name(obj),
+                        reason: e.to_string(),
+                    })?;
                 let bytes = pickled.cast::<PyBytes>().map_err(|_| CodecError::Pickle {
                     type_name: type_name(obj),
                     reason: "pickle.dumps did not return bytes".into(),
@@ -116,11 +142,15 @@ impl Codec {
             }
             Codec::User { serialize, .. } => {
                 let py = obj.py();
-                let result = serialize.bind(py).call1((obj,)).map_err(|e| CodecError::UserSerialize {
-                    type_name: type_name(obj),
-                    reason: e.to_string(),
-                    traceback: format_traceback(py, &e),
-                })?;
+                let result =
+                    serialize
+                        .bind(py)
+                        .call1((obj,))
+                        .map_err(|e| CodecError::UserSerialize {
+                            type_name: type_name(obj),
+                            reason: e.to_string(),
+                            traceback: format_traceback(py, &e),
+                        })?;
                 out.push(TAG_USER);
                 if let Ok(b) = result.cast::<PyBytes>() {
                     out.extend_from_slice(b.as_bytes());
@@ -128,7 +158,10 @@ impl Codec {
                     out.extend_from_slice(&b.to_vec());
                 } else {
                     out.truncate(start);
-                    return Err(CodecError::NotBytes { type_name: type_name(obj), returned: type_name(&result) });
+                    return Err(CodecError::NotBytes {
+                        type_name: type_name(obj),
+                        returned: type_name(&result),
+                    });
                 }
                 Ok(())
             }
@@ -136,8 +169,14 @@ impl Codec {
     }
 
     /// Decodes one blob made by [`Codec::encode`].
-    pub fn decode<'py>(&self, py: Python<'py>, blob: &[u8]) -> Result<Bound<'py, PyAny>, CodecError> {
-        let (&tag, body) = blob.split_first().ok_or_else(|| CodecError::Decode("empty blob".into()))?;
+    pub fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        blob: &[u8],
+    ) -> Result<Bound<'py, PyAny>, CodecError> {
+        let (&tag, body) = blob
+            .split_first()
+            .ok_or_else(|| CodecError::Decode("empty blob".into()))?;
         match (tag, self) {
             (TAG_FAST, Codec::Default { .. }) => {
                 let mut at = body;
@@ -184,7 +223,9 @@ fn fast_encode(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> bool 
         return true;
     }
     if obj.is_exact_instance_of::<PyString>() {
-        let Ok(s) = obj.cast::<PyString>() else { return false };
+        let Ok(s) = obj.cast::<PyString>() else {
+            return false;
+        };
         // A str with lone surrogates has no UTF-8 form: pickle handles it.
         let Ok(s) = s.to_str() else { return false };
         out.push(b's');
@@ -195,23 +236,33 @@ fn fast_encode(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> bool 
         return true;
     }
     if obj.is_exact_instance_of::<PyBool>() {
-        out.push(if obj.is_truthy().unwrap_or(false) { b't' } else { b'f' });
+        out.push(if obj.is_truthy().unwrap_or(false) {
+            b't'
+        } else {
+            b'f'
+        });
         return true;
     }
     if obj.is_exact_instance_of::<PyInt>() {
-        let Ok(v) = obj.extract::<i64>() else { return false };
+        let Ok(v) = obj.extract::<i64>() else {
+            return false;
+        };
         out.push(b'i');
         out.extend_from_slice(&v.to_le_bytes());
         return true;
     }
     if obj.is_exact_instance_of::<PyFloat>() {
-        let Ok(f) = obj.cast::<PyFloat>() else { return false };
+        let Ok(f) = obj.cast::<PyFloat>() else {
+            return false;
+        };
         out.push(b'd');
         out.extend_from_slice(&f.value().to_bits().to_le_bytes());
         return true;
     }
     if obj.is_exact_instance_of::<PyBytes>() {
-        let Ok(b) = obj.cast::<PyBytes>() else { return false };
+        let Ok(b) = obj.cast::<PyBytes>() else {
+            return false;
+        };
         out.push(b'b');
         if !put_len(out, b.as_bytes().len()) {
             return false;
@@ -220,7 +271,9 @@ fn fast_encode(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> bool 
         return true;
     }
     if obj.is_exact_instance_of::<PyTuple>() {
-        let Ok(t) = obj.cast::<PyTuple>() else { return false };
+        let Ok(t) = obj.cast::<PyTuple>() else {
+            return false;
+        };
         out.push(b'(');
         if !put_len(out, t.len()) {
             return false;
@@ -228,7 +281,9 @@ fn fast_encode(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> bool 
         return t.iter().all(|item| fast_encode(&item, out, depth + 1));
     }
     if obj.is_exact_instance_of::<PyList>() {
-        let Ok(l) = obj.cast::<PyList>() else { return false };
+        let Ok(l) = obj.cast::<PyList>() else {
+            return false;
+        };
         // Encode a snapshot: items are counted first, so the list must not
         // change size under us (no user code runs here, so it can't).
         out.push(b'[');
@@ -238,12 +293,16 @@ fn fast_encode(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> bool 
         return l.iter().all(|item| fast_encode(&item, out, depth + 1));
     }
     if obj.is_exact_instance_of::<PyDict>() {
-        let Ok(d) = obj.cast::<PyDict>() else { return false };
+        let Ok(d) = obj.cast::<PyDict>() else {
+            return false;
+        };
         out.push(b'{');
         if !put_len(out, d.len()) {
             return false;
         }
-        return d.iter().all(|(k, v)| fast_encode(&k, out, depth + 1) && fast_encode(&v, out, depth + 1));
+        return d
+            .iter()
+            .all(|(k, v)| fast_encode(&k, out, depth + 1) && fast_encode(&v, out, depth + 1));
     }
     false
 }
@@ -270,11 +329,18 @@ fn fast_decode<'py>(py: Python<'py>, at: &mut &[u8]) -> Result<Bound<'py, PyAny>
         b'f' => PyBool::new(py, false).to_owned().into_any(),
         b'i' => {
             let b = take(at, 8)?;
-            i64::from_le_bytes(b.try_into().expect("8 bytes")).into_pyobject(py).map_err(|e| e.to_string())?.into_any()
+            i64::from_le_bytes(b.try_into().expect("8 bytes"))
+                .into_pyobject(py)
+                .map_err(|e| e.to_string())?
+                .into_any()
         }
         b'd' => {
             let b = take(at, 8)?;
-            PyFloat::new(py, f64::from_bits(u64::from_le_bytes(b.try_into().expect("8 bytes")))).into_any()
+            PyFloat::new(
+                py,
+                f64::from_bits(u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+            )
+            .into_any()
         }
         b's' => {
             let n = take_len(at)?;
@@ -295,9 +361,13 @@ fn fast_decode<'py>(py: Python<'py>, at: &mut &[u8]) -> Result<Bound<'py, PyAny>
                 items.push(fast_decode(py, at)?);
             }
             if tag == b'(' {
-                PyTuple::new(py, items).map_err(|e| e.to_string())?.into_any()
+                PyTuple::new(py, items)
+                    .map_err(|e| e.to_string())?
+                    .into_any()
             } else {
-                PyList::new(py, items).map_err(|e| e.to_string())?.into_any()
+                PyList::new(py, items)
+                    .map_err(|e| e.to_string())?
+                    .into_any()
             }
         }
         b'{' => {
@@ -346,7 +416,9 @@ pub fn codec_encode<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     with_codec(py, serialize, deserialize, |codec| {
         let mut out = Vec::with_capacity(64);
-        codec.encode(obj, &mut out).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        codec
+            .encode(obj, &mut out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(PyBytes::new(py, &out))
     })
 }
@@ -360,5 +432,9 @@ pub fn codec_decode<'py>(
     serialize: Option<Py<PyAny>>,
     deserialize: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    with_codec(py, serialize, deserialize, |codec| codec.decode(py, blob).map_err(|e| PyValueError::new_err(e.to_string())))
+    with_codec(py, serialize, deserialize, |codec| {
+        codec
+            .decode(py, blob)
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    })
 }

@@ -145,7 +145,10 @@ pub async fn run_connector_source(
     resilient: bool,
 ) {
     let cfg = Arc::new(cfg);
-    let reg: Shared = Arc::new(Mutex::new(Registry { epoch: cfg.epoch, ..Registry::default() }));
+    let reg: Shared = Arc::new(Mutex::new(Registry {
+        epoch: cfg.epoch,
+        ..Registry::default()
+    }));
     let mut tasks: HashMap<u64, JoinHandle<()>> = HashMap::new();
     let mut next_conn: u64 = 0;
     // Commands queued before the start (a recovered worker's Restart) come first.
@@ -236,7 +239,10 @@ fn committed(reg: &Shared, positions: Vec<(u64, u64)>) {
         if pos == NO_POSITION {
             continue;
         }
-        let s = r.streams.entry(id).or_insert_with(|| StreamState::at(NO_POSITION));
+        let s = r
+            .streams
+            .entry(id)
+            .or_insert_with(|| StreamState::at(NO_POSITION));
         s.acked = pos;
         if s.last_seen == NO_POSITION || s.last_seen < pos {
             s.last_seen = pos;
@@ -252,7 +258,9 @@ fn committed(reg: &Shared, positions: Vec<(u64, u64)>) {
         if !s.pending_close || !s.covered() {
             continue;
         }
-        let Some(owner) = s.owner.take() else { continue };
+        let Some(owner) = s.owner.take() else {
+            continue;
+        };
         s.pending_close = false;
         if s.last_seen != NO_POSITION {
             // The final position (beyond the checkpoint's only by messages
@@ -366,7 +374,9 @@ impl Conn {
             }
         };
         if flow == Flow::Restart {
-            self.queue(&ConnectorMessage::Restart { address: String::new() });
+            self.queue(&ConnectorMessage::Restart {
+                address: String::new(),
+            });
         }
         if flow != Flow::Stop {
             let _ = self.write_out().await;
@@ -443,7 +453,9 @@ impl Conn {
     async fn on_message(&mut self, msg: ConnectorMessage) -> Flow {
         if !self.greeted {
             return match msg {
-                ConnectorMessage::Hello { version, cookie, .. } => {
+                ConnectorMessage::Hello {
+                    version, cookie, ..
+                } => {
                     if version != connector::PROTOCOL_VERSION {
                         return self.reject(connector::unknown_version_error(&version));
                     }
@@ -452,7 +464,9 @@ impl Conn {
                     }
                     self.greeted = true;
                     self.credits = self.cfg.max_credits as i64;
-                    self.queue(&ConnectorMessage::Ok { initial_credits: self.cfg.max_credits });
+                    self.queue(&ConnectorMessage::Ok {
+                        initial_credits: self.cfg.max_credits,
+                    });
                     Flow::Continue
                 }
                 ConnectorMessage::Error { message } => self.client_error(&message),
@@ -460,14 +474,24 @@ impl Conn {
             };
         }
         match msg {
-            ConnectorMessage::Message { stream_id, message_id, key, payload, .. } => {
+            ConnectorMessage::Message {
+                stream_id,
+                message_id,
+                key,
+                payload,
+                ..
+            } => {
                 let flow = self.on_data(stream_id, message_id, key, payload).await;
                 if flow == Flow::Continue {
                     self.spend();
                 }
                 flow
             }
-            ConnectorMessage::Notify { stream_id, point_of_ref, .. } => {
+            ConnectorMessage::Notify {
+                stream_id,
+                point_of_ref,
+                ..
+            } => {
                 let flow = self.on_notify(stream_id, point_of_ref);
                 if flow == Flow::Continue {
                     self.spend();
@@ -480,12 +504,17 @@ impl Conn {
             other @ (ConnectorMessage::Ok { .. }
             | ConnectorMessage::NotifyAck { .. }
             | ConnectorMessage::Ack { .. }
-            | ConnectorMessage::Restart { .. }) => self.fail(&format!("{} from a client", other.frame_type())),
+            | ConnectorMessage::Restart { .. }) => {
+                self.fail(&format!("{} from a client", other.frame_type()))
+            }
         }
     }
 
     fn client_error(&mut self, message: &str) -> Flow {
-        eprintln!("quoll: error: {}: the client sent ERROR \"{message}\"; connection closed", self.place);
+        eprintln!(
+            "quoll: error: {}: the client sent ERROR \"{message}\"; connection closed",
+            self.place
+        );
         Flow::Close
     }
 
@@ -496,20 +525,37 @@ impl Conn {
             if r.generation != self.generation {
                 return Flow::Restart;
             }
-            let s = r.streams.entry(stream_id).or_insert_with(|| StreamState::at(NO_POSITION));
+            let s = r
+                .streams
+                .entry(stream_id)
+                .or_insert_with(|| StreamState::at(NO_POSITION));
             if s.owner.is_some() {
-                ConnectorMessage::NotifyAck { success: false, stream_id, point_of_ref: asked }
+                ConnectorMessage::NotifyAck {
+                    success: false,
+                    stream_id,
+                    point_of_ref: asked,
+                }
             } else {
                 s.owner = Some(me);
                 s.pending_close = false;
-                ConnectorMessage::NotifyAck { success: true, stream_id, point_of_ref: s.acked }
+                ConnectorMessage::NotifyAck {
+                    success: true,
+                    stream_id,
+                    point_of_ref: s.acked,
+                }
             }
         };
         self.queue(&reply);
         Flow::Continue
     }
 
-    async fn on_data(&mut self, stream_id: u64, message_id: u64, key: Bytes, payload: Bytes) -> Flow {
+    async fn on_data(
+        &mut self,
+        stream_id: u64,
+        message_id: u64,
+        key: Bytes,
+        payload: Bytes,
+    ) -> Flow {
         let me = self.id;
         let verdict = {
             let mut r = lock(&self.reg);
@@ -542,13 +588,22 @@ impl Conn {
                     }
                     return Flow::Continue;
                 }
-                if self.batch.as_ref().is_some_and(|b| b.stream_id != stream_id || b.frames.len() >= FRAMES_PER_EVENT) {
+                if self
+                    .batch
+                    .as_ref()
+                    .is_some_and(|b| b.stream_id != stream_id || b.frames.len() >= FRAMES_PER_EVENT)
+                {
                     let flow = self.flush().await;
                     if flow != Flow::Continue {
                         return flow;
                     }
                 }
-                let b = self.batch.get_or_insert_with(|| Batch { stream_id, frames: Vec::new(), keys: Vec::new(), last: message_id });
+                let b = self.batch.get_or_insert_with(|| Batch {
+                    stream_id,
+                    frames: Vec::new(),
+                    keys: Vec::new(),
+                    last: message_id,
+                });
                 b.frames.push(payload);
                 b.keys.push(key);
                 b.last = message_id;
@@ -578,7 +633,10 @@ impl Conn {
                         if s.last_seen != NO_POSITION {
                             s.acked = s.last_seen;
                         }
-                        reply = Some(ConnectorMessage::Ack { credits: 0, acks: vec![(stream_id, s.last_seen)] });
+                        reply = Some(ConnectorMessage::Ack {
+                            credits: 0,
+                            acks: vec![(stream_id, s.last_seen)],
+                        });
                     }
                     true
                 }
@@ -618,7 +676,11 @@ impl Conn {
             }
         }
         let max = self.cfg.max_credits as i64;
-        let credits = if self.greeted { (max - self.credits).clamp(0, u32::MAX as i64) as u32 } else { 0 };
+        let credits = if self.greeted {
+            (max - self.credits).clamp(0, u32::MAX as i64) as u32
+        } else {
+            0
+        };
         if self.greeted {
             self.credits = max;
         }
@@ -627,7 +689,9 @@ impl Conn {
 
     /// Hands the pending batch to the executor.
     async fn flush(&mut self) -> Flow {
-        let Some(b) = self.batch.take() else { return Flow::Continue };
+        let Some(b) = self.batch.take() else {
+            return Flow::Continue;
+        };
         if b.frames.is_empty() {
             return Flow::Continue;
         }
@@ -644,7 +708,10 @@ impl Conn {
             source: self.source,
             frames: b.frames,
             keys: b.keys,
-            position: Some(SourcePosition::Stream { id: b.stream_id, point_of_ref: b.last }),
+            position: Some(SourcePosition::Stream {
+                id: b.stream_id,
+                point_of_ref: b.last,
+            }),
             epoch: self.epoch,
         };
         // Wait for room in the executor's inbox, still obeying commands.
@@ -672,7 +739,11 @@ impl Conn {
 
     fn queue(&mut self, m: &ConnectorMessage) {
         if let Err(e) = m.encode_into(&mut self.out) {
-            eprintln!("quoll: error: {}: can't encode {}: {e}", self.place, m.frame_type());
+            eprintln!(
+                "quoll: error: {}: can't encode {}: {e}",
+                self.place,
+                m.frame_type()
+            );
         }
     }
 
@@ -686,7 +757,10 @@ impl Conn {
         match r {
             Ok(()) => true,
             Err(e) => {
-                eprintln!("quoll: error: {}: write failed: {e}; connection closed", self.place);
+                eprintln!(
+                    "quoll: error: {}: write failed: {e}; connection closed",
+                    self.place
+                );
                 false
             }
         }
@@ -736,18 +810,38 @@ mod tests {
             max_frame_size: 1 << 20,
             epoch: 1,
         };
-        tokio::spawn(run_connector_source(Arc::from("w1"), 3, cfg, listener, tx, crx, resilient));
+        tokio::spawn(run_connector_source(
+            Arc::from("w1"),
+            3,
+            cfg,
+            listener,
+            tx,
+            crx,
+            resilient,
+        ));
         Harness { addr, cmd, rx }
     }
 
     impl Harness {
         /// The next event: (payloads, stream, position, epoch).
         async fn event(&mut self) -> (Vec<String>, u64, u64, u32) {
-            let ev = tokio::time::timeout(WAIT, self.rx.recv()).await.expect("no event").expect("inbox closed");
+            let ev = tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .expect("no event")
+                .expect("inbox closed");
             match ev {
-                Event::Frames { source, frames, position: Some(SourcePosition::Stream { id, point_of_ref }), epoch, .. } => {
+                Event::Frames {
+                    source,
+                    frames,
+                    position: Some(SourcePosition::Stream { id, point_of_ref }),
+                    epoch,
+                    ..
+                } => {
                     assert_eq!(source, 3);
-                    let p = frames.iter().map(|f| String::from_utf8(f.to_vec()).unwrap()).collect();
+                    let p = frames
+                        .iter()
+                        .map(|f| String::from_utf8(f.to_vec()).unwrap())
+                        .collect();
                     (p, id, point_of_ref, epoch)
                 }
                 _ => panic!("unexpected event"),
@@ -762,7 +856,10 @@ mod tests {
 
     impl Raw {
         async fn connect(addr: &str) -> Raw {
-            Raw { s: TcpStream::connect(addr).await.unwrap(), dec: ConnectorDecoder::new() }
+            Raw {
+                s: TcpStream::connect(addr).await.unwrap(),
+                dec: ConnectorDecoder::new(),
+            }
         }
 
         async fn send(&mut self, m: M) {
@@ -774,7 +871,10 @@ mod tests {
                 if let Some(m) = self.dec.pop().unwrap() {
                     return Some(m);
                 }
-                let n = tokio::time::timeout(WAIT, self.s.read_buf(self.dec.read_buf())).await.expect("no reply").unwrap_or(0);
+                let n = tokio::time::timeout(WAIT, self.s.read_buf(self.dec.read_buf()))
+                    .await
+                    .expect("no reply")
+                    .unwrap_or(0);
                 if n == 0 {
                     return None;
                 }
@@ -782,17 +882,35 @@ mod tests {
         }
 
         async fn hello(&mut self, version: &str, cookie: &str) -> Option<M> {
-            self.send(M::Hello { version: version.into(), cookie: cookie.into(), program_name: "p".into(), instance_name: "i".into() }).await;
+            self.send(M::Hello {
+                version: version.into(),
+                cookie: cookie.into(),
+                program_name: "p".into(),
+                instance_name: "i".into(),
+            })
+            .await;
             self.recv().await
         }
 
         async fn notify(&mut self, stream_id: u64) -> Option<M> {
-            self.send(M::Notify { stream_id, stream_name: format!("s{stream_id}"), point_of_ref: NO_POSITION }).await;
+            self.send(M::Notify {
+                stream_id,
+                stream_name: format!("s{stream_id}"),
+                point_of_ref: NO_POSITION,
+            })
+            .await;
             self.recv().await
         }
 
         async fn msg(&mut self, stream_id: u64, message_id: u64, payload: &str) {
-            self.send(M::Message { stream_id, message_id, event_time: 0, key: Bytes::new(), payload: Bytes::from(payload.to_string()) }).await;
+            self.send(M::Message {
+                stream_id,
+                message_id,
+                event_time: 0,
+                key: Bytes::new(),
+                payload: Bytes::from(payload.to_string()),
+            })
+            .await;
         }
     }
 
@@ -804,67 +922,147 @@ mod tests {
     async fn handshake_errors() {
         let h = start(false, 10, 2).await;
         let mut c = Raw::connect(&h.addr).await;
-        assert_eq!(c.hello("9.9", "c").await, err("Unknown protocol version: 9.9"));
+        assert_eq!(
+            c.hello("9.9", "c").await,
+            err("Unknown protocol version: 9.9")
+        );
         assert_eq!(c.recv().await, None);
         let mut c = Raw::connect(&h.addr).await;
-        assert_eq!(c.hello("0.0.1", "nope").await, err("Bad cookie: nope, wanted: c"));
+        assert_eq!(
+            c.hello("0.0.1", "nope").await,
+            err("Bad cookie: nope, wanted: c")
+        );
         assert_eq!(c.recv().await, None);
         let mut c = Raw::connect(&h.addr).await;
-        assert_eq!(c.notify(1).await, err("Invalid message: NOTIFY before HELLO"));
+        assert_eq!(
+            c.notify(1).await,
+            err("Invalid message: NOTIFY before HELLO")
+        );
         assert_eq!(c.recv().await, None);
         let mut c = Raw::connect(&h.addr).await;
-        assert_eq!(c.hello("0.0.1", "c").await, Some(M::Ok { initial_credits: 10 }));
-        assert_eq!(c.hello("0.0.1", "c").await, err("Invalid message: HELLO after the handshake"));
+        assert_eq!(
+            c.hello("0.0.1", "c").await,
+            Some(M::Ok {
+                initial_credits: 10
+            })
+        );
+        assert_eq!(
+            c.hello("0.0.1", "c").await,
+            err("Invalid message: HELLO after the handshake")
+        );
         assert_eq!(c.recv().await, None);
         let mut c = Raw::connect(&h.addr).await;
         c.hello("0.0.1", "c").await;
-        c.send(M::Ack { credits: 1, acks: vec![] }).await;
+        c.send(M::Ack {
+            credits: 1,
+            acks: vec![],
+        })
+        .await;
         assert_eq!(c.recv().await, err("Invalid message: ACK from a client"));
         let mut c = Raw::connect(&h.addr).await;
         c.hello("0.0.1", "c").await;
         c.s.write_all(&[0, 0, 0, 2, 42, 0]).await.unwrap();
-        assert_eq!(c.recv().await, err("Invalid message: unknown connector frame type 42"));
+        assert_eq!(
+            c.recv().await,
+            err("Invalid message: unknown connector frame type 42")
+        );
         let mut c = Raw::connect(&h.addr).await;
         c.hello("0.0.1", "c").await;
         c.s.write_all(&[0, 0x20, 0, 0, 5]).await.unwrap();
-        let Some(M::Error { message }) = c.recv().await else { panic!() };
-        assert!(message.starts_with("Invalid message: connector frame length 2097152 exceeds"), "{message}");
+        let Some(M::Error { message }) = c.recv().await else {
+            panic!()
+        };
+        assert!(
+            message.starts_with("Invalid message: connector frame length 2097152 exceeds"),
+            "{message}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn streams_credits_dedup_and_eos_without_resilience() {
         let mut h = start(false, 4, 1).await;
         let mut a = Raw::connect(&h.addr).await;
-        assert_eq!(a.hello("0.0.1", "c").await, Some(M::Ok { initial_credits: 4 }));
-        assert_eq!(a.notify(1).await, Some(M::NotifyAck { success: true, stream_id: 1, point_of_ref: NO_POSITION }));
+        assert_eq!(
+            a.hello("0.0.1", "c").await,
+            Some(M::Ok { initial_credits: 4 })
+        );
+        assert_eq!(
+            a.notify(1).await,
+            Some(M::NotifyAck {
+                success: true,
+                stream_id: 1,
+                point_of_ref: NO_POSITION
+            })
+        );
         a.msg(1, 1, "a").await;
         a.msg(1, 1, "dup").await;
         // Count 4 - 3 = 1 <= refill: a top-up of 3 with the position seen.
-        assert_eq!(a.recv().await, Some(M::Ack { credits: 3, acks: vec![(1, 1)] }));
+        assert_eq!(
+            a.recv().await,
+            Some(M::Ack {
+                credits: 3,
+                acks: vec![(1, 1)]
+            })
+        );
         assert_eq!(h.event().await, (vec!["a".to_string()], 1, 1, 1));
         // Another connection can't take stream 1, can open stream 2, and
         // is closed for a message on a stream it does not own.
         let mut b = Raw::connect(&h.addr).await;
         b.hello("0.0.1", "c").await;
-        assert_eq!(b.notify(1).await, Some(M::NotifyAck { success: false, stream_id: 1, point_of_ref: NO_POSITION }));
-        assert_eq!(b.notify(2).await, Some(M::NotifyAck { success: true, stream_id: 2, point_of_ref: NO_POSITION }));
+        assert_eq!(
+            b.notify(1).await,
+            Some(M::NotifyAck {
+                success: false,
+                stream_id: 1,
+                point_of_ref: NO_POSITION
+            })
+        );
+        assert_eq!(
+            b.notify(2).await,
+            Some(M::NotifyAck {
+                success: true,
+                stream_id: 2,
+                point_of_ref: NO_POSITION
+            })
+        );
         b.msg(1, 5, "x").await;
         assert_eq!(b.recv().await, err("Bad/unregistered stream_id 1"));
         assert_eq!(b.recv().await, None);
         // Empty payloads advance the position without a frame; a batch
         // ends at the last id.
-        a.s.write_all(&[
-            M::Message { stream_id: 1, message_id: 2, event_time: 0, key: Bytes::new(), payload: Bytes::from_static(b"b") }.encode().unwrap(),
-            M::Message { stream_id: 1, message_id: 3, event_time: 0, key: Bytes::new(), payload: Bytes::new() }.encode().unwrap(),
-        ]
-        .concat())
+        a.s.write_all(
+            &[
+                M::Message {
+                    stream_id: 1,
+                    message_id: 2,
+                    event_time: 0,
+                    key: Bytes::new(),
+                    payload: Bytes::from_static(b"b"),
+                }
+                .encode()
+                .unwrap(),
+                M::Message {
+                    stream_id: 1,
+                    message_id: 3,
+                    event_time: 0,
+                    key: Bytes::new(),
+                    payload: Bytes::new(),
+                }
+                .encode()
+                .unwrap(),
+            ]
+            .concat(),
+        )
         .await
         .unwrap();
         a.send(M::Eos { stream_id: 1 }).await;
         let mut acks = Vec::new();
         loop {
             match a.recv().await {
-                Some(M::Ack { credits: 0, acks: fin }) if fin == vec![(1, 3)] => break,
+                Some(M::Ack {
+                    credits: 0,
+                    acks: fin,
+                }) if fin == vec![(1, 3)] => break,
                 Some(M::Ack { acks: more, .. }) => acks.extend(more),
                 other => panic!("{other:?}"),
             }
@@ -873,14 +1071,34 @@ mod tests {
         // Released: a new connection resumes after 3 and duplicates are dropped.
         let mut c = Raw::connect(&h.addr).await;
         c.hello("0.0.1", "c").await;
-        assert_eq!(c.notify(1).await, Some(M::NotifyAck { success: true, stream_id: 1, point_of_ref: 3 }));
+        assert_eq!(
+            c.notify(1).await,
+            Some(M::NotifyAck {
+                success: true,
+                stream_id: 1,
+                point_of_ref: 3
+            })
+        );
         c.msg(1, 2, "old").await;
         c.msg(1, 4, "d").await;
         assert_eq!(h.event().await, (vec!["d".to_string()], 1, 4, 1));
         // Count 4 - 3 = 1: a top-up, acknowledging 4 at once (no resilience).
-        assert_eq!(c.recv().await, Some(M::Ack { credits: 3, acks: vec![(1, 4)] }));
+        assert_eq!(
+            c.recv().await,
+            Some(M::Ack {
+                credits: 3,
+                acks: vec![(1, 4)]
+            })
+        );
         // Stream 2 was released when its connection closed.
-        assert_eq!(c.notify(2).await, Some(M::NotifyAck { success: true, stream_id: 2, point_of_ref: NO_POSITION }));
+        assert_eq!(
+            c.notify(2).await,
+            Some(M::NotifyAck {
+                success: true,
+                stream_id: 2,
+                point_of_ref: NO_POSITION
+            })
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -899,30 +1117,78 @@ mod tests {
         }
         assert_eq!(got, vec!["x", "y"]);
         // A checkpoint that covers only 10 acknowledges nothing final.
-        h.cmd.send(ConnectorCommand::Committed { positions: vec![(4, 10)] }).await.unwrap();
-        assert_eq!(a.recv().await, Some(M::Ack { credits: 3, acks: vec![(4, 10)] }));
+        h.cmd
+            .send(ConnectorCommand::Committed {
+                positions: vec![(4, 10)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            a.recv().await,
+            Some(M::Ack {
+                credits: 3,
+                acks: vec![(4, 10)]
+            })
+        );
         let mut b = Raw::connect(&h.addr).await;
         b.hello("0.0.1", "c").await;
-        assert!(matches!(b.notify(4).await, Some(M::NotifyAck { success: false, .. })));
-        h.cmd.send(ConnectorCommand::Committed { positions: vec![(4, 11)] }).await.unwrap();
-        assert_eq!(a.recv().await, Some(M::Ack { credits: 0, acks: vec![(4, 11)] }));
-        assert_eq!(b.notify(4).await, Some(M::NotifyAck { success: true, stream_id: 4, point_of_ref: 11 }));
+        assert!(matches!(
+            b.notify(4).await,
+            Some(M::NotifyAck { success: false, .. })
+        ));
+        h.cmd
+            .send(ConnectorCommand::Committed {
+                positions: vec![(4, 11)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            a.recv().await,
+            Some(M::Ack {
+                credits: 0,
+                acks: vec![(4, 11)]
+            })
+        );
+        assert_eq!(
+            b.notify(4).await,
+            Some(M::NotifyAck {
+                success: true,
+                stream_id: 4,
+                point_of_ref: 11
+            })
+        );
     }
 
     fn temp_file(name: &str, lines: usize) -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!("quoll-connector-{}-{name}.txt", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("quoll-connector-{}-{name}.txt", std::process::id()));
         let text: String = (1..=lines).map(|i| format!("line-{i}\n")).collect();
         std::fs::write(&path, text).unwrap();
         path
     }
 
-    fn send_tool(addr: &str, file: &std::path::Path, extra: &[&str]) -> tokio::task::JoinHandle<(i32, String, String)> {
-        let mut args: Vec<String> = vec!["send".into(), "--connector".into(), "--host".into(), addr.into(), "--file".into(), file.display().to_string()];
+    fn send_tool(
+        addr: &str,
+        file: &std::path::Path,
+        extra: &[&str],
+    ) -> tokio::task::JoinHandle<(i32, String, String)> {
+        let mut args: Vec<String> = vec![
+            "send".into(),
+            "--connector".into(),
+            "--host".into(),
+            addr.into(),
+            "--file".into(),
+            file.display().to_string(),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
         tokio::task::spawn_blocking(move || {
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let code = quoll_tools::run_with_io(args, &mut out, &mut err);
-            (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+            (
+                code,
+                String::from_utf8_lossy(&out).into_owned(),
+                String::from_utf8_lossy(&err).into_owned(),
+            )
         })
     }
 
@@ -943,8 +1209,14 @@ mod tests {
         let (code, out, err) = client.await.unwrap();
         let _ = std::fs::remove_file(&file);
         assert_eq!(code, 0, "{out}{err}");
-        assert_eq!(got, (1..=1000).map(|i| format!("line-{i}")).collect::<Vec<_>>());
-        assert!(out.contains("sent 1000 messages") && out.contains("(0 resent"), "{out}");
+        assert_eq!(
+            got,
+            (1..=1000).map(|i| format!("line-{i}")).collect::<Vec<_>>()
+        );
+        assert!(
+            out.contains("sent 1000 messages") && out.contains("(0 resent"),
+            "{out}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -952,7 +1224,18 @@ mod tests {
         let mut h = start(true, 67, 10).await;
         let n = 400;
         let file = temp_file("resilient", n);
-        let client = send_tool(&h.addr, &file, &["--cookie", "c", "--rate", "2000", "--reconnect-timeout", "10"]);
+        let client = send_tool(
+            &h.addr,
+            &file,
+            &[
+                "--cookie",
+                "c",
+                "--rate",
+                "2000",
+                "--reconnect-timeout",
+                "10",
+            ],
+        );
         // A fake executor: processes events of the current epoch, commits
         // every 20 ms, rolls back once after 100 messages.
         let mut processed: Vec<(u64, String)> = Vec::new();
@@ -963,7 +1246,11 @@ mod tests {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let started = Instant::now();
         while processed.len() < n || processed.last().map(|p| p.0) != Some(committed) {
-            assert!(started.elapsed() < Duration::from_secs(20), "stuck at {} messages", processed.len());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "stuck at {} messages",
+                processed.len()
+            );
             tokio::select! {
                 ev = h.rx.recv() => {
                     let Some(Event::Frames { frames, position: Some(SourcePosition::Stream { point_of_ref, .. }), epoch: e, .. }) = ev else { panic!() };

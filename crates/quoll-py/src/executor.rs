@@ -20,18 +20,20 @@
 //!   and handed to the sink's writer after each batch.
 
 use crate::app::{AggregationCalls, AppPlan, SinkPlan, SourceSpec, StageCalls};
+use crate::codec::Codec;
 use crate::io::{SinkChunk, SinkCommand, SourcePosition};
 use crate::user_errors::{Fatal, UserErrors};
 use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
-use crate::codec::Codec;
 use quoll_core::key_group::{KeyGroupMap, KeyHashBuilder};
-use quoll_core::wire::{BatchReader, BatchWriter};
-use std::collections::VecDeque;
 use quoll_core::topology::StageKind;
-use quoll_core::windows::{Aggregator, CountWindowSpec, CountWindows, RangeWindowSpec, RangeWindows, WindowOutput};
+use quoll_core::windows::{
+    Aggregator, CountWindowSpec, CountWindows, RangeWindowSpec, RangeWindows, WindowOutput,
+};
+use quoll_core::wire::{BatchReader, BatchWriter};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
@@ -44,13 +46,37 @@ const COUNT_WINDOW_FLUSH: Duration = Duration::from_secs(5);
 const SINK_FLUSH_BYTES: usize = 256 << 10;
 
 enum Op {
-    Stateless { call: Py<PyAny>, multi: bool },
-    KeyBy { call: Py<PyAny> },
-    Collect { key: Py<PyAny> },
-    State { call: Py<PyAny>, multi: bool, initial_state: Py<PyAny>, states: KeyMap<Keyed<Py<PyAny>>> },
-    Range { agg: AggregationCalls, spec: RangeWindowSpec, windows: KeyMap<Keyed<RangeWindows<Py<PyAny>>>>, timers: WindowTimers },
-    Count { agg: AggregationCalls, spec: CountWindowSpec, windows: KeyMap<Keyed<CountWindows<Py<PyAny>>>>, next_flush: Instant },
-    Sinks { sinks: Vec<usize> },
+    Stateless {
+        call: Py<PyAny>,
+        multi: bool,
+    },
+    KeyBy {
+        call: Py<PyAny>,
+    },
+    Collect {
+        key: Py<PyAny>,
+    },
+    State {
+        call: Py<PyAny>,
+        multi: bool,
+        initial_state: Py<PyAny>,
+        states: KeyMap<Keyed<Py<PyAny>>>,
+    },
+    Range {
+        agg: AggregationCalls,
+        spec: RangeWindowSpec,
+        windows: KeyMap<Keyed<RangeWindows<Py<PyAny>>>>,
+        timers: WindowTimers,
+    },
+    Count {
+        agg: AggregationCalls,
+        spec: CountWindowSpec,
+        windows: KeyMap<Keyed<CountWindows<Py<PyAny>>>>,
+        next_flush: Instant,
+    },
+    Sinks {
+        sinks: Vec<usize>,
+    },
 }
 
 /// Per-key state of a keyed stage: the key as the user saw it (for
@@ -173,7 +199,12 @@ const BATCH_FLUSH_BYTES: usize = 64 << 10;
 pub const CONGESTED_BYTES: usize = 8 << 20;
 
 impl Router {
-    pub fn new(me: usize, names: Vec<String>, generation: u64, links: Vec<Option<mpsc::Sender<Vec<u8>>>>) -> Router {
+    pub fn new(
+        me: usize,
+        names: Vec<String>,
+        generation: u64,
+        links: Vec<Option<mpsc::Sender<Vec<u8>>>>,
+    ) -> Router {
         let n = names.len();
         Router {
             me,
@@ -270,7 +301,10 @@ pub struct Executor {
 
 /// Wall-clock nanoseconds since the epoch, never decreasing within a worker.
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 impl Executor {
@@ -282,19 +316,37 @@ impl Executor {
         errors: UserErrors,
         rt: tokio::runtime::Handle,
     ) -> PyResult<Executor> {
-        let AppPlan { topology, stage_calls, sources, sinks } = plan;
+        let AppPlan {
+            topology,
+            stage_calls,
+            sources,
+            sinks,
+        } = plan;
         let now = Instant::now();
         let mut stages = Vec::with_capacity(topology.stages.len());
         for (def, calls) in topology.stages.iter().zip(stage_calls) {
             let op = match (&def.kind, calls) {
-                (StageKind::Stateless { multi }, StageCalls::Stateless { call }) => Op::Stateless { call, multi: *multi },
+                (StageKind::Stateless { multi }, StageCalls::Stateless { call }) => Op::Stateless {
+                    call,
+                    multi: *multi,
+                },
                 (StageKind::KeyBy, StageCalls::KeyBy { call }) => Op::KeyBy { call },
                 (StageKind::Collect { .. }, StageCalls::Collect { key }) => Op::Collect { key },
-                (StageKind::State { multi }, StageCalls::State { call, initial_state }) => {
-                    Op::State { call, multi: *multi, initial_state, states: KeyMap::default() }
-                }
+                (
+                    StageKind::State { multi },
+                    StageCalls::State {
+                        call,
+                        initial_state,
+                    },
+                ) => Op::State {
+                    call,
+                    multi: *multi,
+                    initial_state,
+                    states: KeyMap::default(),
+                },
                 (StageKind::RangeWindows(spec), StageCalls::Windows { aggregation }) => {
-                    let period = Duration::from_nanos(spec.timer_period()).max(Duration::from_millis(10));
+                    let period =
+                        Duration::from_nanos(spec.timer_period()).max(Duration::from_millis(10));
                     Op::Range {
                         agg: aggregation,
                         spec: spec.clone(),
@@ -309,13 +361,19 @@ impl Executor {
                         },
                     }
                 }
-                (StageKind::CountWindows { count }, StageCalls::Windows { aggregation }) => Op::Count {
-                    agg: aggregation,
-                    spec: CountWindowSpec::new(*count).map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("{}: {e}", def.name)))?,
-                    windows: KeyMap::default(),
-                    next_flush: now + COUNT_WINDOW_FLUSH,
+                (StageKind::CountWindows { count }, StageCalls::Windows { aggregation }) => {
+                    Op::Count {
+                        agg: aggregation,
+                        spec: CountWindowSpec::new(*count).map_err(|e| {
+                            pyo3::exceptions::PyValueError::new_err(format!("{}: {e}", def.name))
+                        })?,
+                        windows: KeyMap::default(),
+                        next_flush: now + COUNT_WINDOW_FLUSH,
+                    }
+                }
+                (StageKind::Sinks { sinks }, StageCalls::Sinks) => Op::Sinks {
+                    sinks: sinks.clone(),
                 },
-                (StageKind::Sinks { sinks }, StageCalls::Sinks) => Op::Sinks { sinks: sinks.clone() },
                 _ => unreachable!("app::build_plan pairs each stage kind with its calls"),
             };
             stages.push(Stage {
@@ -329,10 +387,22 @@ impl Executor {
         let mut gens = Vec::new();
         for (index, (src, def)) in sources.into_iter().zip(&topology.sources).enumerate() {
             let decode = match src.spec {
-                SourceSpec::Tcp { decode, .. } | SourceSpec::File { decode, .. } | SourceSpec::Connector { decode, .. } => Some(decode),
-                SourceSpec::Gen { initial_value, apply } => {
+                SourceSpec::Tcp { decode, .. }
+                | SourceSpec::File { decode, .. }
+                | SourceSpec::Connector { decode, .. } => Some(decode),
+                SourceSpec::Gen {
+                    initial_value,
+                    apply,
+                } => {
                     let cur = Some(initial_value.clone_ref(py));
-                    gens.push(GenSource { source: index, name: src.name.clone(), initial_value, apply, cur, emitted: false });
+                    gens.push(GenSource {
+                        source: index,
+                        name: src.name.clone(),
+                        initial_value,
+                        apply,
+                        cur,
+                        emitted: false,
+                    });
                     None
                 }
             };
@@ -356,7 +426,9 @@ impl Executor {
                 offset: 0,
             })
             .collect();
-        let progress = (0..framed.len()).map(|_| SourceProgress::default()).collect();
+        let progress = (0..framed.len())
+            .map(|_| SourceProgress::default())
+            .collect();
         let mut ex = Executor {
             stages,
             router: None,
@@ -373,21 +445,27 @@ impl Executor {
             messages_in: 0,
         };
         ex.errors = errors;
-        ex.start_generators(py).map_err(|Fatal(m)| pyo3::exceptions::PyRuntimeError::new_err(m))?;
+        ex.start_generators(py)
+            .map_err(|Fatal(m)| pyo3::exceptions::PyRuntimeError::new_err(m))?;
         Ok(ex)
     }
 
     /// Calls `initial_value()` of every generator source once (spec 7.3).
     fn start_generators(&mut self, py: Python<'_>) -> Result<(), Fatal> {
         for i in 0..self.gens.len() {
-            let Some(init) = self.gens[i].cur.take() else { continue };
+            let Some(init) = self.gens[i].cur.take() else {
+                continue;
+            };
             match init.bind(py).call0() {
                 Ok(v) if v.is_none() => self.gen_stopped(i),
                 Ok(v) => self.gens[i].cur = Some(v.unbind()),
                 Err(e) => {
                     let place = format!("source '{}' (gen)", self.gens[i].name);
                     self.errors.report_py(py, &place, "initial_value()", e)?;
-                    println!("quoll: generator source '{}' could not start; it produces nothing", self.gens[i].name);
+                    println!(
+                        "quoll: generator source '{}' could not start; it produces nothing",
+                        self.gens[i].name
+                    );
                 }
             }
         }
@@ -395,7 +473,10 @@ impl Executor {
     }
 
     fn gen_stopped(&mut self, i: usize) {
-        println!("GenSource produced a None. Stopping GenSource '{}'.", self.gens[i].name);
+        println!(
+            "GenSource produced a None. Stopping GenSource '{}'.",
+            self.gens[i].name
+        );
         self.gens[i].cur = None;
     }
 
@@ -435,11 +516,20 @@ impl Executor {
 
     /// A frame's key is its MESSAGE key where a connector gave one (UTF-8,
     /// spec 9), else the source's implicit key.
-    fn process_frames(&mut self, py: Python<'_>, source: usize, frames: Vec<Bytes>, keys: &[Bytes]) -> Result<(), Fatal> {
+    fn process_frames(
+        &mut self,
+        py: Python<'_>,
+        source: usize,
+        frames: Vec<Bytes>,
+        keys: &[Bytes],
+    ) -> Result<(), Fatal> {
         self.origin = self.me();
         let et = self.ingest_time();
         let src = &self.sources[source];
-        let (Some(decode), entry) = (src.decode.as_ref().map(|d| d.clone_ref(py)), src.entry) else { return Ok(()) };
+        let (Some(decode), entry) = (src.decode.as_ref().map(|d| d.clone_ref(py)), src.entry)
+        else {
+            return Ok(());
+        };
         let implicit = src.implicit_key.bind(py).clone();
         let decode = decode.bind(py);
         for (i, frame) in frames.into_iter().enumerate() {
@@ -470,11 +560,16 @@ impl Executor {
         self.origin = self.me();
         for i in 0..self.gens.len() {
             let source = self.gens[i].source;
-            let (entry, key) = (self.sources[source].entry, self.sources[source].implicit_key.bind(py).clone());
+            let (entry, key) = (
+                self.sources[source].entry,
+                self.sources[source].implicit_key.bind(py).clone(),
+            );
             let apply = self.gens[i].apply.clone_ref(py);
             let et = self.ingest_time();
             for _ in 0..budget {
-                let Some(cur) = self.gens[i].cur.take() else { break };
+                let Some(cur) = self.gens[i].cur.take() else {
+                    break;
+                };
                 self.gens[i].emitted = true;
                 let cur = cur.into_bound(py);
                 match apply.bind(py).call1((&cur,)) {
@@ -483,7 +578,10 @@ impl Executor {
                     Err(e) => {
                         let place = format!("source '{}' (gen)", self.gens[i].name);
                         self.errors.report_py(py, &place, "apply()", e)?;
-                        println!("quoll: generator source '{}' stops after an error in apply()", self.gens[i].name);
+                        println!(
+                            "quoll: generator source '{}' stops after an error in apply()",
+                            self.gens[i].name
+                        );
                     }
                 }
                 self.messages_in += 1;
@@ -496,7 +594,14 @@ impl Executor {
     /// Runs `value` through stage `stage` and, depth-first, everything after
     /// it; a keyed stage whose key group another worker owns ships the
     /// message there instead.
-    fn push<'py>(&mut self, py: Python<'py>, stage: usize, value: Bound<'py, PyAny>, key: &Bound<'py, PyAny>, et: i64) -> Result<(), Fatal> {
+    fn push<'py>(
+        &mut self,
+        py: Python<'py>,
+        stage: usize,
+        value: Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        et: i64,
+    ) -> Result<(), Fatal> {
         if self.stages[stage].keyed {
             if let Some(router) = &self.router {
                 let kb = match key_bytes(key) {
@@ -519,7 +624,10 @@ impl Executor {
             }
             Op::KeyBy { call } => {
                 let result = call.bind(py).call1((&value,));
-                match result.map_err(KeyError::Raised).and_then(|k| normalise_key(py, k)) {
+                match result
+                    .map_err(KeyError::Raised)
+                    .and_then(|k| normalise_key(py, k))
+                {
                     Ok(new_key) => self.push(py, next.expect("validated"), value, &new_key, et),
                     Err(e) => self.key_error(py, stage, e),
                 }
@@ -528,7 +636,12 @@ impl Executor {
                 let key = key.bind(py).clone();
                 self.push(py, next.expect("validated"), value, &key, et)
             }
-            Op::State { call, multi, initial_state, states } => {
+            Op::State {
+                call,
+                multi,
+                initial_state,
+                states,
+            } => {
                 let multi = *multi;
                 let kb = match key_bytes(key) {
                     Ok(kb) => kb,
@@ -541,7 +654,14 @@ impl Executor {
                     }
                     None => match initial_state.bind(py).call0() {
                         Ok(s) => {
-                            states.insert(kb.into(), Keyed { key: key.clone().unbind(), value: s.clone().unbind(), dirty: true });
+                            states.insert(
+                                kb.into(),
+                                Keyed {
+                                    key: key.clone().unbind(),
+                                    value: s.clone().unbind(),
+                                    dirty: true,
+                                },
+                            );
                             s
                         }
                         Err(e) => {
@@ -554,7 +674,12 @@ impl Executor {
                 let result = call.bind(py).call1((&value, &state));
                 self.emit(py, stage, next, result, multi, key, et)
             }
-            Op::Range { agg, spec, windows, timers } => {
+            Op::Range {
+                agg,
+                spec,
+                windows,
+                timers,
+            } => {
                 let kb = match key_bytes(key) {
                     Ok(kb) => kb,
                     Err(e) => return self.key_error(py, stage, e),
@@ -571,17 +696,27 @@ impl Executor {
                         // Spec 6 wants a random grid offset per key; deriving it
                         // from the key keeps it the same on every worker and
                         // after a restart.
-                        let offset = spec.offset_from_random(quoll_core::key_group::stable_hash(kb));
+                        let offset =
+                            spec.offset_from_random(quoll_core::key_group::stable_hash(kb));
                         let w = RangeWindows::new(spec.clone(), watermark, offset);
-                        windows.entry(kb.into()).or_insert(Keyed { key: key.clone().unbind(), value: w, dirty: true })
+                        windows.entry(kb.into()).or_insert(Keyed {
+                            key: key.clone().unbind(),
+                            value: w,
+                            dirty: true,
+                        })
                     }
                 };
                 entry.dirty = true;
                 let value = value.unbind();
-                let r = entry.value.on_message(&mut aggregator, kb, &value, et, watermark, &mut out).map(|_| ());
+                let r = entry
+                    .value
+                    .on_message(&mut aggregator, kb, &value, et, watermark, &mut out)
+                    .map(|_| ());
                 self.window_results(py, stage, next, key, r, out)
             }
-            Op::Count { agg, spec, windows, .. } => {
+            Op::Count {
+                agg, spec, windows, ..
+            } => {
                 let kb = match key_bytes(key) {
                     Ok(kb) => kb,
                     Err(e) => return self.key_error(py, stage, e),
@@ -590,16 +725,24 @@ impl Executor {
                 let mut aggregator = PyAggregation { py, calls: agg };
                 let entry = match windows.get_mut(kb) {
                     Some(e) => e,
-                    None => windows.entry(kb.into()).or_insert(Keyed { key: key.clone().unbind(), value: CountWindows::new(spec.clone()), dirty: true }),
+                    None => windows.entry(kb.into()).or_insert(Keyed {
+                        key: key.clone().unbind(),
+                        value: CountWindows::new(spec.clone()),
+                        dirty: true,
+                    }),
                 };
                 entry.dirty = true;
                 let value = value.unbind();
-                let r = entry.value.on_message(&mut aggregator, kb, &value, et, &mut out);
+                let r = entry
+                    .value
+                    .on_message(&mut aggregator, kb, &value, et, &mut out);
                 self.window_results(py, stage, next, key, r, out)
             }
             Op::Sinks { sinks } => {
                 for i in 0..sinks.len() {
-                    let Op::Sinks { sinks } = &self.stages[stage].op else { unreachable!() };
+                    let Op::Sinks { sinks } = &self.stages[stage].op else {
+                        unreachable!()
+                    };
                     let sink = sinks[i];
                     self.write_sink(py, sink, &value, key)?;
                 }
@@ -609,8 +752,18 @@ impl Executor {
     }
 
     /// Encodes a message into the batch for worker `owner`.
-    fn ship(&mut self, owner: usize, stage: usize, kb: &[u8], value: &Bound<'_, PyAny>, et: i64) -> Result<(), Fatal> {
-        let router = self.router.as_mut().expect("ship is only called with a router");
+    fn ship(
+        &mut self,
+        owner: usize,
+        stage: usize,
+        kb: &[u8],
+        value: &Bound<'_, PyAny>,
+        et: i64,
+    ) -> Result<(), Fatal> {
+        let router = self
+            .router
+            .as_mut()
+            .expect("ship is only called with a router");
         let generation = router.generation;
         let batch = router.batches[owner].get_or_insert_with(|| BatchWriter::new(generation));
         let codec = &self.codec;
@@ -623,21 +776,37 @@ impl Executor {
                 Ok(())
             }
             Err(e) => {
-                let detail = format!("key {}, sending to worker '{}'", quote_key(kb), router.names[owner]);
+                let detail = format!(
+                    "key {}, sending to worker '{}'",
+                    quote_key(kb),
+                    router.names[owner]
+                );
                 let place = self.stages[stage].place.clone();
-                self.errors.report(&place, &detail, &e.to_string(), e.traceback())
+                self.errors
+                    .report(&place, &detail, &e.to_string(), e.traceback())
             }
         }
     }
 
     /// Processes a data batch from another worker.
     pub fn on_peer_data(&mut self, py: Python<'_>, from: usize, body: &[u8]) -> Result<(), Fatal> {
-        let Some(router) = &self.router else { return Ok(()) };
-        let from_name = router.names.get(from).cloned().unwrap_or_else(|| format!("#{from}"));
+        let Some(router) = &self.router else {
+            return Ok(());
+        };
+        let from_name = router
+            .names
+            .get(from)
+            .cloned()
+            .unwrap_or_else(|| format!("#{from}"));
         let reader = match BatchReader::new(body) {
             Ok(r) => r,
             Err(e) => {
-                return self.errors.report(&format!("data link from worker '{from_name}'"), "batch", &e.to_string(), None)
+                return self.errors.report(
+                    &format!("data link from worker '{from_name}'"),
+                    "batch",
+                    &e.to_string(),
+                    None,
+                )
             }
         };
         if reader.generation != router.generation {
@@ -648,21 +817,36 @@ impl Executor {
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    return self.errors.report(&format!("data link from worker '{from_name}'"), "batch", &e.to_string(), None)
+                    return self.errors.report(
+                        &format!("data link from worker '{from_name}'"),
+                        "batch",
+                        &e.to_string(),
+                        None,
+                    )
                 }
             };
             let stage = msg.stage as usize;
             if stage >= self.stages.len() {
-                let cause = format!("stage {stage} does not exist here: do the workers run the same app?");
-                self.errors.report(&format!("data link from worker '{from_name}'"), "message", &cause, None)?;
+                let cause =
+                    format!("stage {stage} does not exist here: do the workers run the same app?");
+                self.errors.report(
+                    &format!("data link from worker '{from_name}'"),
+                    "message",
+                    &cause,
+                    None,
+                )?;
                 continue;
             }
             let value = match self.codec.decode(py, msg.value) {
                 Ok(v) => v,
                 Err(e) => {
                     let place = self.stages[stage].place.clone();
-                    let detail = format!("key {}, message from worker '{from_name}'", quote_key(msg.key));
-                    self.errors.report(&place, &detail, &e.to_string(), e.traceback())?;
+                    let detail = format!(
+                        "key {}, message from worker '{from_name}'",
+                        quote_key(msg.key)
+                    );
+                    self.errors
+                        .report(&place, &detail, &e.to_string(), e.traceback())?;
                     continue;
                 }
             };
@@ -718,14 +902,19 @@ impl Executor {
                     let place = self.stages[stage].place.clone();
                     let cause = format!(
                         "compute_multi must return a list (or None), got {}",
-                        out.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                        out.get_type()
+                            .name()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default()
                     );
-                    self.errors.report(&place, &format!("key {}", show_key(key)), &cause, None)
+                    self.errors
+                        .report(&place, &format!("key {}", show_key(key)), &cause, None)
                 }
             },
             Err(e) => {
                 let place = self.stages[stage].place.clone();
-                self.errors.report_py(py, &place, &format!("key {}", show_key(key)), e)
+                self.errors
+                    .report_py(py, &place, &format!("key {}", show_key(key)), e)
             }
         }
     }
@@ -737,10 +926,17 @@ impl Executor {
             KeyError::BadType(t) => self.errors.report(
                 &place,
                 "key extractor",
-                &format!("unexpected non-string value of type {t}: a key must be str, bytes or int"),
+                &format!(
+                    "unexpected non-string value of type {t}: a key must be str, bytes or int"
+                ),
                 None,
             ),
-            KeyError::NotUtf8(e) => self.errors.report(&place, "key", &format!("key str can't be encoded as UTF-8: {e}"), None),
+            KeyError::NotUtf8(e) => self.errors.report(
+                &place,
+                "key",
+                &format!("key str can't be encoded as UTF-8: {e}"),
+                None,
+            ),
         }
     }
 
@@ -756,7 +952,12 @@ impl Executor {
     ) -> Result<(), Fatal> {
         if let Err(e) = r {
             let place = self.stages[stage].place.clone();
-            self.errors.report_py(py, &place, &format!("key {}, aggregation", show_key(key)), e)?;
+            self.errors.report_py(
+                py,
+                &place,
+                &format!("key {}, aggregation", show_key(key)),
+                e,
+            )?;
         }
         let next = next.expect("validated");
         for o in out {
@@ -765,7 +966,13 @@ impl Executor {
         Ok(())
     }
 
-    fn write_sink<'py>(&mut self, py: Python<'py>, sink: usize, value: &Bound<'py, PyAny>, key: &Bound<'py, PyAny>) -> Result<(), Fatal> {
+    fn write_sink<'py>(
+        &mut self,
+        py: Python<'py>,
+        sink: usize,
+        value: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+    ) -> Result<(), Fatal> {
         let s = &mut self.sinks[sink];
         match s.encode.bind(py).call1((value,)) {
             Ok(b) => {
@@ -776,15 +983,29 @@ impl Executor {
                         Ok(t) => s.buf.extend_from_slice(t.as_bytes()),
                         Err(e) => {
                             let place = s.place.clone();
-                            return self.errors.report(&place, &format!("key {}", show_key(key)), &format!("encoder returned a str that is not valid UTF-8: {e}"), None);
+                            return self.errors.report(
+                                &place,
+                                &format!("key {}", show_key(key)),
+                                &format!("encoder returned a str that is not valid UTF-8: {e}"),
+                                None,
+                            );
                         }
                     }
                 } else if b.is_none() {
                     return Ok(());
                 } else {
                     let place = s.place.clone();
-                    let t = b.get_type().name().map(|n| n.to_string()).unwrap_or_default();
-                    return self.errors.report(&place, &format!("key {}", show_key(key)), &format!("encoder returned {t}; it must return bytes, str or None"), None);
+                    let t = b
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default();
+                    return self.errors.report(
+                        &place,
+                        &format!("key {}", show_key(key)),
+                        &format!("encoder returned {t}; it must return bytes, str or None"),
+                        None,
+                    );
                 }
                 s.messages += 1;
                 if s.buf.len() >= SINK_FLUSH_BYTES {
@@ -794,7 +1015,8 @@ impl Executor {
             }
             Err(e) => {
                 let place = s.place.clone();
-                self.errors.report_py(py, &place, &format!("key {}", show_key(key)), e)
+                self.errors
+                    .report_py(py, &place, &format!("key {}", show_key(key)), e)
             }
         }
     }
@@ -804,7 +1026,13 @@ impl Executor {
         if s.buf.is_empty() {
             return;
         }
-        let chunk = SinkChunk { bytes: Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(SINK_FLUSH_BYTES * 2))), messages: s.messages };
+        let chunk = SinkChunk {
+            bytes: Bytes::from(std::mem::replace(
+                &mut s.buf,
+                Vec::with_capacity(SINK_FLUSH_BYTES * 2),
+            )),
+            messages: s.messages,
+        };
         s.messages = 0;
         s.offset += chunk.bytes.len() as u64;
         let chunk = SinkCommand::Write(chunk);
@@ -841,9 +1069,18 @@ impl Executor {
         for stage in 0..self.stages.len() {
             let st = &mut self.stages[stage];
             let next = st.next;
-            let mut fired: Vec<(Py<PyAny>, Vec<WindowOutput<Bound<'_, PyAny>>>, Result<(), PyErr>)> = Vec::new();
+            let mut fired: Vec<(
+                Py<PyAny>,
+                Vec<WindowOutput<Bound<'_, PyAny>>>,
+                Result<(), PyErr>,
+            )> = Vec::new();
             match &mut st.op {
-                Op::Range { agg, windows, timers, .. } => {
+                Op::Range {
+                    agg,
+                    windows,
+                    timers,
+                    ..
+                } => {
                     if now >= timers.next_tick {
                         timers.next_tick = now + timers.period;
                         timers.refresh(now);
@@ -856,7 +1093,12 @@ impl Executor {
                                 let r = if quiet {
                                     entry.value.flush(&mut aggregator, kb, &mut out)
                                 } else {
-                                    entry.value.on_timer(&mut aggregator, kb, timers.watermark, &mut out)
+                                    entry.value.on_timer(
+                                        &mut aggregator,
+                                        kb,
+                                        timers.watermark,
+                                        &mut out,
+                                    )
                                 };
                                 entry.dirty |= entry.value.next_window_start_ns() != before;
                                 if !out.is_empty() || r.is_err() {
@@ -868,7 +1110,12 @@ impl Executor {
                     }
                     next_due = Some(next_due.map_or(timers.next_tick, |d| d.min(timers.next_tick)));
                 }
-                Op::Count { agg, windows, next_flush, .. } => {
+                Op::Count {
+                    agg,
+                    windows,
+                    next_flush,
+                    ..
+                } => {
                     if now >= *next_flush {
                         *next_flush = now + COUNT_WINDOW_FLUSH;
                         let mut aggregator = PyAggregation { py, calls: agg };
@@ -905,17 +1152,28 @@ enum KeyError {
 /// The key bytes: a `str` as UTF-8, `bytes` as they are (spec 3.5).
 fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a [u8], KeyError> {
     if let Ok(s) = key.cast::<PyString>() {
-        return s.to_str().map(str::as_bytes).map_err(|e| KeyError::NotUtf8(e.to_string()));
+        return s
+            .to_str()
+            .map(str::as_bytes)
+            .map_err(|e| KeyError::NotUtf8(e.to_string()));
     }
     if let Ok(b) = key.cast::<PyBytes>() {
         return Ok(b.as_bytes());
     }
-    Err(KeyError::BadType(key.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+    Err(KeyError::BadType(
+        key.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+    ))
 }
 
 /// A key extractor's result as a key: `str` and `bytes` as they are, an
 /// `int` (including `bool`) as `chr(n)`, like wallaroo's decorator does.
-fn normalise_key<'py>(py: Python<'py>, k: Bound<'py, PyAny>) -> Result<Bound<'py, PyAny>, KeyError> {
+fn normalise_key<'py>(
+    py: Python<'py>,
+    k: Bound<'py, PyAny>,
+) -> Result<Bound<'py, PyAny>, KeyError> {
     if k.is_instance_of::<PyString>() || k.is_instance_of::<PyBytes>() {
         return Ok(k);
     }
@@ -923,18 +1181,27 @@ fn normalise_key<'py>(py: Python<'py>, k: Bound<'py, PyAny>) -> Result<Bound<'py
         if k.is_instance_of::<pyo3::types::PyInt>() || k.is_instance_of::<pyo3::types::PyBool>() {
             return match u32::try_from(n).ok().and_then(char::from_u32) {
                 Some(c) => Ok(PyString::new(py, c.encode_utf8(&mut [0; 4])).into_any()),
-                None => Err(KeyError::BadType(format!("int {n} (not a valid chr() code point)"))),
+                None => Err(KeyError::BadType(format!(
+                    "int {n} (not a valid chr() code point)"
+                ))),
             };
         }
     }
-    Err(KeyError::BadType(k.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+    Err(KeyError::BadType(
+        k.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+    ))
 }
 
 /// Key bytes quoted the way [`show_key`] shows a key object (Python's repr
 /// of a plain str, or of bytes).
 fn quote_key(kb: &[u8]) -> String {
     match std::str::from_utf8(kb) {
-        Ok(s) if !s.contains('\'') && !s.contains('\\') && s.chars().all(|c| !c.is_control()) => format!("'{s}'"),
+        Ok(s) if !s.contains('\'') && !s.contains('\\') && s.chars().all(|c| !c.is_control()) => {
+            format!("'{s}'")
+        }
         Ok(s) => format!("{s:?}"),
         Err(_) => format!("b{:?}", String::from_utf8_lossy(kb)),
     }
@@ -942,7 +1209,10 @@ fn quote_key(kb: &[u8]) -> String {
 
 /// A key for error messages: its repr, shortened.
 fn show_key(key: &Bound<'_, PyAny>) -> String {
-    let mut s = key.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<key>".into());
+    let mut s = key
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<key>".into());
     if s.len() > 80 {
         let mut cut = 77;
         while !s.is_char_boundary(cut) {
@@ -967,21 +1237,39 @@ impl<'py> Aggregator for PyAggregation<'_, 'py> {
     type Error = PyErr;
 
     fn initial_accumulator(&mut self) -> PyResult<Py<PyAny>> {
-        Ok(self.calls.initial_accumulator.bind(self.py).call0()?.unbind())
+        Ok(self
+            .calls
+            .initial_accumulator
+            .bind(self.py)
+            .call0()?
+            .unbind())
     }
 
     fn update(&mut self, input: &Py<PyAny>, acc: &mut Py<PyAny>) -> PyResult<()> {
-        self.calls.update.bind(self.py).call1((input.bind(self.py), acc.bind(self.py)))?;
+        self.calls
+            .update
+            .bind(self.py)
+            .call1((input.bind(self.py), acc.bind(self.py)))?;
         Ok(())
     }
 
     fn combine(&mut self, a: &Py<PyAny>, b: &Py<PyAny>) -> PyResult<Py<PyAny>> {
-        Ok(self.calls.combine.bind(self.py).call1((a.bind(self.py), b.bind(self.py)))?.unbind())
+        Ok(self
+            .calls
+            .combine
+            .bind(self.py)
+            .call1((a.bind(self.py), b.bind(self.py)))?
+            .unbind())
     }
 
     fn output(&mut self, key: &[u8], acc: &Py<PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let key = pyo3::types::PyBytes::new(self.py, key).call_method1("decode", ("utf-8", "surrogateescape"))?;
-        let out = self.calls.output.bind(self.py).call1((key, acc.bind(self.py)))?;
+        let key = pyo3::types::PyBytes::new(self.py, key)
+            .call_method1("decode", ("utf-8", "surrogateescape"))?;
+        let out = self
+            .calls
+            .output
+            .bind(self.py)
+            .call1((key, acc.bind(self.py)))?;
         Ok(if out.is_none() { None } else { Some(out) })
     }
 }
@@ -1026,7 +1314,9 @@ fn u64_blob(v: u64) -> Vec<u8> {
 }
 
 fn blob_u64(b: &[u8]) -> Result<u64, String> {
-    b.try_into().map(u64::from_le_bytes).map_err(|_| format!("expected 8 bytes, found {}", b.len()))
+    b.try_into()
+        .map(u64::from_le_bytes)
+        .map_err(|_| format!("expected 8 bytes, found {}", b.len()))
 }
 
 impl Executor {
@@ -1041,7 +1331,12 @@ impl Executor {
     /// it if `full`), the source positions and `sink_offsets`. Dirty marks
     /// are cleared only if everything encoded: a failed snapshot leaves the
     /// next one to write the same changes.
-    pub fn snapshot(&mut self, py: Python<'_>, full: bool, sink_offsets: &[u64]) -> Result<Snapshot, String> {
+    pub fn snapshot(
+        &mut self,
+        py: Python<'_>,
+        full: bool,
+        sink_offsets: &[u64],
+    ) -> Result<Snapshot, String> {
         let mut entries = Vec::new();
         for (id, st) in self.stages.iter().enumerate() {
             let stage = id as u32;
@@ -1049,21 +1344,32 @@ impl Executor {
             match &st.op {
                 Op::State { states, .. } => {
                     for (kb, e) in states.iter().filter(|(_, e)| full || e.dirty) {
-                        let blob = encode_blob(&self.codec, e.value.bind(py)).map_err(|err| fail(kb, err))?;
+                        let blob = encode_blob(&self.codec, e.value.bind(py))
+                            .map_err(|err| fail(kb, err))?;
                         entries.push((stage, kb.to_vec(), blob));
                     }
                 }
                 Op::Range { windows, .. } => {
                     for (kb, e) in windows.iter().filter(|(_, e)| full || e.dirty) {
-                        let snap = e.value.snapshot().try_map(|acc| encode_blob(&self.codec, acc.bind(py))).map_err(|err| fail(kb, err))?;
-                        let blob = postcard::to_allocvec(&snap).map_err(|err| fail(kb, err.to_string()))?;
+                        let snap = e
+                            .value
+                            .snapshot()
+                            .try_map(|acc| encode_blob(&self.codec, acc.bind(py)))
+                            .map_err(|err| fail(kb, err))?;
+                        let blob = postcard::to_allocvec(&snap)
+                            .map_err(|err| fail(kb, err.to_string()))?;
                         entries.push((stage, kb.to_vec(), blob));
                     }
                 }
                 Op::Count { windows, .. } => {
                     for (kb, e) in windows.iter().filter(|(_, e)| full || e.dirty) {
-                        let snap = e.value.snapshot().try_map(|acc| encode_blob(&self.codec, acc.bind(py))).map_err(|err| fail(kb, err))?;
-                        let blob = postcard::to_allocvec(&snap).map_err(|err| fail(kb, err.to_string()))?;
+                        let snap = e
+                            .value
+                            .snapshot()
+                            .try_map(|acc| encode_blob(&self.codec, acc.bind(py)))
+                            .map_err(|err| fail(kb, err))?;
+                        let blob = postcard::to_allocvec(&snap)
+                            .map_err(|err| fail(kb, err.to_string()))?;
                         entries.push((stage, kb.to_vec(), blob));
                     }
                 }
@@ -1073,18 +1379,24 @@ impl Executor {
         let mut sources = Vec::new();
         for (i, p) in self.progress.iter().enumerate() {
             let streams: Vec<(u64, u64)> = p.streams.iter().map(|(a, b)| (*a, *b)).collect();
-            let blob = postcard::to_allocvec(&(p.file_offset, streams)).map_err(|e| e.to_string())?;
+            let blob =
+                postcard::to_allocvec(&(p.file_offset, streams)).map_err(|e| e.to_string())?;
             sources.push((i as u32, blob));
         }
         for g in &self.gens {
             let blob = match &g.cur {
-                Some(cur) => encode_blob(&self.codec, cur.bind(py)).map_err(|e| format!("source '{}' (gen) value: {e}", g.name))?,
+                Some(cur) => encode_blob(&self.codec, cur.bind(py))
+                    .map_err(|e| format!("source '{}' (gen) value: {e}", g.name))?,
                 None => Vec::new(),
             };
             sources.retain(|(i, _)| *i as usize != g.source);
             sources.push((g.source as u32, blob));
         }
-        let sinks = sink_offsets.iter().enumerate().map(|(i, o)| (i as u32, u64_blob(*o))).collect();
+        let sinks = sink_offsets
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (i as u32, u64_blob(*o)))
+            .collect();
         for st in self.stages.iter_mut() {
             match &mut st.op {
                 Op::State { states, .. } => states.values_mut().for_each(|e| e.dirty = false),
@@ -1093,7 +1405,11 @@ impl Executor {
                 _ => {}
             }
         }
-        Ok(Snapshot { entries, sources, sinks })
+        Ok(Snapshot {
+            entries,
+            sources,
+            sinks,
+        })
     }
 
     /// Replaces all keyed state, generator values and positions with those
@@ -1109,7 +1425,9 @@ impl Executor {
         for st in self.stages.iter_mut() {
             match &mut st.op {
                 Op::State { states, .. } => states.clear(),
-                Op::Range { windows, timers, .. } => {
+                Op::Range {
+                    windows, timers, ..
+                } => {
                     windows.clear();
                     timers.watermark = i64::MIN;
                     timers.upstreams.clear();
@@ -1124,44 +1442,104 @@ impl Executor {
             r.reset();
         }
         for ((stage, kb), blob) in entries {
-            let st = self.stages.get_mut(*stage as usize).ok_or_else(|| format!("checkpoint names stage {stage}, which this app does not have"))?;
-            let fail = |e: String| format!("{}, key {}: can't restore its state: {e}", st.place, quote_key(kb));
+            let st = self.stages.get_mut(*stage as usize).ok_or_else(|| {
+                format!("checkpoint names stage {stage}, which this app does not have")
+            })?;
+            let fail = |e: String| {
+                format!(
+                    "{}, key {}: can't restore its state: {e}",
+                    st.place,
+                    quote_key(kb)
+                )
+            };
             let key = key_object(py, kb).unbind();
             let codec = &self.codec;
-            let decode = |b: Vec<u8>| codec.decode(py, &b).map(|v| v.unbind()).map_err(|e| e.to_string());
+            let decode = |b: Vec<u8>| {
+                codec
+                    .decode(py, &b)
+                    .map(|v| v.unbind())
+                    .map_err(|e| e.to_string())
+            };
             match &mut st.op {
                 Op::State { states, .. } => {
-                    let value = codec.decode(py, blob).map_err(|e| fail(e.to_string()))?.unbind();
-                    states.insert(kb.clone().into_boxed_slice(), Keyed { key, value, dirty: false });
+                    let value = codec
+                        .decode(py, blob)
+                        .map_err(|e| fail(e.to_string()))?
+                        .unbind();
+                    states.insert(
+                        kb.clone().into_boxed_slice(),
+                        Keyed {
+                            key,
+                            value,
+                            dirty: false,
+                        },
+                    );
                 }
                 Op::Range { windows, spec, .. } => {
-                    let snap: quoll_core::windows::RangeWindowsSnapshot<Vec<u8>> = postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
+                    let snap: quoll_core::windows::RangeWindowsSnapshot<Vec<u8>> =
+                        postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
                     let snap = snap.try_map(decode).map_err(fail)?;
-                    let w = RangeWindows::restore(spec.clone(), snap).map_err(|e| fail(e.to_string()))?;
-                    windows.insert(kb.clone().into_boxed_slice(), Keyed { key, value: w, dirty: false });
+                    let w = RangeWindows::restore(spec.clone(), snap)
+                        .map_err(|e| fail(e.to_string()))?;
+                    windows.insert(
+                        kb.clone().into_boxed_slice(),
+                        Keyed {
+                            key,
+                            value: w,
+                            dirty: false,
+                        },
+                    );
                 }
                 Op::Count { windows, spec, .. } => {
-                    let snap: quoll_core::windows::CountWindowsSnapshot<Vec<u8>> = postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
+                    let snap: quoll_core::windows::CountWindowsSnapshot<Vec<u8>> =
+                        postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
                     let snap = snap.try_map(decode).map_err(fail)?;
-                    let w = CountWindows::restore(spec.clone(), snap).map_err(|e| fail(e.to_string()))?;
-                    windows.insert(kb.clone().into_boxed_slice(), Keyed { key, value: w, dirty: false });
+                    let w = CountWindows::restore(spec.clone(), snap)
+                        .map_err(|e| fail(e.to_string()))?;
+                    windows.insert(
+                        kb.clone().into_boxed_slice(),
+                        Keyed {
+                            key,
+                            value: w,
+                            dirty: false,
+                        },
+                    );
                 }
-                _ => return Err(format!("checkpoint has state for {}, which keeps none", st.place)),
+                _ => {
+                    return Err(format!(
+                        "checkpoint has state for {}, which keeps none",
+                        st.place
+                    ))
+                }
             }
         }
         let gen_sources: Vec<usize> = self.gens.iter().map(|g| g.source).collect();
-        let mut progress: Vec<SourceProgress> = (0..self.sources.len()).map(|_| SourceProgress::default()).collect();
+        let mut progress: Vec<SourceProgress> = (0..self.sources.len())
+            .map(|_| SourceProgress::default())
+            .collect();
         for g in self.gens.iter_mut() {
             g.cur = match sources.get(&(g.source as u32)) {
                 Some(b) if b.is_empty() => None,
-                Some(b) => Some(self.codec.decode(py, b).map_err(|e| format!("source '{}' (gen): can't restore its value: {e}", g.name))?.unbind()),
+                Some(b) => Some(
+                    self.codec
+                        .decode(py, b)
+                        .map_err(|e| {
+                            format!("source '{}' (gen): can't restore its value: {e}", g.name)
+                        })?
+                        .unbind(),
+                ),
                 // Nothing checkpointed: start over, calling initial_value()
                 // again only if the first value has already gone out.
                 None if !g.emitted => g.cur.take(),
                 None => match g.initial_value.bind(py).call0() {
                     Ok(v) if v.is_none() => None,
                     Ok(v) => Some(v.unbind()),
-                    Err(e) => return Err(format!("source '{}' (gen): initial_value() raised: {e}", g.name)),
+                    Err(e) => {
+                        return Err(format!(
+                            "source '{}' (gen): initial_value() raised: {e}",
+                            g.name
+                        ))
+                    }
                 },
             };
             g.emitted = false;
@@ -1171,7 +1549,8 @@ impl Executor {
             if i >= progress.len() || gen_sources.contains(&i) {
                 continue;
             }
-            let (offset, streams): (u64, Vec<(u64, u64)>) = postcard::from_bytes(b).map_err(|e| format!("source {i} position: {e}"))?;
+            let (offset, streams): (u64, Vec<(u64, u64)>) =
+                postcard::from_bytes(b).map_err(|e| format!("source {i} position: {e}"))?;
             progress[i].file_offset = offset;
             progress[i].streams = streams.into_iter().collect();
         }
@@ -1187,7 +1566,11 @@ impl Executor {
             s.messages = 0;
             s.offset = *o;
         }
-        Ok(Restored { entries: entries.len(), progress, sink_offsets })
+        Ok(Restored {
+            entries: entries.len(),
+            progress,
+            sink_offsets,
+        })
     }
 
     /// Where every source stands now.

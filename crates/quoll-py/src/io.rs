@@ -30,21 +30,45 @@ pub enum Event {
     /// incarnation stopped by a rollback are dropped. `keys` (connector
     /// sources) gives each frame's MESSAGE key, empty for none; with no
     /// keys at all every frame has the source's implicit key.
-    Frames { source: usize, frames: Vec<Bytes>, keys: Vec<Bytes>, position: Option<SourcePosition>, epoch: u32 },
+    Frames {
+        source: usize,
+        frames: Vec<Bytes>,
+        keys: Vec<Bytes>,
+        position: Option<SourcePosition>,
+        epoch: u32,
+    },
     /// A data batch from the worker with index `from`.
     PeerData { from: usize, body: Bytes },
     /// A checkpoint barrier on the data link from worker `from`.
-    PeerBarrier { from: usize, generation: u64, checkpoint: u64 },
+    PeerBarrier {
+        from: usize,
+        generation: u64,
+        checkpoint: u64,
+    },
     /// A control message from worker `from` (0 is the initializer).
-    Control { from: usize, generation: u64, msg: quoll_core::wire::Control },
+    Control {
+        from: usize,
+        generation: u64,
+        msg: quoll_core::wire::Control,
+    },
     /// A link of formation `generation` to another worker closed, failed or
     /// went silent. Only a control link's loss (`control`) starts recovery:
     /// the control link carries `Shutdown` ahead of its close, so a clean
     /// stop is never mistaken for a failure.
-    PeerLost { name: String, generation: u64, why: String, control: bool },
+    PeerLost {
+        name: String,
+        generation: u64,
+        why: String,
+        control: bool,
+    },
     /// This worker's part of checkpoint `id` (a delta on `parent`, or full)
     /// is on disk, or failed.
-    CheckpointWritten { id: u64, generation: u64, parent: Option<u64>, result: Result<(), String> },
+    CheckpointWritten {
+        id: u64,
+        generation: u64,
+        parent: Option<u64>,
+        result: Result<(), String>,
+    },
     /// A clean shutdown: requested here (external channel) or relayed by
     /// the cluster (`from_cluster`).
     Shutdown { reason: String, from_cluster: bool },
@@ -90,7 +114,9 @@ pub async fn run_tcp_source(
 ) {
     let permits = Arc::new(Semaphore::new(parallelism));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -103,7 +129,20 @@ pub async fn run_tcp_source(
         let (worker, name, tx, stats) = (worker.clone(), name.clone(), tx.clone(), stats.clone());
         tokio::spawn(async move {
             let place = format!("worker '{worker}', source '{name}', connection from {peer}");
-            read_frames(&place, Origin { source, epoch: 0, offset: None }, stream, header, max_frame_size, tx, &stats).await;
+            read_frames(
+                &place,
+                Origin {
+                    source,
+                    epoch: 0,
+                    offset: None,
+                },
+                stream,
+                header,
+                max_frame_size,
+                tx,
+                &stats,
+            )
+            .await;
             drop(permit);
         });
     }
@@ -127,12 +166,20 @@ pub async fn run_file_source(
     let place = format!("worker '{worker}', source '{name}', file {path}");
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
-        Err(e) => return eprintln!("quoll: error: {place}: can't open: {e}; this source produces nothing"),
+        Err(e) => {
+            return eprintln!(
+                "quoll: error: {place}: can't open: {e}; this source produces nothing"
+            )
+        }
     };
     if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
         return eprintln!("quoll: error: {place}: can't seek to offset {start}: {e}; this source produces nothing");
     }
-    let origin = Origin { source, epoch, offset: Some(start) };
+    let origin = Origin {
+        source,
+        epoch,
+        offset: Some(start),
+    };
     read_frames(&place, origin, file, header, max_frame_size, tx, &stats).await;
 }
 
@@ -200,7 +247,9 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                     frames.push(frame.payload);
                     // Right after a frame, what the decoder holds starts at a frame boundary.
                     boundary = read_total - decoder.buffered_len() as u64;
-                    if frames.len() >= FRAMES_PER_EVENT && !hand_over(&tx, stats, origin, &mut frames, boundary).await {
+                    if frames.len() >= FRAMES_PER_EVENT
+                        && !hand_over(&tx, stats, origin, &mut frames, boundary).await
+                    {
                         return;
                     }
                 }
@@ -229,11 +278,19 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
 
 /// Hands the frames split so far to the executor (nothing if there are
 /// none), with the file position after them; false if the executor is gone.
-async fn hand_over(tx: &mpsc::Sender<Event>, stats: &IoStats, origin: Origin, frames: &mut Vec<Bytes>, boundary: u64) -> bool {
+async fn hand_over(
+    tx: &mpsc::Sender<Event>,
+    stats: &IoStats,
+    origin: Origin,
+    frames: &mut Vec<Bytes>,
+    boundary: u64,
+) -> bool {
     if frames.is_empty() {
         return true;
     }
-    stats.frames_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
+    stats
+        .frames_in
+        .fetch_add(frames.len() as u64, Ordering::Relaxed);
     let event = Event::Frames {
         source: origin.source,
         frames: std::mem::take(frames),
@@ -264,7 +321,13 @@ pub enum SinkCommand {
 /// Writes a TCP sink: connects (retrying every 250 ms), writes chunks in
 /// order, reconnects after a failure. While disconnected it holds up to
 /// [`SINK_HOLD_BYTES`] of output and drops (and counts) what comes beyond.
-pub async fn run_tcp_sink(worker: Arc<str>, label: String, addr: String, rx: mpsc::Receiver<SinkCommand>, stats: Arc<IoStats>) {
+pub async fn run_tcp_sink(
+    worker: Arc<str>,
+    label: String,
+    addr: String,
+    rx: mpsc::Receiver<SinkCommand>,
+    stats: Arc<IoStats>,
+) {
     let mut rx = tcp_sink_chunks(rx);
     let mut held: VecDeque<SinkChunk> = VecDeque::new();
     let mut held_bytes = 0usize;
@@ -364,7 +427,14 @@ fn tcp_sink_chunks(mut rx: mpsc::Receiver<SinkCommand>) -> mpsc::Receiver<SinkCh
     chunks
 }
 
-fn hold(worker: &str, label: &str, held: &mut VecDeque<SinkChunk>, held_bytes: &mut usize, c: SinkChunk, stats: &IoStats) {
+fn hold(
+    worker: &str,
+    label: &str,
+    held: &mut VecDeque<SinkChunk>,
+    held_bytes: &mut usize,
+    c: SinkChunk,
+    stats: &IoStats,
+) {
     if *held_bytes + c.bytes.len() > SINK_HOLD_BYTES {
         let before = stats.sink_dropped.fetch_add(c.messages, Ordering::Relaxed);
         if before == 0 || (before + c.messages) / 100_000 != before / 100_000 {
@@ -384,7 +454,12 @@ fn hold(worker: &str, label: &str, held: &mut VecDeque<SinkChunk>, held_bytes: &
 /// Writes a file sink. The worker starts it with a `Truncate` (to 0 on a
 /// fresh start, to the checkpointed length after a rollback); chunks are
 /// appended in order; `Sync` makes them durable.
-pub async fn run_file_sink(worker: Arc<str>, label: String, mut file: tokio::fs::File, mut rx: mpsc::Receiver<SinkCommand>) {
+pub async fn run_file_sink(
+    worker: Arc<str>,
+    label: String,
+    mut file: tokio::fs::File,
+    mut rx: mpsc::Receiver<SinkCommand>,
+) {
     use tokio::io::AsyncSeekExt;
     let mut failed = false;
     while let Some(cmd) = rx.recv().await {
@@ -435,9 +510,16 @@ pub struct ExternalView {
 
 /// Serves the external channel (spec 8.5): one task per connection, one
 /// reply per request frame.
-pub async fn run_external(worker: Arc<str>, listener: TcpListener, view: Arc<ExternalView>, tx: mpsc::Sender<Event>) {
+pub async fn run_external(
+    worker: Arc<str>,
+    listener: TcpListener,
+    view: Arc<ExternalView>,
+    tx: mpsc::Sender<Event>,
+) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
         let (worker, view, tx) = (worker.clone(), view.clone(), tx.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_external(&worker, stream, &view, &tx).await {
@@ -447,7 +529,12 @@ pub async fn run_external(worker: Arc<str>, listener: TcpListener, view: Arc<Ext
     }
 }
 
-async fn serve_external(worker: &str, mut stream: TcpStream, view: &ExternalView, tx: &mpsc::Sender<Event>) -> std::io::Result<()> {
+async fn serve_external(
+    worker: &str,
+    mut stream: TcpStream,
+    view: &ExternalView,
+    tx: &mpsc::Sender<Event>,
+) -> std::io::Result<()> {
     let mut decoder = ExternalFrameDecoder::new();
     let mut buf = vec![0u8; 4096];
     loop {
@@ -456,16 +543,28 @@ async fn serve_external(worker: &str, mut stream: TcpStream, view: &ExternalView
             return Ok(());
         }
         decoder.push(&buf[..n]);
-        while let Some(frame) = decoder.pop().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))? {
+        while let Some(frame) = decoder
+            .pop()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
+        {
             let payload = frame.payload_lossy().to_string();
             let Some(message_type) = frame.message_type() else {
                 let text = format!("quoll: unknown request type {}", frame.msg_type);
-                stream.write_all(&external::encode_frame(MessageType::ReportStatus, text.as_bytes())).await?;
+                stream
+                    .write_all(&external::encode_frame(
+                        MessageType::ReportStatus,
+                        text.as_bytes(),
+                    ))
+                    .await?;
                 continue;
             };
             let reply: Option<(MessageType, String)> = match message_type {
                 MessageType::ClusterStatusQuery => Some(if view.ready.load(Ordering::SeqCst) {
-                    let names = view.worker_names.lock().map(|n| n.clone()).unwrap_or_default();
+                    let names = view
+                        .worker_names
+                        .lock()
+                        .map(|n| n.clone())
+                        .unwrap_or_default();
                     let status = external::ClusterStatus {
                         worker_count: names.len() as u64,
                         worker_names: names,
@@ -477,7 +576,12 @@ async fn serve_external(worker: &str, mut stream: TcpStream, view: &ExternalView
                 }),
                 MessageType::CleanShutdown => {
                     println!("quoll: worker '{worker}': clean shutdown requested through the external channel");
-                    let _ = tx.send(Event::Shutdown { reason: "external clean-shutdown request".into(), from_cluster: false }).await;
+                    let _ = tx
+                        .send(Event::Shutdown {
+                            reason: "external clean-shutdown request".into(),
+                            from_cluster: false,
+                        })
+                        .await;
                     None
                 }
                 MessageType::Print => {
@@ -485,16 +589,24 @@ async fn serve_external(worker: &str, mut stream: TcpStream, view: &ExternalView
                     None
                 }
                 MessageType::SourceIdsQuery => {
-                    let ids = external::SourceIds { source_ids: view.source_ids.clone() };
+                    let ids = external::SourceIds {
+                        source_ids: view.source_ids.clone(),
+                    };
                     Some((MessageType::SourceIdsQueryResponse, ids.to_json()))
                 }
-                MessageType::ReportStatus => {
-                    Some((MessageType::ReportStatus, view.report.lock().map(|r| r.clone()).unwrap_or_default()))
-                }
-                other => Some((MessageType::ReportStatus, format!("quoll: request type {other:?} is not supported"))),
+                MessageType::ReportStatus => Some((
+                    MessageType::ReportStatus,
+                    view.report.lock().map(|r| r.clone()).unwrap_or_default(),
+                )),
+                other => Some((
+                    MessageType::ReportStatus,
+                    format!("quoll: request type {other:?} is not supported"),
+                )),
             };
             if let Some((ty, text)) = reply {
-                stream.write_all(&external::encode_frame(ty, text.as_bytes())).await?;
+                stream
+                    .write_all(&external::encode_frame(ty, text.as_bytes()))
+                    .await?;
             }
         }
     }

@@ -54,7 +54,13 @@ impl UserErrors {
     /// Records a dropped message at `place` (e.g. `stage 'count word'
     /// (state_computation)`), with `detail` (key, message kind) and `cause`.
     /// `traceback` is printed only for the first few errors of a place.
-    pub fn report(&mut self, place: &str, detail: &str, cause: &str, traceback: Option<&str>) -> Result<(), Fatal> {
+    pub fn report(
+        &mut self,
+        place: &str,
+        detail: &str,
+        cause: &str,
+        traceback: Option<&str>,
+    ) -> Result<(), Fatal> {
         let n = self.counts.entry(place.to_string()).or_insert(0);
         *n += 1;
         let line = format!(
@@ -66,7 +72,9 @@ impl UserErrors {
             if let Some(tb) = traceback {
                 eprintln!("{}", tb.trim_end());
             }
-            return Err(Fatal(format!("stopping: --on-user-error fail, after: {line}")));
+            return Err(Fatal(format!(
+                "stopping: --on-user-error fail, after: {line}"
+            )));
         }
         if *n <= FULL_REPORTS {
             eprintln!("{line}");
@@ -82,7 +90,13 @@ impl UserErrors {
     }
 
     /// Records a Python exception raised by a user call.
-    pub fn report_py(&mut self, py: Python<'_>, place: &str, detail: &str, err: PyErr) -> Result<(), Fatal> {
+    pub fn report_py(
+        &mut self,
+        py: Python<'_>,
+        place: &str,
+        detail: &str,
+        err: PyErr,
+    ) -> Result<(), Fatal> {
         let cause = err.to_string();
         let traceback = format_traceback(py, &err);
         self.report(place, detail, &cause, traceback.as_deref())
@@ -111,7 +125,11 @@ impl UserErrors {
         if self.counts.is_empty() {
             return "none".into();
         }
-        self.counts.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+        self.counts
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The counts as a JSON object, for the external channel's status report.
@@ -132,7 +150,12 @@ impl UserErrors {
 /// The Python traceback of `err`, as `traceback.format_exception` prints it.
 pub fn format_traceback(py: Python<'_>, err: &PyErr) -> Option<String> {
     let tb = py.import("traceback").ok()?;
-    let lines = tb.call_method1("format_exception", (err.get_type(py), err.value(py), err.traceback(py))).ok()?;
+    let lines = tb
+        .call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )
+        .ok()?;
     let parts: Vec<String> = lines.extract().ok()?;
     Some(parts.concat())
 }

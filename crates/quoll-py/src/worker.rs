@@ -65,14 +65,27 @@ const ROUND_TIME: Duration = Duration::from_millis(20);
 /// How long a stopping worker waits for its sinks to write what they hold.
 const SINK_DRAIN: Duration = Duration::from_secs(10);
 
-fn bind(rt: &tokio::runtime::Runtime, addr: &str, what: &str) -> Result<tokio::net::TcpListener, String> {
-    rt.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("{what}: can't listen on {addr}: {e}"))
+fn bind(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    what: &str,
+) -> Result<tokio::net::TcpListener, String> {
+    rt.block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| format!("{what}: can't listen on {addr}: {e}"))
 }
 
 /// A sink whose writer task is not started yet.
 enum PendingSink {
-    Tcp { label: String, addr: String, rx: mpsc::Receiver<SinkCommand> },
-    File { label: String, file: tokio::fs::File, rx: mpsc::Receiver<SinkCommand> },
+    Tcp {
+        label: String,
+        addr: String,
+        rx: mpsc::Receiver<SinkCommand>,
+    },
+    File {
+        label: String,
+        file: tokio::fs::File,
+        rx: mpsc::Receiver<SinkCommand>,
+    },
 }
 
 /// A file source's task, restarted at a checkpointed offset on rollback.
@@ -120,7 +133,12 @@ struct Worker<'a> {
 /// error and `RuntimeError` on a fatal error while running.
 #[pyfunction]
 #[pyo3(signature = (config, app, codec=None))]
-pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>, codec: Option<(Py<PyAny>, Py<PyAny>)>) -> PyResult<()> {
+pub fn run_worker(
+    py: Python<'_>,
+    config: WorkerConfig,
+    app: &Bound<'_, PyTuple>,
+    codec: Option<(Py<PyAny>, Py<PyAny>)>,
+) -> PyResult<()> {
     let exit = |msg: String| -> PyErr {
         eprintln!("quoll: error: worker '{}': {msg}", config.name);
         PySystemExit::new_err(2)
@@ -133,7 +151,11 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         None => Codec::default_codec(py)?,
     };
     let worker: Arc<str> = Arc::from(config.name.as_str());
-    let policy = if config.on_user_error == "fail" { OnUserError::Fail } else { OnUserError::Skip };
+    let policy = if config.on_user_error == "fail" {
+        OnUserError::Fail
+    } else {
+        OnUserError::Skip
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("quoll-io")
@@ -158,7 +180,14 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     for (index, src) in plan.sources.iter().enumerate() {
         source_ids.push(src.name.clone());
         match &src.spec {
-            SourceSpec::Tcp { host, port, header, valid, parallelism, .. } => {
+            SourceSpec::Tcp {
+                host,
+                port,
+                header,
+                valid,
+                parallelism,
+                ..
+            } => {
                 if !*valid {
                     continue;
                 }
@@ -183,7 +212,14 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
                 header: *header,
                 task: None,
             }),
-            SourceSpec::Connector { host, port, cookie, max_credits, refill_credits, .. } => {
+            SourceSpec::Connector {
+                host,
+                port,
+                cookie,
+                max_credits,
+                refill_credits,
+                ..
+            } => {
                 let addr = format!("{host}:{port}");
                 let listener = bind(&rt, &addr, &format!("source '{}'", src.name)).map_err(exit)?;
                 let (commands, rx) = mpsc::channel(64);
@@ -195,7 +231,15 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
                     max_frame_size: config.max_frame_size,
                     epoch: first_epoch,
                 };
-                rt.spawn(connector_source::run_connector_source(worker.clone(), index, cfg, listener, src_tx.clone(), rx, config.resilience));
+                rt.spawn(connector_source::run_connector_source(
+                    worker.clone(),
+                    index,
+                    cfg,
+                    listener,
+                    src_tx.clone(),
+                    rx,
+                    config.resilience,
+                ));
                 connectors.push(ConnectorHandle { index, commands });
             }
             SourceSpec::Gen { .. } => {}
@@ -211,14 +255,28 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         let (stx, srx) = mpsc::channel(64);
         sink_txs.push(stx);
         pending_sinks.push(match &sink.spec {
-            SinkSpec::Tcp { host, port } => PendingSink::Tcp { label: sink.label.clone(), addr: format!("{host}:{port}"), rx: srx },
+            SinkSpec::Tcp { host, port } => PendingSink::Tcp {
+                label: sink.label.clone(),
+                addr: format!("{host}:{port}"),
+                rx: srx,
+            },
             SinkSpec::File { path } => {
                 let path = path.replace("{worker}", &config.name);
                 let label = sink.label.replace("{worker}", &config.name);
                 let file = rt
-                    .block_on(tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path))
+                    .block_on(
+                        tokio::fs::OpenOptions::new()
+                            .create(true)
+                            .write(true)
+                            .truncate(false)
+                            .open(&path),
+                    )
                     .map_err(|e| exit(format!("{label}: can't open {path}: {e}")))?;
-                PendingSink::File { label, file, rx: srx }
+                PendingSink::File {
+                    label,
+                    file,
+                    rx: srx,
+                }
             }
         });
     }
@@ -232,7 +290,12 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     });
     if let Some(addr) = &config.external {
         let listener = bind(&rt, addr, "external channel (--external)").map_err(exit)?;
-        rt.spawn(io::run_external(worker.clone(), listener, view.clone(), ctl_tx.clone()));
+        rt.spawn(io::run_external(
+            worker.clone(),
+            listener,
+            view.clone(),
+            ctl_tx.clone(),
+        ));
     }
 
     let errors = UserErrors::new(&config.name, policy);
@@ -241,14 +304,32 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
 
     let clustered = config.worker_count > 1 || !config.cluster_initializer;
     let plane = if clustered {
-        let control = config.control.clone().ok_or_else(|| exit("a cluster needs --control HOST:PORT".into()))?;
-        let data = if config.cluster_initializer { config.data.clone() } else { config.my_data.clone() };
-        let bound = rt.block_on(ControlPlane::bind(config.name.clone(), config.cluster_initializer, config.worker_count.max(1), control, data, fingerprint));
+        let control = config
+            .control
+            .clone()
+            .ok_or_else(|| exit("a cluster needs --control HOST:PORT".into()))?;
+        let data = if config.cluster_initializer {
+            config.data.clone()
+        } else {
+            config.my_data.clone()
+        };
+        let bound = rt.block_on(ControlPlane::bind(
+            config.name.clone(),
+            config.cluster_initializer,
+            config.worker_count.max(1),
+            control,
+            data,
+            fingerprint,
+        ));
         Some(bound.map_err(exit)?)
     } else {
         None
     };
-    let files = Files { dir: PathBuf::from(&config.resilience_dir), app: app_name, worker: config.name.clone() };
+    let files = Files {
+        dir: PathBuf::from(&config.resilience_dir),
+        app: app_name,
+        worker: config.name.clone(),
+    };
     let mut w = Worker {
         config: &config,
         worker: worker.clone(),
@@ -286,27 +367,43 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
     let sink_tasks: Vec<_> = pending_sinks
         .into_iter()
         .map(|p| match p {
-            PendingSink::Tcp { label, addr, rx } => rt.spawn(io::run_tcp_sink(worker.clone(), label, addr, rx, stats.clone())),
-            PendingSink::File { label, file, rx } => rt.spawn(io::run_file_sink(worker.clone(), label, file, rx)),
+            PendingSink::Tcp { label, addr, rx } => rt.spawn(io::run_tcp_sink(
+                worker.clone(),
+                label,
+                addr,
+                rx,
+                stats.clone(),
+            )),
+            PendingSink::File { label, file, rx } => {
+                rt.spawn(io::run_file_sink(worker.clone(), label, file, rx))
+            }
         })
         .collect();
     if let Err(Fatal(m)) = w.start(py, &mut ex, Occasion::StartUp { had_files }) {
         // Let the sink writers finish before the runtime goes away.
         drop(w);
         drop(ex);
-        let _ = py.detach(|| rt.block_on(async { tokio::time::timeout(SINK_DRAIN, futures_join(sink_tasks)).await }));
+        let _ = py.detach(|| {
+            rt.block_on(async { tokio::time::timeout(SINK_DRAIN, futures_join(sink_tasks)).await })
+        });
         return Err(exit(m));
     }
 
     w.started();
-    let mut inbox = Inbox { src: &mut src_rx, src_open: true, ctl: &mut ctl_rx };
+    let mut inbox = Inbox {
+        src: &mut src_rx,
+        src_open: true,
+        ctl: &mut ctl_rx,
+    };
     let result = w.event_loop(py, &mut ex, &mut inbox);
     view.processing.store(false, Ordering::SeqCst);
 
     // A requested stop goes to the whole cluster.
     let clean = matches!(result, Ok(Stop::Requested(_)) | Ok(Stop::Relayed));
     if let (Some(c), Ok(Stop::Requested(reason))) = (&w.cluster, &result) {
-        let _ = c.control_out.try_send(Control::Shutdown { reason: reason.clone() });
+        let _ = c.control_out.try_send(Control::Shutdown {
+            reason: reason.clone(),
+        });
     }
     ex.flush_peers();
     ex.flush_sinks(py);
@@ -338,9 +435,14 @@ pub fn run_worker(py: Python<'_>, config: WorkerConfig, app: &Bound<'_, PyTuple>
         }
     }
     if dropped > 0 {
-        println!("quoll: worker '{}': {dropped} messages were dropped after errors", config.name);
+        println!(
+            "quoll: worker '{}': {dropped} messages were dropped after errors",
+            config.name
+        );
     }
-    result.map(|_| ()).map_err(|Fatal(m)| PyRuntimeError::new_err(m))
+    result
+        .map(|_| ())
+        .map_err(|Fatal(m)| PyRuntimeError::new_err(m))
 }
 
 /// Waits for every task (sink writers ending once their senders are gone).
@@ -388,7 +490,12 @@ impl Worker<'_> {
 
     /// Forms the cluster (if any), restores the checkpoint it rolls back to
     /// and starts the replayable sources where that checkpoint left them.
-    fn start(&mut self, py: Python<'_>, ex: &mut Executor, occasion: Occasion) -> Result<(), Fatal> {
+    fn start(
+        &mut self,
+        py: Python<'_>,
+        ex: &mut Executor,
+        occasion: Occasion,
+    ) -> Result<(), Fatal> {
         let (has_files, why) = match occasion {
             Occasion::StartUp { had_files } => (had_files, "start-up"),
             Occasion::Recovery => (true, "recovery"),
@@ -403,10 +510,16 @@ impl Worker<'_> {
             self.generation += 1;
         }
         if let Some(plane) = &mut self.plane {
-            let plan = WelcomePlan { generation: self.generation, rollback_to, resilient: self.config.resilience };
+            let plan = WelcomePlan {
+                generation: self.generation,
+                rollback_to,
+                resilient: self.config.resilience,
+            };
             let events = self.ctl_tx.clone();
             let rt = self.rt;
-            let formed = py.detach(|| rt.block_on(plane.form(&plan, has_files, events))).map_err(|e| Fatal(format!("cluster formation ({why}): {e}")))?;
+            let formed = py
+                .detach(|| rt.block_on(plane.form(&plan, has_files, events)))
+                .map_err(|e| Fatal(format!("cluster formation ({why}): {e}")))?;
             if formed.resilient != self.config.resilience {
                 return Err(Fatal(format!(
                     "the initializer runs {} resilience but this worker {} --run-with-resilience; start every worker with the same flags",
@@ -420,7 +533,12 @@ impl Worker<'_> {
             if let Ok(mut n) = self.view.worker_names.lock() {
                 *n = names.clone();
             }
-            ex.router = Some(Router::new(formed.me, names, formed.generation, formed.data_out.clone()));
+            ex.router = Some(Router::new(
+                formed.me,
+                names,
+                formed.generation,
+                formed.data_out.clone(),
+            ));
             self.cluster = Some(formed);
         }
         if let Some(cp) = &mut self.checkpoints {
@@ -440,7 +558,9 @@ impl Worker<'_> {
                 );
             }
             let files = cp.files.clone();
-            let image = py.detach(|| files.load(rollback_to)).map_err(|e| Fatal(format!("recovery: {e}")))?;
+            let image = py
+                .detach(|| files.load(rollback_to))
+                .map_err(|e| Fatal(format!("recovery: {e}")))?;
             self.restore(py, ex, image)?;
         } else {
             self.truncate_sinks(py, &vec![0; self.sinks.len()])?;
@@ -451,15 +571,23 @@ impl Worker<'_> {
 
     /// Puts the executor, sinks and file sources where `image` says.
     fn restore(&mut self, py: Python<'_>, ex: &mut Executor, image: Image) -> Result<(), Fatal> {
-        let restored = ex.restore(py, &image.entries, &image.sources, &image.sinks).map_err(|e| Fatal(format!("recovery: {e}")))?;
+        let restored = ex
+            .restore(py, &image.entries, &image.sources, &image.sinks)
+            .map_err(|e| Fatal(format!("recovery: {e}")))?;
         self.truncate_sinks(py, &restored.sink_offsets)?;
         self.restart_sources(&restored.progress);
         let cp = self.checkpoints.as_mut().expect("resilient");
         cp.restored(image.checkpoint, image.files_read);
         ex.enable_generators(image.checkpoint.is_some());
         if let Some(id) = image.checkpoint {
-            println!("RESILIENCE: Replayed {} entries from recovery log file.", restored.entries);
-            println!("|~~ - Recovery COMPLETE - ~~| (checkpoint {id}, generation {})", self.generation);
+            println!(
+                "RESILIENCE: Replayed {} entries from recovery log file.",
+                restored.entries
+            );
+            println!(
+                "|~~ - Recovery COMPLETE - ~~| (checkpoint {id}, generation {})",
+                self.generation
+            );
         } else if self.generation > 1 {
             println!("RESILIENCE: Replayed 0 entries from recovery log file.");
             println!("|~~ - Recovery COMPLETE - ~~| (no checkpoint was complete: started over, generation {})", self.generation);
@@ -509,9 +637,21 @@ impl Worker<'_> {
             f.task = Some(task.abort_handle());
         }
         for c in &self.connectors {
-            let resume = progress.get(c.index).map(|p| p.streams.iter().map(|(s, p)| (*s, *p)).collect()).unwrap_or_default();
-            if c.commands.try_send(ConnectorCommand::Restart { resume, epoch: self.source_epoch }).is_err() {
-                eprintln!("quoll: error: worker '{}': connector source {} did not take its restart", self.worker, c.index);
+            let resume = progress
+                .get(c.index)
+                .map(|p| p.streams.iter().map(|(s, p)| (*s, *p)).collect())
+                .unwrap_or_default();
+            if c.commands
+                .try_send(ConnectorCommand::Restart {
+                    resume,
+                    epoch: self.source_epoch,
+                })
+                .is_err()
+            {
+                eprintln!(
+                    "quoll: error: worker '{}': connector source {} did not take its restart",
+                    self.worker, c.index
+                );
             }
         }
     }
@@ -519,12 +659,17 @@ impl Worker<'_> {
     /// Rolls the whole cluster back: tear down this formation, re-form
     /// under a new generation, restore the last committed checkpoint.
     fn recover(&mut self, py: Python<'_>, ex: &mut Executor, reason: &str) -> Result<(), Fatal> {
-        println!("quoll: worker '{}': rolling back to the last complete checkpoint: {reason}", self.worker);
+        println!(
+            "quoll: worker '{}': rolling back to the last complete checkpoint: {reason}",
+            self.worker
+        );
         self.view.processing.store(false, Ordering::SeqCst);
         if let Some(c) = self.cluster.take() {
             // The initializer tells the others first, so they re-form now
             // rather than when their heartbeat times out.
-            let last = self.is_initializer().then(|| Control::Reform { reason: reason.to_string() });
+            let last = self.is_initializer().then(|| Control::Reform {
+                reason: reason.to_string(),
+            });
             let rt = self.rt;
             py.detach(|| rt.block_on(c.tear_down(last)));
         }
@@ -547,7 +692,9 @@ impl Worker<'_> {
     fn started(&mut self) {
         if !self.is_initializer() {
             if let Some(c) = &self.cluster {
-                let _ = c.control_out.try_send(Control::Restored { generation: self.generation });
+                let _ = c.control_out.try_send(Control::Restored {
+                    generation: self.generation,
+                });
             }
             self.ready();
             return;
@@ -575,9 +722,16 @@ impl Worker<'_> {
     // ---- checkpoints ----
 
     /// Starts this worker's part of checkpoint `id` (see `checkpoint`).
-    fn begin_checkpoint(&mut self, py: Python<'_>, ex: &mut Executor, id: u64) -> Result<(), Fatal> {
+    fn begin_checkpoint(
+        &mut self,
+        py: Python<'_>,
+        ex: &mut Executor,
+        id: u64,
+    ) -> Result<(), Fatal> {
         let (workers, me, generation) = (self.workers(), self.me(), self.generation);
-        let Some(cp) = &mut self.checkpoints else { return Ok(()) };
+        let Some(cp) = &mut self.checkpoints else {
+            return Ok(());
+        };
         if id <= cp.last_begun || cp.alignment.is_some() {
             return Ok(());
         }
@@ -590,7 +744,14 @@ impl Worker<'_> {
         self.maybe_aligned(py, ex)
     }
 
-    fn on_barrier(&mut self, py: Python<'_>, ex: &mut Executor, from: usize, generation: u64, id: u64) -> Result<(), Fatal> {
+    fn on_barrier(
+        &mut self,
+        py: Python<'_>,
+        ex: &mut Executor,
+        from: usize,
+        generation: u64,
+        id: u64,
+    ) -> Result<(), Fatal> {
         if generation != self.generation {
             return Ok(());
         }
@@ -611,7 +772,9 @@ impl Worker<'_> {
     /// With every barrier in: snapshot, resume, hand the file to an I/O
     /// thread, then process what was held back.
     fn maybe_aligned(&mut self, py: Python<'_>, ex: &mut Executor) -> Result<(), Fatal> {
-        let Some(cp) = &mut self.checkpoints else { return Ok(()) };
+        let Some(cp) = &mut self.checkpoints else {
+            return Ok(());
+        };
         if !cp.alignment.as_ref().is_some_and(|a| a.complete()) {
             return Ok(());
         }
@@ -638,11 +801,19 @@ impl Worker<'_> {
                         }
                     }
                     if result.is_ok() {
-                        result = tokio::task::spawn_blocking(move || files.write(id, parent, snapshot))
-                            .await
-                            .unwrap_or_else(|e| Err(format!("checkpoint writer failed: {e}")));
+                        result =
+                            tokio::task::spawn_blocking(move || files.write(id, parent, snapshot))
+                                .await
+                                .unwrap_or_else(|e| Err(format!("checkpoint writer failed: {e}")));
                     }
-                    let _ = events.send(Event::CheckpointWritten { id, generation, parent, result }).await;
+                    let _ = events
+                        .send(Event::CheckpointWritten {
+                            id,
+                            generation,
+                            parent,
+                            result,
+                        })
+                        .await;
                 });
             }
             Err(e) => {
@@ -659,13 +830,23 @@ impl Worker<'_> {
     }
 
     /// This worker's part of `id` is durable (or failed): tell the coordinator.
-    fn checkpoint_done(&mut self, py: Python<'_>, ex: &mut Executor, id: u64, error: Option<String>) -> Result<(), Fatal> {
+    fn checkpoint_done(
+        &mut self,
+        py: Python<'_>,
+        ex: &mut Executor,
+        id: u64,
+        error: Option<String>,
+    ) -> Result<(), Fatal> {
         let generation = self.generation;
         if self.is_initializer() {
             self.on_done(py, ex, id, 0, error)
         } else {
             if let Some(c) = &self.cluster {
-                let _ = c.control_out.try_send(Control::CheckpointDone { id, generation, error });
+                let _ = c.control_out.try_send(Control::CheckpointDone {
+                    id,
+                    generation,
+                    error,
+                });
             }
             Ok(())
         }
@@ -674,12 +855,25 @@ impl Worker<'_> {
     /// Coordinator: worker `who` finished its part of `id`. With everyone
     /// done, "id committed" goes durably into the commit log, and only then
     /// to the workers.
-    fn on_done(&mut self, py: Python<'_>, ex: &mut Executor, id: u64, who: usize, error: Option<String>) -> Result<(), Fatal> {
+    fn on_done(
+        &mut self,
+        py: Python<'_>,
+        ex: &mut Executor,
+        id: u64,
+        who: usize,
+        error: Option<String>,
+    ) -> Result<(), Fatal> {
         let generation = self.generation;
-        let Some(c) = &mut self.coordinator else { return Ok(()) };
+        let Some(c) = &mut self.coordinator else {
+            return Ok(());
+        };
         if let Some(e) = error {
             if c.in_flight.as_ref().is_some_and(|(cur, _)| *cur == id) {
-                let name = self.cluster.as_ref().and_then(|cl| cl.members.get(who)).map_or("initializer", |m| m.name.as_str());
+                let name = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|cl| cl.members.get(who))
+                    .map_or("initializer", |m| m.name.as_str());
                 eprintln!("quoll: error: checkpoint {id} abandoned: worker '{name}': {e}");
                 c.finish();
             }
@@ -693,11 +887,15 @@ impl Worker<'_> {
         match result {
             Ok(()) => {
                 if let Some(cl) = &self.cluster {
-                    let _ = cl.control_out.try_send(Control::Committed { id, generation });
+                    let _ = cl
+                        .control_out
+                        .try_send(Control::Committed { id, generation });
                 }
                 self.on_committed(ex, id);
             }
-            Err(e) => eprintln!("quoll: error: checkpoint {id} could not be marked complete: {e}; it is abandoned"),
+            Err(e) => eprintln!(
+                "quoll: error: checkpoint {id} could not be marked complete: {e}; it is abandoned"
+            ),
         }
         Ok(())
     }
@@ -705,11 +903,18 @@ impl Worker<'_> {
     /// Checkpoint `id` is complete cluster-wide: connector clients may
     /// forget what it covers, old files go.
     fn on_committed(&mut self, ex: &mut Executor, id: u64) {
-        let Some(cp) = &mut self.checkpoints else { return };
+        let Some(cp) = &mut self.checkpoints else {
+            return;
+        };
         if let Some(progress) = cp.progress_at.get(&id) {
             for c in &self.connectors {
-                let positions = progress.get(c.index).map(|p| p.streams.iter().map(|(s, p)| (*s, *p)).collect()).unwrap_or_default();
-                let _ = c.commands.try_send(ConnectorCommand::Committed { positions });
+                let positions = progress
+                    .get(c.index)
+                    .map(|p| p.streams.iter().map(|(s, p)| (*s, *p)).collect())
+                    .unwrap_or_default();
+                let _ = c
+                    .commands
+                    .try_send(ConnectorCommand::Committed { positions });
             }
         }
         let compact = cp.committed(id);
@@ -724,9 +929,20 @@ impl Worker<'_> {
     }
 
     /// Handles one event; `Some(stop)` ends the loop.
-    fn handle(&mut self, py: Python<'_>, ex: &mut Executor, e: Event) -> Result<Option<Stop>, Fatal> {
+    fn handle(
+        &mut self,
+        py: Python<'_>,
+        ex: &mut Executor,
+        e: Event,
+    ) -> Result<Option<Stop>, Fatal> {
         match e {
-            Event::Frames { source, frames, keys, position, epoch } => {
+            Event::Frames {
+                source,
+                frames,
+                keys,
+                position,
+                epoch,
+            } => {
                 if epoch == 0 || epoch == self.source_epoch {
                     ex.on_frames(py, source, frames, &keys, position)?
                 }
@@ -740,14 +956,24 @@ impl Worker<'_> {
                 }
                 ex.on_peer_data(py, from, &body)?
             }
-            Event::PeerBarrier { from, generation, checkpoint } => self.on_barrier(py, ex, from, generation, checkpoint)?,
-            Event::Control { from, generation, msg } => {
+            Event::PeerBarrier {
+                from,
+                generation,
+                checkpoint,
+            } => self.on_barrier(py, ex, from, generation, checkpoint)?,
+            Event::Control {
+                from,
+                generation,
+                msg,
+            } => {
                 if generation != self.generation {
                     return Ok(None);
                 }
                 match msg {
                     Control::Checkpoint { id, .. } => self.begin_checkpoint(py, ex, id)?,
-                    Control::CheckpointDone { id, error, .. } => self.on_done(py, ex, id, from, error)?,
+                    Control::CheckpointDone { id, error, .. } => {
+                        self.on_done(py, ex, id, from, error)?
+                    }
                     Control::Committed { id, .. } => self.on_committed(ex, id),
                     Control::Restored { .. } => {
                         if let Some(waiting) = &mut self.awaiting_restored {
@@ -760,17 +986,32 @@ impl Worker<'_> {
                     }
                     Control::Reform { reason } => {
                         if self.config.resilience {
-                            self.recover(py, ex, &format!("the initializer re-forms the cluster: {reason}"))?;
+                            self.recover(
+                                py,
+                                ex,
+                                &format!("the initializer re-forms the cluster: {reason}"),
+                            )?;
                         }
                     }
-                    other => eprintln!("quoll: worker '{}': unexpected control message {other:?}", self.worker),
+                    other => eprintln!(
+                        "quoll: worker '{}': unexpected control message {other:?}",
+                        self.worker
+                    ),
                 }
             }
-            Event::PeerLost { name, generation, why, control } => {
+            Event::PeerLost {
+                name,
+                generation,
+                why,
+                control,
+            } => {
                 if generation != self.generation || self.stopping {
                     return Ok(None);
                 }
-                eprintln!("quoll: error: worker '{}': lost worker '{name}': {why}", self.worker);
+                eprintln!(
+                    "quoll: error: worker '{}': lost worker '{name}': {why}",
+                    self.worker
+                );
                 if !self.config.resilience {
                     eprintln!("quoll: worker '{}': without --run-with-resilience the cluster can't recover; messages for '{name}' are dropped", self.worker);
                 } else if control {
@@ -782,7 +1023,9 @@ impl Worker<'_> {
             }
             // A write that finishes after a rollback belongs to the old generation.
             Event::CheckpointWritten { generation, .. } if generation != self.generation => {}
-            Event::CheckpointWritten { id, parent, result, .. } => match result {
+            Event::CheckpointWritten {
+                id, parent, result, ..
+            } => match result {
                 Ok(()) => {
                     if let Some(cp) = &mut self.checkpoints {
                         cp.written(id, parent);
@@ -790,24 +1033,41 @@ impl Worker<'_> {
                     self.checkpoint_done(py, ex, id, None)?;
                 }
                 Err(e) => {
-                    eprintln!("quoll: error: worker '{}': checkpoint {id} could not be written: {e}", self.worker);
+                    eprintln!(
+                        "quoll: error: worker '{}': checkpoint {id} could not be written: {e}",
+                        self.worker
+                    );
                     self.checkpoint_done(py, ex, id, Some(e))?;
                 }
             },
-            Event::Shutdown { reason, from_cluster } => {
+            Event::Shutdown {
+                reason,
+                from_cluster,
+            } => {
                 println!("quoll: stopping: {reason}");
                 self.stopping = true;
-                return Ok(Some(if from_cluster { Stop::Relayed } else { Stop::Requested(reason) }));
+                return Ok(Some(if from_cluster {
+                    Stop::Relayed
+                } else {
+                    Stop::Requested(reason)
+                }));
             }
         }
         Ok(None)
     }
 
     fn aligning(&self) -> bool {
-        self.checkpoints.as_ref().is_some_and(|c| c.alignment.is_some())
+        self.checkpoints
+            .as_ref()
+            .is_some_and(|c| c.alignment.is_some())
     }
 
-    fn event_loop(&mut self, py: Python<'_>, ex: &mut Executor, inbox: &mut Inbox<'_>) -> Result<Stop, Fatal> {
+    fn event_loop(
+        &mut self,
+        py: Python<'_>,
+        ex: &mut Executor,
+        inbox: &mut Inbox<'_>,
+    ) -> Result<Stop, Fatal> {
         let mut next_timer: Option<Instant> = ex.on_timers(py)?;
         let mut last_report = Instant::now();
         let batch_size = self.config.batch_size.max(1);
@@ -818,7 +1078,10 @@ impl Worker<'_> {
             let workers = self.workers();
             if let Some(id) = self.coordinator.as_mut().and_then(|c| c.due(workers)) {
                 if let Some(c) = &self.cluster {
-                    let _ = c.control_out.try_send(Control::Checkpoint { id, generation: self.generation });
+                    let _ = c.control_out.try_send(Control::Checkpoint {
+                        id,
+                        generation: self.generation,
+                    });
                 }
                 self.begin_checkpoint(py, ex, id)?;
             }
@@ -880,12 +1143,18 @@ impl Worker<'_> {
                 .unwrap_or(Duration::from_millis(200))
                 .min(Duration::from_millis(200));
             if let Some(c) = &self.coordinator {
-                wait = wait.min(c.next_at.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+                wait = wait.min(
+                    c.next_at
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                );
             }
             if ex.router.as_ref().is_some_and(|r| r.has_pending()) {
                 wait = wait.min(Duration::from_millis(1));
             }
-            let take_src = !self.aligning() && !ex.router.as_ref().is_some_and(|r| r.congested()) && inbox.src_open;
+            let take_src = !self.aligning()
+                && !ex.router.as_ref().is_some_and(|r| r.congested())
+                && inbox.src_open;
             let rt = self.rt;
             let event = py.detach(|| {
                 rt.block_on(async {
