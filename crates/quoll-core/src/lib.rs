@@ -5,6 +5,9 @@
 //! Python binding (`quoll-py`) supplies the values, the user calls and the
 //! executor thread that drives these state machines.
 //!
+//! - [`checkpoint`]: the checkpoint protocol as state machines: coordinator and participant.
+//! - [`membership`]: cluster formation and membership as state machines.
+//! - [`node`]: one worker's coordination (membership, checkpoints, recovery) as one state machine.
 //! - [`checkpoint_store`]: durable checkpoint files (full and delta), the coordinator's commit log, the membership file.
 //! - [`key_group`]: the stable key hash, key groups and their assignment to workers.
 //! - [`length_header`]: TCP source framing as a Wallaroo decoder declares it.
@@ -14,11 +17,14 @@
 //! - [`wire`]: frames between workers: control messages and data batches.
 //! - [`connector`]: connector protocol v3 frames (sources fed by external clients).
 
+pub mod checkpoint;
 pub mod checkpoint_store;
 pub mod connector;
 pub mod external;
 pub mod key_group;
 pub mod length_header;
+pub mod membership;
+pub mod node;
 pub mod topology;
 pub mod windows;
 pub mod wire;

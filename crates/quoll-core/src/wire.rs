@@ -57,7 +57,8 @@ pub struct Member {
 ///
 /// Running: `Ping`/`Pong` heartbeats; checkpoints (`Checkpoint` from the
 /// initializer, `CheckpointDone` back once the worker's part is durable,
-/// `Committed` once the initializer has durably marked it complete);
+/// `Committed` once the initializer has durably marked it complete, `Abort`
+/// if it never will be);
 /// `Reform` (the initializer lost a worker: everyone re-forms and rolls
 /// back); `Shutdown` in both directions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,8 +75,11 @@ pub enum Control {
         rollback_to: Option<u64>,
         resilient: bool,
     },
+    /// The initializer refuses the join; `retry`: the reason may pass
+    /// (a name still held by a connection whose close was not noticed yet).
     Refused {
         reason: String,
+        retry: bool,
     },
     DataHello {
         from: String,
@@ -110,6 +114,13 @@ pub enum Control {
         reason: String,
     },
     Shutdown {
+        reason: String,
+    },
+    /// The initializer abandoned checkpoint `id`: what was pre-committed
+    /// for it is aborted.
+    Abort {
+        id: u64,
+        generation: u64,
         reason: String,
     },
 }

@@ -1,0 +1,762 @@
+//! The initializer's side of membership: gathering joins, welcoming,
+//! waiting for every data link, starting, then watching the members.
+//!
+//! # States
+//!
+//! ```text
+//!  gather(g) ──▶ Gathering ── worker_count-1 joined ──▶ Linking ── all LinksUp + own ──▶ Formed
+//!                   ▲                                      │ a member's link closed,      │ a member's link
+//!                   │                                      │ or the step deadline passed  │ closed or went
+//!                   └──── Interrupted (caller: gather(g+1)) ◀┘                              ▼ silent: MemberLost
+//! ```
+//!
+//! # Invariants
+//!
+//! - No two members share a name, and none has the initializer's name or
+//!   another application's fingerprint.
+//! - `Welcome` goes out only with exactly `worker_count` members, the
+//!   initializer first and the others sorted by name; `Start` only once
+//!   every member confirmed its data links and the initializer's own are up.
+//! - Once formed, a stranger (a name not in the cluster) is refused and
+//!   changes nothing, and so is a second process with a member's name: only
+//!   a member's own link closing (or going silent) makes it lost.
+//! - Events of links that are no longer part of the formation change
+//!   nothing.
+
+use super::{Generation, LinkId};
+use crate::wire::Member;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// The rules the initializer forms a cluster by.
+#[derive(Debug, Clone)]
+pub struct FormationRules {
+    /// The initializer's `--name`.
+    pub name: String,
+    /// The initializer's data address, as the others should reach it.
+    pub data_addr: String,
+    pub worker_count: usize,
+    /// The application's topology fingerprint.
+    pub fingerprint: u64,
+    pub resilient: bool,
+    /// How long a formation step may wait on peers.
+    pub step_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InitializerEvent {
+    /// The first message on a new control connection.
+    Join {
+        link: LinkId,
+        name: String,
+        data_addr: String,
+        fingerprint: u64,
+    },
+    /// A control connection closed, failed or went silent.
+    LinkClosed {
+        link: LinkId,
+        why: String,
+    },
+    /// The member on `link` has all its data links up.
+    LinksUp {
+        link: LinkId,
+    },
+    /// The initializer's own data links of `generation` are up.
+    OwnLinksUp {
+        generation: Generation,
+    },
+    Tick {
+        now: Instant,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InitializerAction {
+    /// Waiting for `more` workers to join.
+    Waiting { more: usize },
+    /// `name` joined on `link`: `joined` of `expected` workers are in.
+    Accepted {
+        link: LinkId,
+        name: String,
+        joined: usize,
+        expected: usize,
+    },
+    /// Tell `link` why it is refused (and whether it may try again later),
+    /// then close it.
+    Refuse {
+        link: LinkId,
+        reason: String,
+        retry: bool,
+    },
+    /// Close `link` (a connection this formation no longer uses).
+    Close { link: LinkId },
+    Welcome {
+        link: LinkId,
+        members: Vec<Member>,
+        generation: Generation,
+    },
+    /// Open this worker's data links to every other member.
+    OpenDataLinks {
+        members: Vec<Member>,
+        generation: Generation,
+    },
+    Start {
+        link: LinkId,
+        generation: Generation,
+    },
+    /// The cluster is formed: `links[i]` is the control link of member
+    /// `i + 1`.
+    Formed {
+        members: Vec<Member>,
+        links: Vec<LinkId>,
+        generation: Generation,
+    },
+    /// The formation failed and must start over under a new generation
+    /// (the caller records it, then calls [`InitializerMembership::gather`]).
+    Interrupted { reason: String },
+    /// A member of the formed cluster is gone.
+    MemberLost {
+        index: usize,
+        name: String,
+        why: String,
+    },
+}
+
+/// The link of a member lost in a cluster without resilience.
+const LOST: LinkId = LinkId(u64::MAX);
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    link: LinkId,
+    name: String,
+    data_addr: String,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    Gathering {
+        candidates: Vec<Candidate>,
+    },
+    Linking {
+        members: Vec<Member>,
+        links: Vec<LinkId>,
+        awaiting: BTreeSet<LinkId>,
+        own_up: bool,
+        deadline: Instant,
+    },
+    Formed {
+        members: Vec<Member>,
+        links: Vec<LinkId>,
+    },
+}
+
+/// The initializer's membership machine.
+#[derive(Debug)]
+pub struct InitializerMembership {
+    rules: FormationRules,
+    generation: Generation,
+    phase: Phase,
+}
+
+impl InitializerMembership {
+    pub fn new(rules: FormationRules) -> Self {
+        InitializerMembership {
+            rules,
+            generation: 0,
+            phase: Phase::Idle,
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// The members and their control links, once formed.
+    pub fn formed(&self) -> Option<(&[Member], &[LinkId])> {
+        match &self.phase {
+            Phase::Formed { members, links } => Some((members, links)),
+            _ => None,
+        }
+    }
+
+    /// The link of each member of the formation in progress or formed.
+    pub fn links(&self) -> Vec<LinkId> {
+        match &self.phase {
+            Phase::Idle => Vec::new(),
+            Phase::Gathering { candidates } => candidates.iter().map(|c| c.link).collect(),
+            Phase::Linking { links, .. } | Phase::Formed { links, .. } => links.clone(),
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Linking { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// Begins gathering joins for a formation under `generation` (already
+    /// recorded durably), closing every link of the previous one.
+    pub fn gather(
+        &mut self,
+        generation: Generation,
+        now: Instant,
+        out: &mut Vec<InitializerAction>,
+    ) {
+        out.extend(
+            self.links()
+                .into_iter()
+                .map(|link| InitializerAction::Close { link }),
+        );
+        self.generation = generation;
+        self.phase = Phase::Gathering {
+            candidates: Vec::new(),
+        };
+        if self.rules.worker_count > 1 {
+            out.push(InitializerAction::Waiting {
+                more: self.rules.worker_count - 1,
+            });
+        }
+        self.maybe_welcome(now, out);
+    }
+
+    pub fn handle(
+        &mut self,
+        event: InitializerEvent,
+        now: Instant,
+        out: &mut Vec<InitializerAction>,
+    ) {
+        match event {
+            InitializerEvent::Join {
+                link,
+                name,
+                data_addr,
+                fingerprint,
+            } => self.on_join(
+                Candidate {
+                    link,
+                    name,
+                    data_addr,
+                },
+                fingerprint,
+                now,
+                out,
+            ),
+            InitializerEvent::LinkClosed { link, why } => self.on_closed(link, why, out),
+            InitializerEvent::LinksUp { link } => {
+                if let Phase::Linking { awaiting, .. } = &mut self.phase {
+                    awaiting.remove(&link);
+                }
+                self.maybe_start(out);
+            }
+            InitializerEvent::OwnLinksUp { generation } => {
+                if let Phase::Linking { own_up, .. } = &mut self.phase {
+                    *own_up |= generation == self.generation;
+                }
+                self.maybe_start(out);
+            }
+            InitializerEvent::Tick { now } => {
+                if let Phase::Linking { deadline, .. } = &self.phase {
+                    if now >= *deadline {
+                        let secs = self.rules.step_timeout.as_secs();
+                        self.interrupt(
+                            format!("waiting for every data link took longer than {secs} s"),
+                            out,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn refusal(&self, c: &Candidate, fingerprint: u64) -> Option<String> {
+        let name = &c.name;
+        if fingerprint != self.rules.fingerprint {
+            return Some(format!(
+                "worker '{name}' runs a different application (topology fingerprint {fingerprint:#x}, \
+                 the initializer's is {:#x}); start every worker with the same app and app version",
+                self.rules.fingerprint
+            ));
+        }
+        if *name == self.rules.name {
+            return Some(format!(
+                "'{name}' is the initializer's name; give each worker a unique --name"
+            ));
+        }
+        None
+    }
+
+    fn on_join(
+        &mut self,
+        c: Candidate,
+        fingerprint: u64,
+        now: Instant,
+        out: &mut Vec<InitializerAction>,
+    ) {
+        if let Some(reason) = self.refusal(&c, fingerprint) {
+            out.push(InitializerAction::Refuse {
+                link: c.link,
+                reason,
+                retry: false,
+            });
+            return;
+        }
+        // A name held by a connection not known to be closed: a second
+        // process with that name, or the restart of one whose old
+        // connection's close has not been noticed yet (its heartbeats stop
+        // within the timeout). It may try again; nothing else changes.
+        let taken = InitializerAction::Refuse {
+            link: c.link,
+            reason: format!(
+                "a worker named '{}' is already in the cluster; give each worker a unique --name",
+                c.name
+            ),
+            retry: true,
+        };
+        let expected = self.rules.worker_count;
+        match &mut self.phase {
+            Phase::Idle => out.push(InitializerAction::Close { link: c.link }),
+            Phase::Gathering { candidates } => {
+                if candidates.iter().any(|k| k.name == c.name) {
+                    out.push(taken);
+                    return;
+                }
+                out.push(InitializerAction::Accepted {
+                    link: c.link,
+                    name: c.name.clone(),
+                    joined: candidates.len() + 2,
+                    expected,
+                });
+                candidates.push(c);
+                self.maybe_welcome(now, out);
+            }
+            Phase::Linking { members, links, .. } | Phase::Formed { members, links } => {
+                let Some(index) = members.iter().position(|m| m.name == c.name) else {
+                    let reason = self.full(&c.name);
+                    out.push(InitializerAction::Refuse {
+                        link: c.link,
+                        reason,
+                        retry: false,
+                    });
+                    return;
+                };
+                if links[index - 1] != LOST {
+                    out.push(taken);
+                    return;
+                }
+                let reason = format!(
+                    "worker '{}' restarted, but the cluster runs without --run-with-resilience, so it can't \
+                     rejoin; restart the whole cluster",
+                    c.name
+                );
+                out.push(InitializerAction::Refuse {
+                    link: c.link,
+                    reason,
+                    retry: false,
+                });
+            }
+        }
+    }
+
+    fn full(&self, name: &str) -> String {
+        let names: Vec<&str> = match &self.phase {
+            Phase::Linking { members, .. } | Phase::Formed { members, .. } => {
+                members.iter().map(|m| m.name.as_str()).collect()
+            }
+            _ => Vec::new(),
+        };
+        format!(
+            "the cluster already has its {} workers ({}); a worker named '{name}' can't join: restart a member with \
+             its original command, or start a new cluster with a larger --worker-count",
+            names.len(),
+            names.join(", ")
+        )
+    }
+
+    fn on_closed(&mut self, link: LinkId, why: String, out: &mut Vec<InitializerAction>) {
+        match &mut self.phase {
+            Phase::Idle => {}
+            Phase::Gathering { candidates } => candidates.retain(|c| c.link != link),
+            Phase::Linking { members, links, .. } => {
+                if let Some(i) = links.iter().position(|l| *l == link) {
+                    let name = members[i + 1].name.clone();
+                    self.interrupt(format!("worker '{name}': {why}"), out);
+                }
+            }
+            Phase::Formed { members, links } => {
+                if let Some(i) = links.iter().position(|l| *l == link) {
+                    let name = members[i + 1].name.clone();
+                    out.push(InitializerAction::MemberLost {
+                        index: i + 1,
+                        name,
+                        why,
+                    });
+                    if self.rules.resilient {
+                        self.phase = Phase::Idle;
+                    } else {
+                        // Without resilience the others go on; the lost
+                        // member's link is no longer watched.
+                        links[i] = LOST;
+                    }
+                }
+            }
+        }
+    }
+
+    fn interrupt(&mut self, reason: String, out: &mut Vec<InitializerAction>) {
+        out.extend(
+            self.links()
+                .into_iter()
+                .map(|link| InitializerAction::Close { link }),
+        );
+        self.phase = Phase::Idle;
+        out.push(InitializerAction::Interrupted { reason });
+    }
+
+    fn maybe_welcome(&mut self, now: Instant, out: &mut Vec<InitializerAction>) {
+        let Phase::Gathering { candidates } = &mut self.phase else {
+            return;
+        };
+        if candidates.len() + 1 < self.rules.worker_count {
+            return;
+        }
+        let mut candidates = std::mem::take(candidates);
+        candidates.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut members = vec![Member {
+            name: self.rules.name.clone(),
+            data_addr: self.rules.data_addr.clone(),
+        }];
+        members.extend(candidates.iter().map(|c| Member {
+            name: c.name.clone(),
+            data_addr: c.data_addr.clone(),
+        }));
+        let links: Vec<LinkId> = candidates.iter().map(|c| c.link).collect();
+        let generation = self.generation;
+        for &link in &links {
+            out.push(InitializerAction::Welcome {
+                link,
+                members: members.clone(),
+                generation,
+            });
+        }
+        out.push(InitializerAction::OpenDataLinks {
+            members: members.clone(),
+            generation,
+        });
+        let awaiting = links.iter().copied().collect();
+        let deadline = now + self.rules.step_timeout;
+        // Alone, there are no data links to wait for.
+        let own_up = members.len() == 1;
+        self.phase = Phase::Linking {
+            members,
+            links,
+            awaiting,
+            own_up,
+            deadline,
+        };
+        self.maybe_start(out);
+    }
+
+    fn maybe_start(&mut self, out: &mut Vec<InitializerAction>) {
+        let Phase::Linking {
+            members,
+            links,
+            awaiting,
+            own_up: true,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if !awaiting.is_empty() {
+            return;
+        }
+        let generation = self.generation;
+        out.extend(
+            links
+                .iter()
+                .map(|&link| InitializerAction::Start { link, generation }),
+        );
+        let (members, links) = (std::mem::take(members), std::mem::take(links));
+        out.push(InitializerAction::Formed {
+            members: members.clone(),
+            links: links.clone(),
+            generation,
+        });
+        self.phase = Phase::Formed { members, links };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP: u64 = 0xfeed;
+
+    fn machine(worker_count: usize, resilient: bool) -> InitializerMembership {
+        InitializerMembership::new(FormationRules {
+            name: "initializer".into(),
+            data_addr: "127.0.0.1:1".into(),
+            worker_count,
+            fingerprint: FP,
+            resilient,
+            step_timeout: Duration::from_secs(20),
+        })
+    }
+
+    fn join(
+        m: &mut InitializerMembership,
+        link: u64,
+        name: &str,
+        now: Instant,
+    ) -> Vec<InitializerAction> {
+        let mut out = Vec::new();
+        let e = InitializerEvent::Join {
+            link: LinkId(link),
+            name: name.into(),
+            data_addr: format!("d{link}"),
+            fingerprint: FP,
+        };
+        m.handle(e, now, &mut out);
+        out
+    }
+
+    fn ev(
+        m: &mut InitializerMembership,
+        e: InitializerEvent,
+        now: Instant,
+    ) -> Vec<InitializerAction> {
+        let mut out = Vec::new();
+        m.handle(e, now, &mut out);
+        out
+    }
+
+    fn formed_cluster(now: Instant) -> InitializerMembership {
+        let mut m = machine(3, true);
+        m.gather(1, now, &mut Vec::new());
+        join(&mut m, 10, "w2", now);
+        join(&mut m, 11, "w1", now);
+        ev(&mut m, InitializerEvent::OwnLinksUp { generation: 1 }, now);
+        ev(&mut m, InitializerEvent::LinksUp { link: LinkId(10) }, now);
+        let out = ev(&mut m, InitializerEvent::LinksUp { link: LinkId(11) }, now);
+        assert!(
+            matches!(out.last(), Some(InitializerAction::Formed { .. })),
+            "{out:?}"
+        );
+        m
+    }
+
+    #[test]
+    fn forms_with_members_sorted_by_name_after_every_link() {
+        let now = Instant::now();
+        let mut m = machine(3, true);
+        let mut out = Vec::new();
+        m.gather(7, now, &mut out);
+        assert_eq!(out, vec![InitializerAction::Waiting { more: 2 }]);
+        join(&mut m, 10, "w2", now);
+        let out = join(&mut m, 11, "w1", now);
+        let names = |ms: &[Member]| ms.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        let welcomed: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                InitializerAction::Welcome {
+                    link,
+                    members,
+                    generation: 7,
+                } => Some((*link, names(members))),
+                _ => None,
+            })
+            .collect();
+        let order = vec!["initializer".to_string(), "w1".into(), "w2".into()];
+        assert_eq!(
+            welcomed,
+            vec![(LinkId(11), order.clone()), (LinkId(10), order.clone())]
+        );
+        assert!(ev(&mut m, InitializerEvent::LinksUp { link: LinkId(10) }, now).is_empty());
+        assert!(
+            ev(&mut m, InitializerEvent::OwnLinksUp { generation: 6 }, now).is_empty(),
+            "stale generation"
+        );
+        assert!(
+            ev(&mut m, InitializerEvent::OwnLinksUp { generation: 7 }, now).is_empty(),
+            "w1 not up yet"
+        );
+        let out = ev(&mut m, InitializerEvent::LinksUp { link: LinkId(11) }, now);
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            out[0],
+            InitializerAction::Start {
+                link: LinkId(11),
+                generation: 7
+            }
+        );
+        let InitializerAction::Formed {
+            members,
+            links,
+            generation: 7,
+        } = &out[2]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (names(members), links.clone()),
+            (order, vec![LinkId(11), LinkId(10)])
+        );
+    }
+
+    #[test]
+    fn refuses_strangers_duplicates_and_other_apps() {
+        let now = Instant::now();
+        let mut m = machine(3, true);
+        m.gather(1, now, &mut Vec::new());
+        join(&mut m, 1, "w1", now);
+        let mut out = Vec::new();
+        let other_app = InitializerEvent::Join {
+            link: LinkId(2),
+            name: "w9".into(),
+            data_addr: "x".into(),
+            fingerprint: 1,
+        };
+        m.handle(other_app, now, &mut out);
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { reason, .. }] if reason.contains("different application"))
+        );
+        let out = join(&mut m, 3, "w1", now);
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { reason, .. }] if reason.contains("already in the cluster"))
+        );
+        let out = join(&mut m, 4, "initializer", now);
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { reason, .. }] if reason.contains("initializer's name"))
+        );
+        // A candidate whose connection closed no longer holds its name.
+        ev(
+            &mut m,
+            InitializerEvent::LinkClosed {
+                link: LinkId(1),
+                why: "closed".into(),
+            },
+            now,
+        );
+        let out = join(&mut m, 5, "w1", now);
+        assert!(
+            matches!(&out[0], InitializerAction::Accepted { joined: 2, .. }),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn after_formation_strangers_are_refused_and_members_lost() {
+        let now = Instant::now();
+        let mut m = formed_cluster(now);
+        let out = join(&mut m, 20, "w3", now);
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { reason, .. }]
+            if reason.contains("the cluster already has its 3 workers (initializer, w1, w2)"))
+        );
+        assert!(m.formed().is_some(), "a stranger changes nothing");
+        assert!(ev(
+            &mut m,
+            InitializerEvent::LinkClosed {
+                link: LinkId(20),
+                why: "x".into()
+            },
+            now
+        )
+        .is_empty());
+        let out = join(&mut m, 21, "w2", now);
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { reason, retry: true, .. }]
+            if reason.contains("already in the cluster")),
+            "a second process with a member's name is refused, may retry, and rolls nothing back"
+        );
+        assert!(m.formed().is_some());
+        let out = ev(
+            &mut m,
+            InitializerEvent::LinkClosed {
+                link: LinkId(10),
+                why: "closed".into(),
+            },
+            now,
+        );
+        assert!(
+            matches!(&out[..], [InitializerAction::MemberLost { index: 2, name, .. }] if name == "w2"),
+            "only its own link makes a member lost"
+        );
+    }
+
+    #[test]
+    fn without_resilience_a_restarted_member_is_refused() {
+        let now = Instant::now();
+        let mut m = machine(2, false);
+        m.gather(1, now, &mut Vec::new());
+        join(&mut m, 1, "w1", now);
+        ev(&mut m, InitializerEvent::OwnLinksUp { generation: 1 }, now);
+        ev(&mut m, InitializerEvent::LinksUp { link: LinkId(1) }, now);
+        let out = join(&mut m, 2, "w1", now);
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { retry: true, .. }]),
+            "its old link is still up"
+        );
+        let out = ev(
+            &mut m,
+            InitializerEvent::LinkClosed {
+                link: LinkId(1),
+                why: "closed".into(),
+            },
+            now,
+        );
+        assert!(matches!(
+            &out[..],
+            [InitializerAction::MemberLost { index: 1, .. }]
+        ));
+        assert!(m.formed().is_some(), "the others go on");
+        let out = join(&mut m, 3, "w1", now);
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { reason, retry: false, .. }] if reason.contains("can't rejoin"))
+        );
+        let again = ev(
+            &mut m,
+            InitializerEvent::LinkClosed {
+                link: LinkId(1),
+                why: "closed".into(),
+            },
+            now,
+        );
+        assert!(again.is_empty(), "lost once");
+    }
+
+    #[test]
+    fn a_slow_or_lost_member_interrupts_linking() {
+        let now = Instant::now();
+        let mut m = machine(2, true);
+        m.gather(1, now, &mut Vec::new());
+        join(&mut m, 1, "w1", now);
+        let out = ev(
+            &mut m,
+            InitializerEvent::Tick {
+                now: now + Duration::from_secs(21),
+            },
+            now,
+        );
+        assert_eq!(out[0], InitializerAction::Close { link: LinkId(1) });
+        assert!(
+            matches!(&out[1], InitializerAction::Interrupted { reason } if reason.contains("longer than 20 s"))
+        );
+        let mut out = Vec::new();
+        m.gather(2, now, &mut out);
+        join(&mut m, 2, "w1", now);
+        let out = ev(
+            &mut m,
+            InitializerEvent::LinkClosed {
+                link: LinkId(2),
+                why: "its control link closed".into(),
+            },
+            now,
+        );
+        assert!(
+            matches!(&out[1], InitializerAction::Interrupted { reason } if reason.contains("w1"))
+        );
+    }
+}

@@ -1,0 +1,1096 @@
+//! One worker's coordination as one state machine: membership, checkpoints
+//! and recovery composed.
+//!
+//! A [`Node`] takes every event of a worker's control plane (a connection
+//! came up, a control message arrived, a link closed, a barrier arrived, a
+//! part file is durable, a timer fired) and returns the [`NodeAction`]s the
+//! binding carries out, in order. It does no I/O, so the model test
+//! (`tests/cluster_model.rs`) runs whole clusters of nodes through random
+//! interleavings of messages, crashes and restarts.
+//!
+//! # Life of a node
+//!
+//! ```text
+//!  start ─▶ Forming ── formed ──▶ Restoring ── Restored ──▶ Running
+//!             ▲                                               │ a member lost (resilient),
+//!             └──────────── recover: tear down, new generation ◀┘ Reform, initializer lost
+//! ```
+//!
+//! Recovery rolls the whole cluster back: every link of the formation is
+//! torn down, the cluster forms again under a new generation, and every
+//! worker restores the last checkpoint the initializer's commit log names
+//! (`rollback_to`). The initializer reports the cluster running (status,
+//! and the ready lines the first time) once every worker restored; only then
+//! do checkpoints begin again.
+//!
+//! # Invariants
+//!
+//! - Generations only grow, on every node, across restarts of the
+//!   initializer too (it records each one durably before it is used).
+//! - Data, barriers and checkpoint messages of another generation are
+//!   dropped; data of the current generation that arrives before this node
+//!   restored is held until it has, then handed out in arrival order.
+//! - Source input is taken only while running and not aligning a barrier.
+//! - A rollback always lands on a committed checkpoint (or the beginning,
+//!   if none was ever committed).
+
+use crate::checkpoint::coordinator::{Coordinator, CoordinatorAction, CoordinatorEvent};
+use crate::checkpoint::participant::{Participant, ParticipantAction, ParticipantEvent};
+use crate::checkpoint::CheckpointId;
+use crate::membership::initializer::{
+    FormationRules, InitializerAction, InitializerEvent, InitializerMembership,
+};
+use crate::membership::joiner::{JoinerAction, JoinerEvent, JoinerMembership};
+use crate::membership::{Generation, LinkId};
+use crate::wire::{Control, Member};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// How a worker takes part in the cluster (from its command line).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub initializer: bool,
+    pub worker_count: usize,
+    /// The application's topology fingerprint: every worker must run the same.
+    pub fingerprint: u64,
+    pub resilient: bool,
+    /// The initializer's data address as the others reach it.
+    pub data_addr: String,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_timeout: Duration,
+    /// How long a formation step may wait on peers before starting over.
+    pub step_timeout: Duration,
+    /// How long a joiner waits before connecting again after a failed attempt.
+    pub retry_after: Duration,
+    /// How long a joiner keeps trying while its name is held by a connection
+    /// the initializer has not seen close (more than the heartbeat timeout).
+    pub refusal_patience: Duration,
+}
+
+/// What a starting worker found on disk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recovered {
+    /// The initializer's commit log: the last committed checkpoint.
+    pub last_committed: Option<CheckpointId>,
+    /// The initializer's commit log: the newest generation recorded.
+    pub generation: Generation,
+    /// This worker found resilience files of its own.
+    pub has_files: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// Time passed (see [`Node::next_deadline`]).
+    Tick,
+    /// A joiner's connection to the initializer is up.
+    Connected { link: LinkId },
+    /// A control message arrived on `link`.
+    Control { link: LinkId, msg: Control },
+    /// A control link closed, failed, or went silent past the heartbeat
+    /// timeout.
+    LinkClosed { link: LinkId, why: String },
+    /// This worker's data links of `generation` are up both ways.
+    DataLinksUp { generation: Generation },
+    /// Barrier `id` arrived on the data link from member `from`.
+    Barrier {
+        from: usize,
+        generation: Generation,
+        id: CheckpointId,
+    },
+    /// The binding restored what [`NodeAction::Restore`] asked for, from
+    /// `files_read` part files.
+    Restored {
+        generation: Generation,
+        files_read: usize,
+    },
+    /// This worker's part of `id` is durable, or failed.
+    PartWritten {
+        generation: Generation,
+        id: CheckpointId,
+        result: Result<(), String>,
+    },
+    /// The initializer's commit record of `id` is durable, or failed.
+    CommitRecorded {
+        generation: Generation,
+        id: CheckpointId,
+        result: Result<(), String>,
+    },
+}
+
+/// Why a worker must stop.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeFatal {
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "the initializer runs {} resilience but this worker {} --run-with-resilience; start every worker with the same flags",
+        if *.initializer_resilient { "with" } else { "without" },
+        if *.initializer_resilient { "lacks" } else { "has" }
+    )]
+    ResilienceMismatch { initializer_resilient: bool },
+    #[error(
+        "the cluster rolls back to checkpoint {checkpoint} but this worker has no resilience files"
+    )]
+    NoFilesForRollback { checkpoint: CheckpointId },
+}
+
+/// Things worth telling the operator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    WaitingForWorkers {
+        more: usize,
+    },
+    Joined {
+        name: String,
+        joined: usize,
+        expected: usize,
+    },
+    FormationInterrupted {
+        reason: String,
+    },
+    WorkerLost {
+        name: String,
+        why: String,
+    },
+    /// Without resilience a lost worker can't be replaced.
+    NoRecovery {
+        name: String,
+    },
+    RollingBack {
+        reason: String,
+    },
+    /// Files were found, but no checkpoint was ever committed.
+    StartingFresh,
+    CheckpointAbandoned {
+        id: CheckpointId,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeAction<P, D> {
+    /// Connect to the initializer after `after`, retrying until it answers;
+    /// report [`NodeEvent::Connected`].
+    Connect {
+        after: Duration,
+    },
+    /// Send `Join` (with this worker's name, data address, fingerprint).
+    SendJoin {
+        link: LinkId,
+        has_files: bool,
+    },
+    Send {
+        link: LinkId,
+        msg: Control,
+    },
+    /// Send `Refused { reason, retry }` on `link`, then close it.
+    Refuse {
+        link: LinkId,
+        reason: String,
+        retry: bool,
+    },
+    Close {
+        link: LinkId,
+    },
+    /// Durably record that `generation` is in use, before anyone hears of it.
+    RecordGeneration {
+        generation: Generation,
+    },
+    /// Open a data link to every other member and accept one from each;
+    /// report [`NodeEvent::DataLinksUp`].
+    OpenDataLinks {
+        members: Vec<Member>,
+        me: usize,
+        generation: Generation,
+    },
+    /// Close every link of the formation; the initializer first tells every
+    /// member to re-form (`reform`).
+    TearDown {
+        reform: Option<String>,
+    },
+    /// The cluster is formed: route by this membership.
+    Formed {
+        members: Vec<Member>,
+        me: usize,
+        generation: Generation,
+    },
+    /// Restore state, sinks and sources to `checkpoint` (None: the
+    /// beginning); report [`NodeEvent::Restored`].
+    Restore {
+        generation: Generation,
+        checkpoint: Option<CheckpointId>,
+    },
+    /// The cluster is processing (every worker restored); `announce` the
+    /// first time.
+    Running {
+        announce: bool,
+    },
+    /// Process data or a barrier that arrived before this worker restored.
+    Release {
+        from: usize,
+        data: D,
+    },
+    /// A step of this worker's checkpoint participation.
+    Checkpoint(ParticipantAction<P, D>),
+    /// Append "`id` committed" to the commit log durably; report
+    /// [`NodeEvent::CommitRecorded`].
+    RecordCommit {
+        id: CheckpointId,
+        generation: Generation,
+    },
+    Notice(Notice),
+    Fatal(NodeFatal),
+}
+
+enum Role {
+    Initializer(InitializerMembership),
+    Joiner(JoinerMembership),
+}
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    Forming,
+    Restoring,
+    Running,
+    Stopped,
+}
+
+/// What arrived before this worker restored.
+enum Early<D> {
+    Data(usize, D),
+    Barrier(usize, CheckpointId),
+}
+
+/// One worker's coordination state machine; `P` is the sources' positions,
+/// `D` a batch of data from a peer.
+pub struct Node<P, D> {
+    config: NodeConfig,
+    role: Role,
+    coordinator: Option<Coordinator>,
+    participant: Option<Participant<P, D>>,
+    recovered: Recovered,
+    generation: Generation,
+    phase: Phase,
+    members: Vec<Member>,
+    me: usize,
+    /// Initializer: the control link of each member (index 0 unused).
+    member_links: Vec<LinkId>,
+    rollback_to: Option<CheckpointId>,
+    first_formation: bool,
+    announced: bool,
+    early: Vec<Early<D>>,
+    /// Initializer: members whose `Restored` has not come yet.
+    awaiting_restored: BTreeSet<usize>,
+    /// Initializer: a formation waits for the commit record under way.
+    awaiting_record: bool,
+}
+
+type Out<P, D> = Vec<NodeAction<P, D>>;
+
+impl<P, D> Node<P, D> {
+    pub fn new(config: NodeConfig, recovered: Recovered) -> Self {
+        let role = if config.initializer {
+            Role::Initializer(InitializerMembership::new(FormationRules {
+                name: config.name.clone(),
+                data_addr: config.data_addr.clone(),
+                worker_count: config.worker_count.max(1),
+                fingerprint: config.fingerprint,
+                resilient: config.resilient,
+                step_timeout: config.step_timeout,
+            }))
+        } else {
+            Role::Joiner(JoinerMembership::new(
+                config.name.clone(),
+                config.step_timeout,
+                config.retry_after,
+                config.refusal_patience,
+            ))
+        };
+        let coordinator = (config.resilient && config.initializer).then(|| {
+            Coordinator::new(
+                config.checkpoint_interval,
+                config.checkpoint_timeout,
+                recovered.last_committed,
+            )
+        });
+        let participant = config.resilient.then(Participant::new);
+        Node {
+            config,
+            role,
+            coordinator,
+            participant,
+            recovered,
+            generation: 0,
+            phase: Phase::Forming,
+            members: Vec::new(),
+            me: 0,
+            member_links: Vec::new(),
+            rollback_to: None,
+            first_formation: true,
+            announced: false,
+            early: Vec::new(),
+            awaiting_restored: BTreeSet::new(),
+            awaiting_record: false,
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Take source input now?
+    pub fn takes_input(&self) -> bool {
+        self.phase == Phase::Running && !self.participant.as_ref().is_some_and(|p| p.aligning())
+    }
+
+    /// True once this worker has restored and processes (it may still be
+    /// aligning a barrier).
+    pub fn running(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    /// The checkpoint the initializer's coordinator has in flight.
+    pub fn checkpoint_in_flight(&self) -> Option<CheckpointId> {
+        self.coordinator.as_ref().and_then(|c| c.in_flight())
+    }
+
+    /// The last committed checkpoint this worker knows of.
+    pub fn last_committed(&self) -> Option<CheckpointId> {
+        self.participant.as_ref().and_then(|p| p.last_committed())
+    }
+
+    /// When the next [`NodeEvent::Tick`] is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let formation = match &self.role {
+            Role::Initializer(m) => m.deadline(),
+            Role::Joiner(m) => m.deadline(),
+        };
+        let checkpoint = self.coordinator.as_ref().and_then(|c| c.next_deadline());
+        formation.into_iter().chain(checkpoint).min()
+    }
+
+    /// Starts the worker's part of the cluster.
+    pub fn start(&mut self, now: Instant, out: &mut Out<P, D>) {
+        self.form(now, out);
+    }
+
+    /// Data from member `from`, sent under `generation`: `Some` to process
+    /// now; `None` if it is stale (dropped) or held.
+    pub fn on_data(&mut self, from: usize, generation: Generation, data: D) -> Option<D> {
+        if generation != self.generation {
+            return None;
+        }
+        match self.phase {
+            Phase::Running => match &mut self.participant {
+                Some(p) => p.on_data(from, data),
+                None => Some(data),
+            },
+            Phase::Forming | Phase::Restoring => {
+                self.early.push(Early::Data(from, data));
+                None
+            }
+            Phase::Stopped => None,
+        }
+    }
+
+    /// Handles one event; `positions` reads the sources' positions when a
+    /// checkpoint begins on this worker.
+    pub fn handle(
+        &mut self,
+        event: NodeEvent,
+        now: Instant,
+        positions: &mut dyn FnMut() -> P,
+        out: &mut Out<P, D>,
+    ) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        match event {
+            NodeEvent::Tick => {
+                self.membership_event(MembershipEvent::Tick, now, out);
+                self.coordinator_event(CoordinatorEvent::Tick { now }, now, positions, out);
+            }
+            NodeEvent::Connected { link } => {
+                self.membership_event(MembershipEvent::Connected(link), now, out)
+            }
+            NodeEvent::Control { link, msg } => self.on_control(link, msg, now, positions, out),
+            NodeEvent::LinkClosed { link, why } => {
+                self.membership_event(MembershipEvent::Closed(link, why), now, out)
+            }
+            NodeEvent::DataLinksUp { generation } => {
+                self.membership_event(MembershipEvent::OwnLinksUp(generation), now, out)
+            }
+            NodeEvent::Barrier {
+                from,
+                generation,
+                id,
+            } => {
+                if generation != self.generation {
+                    return;
+                }
+                match self.phase {
+                    Phase::Running => self.participant_event(
+                        ParticipantEvent::Barrier { from, id },
+                        now,
+                        positions,
+                        out,
+                    ),
+                    Phase::Forming | Phase::Restoring => self.early.push(Early::Barrier(from, id)),
+                    Phase::Stopped => {}
+                }
+            }
+            NodeEvent::Restored {
+                generation,
+                files_read,
+            } => {
+                if generation == self.generation && self.phase == Phase::Restoring {
+                    self.restored(files_read, now, positions, out);
+                }
+            }
+            NodeEvent::PartWritten {
+                generation,
+                id,
+                result,
+            } => {
+                if generation == self.generation {
+                    self.participant_event(
+                        ParticipantEvent::PartWritten { id, result },
+                        now,
+                        positions,
+                        out,
+                    );
+                }
+            }
+            NodeEvent::CommitRecorded {
+                generation,
+                id,
+                result,
+            } => {
+                let e = CoordinatorEvent::CommitRecorded {
+                    id,
+                    generation,
+                    result,
+                    now,
+                };
+                self.coordinator_event(e, now, positions, out);
+                if std::mem::take(&mut self.awaiting_record) {
+                    self.form(now, out);
+                }
+            }
+        }
+    }
+
+    // ---- formation and recovery
+
+    /// Starts a formation: the initializer under a new generation, a joiner
+    /// by connecting.
+    fn form(&mut self, now: Instant, out: &mut Out<P, D>) {
+        self.phase = Phase::Forming;
+        self.early.clear();
+        match &mut self.role {
+            Role::Initializer(m) => {
+                if self.coordinator.as_ref().is_some_and(|c| c.recording()) {
+                    // The rollback point waits for the commit record under
+                    // way (see `handle`'s `CommitRecorded`).
+                    self.awaiting_record = true;
+                    return;
+                }
+                self.generation = self.generation.max(self.recovered.generation) + 1;
+                if self.config.resilient {
+                    out.push(NodeAction::RecordGeneration {
+                        generation: self.generation,
+                    });
+                }
+                self.rollback_to = self.coordinator.as_ref().and_then(|c| c.last_committed());
+                let mut actions = Vec::new();
+                m.gather(self.generation, now, &mut actions);
+                self.initializer_actions(actions, now, out);
+            }
+            Role::Joiner(m) => {
+                let mut actions = Vec::new();
+                m.join(Duration::ZERO, &mut actions);
+                self.joiner_actions(actions, now, out);
+            }
+        }
+    }
+
+    /// Rolls the whole cluster back (see the module doc).
+    fn recover(&mut self, reason: String, now: Instant, out: &mut Out<P, D>) {
+        out.push(NodeAction::Notice(Notice::RollingBack {
+            reason: reason.clone(),
+        }));
+        let reform = self.config.initializer.then_some(reason);
+        out.push(NodeAction::TearDown { reform });
+        if let Some(c) = &mut self.coordinator {
+            c.stop();
+        }
+        self.form(now, out);
+    }
+
+    fn formed(
+        &mut self,
+        members: Vec<Member>,
+        me: usize,
+        generation: Generation,
+        rollback_to: Option<CheckpointId>,
+        out: &mut Out<P, D>,
+    ) {
+        if self.config.resilient {
+            let has_files = self.recovered.has_files || !self.first_formation;
+            if let (Some(checkpoint), false) = (rollback_to, has_files) {
+                self.fail(NodeFatal::NoFilesForRollback { checkpoint }, out);
+                return;
+            }
+            if self.first_formation && self.recovered.has_files && rollback_to.is_none() {
+                out.push(NodeAction::Notice(Notice::StartingFresh));
+            }
+        }
+        self.generation = generation;
+        self.rollback_to = rollback_to;
+        self.members = members.clone();
+        self.me = me;
+        self.first_formation = false;
+        self.phase = Phase::Restoring;
+        out.push(NodeAction::Formed {
+            members,
+            me,
+            generation,
+        });
+        out.push(NodeAction::Restore {
+            generation,
+            checkpoint: rollback_to,
+        });
+    }
+
+    fn restored(
+        &mut self,
+        files_read: usize,
+        now: Instant,
+        positions: &mut dyn FnMut() -> P,
+        out: &mut Out<P, D>,
+    ) {
+        if let Some(p) = &mut self.participant {
+            p.restored(self.me, self.members.len(), self.rollback_to, files_read);
+        }
+        self.phase = Phase::Running;
+        for early in std::mem::take(&mut self.early) {
+            match early {
+                Early::Data(from, data) => match &mut self.participant {
+                    Some(p) => {
+                        if let Some(data) = p.on_data(from, data) {
+                            out.push(NodeAction::Release { from, data });
+                        }
+                    }
+                    None => out.push(NodeAction::Release { from, data }),
+                },
+                Early::Barrier(from, id) => self.participant_event(
+                    ParticipantEvent::Barrier { from, id },
+                    now,
+                    positions,
+                    out,
+                ),
+            }
+        }
+        match &self.role {
+            Role::Joiner(m) => {
+                if let Some(link) = m.link() {
+                    out.push(NodeAction::Send {
+                        link,
+                        msg: Control::Restored {
+                            generation: self.generation,
+                        },
+                    });
+                }
+                self.announce(out);
+            }
+            Role::Initializer(_) => {
+                self.awaiting_restored = (1..self.members.len()).collect();
+                self.maybe_all_restored(now, out);
+            }
+        }
+    }
+
+    fn maybe_all_restored(&mut self, now: Instant, out: &mut Out<P, D>) {
+        if !self.awaiting_restored.is_empty() || self.phase != Phase::Running {
+            return;
+        }
+        if let Some(c) = &mut self.coordinator {
+            c.start(self.generation, self.rollback_to, now);
+        }
+        self.announce(out);
+    }
+
+    fn announce(&mut self, out: &mut Out<P, D>) {
+        out.push(NodeAction::Running {
+            announce: !self.announced,
+        });
+        self.announced = true;
+    }
+
+    fn fail(&mut self, fatal: NodeFatal, out: &mut Out<P, D>) {
+        self.phase = Phase::Stopped;
+        out.push(NodeAction::Fatal(fatal));
+    }
+
+    // ---- control messages
+
+    fn on_control(
+        &mut self,
+        link: LinkId,
+        msg: Control,
+        now: Instant,
+        positions: &mut dyn FnMut() -> P,
+        out: &mut Out<P, D>,
+    ) {
+        if let Role::Joiner(m) = &self.role {
+            if m.link() != Some(link) {
+                return;
+            }
+            match msg {
+                Control::Checkpoint { id, generation } => {
+                    if generation == self.generation && self.phase == Phase::Running {
+                        self.participant_event(ParticipantEvent::Begin { id }, now, positions, out);
+                    }
+                }
+                Control::Committed { id, generation } => {
+                    if generation == self.generation {
+                        self.participant_event(
+                            ParticipantEvent::Committed { id },
+                            now,
+                            positions,
+                            out,
+                        );
+                    }
+                }
+                Control::Abort { id, generation, .. } => {
+                    if generation == self.generation {
+                        self.participant_event(
+                            ParticipantEvent::Aborted { id },
+                            now,
+                            positions,
+                            out,
+                        );
+                    }
+                }
+                msg => self.membership_event(MembershipEvent::Message(link, msg), now, out),
+            }
+            return;
+        }
+        match msg {
+            Control::Join {
+                name,
+                data_addr,
+                fingerprint,
+                ..
+            } => {
+                let e = InitializerEvent::Join {
+                    link,
+                    name,
+                    data_addr,
+                    fingerprint,
+                };
+                self.membership_event(MembershipEvent::Initializer(e), now, out);
+            }
+            Control::LinksUp { .. } => self.membership_event(
+                MembershipEvent::Initializer(InitializerEvent::LinksUp { link }),
+                now,
+                out,
+            ),
+            Control::Restored { generation } => {
+                if generation != self.generation {
+                    return;
+                }
+                if let Some(member) = self.member_of(link) {
+                    self.awaiting_restored.remove(&member);
+                    self.maybe_all_restored(now, out);
+                }
+            }
+            Control::CheckpointDone {
+                id,
+                generation,
+                error,
+            } => {
+                let Some(member) = self.member_of(link) else {
+                    return;
+                };
+                let e = match error {
+                    None => CoordinatorEvent::PartDone {
+                        id,
+                        generation,
+                        member,
+                    },
+                    Some(e) => {
+                        let reason = format!("worker '{}': {e}", self.members[member].name);
+                        CoordinatorEvent::PartFailed {
+                            id,
+                            generation,
+                            member,
+                            reason,
+                        }
+                    }
+                };
+                self.coordinator_event(e, now, positions, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn member_of(&self, link: LinkId) -> Option<usize> {
+        self.member_links
+            .iter()
+            .position(|l| *l == link)
+            .filter(|i| *i > 0)
+    }
+
+    // ---- the machines' actions
+
+    fn membership_event(&mut self, event: MembershipEvent, now: Instant, out: &mut Out<P, D>) {
+        match &mut self.role {
+            Role::Initializer(m) => {
+                let e = match event {
+                    MembershipEvent::Tick => InitializerEvent::Tick { now },
+                    MembershipEvent::Closed(link, why) => {
+                        InitializerEvent::LinkClosed { link, why }
+                    }
+                    MembershipEvent::OwnLinksUp(generation) => {
+                        InitializerEvent::OwnLinksUp { generation }
+                    }
+                    MembershipEvent::Initializer(e) => e,
+                    MembershipEvent::Connected(_) | MembershipEvent::Message(..) => return,
+                };
+                let mut actions = Vec::new();
+                m.handle(e, now, &mut actions);
+                self.initializer_actions(actions, now, out);
+            }
+            Role::Joiner(m) => {
+                let e = match event {
+                    MembershipEvent::Tick => JoinerEvent::Tick { now },
+                    MembershipEvent::Closed(link, why) => JoinerEvent::LinkClosed { link, why },
+                    MembershipEvent::OwnLinksUp(generation) => {
+                        JoinerEvent::OwnLinksUp { generation }
+                    }
+                    MembershipEvent::Connected(link) => JoinerEvent::Connected { link },
+                    MembershipEvent::Message(link, msg) => JoinerEvent::Message { link, msg },
+                    MembershipEvent::Initializer(_) => return,
+                };
+                let mut actions = Vec::new();
+                m.handle(e, now, &mut actions);
+                self.joiner_actions(actions, now, out);
+            }
+        }
+    }
+
+    fn initializer_actions(
+        &mut self,
+        actions: Vec<InitializerAction>,
+        now: Instant,
+        out: &mut Out<P, D>,
+    ) {
+        for a in actions {
+            match a {
+                InitializerAction::Waiting { more } => {
+                    out.push(NodeAction::Notice(Notice::WaitingForWorkers { more }))
+                }
+                InitializerAction::Accepted {
+                    name,
+                    joined,
+                    expected,
+                    ..
+                } => out.push(NodeAction::Notice(Notice::Joined {
+                    name,
+                    joined,
+                    expected,
+                })),
+                InitializerAction::Refuse {
+                    link,
+                    reason,
+                    retry,
+                } => out.push(NodeAction::Refuse {
+                    link,
+                    reason,
+                    retry,
+                }),
+                InitializerAction::Close { link } => out.push(NodeAction::Close { link }),
+                InitializerAction::Welcome {
+                    link,
+                    members,
+                    generation,
+                } => {
+                    let msg = Control::Welcome {
+                        members,
+                        generation,
+                        rollback_to: self.rollback_to,
+                        resilient: self.config.resilient,
+                    };
+                    out.push(NodeAction::Send { link, msg });
+                }
+                InitializerAction::OpenDataLinks {
+                    members,
+                    generation,
+                } => {
+                    if members.len() > 1 {
+                        out.push(NodeAction::OpenDataLinks {
+                            members,
+                            me: 0,
+                            generation,
+                        });
+                    }
+                }
+                InitializerAction::Start { link, generation } => out.push(NodeAction::Send {
+                    link,
+                    msg: Control::Start { generation },
+                }),
+                InitializerAction::Formed {
+                    members,
+                    links,
+                    generation,
+                } => {
+                    self.member_links = std::iter::once(LinkId(u64::MAX)).chain(links).collect();
+                    self.formed(members, 0, generation, self.rollback_to, out);
+                }
+                InitializerAction::Interrupted { reason } => {
+                    out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));
+                    out.push(NodeAction::TearDown { reform: None });
+                    self.form(now, out);
+                    return;
+                }
+                InitializerAction::MemberLost { name, why, .. } => {
+                    out.push(NodeAction::Notice(Notice::WorkerLost {
+                        name: name.clone(),
+                        why: why.clone(),
+                    }));
+                    if self.config.resilient {
+                        self.recover(format!("lost worker '{name}': {why}"), now, out);
+                        return;
+                    }
+                    out.push(NodeAction::Notice(Notice::NoRecovery { name }));
+                }
+            }
+        }
+    }
+
+    fn joiner_actions(&mut self, actions: Vec<JoinerAction>, now: Instant, out: &mut Out<P, D>) {
+        for a in actions {
+            match a {
+                JoinerAction::Connect { after } => out.push(NodeAction::Connect { after }),
+                JoinerAction::SendJoin { link } => {
+                    let has_files = self.recovered.has_files || !self.first_formation;
+                    out.push(NodeAction::SendJoin { link, has_files });
+                }
+                JoinerAction::OpenDataLinks {
+                    members,
+                    me,
+                    generation,
+                } => {
+                    // Peers that start first may send data of this
+                    // generation before `Start` reaches this worker: it is
+                    // held, not dropped. What was held of an older
+                    // generation (sent before the rollback) goes.
+                    if generation != self.generation {
+                        self.early.clear();
+                    }
+                    self.generation = generation;
+                    out.push(NodeAction::OpenDataLinks {
+                        members,
+                        me,
+                        generation,
+                    })
+                }
+                JoinerAction::SendLinksUp { link } => out.push(NodeAction::Send {
+                    link,
+                    msg: Control::LinksUp {
+                        name: self.config.name.clone(),
+                    },
+                }),
+                JoinerAction::Close { link } => out.push(NodeAction::Close { link }),
+                JoinerAction::Formed {
+                    members,
+                    me,
+                    generation,
+                    rollback_to,
+                    resilient,
+                    ..
+                } => {
+                    if resilient != self.config.resilient {
+                        self.fail(
+                            NodeFatal::ResilienceMismatch {
+                                initializer_resilient: resilient,
+                            },
+                            out,
+                        );
+                        return;
+                    }
+                    self.formed(members, me, generation, rollback_to, out);
+                }
+                JoinerAction::Interrupted { reason } => {
+                    out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));
+                    out.push(NodeAction::TearDown { reform: None });
+                }
+                JoinerAction::Refused { reason } => {
+                    self.fail(NodeFatal::Refused(reason), out);
+                    return;
+                }
+                JoinerAction::InitializerLost { why } => {
+                    let name = self
+                        .members
+                        .first()
+                        .map_or("initializer".to_string(), |m| m.name.clone());
+                    out.push(NodeAction::Notice(Notice::WorkerLost {
+                        name: name.clone(),
+                        why: why.clone(),
+                    }));
+                    if self.config.resilient {
+                        self.recover(format!("lost worker '{name}': {why}"), now, out);
+                        return;
+                    }
+                    out.push(NodeAction::Notice(Notice::NoRecovery { name }));
+                }
+                JoinerAction::Reform { reason } => {
+                    if self.config.resilient {
+                        self.recover(
+                            format!("the initializer re-forms the cluster: {reason}"),
+                            now,
+                            out,
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn coordinator_event(
+        &mut self,
+        event: CoordinatorEvent,
+        now: Instant,
+        positions: &mut dyn FnMut() -> P,
+        out: &mut Out<P, D>,
+    ) {
+        let members = self.members.len();
+        let Some(c) = &mut self.coordinator else {
+            return;
+        };
+        let Some(action) = c.handle(event, members) else {
+            return;
+        };
+        match action {
+            CoordinatorAction::Begin { id, generation } => {
+                self.broadcast(Control::Checkpoint { id, generation }, out);
+                self.participant_event(ParticipantEvent::Begin { id }, now, positions, out);
+            }
+            CoordinatorAction::RecordCommit { id, generation } => {
+                out.push(NodeAction::RecordCommit { id, generation })
+            }
+            CoordinatorAction::Commit { id, generation } => {
+                self.broadcast(Control::Committed { id, generation }, out);
+                self.participant_event(ParticipantEvent::Committed { id }, now, positions, out);
+            }
+            CoordinatorAction::Abort {
+                id,
+                generation,
+                reason,
+            } => {
+                out.push(NodeAction::Notice(Notice::CheckpointAbandoned {
+                    id,
+                    reason: reason.clone(),
+                }));
+                self.broadcast(
+                    Control::Abort {
+                        id,
+                        generation,
+                        reason,
+                    },
+                    out,
+                );
+                self.participant_event(ParticipantEvent::Aborted { id }, now, positions, out);
+            }
+        }
+    }
+
+    /// Sends `msg` to every other member (initializer only).
+    fn broadcast(&self, msg: Control, out: &mut Out<P, D>) {
+        for &link in self.member_links.iter().skip(1) {
+            out.push(NodeAction::Send {
+                link,
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    fn participant_event(
+        &mut self,
+        event: ParticipantEvent,
+        now: Instant,
+        positions: &mut dyn FnMut() -> P,
+        out: &mut Out<P, D>,
+    ) {
+        let Some(p) = &mut self.participant else {
+            return;
+        };
+        let mut actions = Vec::new();
+        p.handle(event, &mut *positions, &mut actions);
+        let generation = self.generation;
+        for a in actions {
+            match a {
+                ParticipantAction::PartDone { id } => match &self.role {
+                    Role::Initializer(_) => {
+                        let e = CoordinatorEvent::PartDone {
+                            id,
+                            generation,
+                            member: 0,
+                        };
+                        self.coordinator_event(e, now, positions, out);
+                    }
+                    Role::Joiner(m) => {
+                        if let Some(link) = m.link() {
+                            let msg = Control::CheckpointDone {
+                                id,
+                                generation,
+                                error: None,
+                            };
+                            out.push(NodeAction::Send { link, msg });
+                        }
+                    }
+                },
+                ParticipantAction::PartFailed { id, reason } => match &self.role {
+                    Role::Initializer(_) => {
+                        let reason = format!("worker '{}': {reason}", self.config.name);
+                        let e = CoordinatorEvent::PartFailed {
+                            id,
+                            generation,
+                            member: 0,
+                            reason,
+                        };
+                        self.coordinator_event(e, now, positions, out);
+                    }
+                    Role::Joiner(m) => {
+                        if let Some(link) = m.link() {
+                            let msg = Control::CheckpointDone {
+                                id,
+                                generation,
+                                error: Some(reason),
+                            };
+                            out.push(NodeAction::Send { link, msg });
+                        }
+                    }
+                },
+                other => out.push(NodeAction::Checkpoint(other)),
+            }
+        }
+    }
+}
+
+/// A membership event before it is given to the role's machine.
+enum MembershipEvent {
+    Tick,
+    Connected(LinkId),
+    Message(LinkId, Control),
+    Closed(LinkId, String),
+    OwnLinksUp(Generation),
+    Initializer(InitializerEvent),
+}
