@@ -7,6 +7,7 @@
 
 import os
 import sys
+from typing import NoReturn
 
 TOOLS = ("send", "receive", "status", "shutdown")
 
@@ -25,7 +26,7 @@ commands:
 """
 
 
-def machida3_main():
+def machida3_main() -> NoReturn:
     from quoll import worker
     sys.exit(worker.main(sys.argv))
 
@@ -43,7 +44,7 @@ are passed to every worker.
 """
 
 
-def _offset_addrs(value, i):
+def _offset_addrs(value: str, i: int) -> str:
     """`name@host:port[,..]` or `host:port` with every port moved up by i."""
     items = []
     for item in value.split(","):
@@ -52,7 +53,7 @@ def _offset_addrs(value, i):
     return ",".join(items)
 
 
-def _per_worker_args(args, i):
+def _per_worker_args(args: list[str], i: int) -> list[str]:
     out = []
     it = iter(range(len(args)))
     for k in it:
@@ -70,14 +71,14 @@ def _per_worker_args(args, i):
     return out
 
 
-def _free_port():
+def _free_port() -> int:
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def run_main(argv):
+def run_main(argv: list[str]) -> int:
     """`quoll run path/to/app.py [--workers N] [args]`."""
     if not argv or argv[0] in ("-h", "--help"):
         print(RUN_USAGE)
@@ -108,7 +109,7 @@ def run_main(argv):
     return _run_cluster(path, directory, module, workers, rest)
 
 
-def _run_cluster(path, directory, module, workers, rest):
+def _run_cluster(path: str, directory: str, module: str, workers: int, rest: list[str]) -> int:
     import signal
     import subprocess
     import time
@@ -156,7 +157,7 @@ def _run_cluster(path, directory, module, workers, rest):
     return code if code >= 0 else 1
 
 
-def main():
+def main() -> int:
     argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

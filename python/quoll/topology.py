@@ -1,66 +1,347 @@
-"""Flatten a Wallaroo application tuple into the stage list the engine runs.
+"""Flatten a Wallaroo application tuple into the typed topology the engine runs.
 
 `build_application` returns `(app_name, root_idx, vs, es)`: a tree of nodes
-whose leaves start with a source and whose root ends with the sinks
-(spec 2.14). The engine wants something flatter: stages with one successor
-each, sources that name the stage they enter at, and sink configs by index.
-Merges become two chains whose last stages both link to the same stage.
+whose leaves start with a source and whose root ends with the sinks. The
+engine wants something flatter: stages with one successor each, sources
+that name the stage they enter at, and sinks by index. Merges become two
+chains whose last stages both link to the same stage.
+
+The result is a `Topology` of dataclasses, one per source kind, sink kind
+and stage kind, which `quoll._engine.run_worker` reads by attribute name
+(see `crates/quoll-py/src/app.rs`). Wallaroo's config tuples are read here
+and nowhere else, and every set-up error names the pipeline, and the source
+or sink by its kind and name or address, as the application wrote them.
 
 This is also where the Python callables the engine will invoke are resolved,
 once, at start-up: for objects made by wallaroo's decorators the raw user
 function (`_quoll_func`) is called directly, saving a Python frame per
-message; any other duck-typed object is called through its methods, exactly
-as the spec's call table says.
+message; any other duck-typed object is called through its methods.
 """
 
-from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from __future__ import annotations
 
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence, TypeVar, Union
+
+_T = TypeVar("_T")
 
 
 class TopologyError(Exception):
     """The application tuple can't be run; the message says where and why."""
 
 
+# The key of every message until the first key_by, by source kind.
 IMPLICIT_KEYS = {
     "tcp": "tcp-source-key",
     "gen": "gen-source-key",
     "file": "file-source-key",
 }
 
+SUPPORTED_SOURCES = "TCP, generator, file and connector sources"
+SUPPORTED_SINKS = "TCP and file sinks"
 
-@dataclass
-class Stage:
-    kind: str  # computation, computation_multi, key_by, collect, state_computation, ...
-    name: str
-    next: Optional[int] = None
-    # Resolved callables / parameters, by kind (see the engine's stage table).
-    call: Any = None
-    initial_state: Any = None
-    aggregation: Any = None
-    params: Tuple = ()
-    sinks: List[int] = field(default_factory=list)
+
+# --------------------------------------------------------------------------
+# What the engine reads. Every `kind` is the tag app.rs dispatches on.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TcpSource:
+    """`wallaroo.TCPSourceConfig`: a listener whose frames are split by the
+    decoder's length header (`header_length` bytes, struct `length_fmt`)."""
+
+    kind: ClassVar[str] = "tcp"
+    host: str
+    port: str
+    header_length: int
+    length_fmt: str
+    decode: Callable[[bytes], Any]
+    # False: this worker opens no listener.
+    valid: bool
+    # Concurrent connections accepted per worker.
+    parallelism: int
+
+
+@dataclass(frozen=True)
+class GenSource:
+    """`wallaroo.GenSourceConfig`: `initial_value()`, then `apply(last)`
+    until it returns None."""
+
+    kind: ClassVar[str] = "gen"
+    initial_value: Callable[[], Any]
+    apply: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """`wallaroo.FileSourceConfig`: a file of framed records."""
+
+    kind: ClassVar[str] = "file"
+    path: str
+    header_length: int
+    length_fmt: str
+    decode: Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class ConnectorSource:
+    """`wallaroo.experimental.SourceConnectorConfig`: a connector protocol
+    listener; the worker frames the protocol itself and calls only
+    `decode`."""
+
+    kind: ClassVar[str] = "source_connector"
+    host: str
+    port: str
+    decode: Callable[[bytes], Any]
+    cookie: str
+    max_credits: int
+    refill_credits: int
+
+
+SourceSpec = Union[TcpSource, GenSource, FileSource, ConnectorSource]
 
 
 @dataclass
 class Source:
-    kind: str
+    """One source of the application."""
+
+    # The config's own name (e.g. `TCPSourceConfig(name, ...)`).
     name: str
+    # The pipeline name given to `wallaroo.source(name, config)`.
     pipeline: str
-    entry: int
-    implicit_key: str
-    config: Tuple
+    # How errors name this source.
+    place: str
+    spec: SourceSpec
+    # The stage the source's messages enter at (set while flattening).
+    entry: int = -1
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def implicit_key(self) -> str:
+        return IMPLICIT_KEYS.get(self.kind, f"{self.kind}-source-key")
+
+
+@dataclass(frozen=True)
+class TcpSink:
+    """`wallaroo.TCPSinkConfig`: each worker connects to `host:port`."""
+
+    kind: ClassVar[str] = "tcp"
+    host: str
+    port: str
+    encode: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class FileSink:
+    """`wallaroo.FileSinkConfig`: output appended to a file."""
+
+    kind: ClassVar[str] = "file"
+    path: str
+    encode: Callable[[Any], Any]
+
+
+SinkSpec = Union[TcpSink, FileSink]
+
+
+@dataclass(frozen=True)
+class Sink:
+    """One sink of the application; sink stages refer to it by index."""
+
+    place: str
+    spec: SinkSpec
+
+
+@dataclass(frozen=True)
+class StatelessStage:
+    """A `@computation` (`multi`: `@computation_multi`)."""
+
+    kind: ClassVar[str] = "stateless"
+    call: Callable[[Any], Any]
+    multi: bool
+
+
+@dataclass(frozen=True)
+class KeyByStage:
+    """`key_by(extractor)`; `call` returns the raw key (int keys are mapped
+    to `chr(n)` by the engine)."""
+
+    kind: ClassVar[str] = "key_by"
+    call: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class CollectStage:
+    """`collect()`: every message gets the same `key`."""
+
+    kind: ClassVar[str] = "collect"
+    key: str
+
+
+@dataclass(frozen=True)
+class StateStage:
+    """A `@state_computation` (`multi`: `@state_computation_multi`)."""
+
+    kind: ClassVar[str] = "state"
+    call: Callable[[Any, Any], Any]
+    initial_state: Any
+    multi: bool
+
+
+@dataclass(frozen=True)
+class AggregationCalls:
+    """The bound methods of a window's `Aggregation` instance."""
+
+    initial_accumulator: Callable[[], Any]
+    update: Callable[[Any, Any], Any]
+    combine: Callable[[Any, Any], Any]
+    output: Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class RangeWindowsStage:
+    """`range_windows(range)...over(Aggregation)`, durations in ns."""
+
+    kind: ClassVar[str] = "range_windows"
+    aggregation: AggregationCalls
+    range: int
+    slide: int
+    delay: int
+    late_data_policy: str
+
+
+@dataclass(frozen=True)
+class CountWindowsStage:
+    """`count_windows(count).over(Aggregation)`."""
+
+    kind: ClassVar[str] = "count_windows"
+    aggregation: AggregationCalls
+    count: int
+
+
+@dataclass(frozen=True)
+class SinksStage:
+    """`to_sink`/`to_sinks`: indices into `Topology.sinks`."""
+
+    kind: ClassVar[str] = "sinks"
+    sinks: list[int]
+
+
+StageSpec = Union[StatelessStage, KeyByStage, CollectStage, StateStage,
+                  RangeWindowsStage, CountWindowsStage, SinksStage]
 
 
 @dataclass
-class Topology:
+class Stage:
+    """One stage; `next` is the stage its output goes to (None: the last)."""
+
+    name: str
+    place: str
+    spec: StageSpec
+    next: Optional[int] = None
+
+
+class Topology(NamedTuple):
+    """The flattened application, as `quoll._engine.run_worker` takes it.
+
+    A named tuple because `run_worker` takes a tuple; the engine reads its
+    fields (and those of everything in it) by name.
+    """
+
     app_name: str
-    sources: List[Source]
-    stages: List[Stage]
-    sinks: List[Tuple]
+    sources: list[Source]
+    stages: list[Stage]
+    sinks: list[Sink]
 
 
-def _name_of(obj, default="undefined-name"):
+# --------------------------------------------------------------------------
+# Naming things as the application named them
+# --------------------------------------------------------------------------
+
+
+def _quoted(names: Sequence[str]) -> str:
+    quoted = [f"'{n}'" for n in names]
+    if len(quoted) < 2:
+        return "".join(quoted)
+    return ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _pipeline_label(pipelines: Sequence[str]) -> str:
+    """`pipeline 'P'`, or for a stage after a merge `pipelines 'A' and 'B'`."""
+    if len(pipelines) == 1:
+        return f"pipeline {_quoted(pipelines)}"
+    if not pipelines:
+        return "the pipeline"
+    return f"pipelines {_quoted(pipelines)}"
+
+
+def _short_repr(obj: object) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<unrepresentable {type(obj).__name__}>"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _field(cfg: Sequence[Any], index: int) -> str:
+    return str(cfg[index]) if len(cfg) > index else "?"
+
+
+def _brokers(value: Any) -> str:
+    try:
+        return ",".join(f"{host}:{port}" for host, port in value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def describe_config(cfg: Any, role: str) -> str:
+    """A source or sink ("role") config tuple as the application wrote it,
+    e.g. `connector sink 'out' at 127.0.0.1:7200`."""
+    if not isinstance(cfg, (tuple, list)) or not cfg or not isinstance(cfg[0], str):
+        return f"{role} config {_short_repr(cfg)}"
+    kind = cfg[0]
+    name = str(cfg[1]) if len(cfg) > 1 else ""
+    named = f" '{name}'" if name else ""
+    if kind == "tcp":
+        return f"tcp {role}{named} at {_field(cfg, 2)}:{_field(cfg, 3)}"
+    if kind == "file":
+        verb = "reading" if role == "source" else "writing"
+        return f"file {role}{named} {verb} {_field(cfg, 2)}"
+    if kind == "gen":
+        return f"generator {role}{named}"
+    if kind == "source_connector":
+        return f"connector source{named} at {_field(cfg, 2)}:{_field(cfg, 3)}"
+    if kind == "sink_connector":
+        return f"connector sink{named} at {_field(cfg, 2)}:{_field(cfg, 3)}"
+    if kind == "kafka":
+        topic = _field(cfg, 2)
+        brokers = _brokers(cfg[3]) if len(cfg) > 3 else "?"
+        return f"kafka {role}{named} on topic '{topic}' at {brokers}"
+    if kind == "kafka-internal":
+        return f"kafka {role}{named} configured from the command line"
+    return f"'{kind}' {role}{named}"
+
+
+def _unsupported(kind: Any, role: str, supported: str) -> str:
+    if kind in ("kafka", "kafka-internal"):
+        what = f"Kafka {role}s are"
+    elif kind == f"{role}_connector":
+        what = f"connector {role}s are"
+    else:
+        what = f"the {role} kind {kind!r} is"
+    return f"{what} not supported yet by quoll (supported: {supported})"
+
+
+# --------------------------------------------------------------------------
+# Resolving the callables
+# --------------------------------------------------------------------------
+
+
+def _name_of(obj: Any, default: str = "undefined-name") -> str:
     name = getattr(obj, "name", None)
     if callable(name):
         try:
@@ -73,11 +354,12 @@ def _name_of(obj, default="undefined-name"):
     return default
 
 
-def _direct(obj, method):
+def direct(obj: Any, method: str) -> Callable[..., Any]:
     """The raw user function of a decorator-made object, else the bound method.
 
     Only the generated classes themselves (module `wallaroo`) qualify; a user
     subclass may have changed the method, so it is called as a method.
+    Raises AttributeError when `obj` has no such method.
     """
     cls = type(obj)
     func = getattr(cls, "_quoll_func", None)
@@ -85,15 +367,153 @@ def _direct(obj, method):
         return func
     bound = getattr(obj, method, None)
     if not callable(bound):
-        raise TopologyError(f"{obj!r} has no {method}() method")
+        raise AttributeError(f"{_short_repr(obj)} has no {method}() method")
     return bound
 
 
-def _multi(obj):
+def _multi(obj: Any) -> bool:
     return hasattr(obj, "compute_multi")
 
 
-def flatten(app) -> Topology:
+def _bind_aggregation(agg: Any) -> AggregationCalls:
+    for m in ("initial_accumulator", "update", "combine", "output"):
+        if not callable(getattr(agg, m, None)):
+            raise TopologyError(f"aggregation {agg!r} has no {m}() method")
+    return AggregationCalls(agg.initial_accumulator, agg.update, agg.combine, agg.output)
+
+
+# --------------------------------------------------------------------------
+# Sources and sinks from Wallaroo's config tuples
+# --------------------------------------------------------------------------
+
+
+def _decoder_framing(decoder: Any) -> tuple[int, str, Callable[[bytes], Any]]:
+    """`(header_length, length_fmt, decode)` of a Wallaroo decoder: quoll
+    splits frames natively, so it needs the struct format the
+    `wallaroo.decoder` decorator recorded."""
+    try:
+        header_length = decoder.header_length()
+    except Exception as e:
+        raise TopologyError(f"decoder.header_length() failed: {type(e).__name__}: {e}") from e
+    if isinstance(header_length, bool) or not isinstance(header_length, int):
+        raise TopologyError(f"decoder.header_length() returned {_short_repr(header_length)}, not an int")
+    fmt = getattr(decoder, "_quoll_length_fmt", None)
+    if fmt is None:
+        raise TopologyError(
+            "the decoder was not made with @wallaroo.decoder(header_length, length_fmt); "
+            "quoll splits TCP frames natively and needs the struct format of the length header"
+        )
+    if not isinstance(fmt, str):
+        raise TopologyError(f"decoder length format: expected a str, got {_short_repr(fmt)}")
+    return header_length, fmt, _resolve(decoder, "decode", "decoder")
+
+
+def _resolve(obj: Any, method: str, what: str) -> Callable[..., Any]:
+    try:
+        return direct(obj, method)
+    except AttributeError as e:
+        raise TopologyError(f"{what}: {e}") from e
+
+
+def _parallelism(value: Any) -> int:
+    """A TCP source's connections per worker: a non-negative int, else the
+    default 10; at least 1."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        return 10
+    return max(n, 1) if 0 <= n < 2**64 else 10
+
+
+def _credits(value: Any, what: str) -> int:
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TopologyError(f"{what} must be an int, got {_short_repr(value)}") from None
+    if not 0 <= n <= 0xFFFF_FFFF:
+        raise TopologyError(f"{what} must be between 0 and 4294967295, got {n}")
+    return n
+
+
+def _item(cfg: Sequence[Any], index: int, what: str) -> Any:
+    if len(cfg) <= index:
+        raise TopologyError(f"the config tuple has no {what} (item {index})")
+    return cfg[index]
+
+
+def _source_spec(cfg: Sequence[Any]) -> SourceSpec:
+    kind = cfg[0]
+    if kind == "tcp":
+        header_length, fmt, decode = _decoder_framing(_item(cfg, 4, "decoder"))
+        return TcpSource(
+            host=str(_item(cfg, 2, "host")),
+            port=str(_item(cfg, 3, "port")),
+            header_length=header_length,
+            length_fmt=fmt,
+            decode=decode,
+            valid=bool(cfg[5]) if len(cfg) > 5 else True,
+            parallelism=_parallelism(cfg[6]) if len(cfg) > 6 else 10,
+        )
+    if kind == "gen":
+        gen = _item(cfg, 2, "generator")
+        try:
+            initial_value, apply = gen.initial_value, gen.apply
+        except AttributeError as e:
+            raise TopologyError(f"generator: {e}") from e
+        return GenSource(initial_value=initial_value, apply=apply)
+    if kind == "file":
+        header_length, fmt, decode = _decoder_framing(_item(cfg, 3, "decoder"))
+        return FileSource(path=str(_item(cfg, 2, "path")), header_length=header_length,
+                          length_fmt=fmt, decode=decode)
+    if kind == "source_connector":
+        # ("source_connector", name, host, port, encoder, decoder, cookie,
+        #  max_credits, refill_credits); the encoder is the external client's.
+        return ConnectorSource(
+            host=str(_item(cfg, 2, "host")),
+            port=str(_item(cfg, 3, "port")),
+            decode=_resolve(_item(cfg, 5, "decoder"), "decode", "decoder"),
+            cookie=str(_item(cfg, 6, "cookie")),
+            max_credits=_credits(_item(cfg, 7, "max_credits"), "max_credits"),
+            refill_credits=_credits(_item(cfg, 8, "refill_credits"), "refill_credits"),
+        )
+    raise TopologyError(_unsupported(kind, "source", SUPPORTED_SOURCES))
+
+
+def _sink_spec(cfg: Sequence[Any]) -> SinkSpec:
+    kind = cfg[0]
+    if kind == "tcp":
+        return TcpSink(
+            host=str(_item(cfg, 2, "host")),
+            port=str(_item(cfg, 3, "port")),
+            encode=_resolve(_item(cfg, 4, "encoder"), "encode", "encoder"),
+        )
+    if kind == "file":
+        return FileSink(
+            path=str(_item(cfg, 2, "path")),
+            encode=_resolve(_item(cfg, 3, "encoder"), "encode", "encoder"),
+        )
+    raise TopologyError(_unsupported(kind, "sink", SUPPORTED_SINKS))
+
+
+def _well_formed(cfg: Any) -> bool:
+    return isinstance(cfg, (tuple, list)) and bool(cfg) and isinstance(cfg[0], str)
+
+
+def _in_place(place: str, build: Callable[[], _T]) -> _T:
+    """Runs `build`, prefixing a set-up error with where it happened."""
+    try:
+        return build()
+    except TopologyError as e:
+        raise TopologyError(f"{place}: {e}") from e
+
+
+# --------------------------------------------------------------------------
+# Flattening
+# --------------------------------------------------------------------------
+
+
+def flatten(app: Any) -> Topology:
+    """The `Topology` of the tuple `wallaroo.build_application` returned."""
     try:
         app_name, root, vs, es = app
     except (TypeError, ValueError) as e:
@@ -103,7 +523,13 @@ def flatten(app) -> Topology:
         ) from e
     topo = Topology(app_name=str(app_name), sources=[], stages=[], sinks=[])
 
-    def add_stage(stage: Stage, dangling):
+    def pipelines_under(i: int) -> list[str]:
+        names = [str(t[1]) for t in vs[i] if t and t[0] == "source"]
+        for child in es[i]:
+            names += pipelines_under(child)
+        return names
+
+    def add_stage(stage: Stage, dangling: list[tuple[str, int]]) -> list[tuple[str, int]]:
         sid = len(topo.stages)
         topo.stages.append(stage)
         for kind, idx in dangling:
@@ -113,82 +539,90 @@ def flatten(app) -> Topology:
                 topo.stages[idx].next = sid
         return [("stage", sid)]
 
-    def add_sinks(configs):
+    def add_sinks(configs: Sequence[Any], pipeline: str) -> list[int]:
         ids = []
         for cfg in configs:
-            ids.append(len(topo.sinks))
-            topo.sinks.append(tuple(cfg))
+            index = len(topo.sinks)
+            place = f"sink {index} of {pipeline} ({describe_config(cfg, 'sink')})"
+            if not _well_formed(cfg):
+                raise TopologyError(f"{place}: a sink config's to_tuple() must start with its kind")
+            topo.sinks.append(Sink(place=place, spec=_in_place(place, lambda: _sink_spec(cfg))))
+            ids.append(index)
         return ids
 
-    def stage_for(t, index):
+    def stage_for(t: Sequence[Any], index: int, pipeline: str) -> Stage:
         op = t[0]
+
+        def place(name: str) -> str:
+            return f"stage {index} ('{name}') of {pipeline}"
+
+        def name_of(obj: Any, default: str = "undefined-name") -> str:
+            return _in_place(f"stage {index} of {pipeline}", lambda: _name_of(obj, default))
+
         if op == "to":
             c = t[1]
+            name = name_of(c)
             if _multi(c):
-                return Stage("computation_multi", _name_of(c), call=_direct(c, "compute_multi"))
+                call = _in_place(place(name), lambda: _resolve(c, "compute_multi", "computation"))
+                return Stage(name, place(name), StatelessStage(call=call, multi=True))
             if not hasattr(c, "compute"):
-                raise TopologyError(f"to() got {c!r}, which has neither compute() nor compute_multi()")
-            return Stage("computation", _name_of(c), call=_direct(c, "compute"))
+                raise TopologyError(
+                    f"{place(name)}: to() got {c!r}, which has neither compute() nor compute_multi()")
+            call = _in_place(place(name), lambda: _resolve(c, "compute", "computation"))
+            return Stage(name, place(name), StatelessStage(call=call, multi=False))
         if op == "to_state":
             c = t[1]
-            kind = "state_computation_multi" if _multi(c) else "state_computation"
+            name = name_of(c)
             method = "compute_multi" if _multi(c) else "compute"
-            return Stage(kind, _name_of(c), call=_direct(c, method), initial_state=c.initial_state)
+            call = _in_place(place(name), lambda: _resolve(c, method, "state computation"))
+            return Stage(name, place(name),
+                         StateStage(call=call, initial_state=c.initial_state, multi=_multi(c)))
         if op == "key_by":
             ke = t[1]
-            return Stage("key_by", getattr(getattr(ke, "_quoll_func", None), "__name__", "key_by"),
-                         call=_direct(ke, "extract_key"))
+            name = getattr(getattr(ke, "_quoll_func", None), "__name__", "key_by")
+            call = _in_place(place(name), lambda: _resolve(ke, "extract_key", "key extractor"))
+            return Stage(name, place(name), KeyByStage(call=call))
         if op == "collect":
-            return Stage("collect", "collect", params=(f"collect-key-{index}",))
+            return Stage("collect", place("collect"), CollectStage(key=f"collect-key-{index}"))
         if op == "to_range_windows":
             _, rng, slide, delay, agg, policy = t[:6]
-            return Stage("range_windows", _name_of(agg, type(agg).__name__),
-                         aggregation=_bind_aggregation(agg),
-                         params=(int(rng), int(slide), int(delay), str(policy)))
+            name = name_of(agg, type(agg).__name__)
+            aggregation = _in_place(place(name), lambda: _bind_aggregation(agg))
+            return Stage(name, place(name), RangeWindowsStage(
+                aggregation=aggregation, range=int(rng), slide=int(slide), delay=int(delay),
+                late_data_policy=str(policy)))
         if op == "to_count_windows":
             _, count, agg = t[:3]
-            return Stage("count_windows", _name_of(agg, type(agg).__name__),
-                         aggregation=_bind_aggregation(agg), params=(int(count),))
+            name = name_of(agg, type(agg).__name__)
+            aggregation = _in_place(place(name), lambda: _bind_aggregation(agg))
+            return Stage(name, place(name), CountWindowsStage(aggregation=aggregation, count=int(count)))
         if op == "to_sink":
-            return Stage("sinks", "sink", sinks=add_sinks([t[1]]))
+            return Stage("sink", place("sink"), SinksStage(sinks=add_sinks([t[1]], pipeline)))
         if op == "to_sinks":
-            return Stage("sinks", "sinks", sinks=add_sinks(t[1]))
-        raise TopologyError(f"unknown stage {op!r} in the application tuple")
+            return Stage("sinks", place("sinks"), SinksStage(sinks=add_sinks(t[1], pipeline)))
+        raise TopologyError(f"{place(str(op))}: unknown stage {op!r} in the application tuple")
 
-    def build(i):
-        node = vs[i]
-        stages = list(node)
-        dangling = []
+    def build(i: int) -> list[tuple[str, int]]:
+        stages = list(vs[i])
+        dangling: list[tuple[str, int]] = []
         if stages and stages[0][0] == "source":
             _, pipeline_name, cfg = stages[0]
-            kind = cfg[0]
-            topo.sources.append(Source(kind=kind, name=str(cfg[1]), pipeline=str(pipeline_name),
-                                       entry=-1, implicit_key=IMPLICIT_KEYS.get(kind, f"{kind}-source-key"),
-                                       config=tuple(cfg)))
+            pipeline = str(pipeline_name)
+            place = f"source of {_pipeline_label([pipeline])} ({describe_config(cfg, 'source')})"
+            if not _well_formed(cfg):
+                raise TopologyError(f"{place}: a source config's to_tuple() must start with its kind")
+            spec = _in_place(place, lambda: _source_spec(cfg))
+            topo.sources.append(Source(name=_field(cfg, 1), pipeline=pipeline, place=place, spec=spec))
             dangling = [("source", len(topo.sources) - 1)]
             stages = stages[1:]
         for child in es[i]:
             dangling += build(child)
+        pipeline = _pipeline_label(pipelines_under(i))
         for t in stages:
-            dangling = add_stage(stage_for(t, len(topo.stages)), dangling)
+            dangling = add_stage(stage_for(t, len(topo.stages), pipeline), dangling)
         return dangling
 
     build(root)
     if not topo.sinks:
         raise TopologyError("An application must end with to_sink/s.")
     return topo
-
-
-def _bind_aggregation(agg):
-    for m in ("initial_accumulator", "update", "combine", "output"):
-        if not callable(getattr(agg, m, None)):
-            raise TopologyError(f"aggregation {agg!r} has no {m}() method")
-    return (agg.initial_accumulator, agg.update, agg.combine, agg.output)
-
-
-def as_engine_tuples(topo: Topology):
-    """The plain tuples `quoll._engine.run_worker` reads."""
-    sources = [(s.kind, s.name, s.entry, s.implicit_key, s.config) for s in topo.sources]
-    stages = [(s.kind, s.name, s.next, s.call, s.initial_state, s.aggregation, s.params, s.sinks)
-              for s in topo.stages]
-    return topo.app_name, sources, stages, topo.sinks

@@ -1,6 +1,6 @@
 """The worker process: `machida3 --application-module APP ...`.
 
-Start-up follows the spec's sequence (3.1) on every worker: hide the flags
+Start-up follows the same sequence on every worker: hide the flags
 from `sys.argv`, import the app by module name, pick the codec, set
 `wallaroo._ARGS`, call `application_setup(args)` exactly once, flatten the
 result, then hand over to the engine (`quoll._engine.run_worker`), whose
@@ -11,8 +11,10 @@ import importlib
 import os
 import sys
 import traceback
+from types import ModuleType
+from typing import Any, Callable, Optional, Sequence
 
-from quoll.worker_args import WorkerArgsError, parse_worker_argv
+from quoll.worker_args import WorkerArgs, WorkerArgsError, parse_worker_argv
 
 HELP = """usage: machida3 --application-module MODULE [worker flags] [app args]
 
@@ -34,19 +36,19 @@ Everything else (--in, --out, app flags) is passed to application_setup(args).
 """
 
 
-def _fail(message, code=2):
+def _fail(message: str, code: int = 2) -> int:
     print(f"machida3: error: {message}", file=sys.stderr)
     return code
 
 
-def _not_yet(args):
+def _not_yet(args: WorkerArgs) -> Optional[str]:
     """Flags that belong to capabilities not built yet: refuse them clearly."""
     if args.join:
         return "--join (growing a running cluster) is not supported yet by quoll"
     return None
 
 
-def import_app(module_name):
+def import_app(module_name: str) -> ModuleType:
     """Imports the app by module name, as Wallaroo does (never as __main__)."""
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -54,16 +56,17 @@ def import_app(module_name):
     return importlib.import_module(module_name)
 
 
-def select_codec(module):
+def select_codec(
+    module: ModuleType,
+) -> Optional[tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]:
     """The app's own (serialize, deserialize) if its module has both, else
-    None for the default (spec 4.2: a hasattr test; one alone counts for
-    nothing)."""
+    None for the default (a hasattr test: one alone counts for nothing)."""
     if hasattr(module, "serialize") and hasattr(module, "deserialize"):
         return (module.serialize, module.deserialize)
     return None
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv[1:]):
         print(HELP)
@@ -83,6 +86,8 @@ def main(argv=None):
     from quoll import topology
     from quoll import _engine
 
+    # parse_worker_argv refuses a command line without the module.
+    assert args.application_module is not None
     sys.argv = [argv[0]]
     try:
         module = import_app(args.application_module)
@@ -116,7 +121,7 @@ def main(argv=None):
         "checkpoint_interval_ns": int(args.time_between_checkpoints),
     }
     try:
-        _engine.run_worker(config, topology.as_engine_tuples(topo), codec)
+        _engine.run_worker(config, topo, codec)
     except RuntimeError as e:
         return _fail(str(e), 1)
     return 0

@@ -22,7 +22,7 @@ what to do.  This module is pure: it touches no files or sockets.
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 __all__ = ["WorkerArgs", "WorkerArgsError", "parse_worker_argv",
            "split_addr", "PONY_VALUE_FLAGS"]
@@ -186,7 +186,7 @@ def _flag_label(long: str) -> str:
     return "--{}{}".format(long, "/-" + short if short else "")
 
 
-def _convert(long: str, raw: str):
+def _convert(long: str, raw: str) -> Union[int, float, str]:
     kind = _WALLAROO_FLAGS[long][1]
     if kind == _INT:
         try:
@@ -226,7 +226,7 @@ def parse_worker_argv(argv: List[str]) -> WorkerArgs:
     result = WorkerArgs()
     result.wallaroo_args = tuple(no_pony)
 
-    seen = {}  # long name -> parsed value (last one wins)
+    seen: Dict[str, Union[bool, int, float, str]] = {}  # long name -> parsed value (last one wins)
     app_args = no_pony[:1]
     i = 1
     n = len(no_pony)
@@ -293,8 +293,8 @@ def parse_worker_argv(argv: List[str]) -> WorkerArgs:
         app_args.append(arg)
 
     result.app_args = app_args
-    for long, value in seen.items():
-        setattr(result, _WALLAROO_FLAGS[long][2], value)
+    for long, parsed in seen.items():
+        setattr(result, _WALLAROO_FLAGS[long][2], parsed)
     result.worker_count_given = "worker-count" in seen
 
     if result.help:

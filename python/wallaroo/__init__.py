@@ -1,10 +1,18 @@
 """The Wallaroo Python API, as provided by quoll.
 
 Unmodified Wallaroo applications ``import wallaroo`` and build their dataflow
-with the names defined here.  This module is pure Python (standard library
+with the names defined here.  This package is pure Python (standard library
 only) and never imports ``quoll``: the quoll engine imports the application,
 calls ``application_setup(args)`` and interprets the application tuple that
 ``build_application`` returns (see ``Pipeline.__to_tuple__``).
+
+The code lives in private submodules (``_pipeline``: ``source``,
+``Pipeline``, ``build_application``; ``_decorators`` and ``_bases``: the
+decorators and the classes they generate; ``_windows``; ``_sources``,
+``_sinks`` and ``_kafka``: the configs; ``_cli_parsers``; ``_time``;
+``_serialization``; ``_stdio``; ``_errors``).  Every name is re-exported
+here and reports ``wallaroo`` as its ``__module__``, so that reprs, error
+messages and pickles read as they did in Wallaroo's single module.
 
 Engine fast path
 ----------------
@@ -26,1306 +34,145 @@ engine reads instead of going through the bound methods:
     ``payload_length()`` unpacks with.
 ``_quoll_state_class``
     state computations only: the state class (zero-argument callable).
+
+Generated classes are globals of this package (``__module__ == "wallaroo"``);
+the engine calls ``_quoll_func`` only on those, never on user subclasses.
 """
 
 # Plain module imports on purpose: ``from wallaroo import *`` in Wallaroo
-# also brought these names into the application's namespace.
-import argparse
-import datetime
-import inspect
-import pickle
-import struct
-import sys
-import threading
-from collections import Counter
+# also brought these names into the application's namespace.  (No
+# ``__all__`` either: ``import *`` also brought the generated classes.)
+import argparse as argparse
+import datetime as datetime
+import inspect as inspect
+import pickle as pickle
+import struct as struct
+import sys as sys
+import threading as threading
+from collections import Counter as Counter
 
+from ._bases import (
+    Aggregation as Aggregation,
+    BaseWrapped as BaseWrapped,
+    Computation as Computation,
+    ComputationMulti as ComputationMulti,
+    ConnectorDecoder as ConnectorDecoder,
+    ConnectorEncoder as ConnectorEncoder,
+    Decoder as Decoder,
+    Encoder as Encoder,
+    KeyExtractor as KeyExtractor,
+    OctetDecoder as OctetDecoder,
+    OctetEncoder as OctetEncoder,
+    StateComputation as StateComputation,
+    StateComputationMulti as StateComputationMulti,
+    _key_bytes as _key_bytes,
+    dt_to_timestamp as dt_to_timestamp,
+)
+from ._cli_parsers import (
+    tcp_parse_input_addrs as tcp_parse_input_addrs,
+    tcp_parse_output_addrs as tcp_parse_output_addrs,
+)
+from ._decorators import (
+    _C as _C,
+    _attach_lock as _attach_lock,
+    _check_decoder_params as _check_decoder_params,
+    _check_decorator_name as _check_decorator_name,
+    _func_name as _func_name,
+    _make_class as _make_class,
+    _validate_arity_compatability as _validate_arity_compatability,
+    _wallaroo_wrap as _wallaroo_wrap,
+    attach_to_module as attach_to_module,
+    computation as computation,
+    computation_multi as computation_multi,
+    decoder as decoder,
+    encoder as encoder,
+    key_extractor as key_extractor,
+    state_computation as state_computation,
+    state_computation_multi as state_computation_multi,
+)
+from ._errors import (
+    WallarooParameterError as WallarooParameterError,
+    _api_error as _api_error,
+    _describe as _describe,
+    _port_str as _port_str,
+    _require_methods as _require_methods,
+)
+from ._kafka import (
+    _KAFKA_LOG_LEVELS as _KAFKA_LOG_LEVELS,
+    CustomKafkaSinkCLIParser as CustomKafkaSinkCLIParser,
+    CustomKafkaSourceCLIParser as CustomKafkaSourceCLIParser,
+    DefaultKafkaSinkCLIParser as DefaultKafkaSinkCLIParser,
+    DefaultKafkaSourceCLIParser as DefaultKafkaSourceCLIParser,
+    KafkaSinkConfig as KafkaSinkConfig,
+    KafkaSourceConfig as KafkaSourceConfig,
+    _kafka_brokers as _kafka_brokers,
+    _kafka_log_level as _kafka_log_level,
+    _kafka_parse_broker as _kafka_parse_broker,
+    kafka_parse_sink_options as kafka_parse_sink_options,
+    kafka_parse_source_options as kafka_parse_source_options,
+)
+from ._pipeline import (
+    _KEYING_STAGES as _KEYING_STAGES,
+    _SINK_STAGES as _SINK_STAGES,
+    Pipeline as Pipeline,
+    _is_window_builder as _is_window_builder,
+    _PipelineTree as _PipelineTree,
+    _stage_tuple as _stage_tuple,
+    _to_stage as _to_stage,
+    build_application as build_application,
+    source as source,
+)
+from ._serialization import (
+    deserialize as deserialize,
+    serialize as serialize,
+)
+from ._sinks import (
+    FileSinkConfig as FileSinkConfig,
+    TCPSinkConfig as TCPSinkConfig,
+)
+from ._sources import (
+    _FRAMED_DECODER_METHODS as _FRAMED_DECODER_METHODS,
+    FileSourceConfig as FileSourceConfig,
+    GenSourceConfig as GenSourceConfig,
+    TCPSourceConfig as TCPSourceConfig,
+)
+from ._stdio import (
+    Unbuffered as Unbuffered,
+    _wrap_unbuffered as _wrap_unbuffered,
+)
+from ._time import (
+    hours as hours,
+    microseconds as microseconds,
+    milliseconds as milliseconds,
+    minutes as minutes,
+    nanoseconds as nanoseconds,
+    seconds as seconds,
+)
+from ._windows import (
+    _LATE_DATA_POLICIES as _LATE_DATA_POLICIES,
+    CountWindows as CountWindows,
+    CountWindowsBuilder as CountWindowsBuilder,
+    RangeWindows as RangeWindows,
+    RangeWindowsBuilder as RangeWindowsBuilder,
+    _check_late_data_policy as _check_late_data_policy,
+    _duration as _duration,
+    _make_aggregation as _make_aggregation,
+    _validate_aggregation as _validate_aggregation,
+    count_windows as count_windows,
+    range_windows as range_windows,
+)
 
 # Set by the engine (argv without the Pony runtime flags) before
 # ``application_setup`` runs; module-level application code sees ``()``.
-_ARGS = tuple()
-
-
-##############################################################################
-# stdout / stderr that flush on every write
-##############################################################################
-
-class Unbuffered(object):
-    """Wrap a text stream so that every write is flushed immediately.
-
-    Test harnesses read worker stdout files while the worker runs, so output
-    from ``print`` must not sit in a buffer.
-    """
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, data):
-        n = self.stream.write(data)
-        self.stream.flush()
-        return n
-
-    def writelines(self, datas):
-        self.stream.writelines(datas)
-        self.stream.flush()
-
-    def __getattr__(self, attr):
-        if attr == "stream":
-            # Not yet initialised (e.g. during copy/unpickle): no recursion.
-            raise AttributeError(attr)
-        return getattr(self.stream, attr)
-
-
-def _wrap_unbuffered(stream):
-    if stream is None or isinstance(stream, Unbuffered):
-        return stream
-    try:
-        tty = stream.isatty()
-    except Exception:
-        tty = False
-    if tty:
-        return stream
-    return Unbuffered(stream)
-
+_ARGS = tuple()  # type: tuple[str, ...]
 
 sys.stdout = _wrap_unbuffered(sys.stdout)
 sys.stderr = _wrap_unbuffered(sys.stderr)
 
-
-##############################################################################
-# Default serialization
-##############################################################################
-
-def serialize(o):
-    """Default encoder for messages, state, accumulators and GenSource values
-    that cross workers or go to disk: ``pickle`` at the highest protocol."""
-    return pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def deserialize(bs):
-    """Inverse of :func:`serialize`."""
-    return pickle.loads(bs)
-
-
-##############################################################################
-# Errors
-##############################################################################
-
-class WallarooParameterError(Exception):
-    """Raised when the application uses the API incorrectly."""
-    pass
-
-
-def _api_error(message):
-    """Print ``API_Error: message`` like Wallaroo and build the exception to
-    raise (the message is carried by the exception too)."""
-    print("\nAPI_Error: " + message)
-    return WallarooParameterError(message)
-
-
-def _describe(obj):
-    try:
-        r = repr(obj)
-    except Exception:
-        r = "<unrepresentable {}>".format(type(obj).__name__)
-    if len(r) > 200:
-        r = r[:197] + "..."
-    return "{} of type {}".format(r, type(obj).__name__)
-
-
-##############################################################################
-# Building an application
-##############################################################################
-
-def source(name, source_config):
-    """Start a pipeline named ``name`` reading from ``source_config``."""
-    return Pipeline.from_source(name, source_config)
-
-
-def build_application(app_name, pipeline):
-    """Return the application tuple ``(app_name, root_idx, vs, es)``."""
-    if not isinstance(pipeline, Pipeline):
-        raise _api_error(
-            "build_application expects a Pipeline as its second argument "
-            "(got {}).".format(_describe(pipeline)))
-    if not pipeline._is_closed():
-        raise _api_error("An application must end with to_sink/s.")
-    if not isinstance(app_name, str):
-        raise _api_error(
-            "The application name must be a str (got {})."
-            .format(_describe(app_name)))
-    pipeline._pipeline_tree.validate()
-    return pipeline.__to_tuple__(app_name)
-
-
-def range_windows(wrange):
-    """Start a range (time) window specification of ``wrange`` nanoseconds."""
-    return RangeWindowsBuilder(wrange)
-
-
-def count_windows(count):
-    """Start a count window specification of ``count`` messages per key."""
-    return CountWindowsBuilder(count)
-
-
-_SINK_STAGES = ("to_sink", "to_sinks")
-_KEYING_STAGES = ("key_by", "collect")
-
-
-def _stage_tuple(config, what):
-    to_tuple = getattr(config, "to_tuple", None)
-    if not callable(to_tuple):
-        raise _api_error(
-            "{} expects a {} config object with a to_tuple() method "
-            "(got {}).".format(what[0], what[1], _describe(config)))
-    return to_tuple()
-
-
-class _PipelineTree(object):
-    """The mutable tree behind an immutable ``Pipeline``.
-
-    ``vs[i]`` is the list of stage tuples of node ``i`` (a leaf starts with
-    its ``("source", ...)`` stage; a merge node holds the stages added after
-    the merge).  ``es[i]`` lists the children of node ``i``.
-    """
-
-    __slots__ = ("root_idx", "vs", "es", "is_closed")
-
-    def __init__(self, source_stage=None):
-        self.root_idx = 0
-        self.vs = [[source_stage]] if source_stage is not None else [[]]
-        self.es = [[]]
-        self.is_closed = False
-
-    def clone(self):
-        t = _PipelineTree()
-        t.root_idx = self.root_idx
-        t.vs = [list(stages) for stages in self.vs]
-        t.es = [list(children) for children in self.es]
-        t.is_closed = self.is_closed
-        return t
-
-    def add_stage(self, stage):
-        if self.is_closed:
-            raise _api_error("You can't add stages after to_sink/s.")
-        self.vs[self.root_idx].append(stage)
-        if stage[0] in _SINK_STAGES:
-            self.is_closed = True
-        return self
-
-    def merge(self, other):
-        # New empty merge node whose first child is our old root.
-        merge_idx = len(self.vs)
-        self.vs.append([])
-        self.es.append([self.root_idx])
-        self.root_idx = merge_idx
-        # Append the other tree's nodes, indices shifted.
-        shift = len(self.vs)
-        for stages in other.vs:
-            self.vs.append(list(stages))
-        for children in other.es:
-            self.es.append([c + shift for c in children])
-        self.es[merge_idx].append(other.root_idx + shift)
-        return self
-
-    def to_tuple(self, app_name):
-        t = self.clone()
-        return (app_name, t.root_idx, t.vs, t.es)
-
-    def sources(self):
-        return [stage for stages in self.vs for stage in stages
-                if stage and stage[0] == "source"]
-
-    def sinks(self):
-        return [stage for stages in self.vs for stage in stages
-                if stage and stage[0] == "to_sink"]
-
-    # -- validation ---------------------------------------------------------
-
-    def _last_stage(self, idx):
-        """Last stage of the (sub)pipeline rooted at ``idx``; a merge node
-        without stages of its own ends like its (first) input."""
-        stages = self.vs[idx]
-        if stages:
-            return stages[-1]
-        children = self.es[idx]
-        if children:
-            return self._last_stage(children[0])
-        return None
-
-    def _names(self, idx):
-        """Pipeline names of the sources under node ``idx``."""
-        names = []
-        for stage in self.vs[idx]:
-            if stage and stage[0] == "source":
-                names.append(repr(stage[1]))
-        for child in self.es[idx]:
-            names.extend(self._names(child))
-        return names
-
-    def validate(self):
-        """Reject topologies Wallaroo only rejected at worker start-up."""
-        for idx, stages in enumerate(self.vs):
-            for stage in stages:
-                if stage and stage[0] == "to_sinks" and len(stage[1]) == 0:
-                    raise _api_error(
-                        "to_sinks() was given an empty list in the pipeline "
-                        "from source(s) {}: pass at least one sink config."
-                        .format(", ".join(self._names(idx)) or "?"))
-            children = self.es[idx]
-            if len(children) == 2:
-                left, right = children
-                lstage = self._last_stage(left)
-                rstage = self._last_stage(right)
-                for side_idx, st in ((left, lstage), (right, rstage)):
-                    if st is not None and st[0] in _SINK_STAGES:
-                        raise _api_error(
-                            "You can't merge with a pipeline that already "
-                            "ends with to_sink/s (pipeline from source(s) "
-                            "{}); merge first, then add the sink."
-                            .format(", ".join(self._names(side_idx))))
-                lkeyed = lstage is not None and lstage[0] in _KEYING_STAGES
-                rkeyed = rstage is not None and rstage[0] in _KEYING_STAGES
-                if lkeyed != rkeyed:
-                    keyed, unkeyed = (left, right) if lkeyed else (right, left)
-                    raise _api_error(
-                        "A pipeline ending with key_by/collect can only be "
-                        "merged with another one ending with key_by/collect: "
-                        "the pipeline from source(s) {} ends with key_by or "
-                        "collect but the one from source(s) {} does not. Add "
-                        "a key_by()/collect() to both sides or to neither."
-                        .format(", ".join(self._names(keyed)),
-                                ", ".join(self._names(unkeyed))))
-            elif len(children) not in (0, 2):
-                raise _api_error("Malformed pipeline tree at node {}."
-                                 .format(idx))
-
-
-def _is_window_builder(obj):
-    return isinstance(obj, (RangeWindowsBuilder, CountWindowsBuilder))
-
-
-class Pipeline(object):
-    """An immutable pipeline builder: every method returns a new Pipeline."""
-
-    def __init__(self, pipeline_tree):
-        self._pipeline_tree = pipeline_tree
-
-    @classmethod
-    def from_source(cls, name, source_config):
-        stage = ("source", name, _stage_tuple(source_config,
-                                              ("source()", "source")))
-        return cls(_PipelineTree(stage))
-
-    def __to_tuple__(self, app_name):
-        return self._pipeline_tree.to_tuple(app_name)
-
-    def _is_closed(self):
-        return self._pipeline_tree.is_closed
-
-    def clone(self):
-        return Pipeline(self._pipeline_tree.clone())
-
-    def _sources(self):
-        return self._pipeline_tree.sources()
-
-    def _sinks(self):
-        return self._pipeline_tree.sinks()
-
-    def __repr__(self):
-        t = self._pipeline_tree
-        return "<wallaroo.Pipeline root={} nodes={} closed={}>".format(
-            t.root_idx, len(t.vs), t.is_closed)
-
-    # -- stages ---------------------------------------------------------------
-
-    def _add(self, stage):
-        p = self.clone()
-        p._pipeline_tree.add_stage(stage)
-        return p
-
-    def to(self, computation):
-        """Append a computation, state computation or window stage."""
-        if self._is_closed():
-            raise _api_error("You can't add stages after to_sink/s.")
-        return self._add(_to_stage(computation))
-
-    def key_by(self, key_extractor):
-        """Partition by ``key_extractor.extract_key(data)`` from here on."""
-        if self._is_closed():
-            raise _api_error("You can't add stages after to_sink/s.")
-        if isinstance(key_extractor, type) or \
-                not callable(getattr(key_extractor, "extract_key", None)):
-            hint = ""
-            if inspect.isfunction(key_extractor) or \
-                    inspect.ismethod(key_extractor):
-                hint = (" Decorate the function with @wallaroo.key_extractor "
-                        "first.")
-            raise _api_error(
-                "key_by() expects a key extractor (an object with an "
-                "extract_key(data) method), got {}.{}"
-                .format(_describe(key_extractor), hint))
-        return self._add(("key_by", key_extractor))
-
-    def collect(self):
-        """Send everything to one partition until the next key_by."""
-        return self._add(("collect", ""))
-
-    def merge(self, pipeline):
-        """Union of this pipeline and ``pipeline``; later stages see both."""
-        if not isinstance(pipeline, Pipeline):
-            raise _api_error("merge() expects a Pipeline, got {}."
-                             .format(_describe(pipeline)))
-        p = self.clone()
-        p._pipeline_tree.merge(pipeline._pipeline_tree.clone())
-        return p
-
-    def to_sink(self, sink_config):
-        """Close the pipeline with one sink."""
-        if self._is_closed():
-            raise _api_error("You can't add stages after to_sink/s.")
-        return self._add(("to_sink", _stage_tuple(sink_config,
-                                                  ("to_sink()", "sink"))))
-
-    def to_sinks(self, sink_configs):
-        """Close the pipeline with several sinks; each gets every output."""
-        if self._is_closed():
-            raise _api_error("You can't add stages after to_sink/s.")
-        if isinstance(sink_configs, (str, bytes)) or \
-                hasattr(sink_configs, "to_tuple"):
-            raise _api_error(
-                "to_sinks() expects a list of sink configs, got {}; use "
-                "to_sink() for a single sink.".format(_describe(sink_configs)))
-        try:
-            configs = list(sink_configs)
-        except TypeError:
-            raise _api_error("to_sinks() expects a list of sink configs, "
-                             "got {}.".format(_describe(sink_configs)))
-        sinks = [_stage_tuple(sc, ("to_sinks()", "sink")) for sc in configs]
-        return self._add(("to_sinks", sinks))
-
-
-def _to_stage(computation):
-    if isinstance(computation, StateComputation):
-        return ("to_state", computation)
-    if isinstance(computation, RangeWindows):
-        return ("to_range_windows", computation.range, computation.slide,
-                computation.delay, computation.aggregation,
-                computation.late_data_policy)
-    if isinstance(computation, CountWindows):
-        return ("to_count_windows", computation.count,
-                computation.aggregation)
-    if _is_window_builder(computation):
-        raise _api_error(
-            "to() was given a window specification without an aggregation: "
-            "call .over(YourAggregationClass) on it, e.g. "
-            "p.to(wallaroo.range_windows(...).over(MyAggregation)).")
-    if isinstance(computation, type):
-        raise _api_error(
-            "to() was given the class {} instead of a computation object. "
-            "Pass the decorated function (or an instance), not a class."
-            .format(computation.__name__))
-    if isinstance(computation, Aggregation):
-        raise _api_error(
-            "to() was given an Aggregation ({}); wrap it in a window: "
-            "p.to(wallaroo.count_windows(n).over(...)) or "
-            "p.to(wallaroo.range_windows(...).over(...))."
-            .format(type(computation).__name__))
-    if not (callable(getattr(computation, "compute", None)) or
-            callable(getattr(computation, "compute_multi", None))):
-        hint = ""
-        if inspect.isfunction(computation) or inspect.ismethod(computation) \
-                or inspect.isbuiltin(computation):
-            hint = (" Decorate the function with @wallaroo.computation("
-                    "name=...) (or computation_multi / state_computation / "
-                    "state_computation_multi) first.")
-        raise _api_error(
-            "to() expects a computation (an object with a compute or "
-            "compute_multi method), a state computation or a window; got "
-            "{}.{}".format(_describe(computation), hint))
-    return ("to", computation)
-
-
-##############################################################################
-# Decorator machinery
-##############################################################################
-
-def _validate_arity_compatability(name, obj, arity):
-    """Fail fast when ``obj`` cannot be called with ``arity`` positional
-    arguments.  The check passes when ``arity`` lies between the number of
-    positional parameters without defaults and the total number of
-    positional parameters."""
-    if not callable(obj):
-        raise _api_error(
-            "Expected a callable object but got a {0} for {1}"
-            .format(obj, name))
-    try:
-        spec = inspect.getfullargspec(obj)
-    except TypeError:
-        # No introspectable signature (some builtins): cannot check.
-        return
-    upper_bound = len(spec.args)
-    lower_bound = upper_bound - (len(spec.defaults) if spec.defaults else 0)
-    if arity > upper_bound or arity < lower_bound:
-        param_term = "parameter" if arity == 1 else "parameters"
-        raise _api_error(
-            "Incompatible function arity, your function {0} must have {1} {2}."
-            .format(name, arity, param_term))
-
-
-def _validate_aggregation(agg):
-    for method in ("name", "initial_accumulator", "update", "combine",
-                   "output"):
-        if not hasattr(agg, method):
-            raise _api_error("Aggregation must have method '{}'."
-                             .format(method))
-
-
-def _func_name(func):
-    name = getattr(func, "__name__", None)
-    if not isinstance(name, str):
-        name = type(func).__name__
-    return name
-
-
-_attach_lock = threading.RLock()
-
-
-def attach_to_module(cls, cls_name, func, idx=None):
-    """Name ``cls`` ``<cls_name>_<idx>__<func name>`` and store it as a
-    global of the ``wallaroo`` module so that pickle can find it."""
-    name = "{cls}{idx}__{func}".format(
-        cls=cls_name,
-        idx="_{}".format(idx) if idx else "",
-        func=_func_name(func))
-    cls.__name__ = name
-    cls.__qualname__ = name
-    cls.__module__ = "wallaroo"
-    with _attach_lock:
-        globals()[name] = cls
-    return globals()[name]
-
-
-_C = Counter()
-
-
-def _make_class(base_cls, ns):
-    return type(base_cls.__name__, (base_cls,), ns)
-
-
-def _wallaroo_wrap(name, func, base_cls, **kwargs):
-    """Generate, name and register the class for a decorated ``func``."""
-    ns = {"__module__": "wallaroo", "__doc__": getattr(func, "__doc__", None)}
-
-    if issubclass(base_cls, Computation):
-        multi = issubclass(base_cls, ComputationMulti)
-        if issubclass(base_cls, StateComputation):
-            state_class = kwargs.pop("state_class")
-
-            def comp(self, data, state):
-                return func(data, state)
-
-            def initial_state(self):
-                return state_class()
-
-            ns["initial_state"] = initial_state
-            ns["is_stateful"] = True
-            ns["_quoll_state_class"] = state_class
-            kind = "state_computation_multi" if multi else "state_computation"
-        else:
-            def comp(self, data):
-                return func(data)
-
-            ns["initial_state"] = None
-            ns["is_stateful"] = False
-            kind = "computation_multi" if multi else "computation"
-
-        def name_method(self):
-            return name
-
-        ns["name"] = name_method
-        ns["compute_multi" if multi else "compute"] = comp
-        ns["_quoll_func"] = staticmethod(func)
-
-    elif issubclass(base_cls, KeyExtractor):
-        def extract_key(self, data):
-            res = func(data)
-            if isinstance(res, int):
-                return chr(res)
-            return res
-
-        ns["extract_key"] = extract_key
-        ns["_quoll_func"] = staticmethod(func)
-        kind = "key_extractor"
-
-    elif issubclass(base_cls, Encoder):
-        if issubclass(base_cls, ConnectorEncoder):
-            def framed(data, event_time=0, key=None):
-                encoded = func(data)
-                if isinstance(event_time, datetime.datetime):
-                    event_time = int(dt_to_timestamp(event_time) * 1000)
-                if isinstance(encoded, str):
-                    encoded = encoded.encode("utf-8")
-                encoded_key = _key_bytes(key)
-                return struct.pack(
-                    ">IqI{}s{}s".format(len(encoded_key), len(encoded)),
-                    len(encoded) + 8 + len(encoded_key) + 8,
-                    event_time,
-                    len(encoded_key),
-                    encoded_key,
-                    encoded)
-
-            def encode(self, data, event_time=0, key=None):
-                return framed(data, event_time, key)
-
-            def connector_framed(data):
-                return framed(data)
-
-            ns["encode"] = encode
-            # The worker-side semantics of ``encode(data)`` is the legacy
-            # framed record, so the fast path gets the framing wrapper.
-            ns["_quoll_func"] = staticmethod(connector_framed)
-        else:
-            def encode(self, data):
-                return func(data)
-
-            ns["encode"] = encode
-            ns["_quoll_func"] = staticmethod(func)
-        kind = "encoder"
-
-    elif issubclass(base_cls, Decoder):
-        if issubclass(base_cls, ConnectorDecoder):
-            header_length = 4
-            length_fmt = ">I"
-
-            def decoder(self):
-                return func
-
-            ns["decoder"] = decoder
-        else:
-            header_length = kwargs.get("header_length", 4)
-            length_fmt = kwargs.get("length_fmt", ">I")
-
-        def header_length_method(self):
-            return header_length
-
-        def payload_length(self, bs):
-            return struct.unpack(length_fmt, bs)[0]
-
-        def decode(self, bs):
-            return func(bs)
-
-        ns["header_length"] = header_length_method
-        ns["payload_length"] = payload_length
-        ns["decode"] = decode
-        ns["_quoll_func"] = staticmethod(func)
-        ns["_quoll_header_length"] = header_length
-        ns["_quoll_length_fmt"] = length_fmt
-        kind = "decoder"
-
-    else:
-        raise WallarooParameterError(
-            "_wallaroo_wrap: unsupported base class {!r}".format(base_cls))
-
-    ns["_quoll_kind"] = kind
-    C = _make_class(base_cls, ns)
-
-    with _attach_lock:
-        _C[base_cls] += 1
-        idx = _C[base_cls]
-        return attach_to_module(C, base_cls.__name__, func, idx)
-
-
-##############################################################################
-# Base classes
-##############################################################################
-
-class BaseWrapped(object):
-    """Base of every decorated object: calling it returns itself."""
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-
-class Computation(BaseWrapped):
-    is_stateful = False
-    initial_state = None
-    _is_multi = False
-
-
-class ComputationMulti(Computation):
-    _is_multi = True
-
-
-class StateComputation(Computation):
-    is_stateful = True
-
-
-class StateComputationMulti(StateComputation, ComputationMulti):
-    pass
-
-
-class Aggregation(BaseWrapped):
-    """Base class for window aggregations.
-
-    Subclasses implement ``initial_accumulator()``, ``update(data, acc)``
-    (mutates ``acc`` in place), ``combine(acc1, acc2)`` (returns a new
-    accumulator) and ``output(key, acc)``; ``name()`` defaults to the class
-    name.
-    """
-
-    def name(self):
-        return self.__class__.__name__
-
-
-class KeyExtractor(BaseWrapped):
-    pass
-
-
-class Encoder(BaseWrapped):
-    pass
-
-
-class Decoder(BaseWrapped):
-    pass
-
-
-class OctetDecoder(Decoder):
-    pass
-
-
-class OctetEncoder(Encoder):
-    pass
-
-
-class ConnectorDecoder(Decoder):
-    pass
-
-
-def _key_bytes(key):
-    if not key:
-        return b""
-    if isinstance(key, (bytes, bytearray)):
-        return bytes(key)
-    return key.encode()
-
-
-def dt_to_timestamp(dt):
-    """Seconds since the epoch (float) of a ``datetime``; naive datetimes
-    are interpreted in the local timezone, as ``datetime.timestamp`` does."""
-    return dt.timestamp()
-
-
-class ConnectorEncoder(Encoder):
-    def _encode(self, encoded_data, event_time=0, key=None):
-        """Legacy connector record ``>IqI{k}s{n}s`` whose length field counts
-        the bytes after itself (``n + k + 12``)."""
-        if isinstance(event_time, datetime.datetime):
-            event_time = int(dt_to_timestamp(event_time) * 1000)
-        if isinstance(encoded_data, str):
-            encoded_data = encoded_data.encode("utf-8")
-        encoded_key = _key_bytes(key)
-        return struct.pack(
-            ">IqI{}s{}s".format(len(encoded_key), len(encoded_data)),
-            8 + 4 + len(encoded_key) + len(encoded_data),
-            event_time,
-            len(encoded_key),
-            encoded_key,
-            encoded_data)
-
-
-##############################################################################
-# Decorators
-##############################################################################
-
-def _check_decorator_name(decorator, name):
-    if callable(name) and not isinstance(name, (str, bytes)):
-        raise _api_error(
-            "@wallaroo.{0} needs a step name: write @wallaroo.{0}(name=\"...\")"
-            " above the function {1}.".format(decorator, _func_name(name)))
-
-
-def computation(name):
-    """Decorate ``f(data) -> output | None`` as a stateless computation."""
-    _check_decorator_name("computation", name)
-
-    def wrapped(func):
-        _validate_arity_compatability(name, func, 1)
-        C = _wallaroo_wrap(name, func, Computation)
-        return C()
-    return wrapped
-
-
-def computation_multi(name):
-    """Decorate ``f(data) -> list | None`` as a stateless computation that
-    emits zero or more messages."""
-    _check_decorator_name("computation_multi", name)
-
-    def wrapped(func):
-        _validate_arity_compatability(name, func, 1)
-        C = _wallaroo_wrap(name, func, ComputationMulti)
-        return C()
-    return wrapped
-
-
-def state_computation(name, state):
-    """Decorate ``f(data, state) -> output | None``; ``state`` is a class (any
-    zero-argument callable) creating the per-key state object."""
-    _check_decorator_name("state_computation", name)
-
-    def wrapped(func):
-        _validate_arity_compatability(name, func, 2)
-        C = _wallaroo_wrap(name, func, StateComputation, state_class=state)
-        return C()
-    return wrapped
-
-
-def state_computation_multi(name, state):
-    """Decorate ``f(data, state) -> list | None``."""
-    _check_decorator_name("state_computation_multi", name)
-
-    def wrapped(func):
-        _validate_arity_compatability(name, func, 2)
-        C = _wallaroo_wrap(name, func, StateComputationMulti,
-                           state_class=state)
-        return C()
-    return wrapped
-
-
-def key_extractor(func):
-    """Decorate ``f(data) -> str | bytes | int``; an ``int`` result (including
-    ``bool``) becomes ``chr(n)``."""
-    _validate_arity_compatability(_func_name(func), func, 1)
-    C = _wallaroo_wrap(_func_name(func), func, KeyExtractor)
-    return C()
-
-
-def _check_decoder_params(header_length, length_fmt):
-    if isinstance(header_length, bool) or not isinstance(header_length, int):
-        raise _api_error("decoder header_length must be an int, got {}."
-                         .format(_describe(header_length)))
-    if not isinstance(length_fmt, str):
-        raise _api_error("decoder length_fmt must be a struct format string, "
-                         "got {}.".format(_describe(length_fmt)))
-    try:
-        size = struct.calcsize(length_fmt)
-    except struct.error as e:
-        raise _api_error("decoder length_fmt {!r} is not a valid struct "
-                         "format: {}.".format(length_fmt, e))
-    if size != header_length:
-        raise _api_error(
-            "decoder length_fmt {!r} reads {} bytes but header_length is {}."
-            .format(length_fmt, size, header_length))
-    if not 1 <= header_length <= 8:
-        raise _api_error("decoder header_length must be between 1 and 8, "
-                         "got {}.".format(header_length))
-
-
-def decoder(header_length=4, length_fmt=">I"):
-    """Decorate ``f(payload: bytes) -> object | None`` as a framed decoder:
-    each frame is a ``header_length``-byte header that ``length_fmt`` unpacks
-    into the payload length, followed by the payload."""
-    if callable(header_length) and not isinstance(header_length, int):
-        # Used bare, as ``@wallaroo.decoder``: the documented defaults apply.
-        return decoder()(header_length)
-    _check_decoder_params(header_length, length_fmt)
-
-    def wrapped(func):
-        _validate_arity_compatability(_func_name(func), func, 1)
-        C = _wallaroo_wrap(_func_name(func), func, OctetDecoder,
-                           header_length=header_length,
-                           length_fmt=length_fmt)
-        return C()
-    return wrapped
-
-
-def encoder(func):
-    """Decorate ``f(data) -> bytes | str | None`` (TCP, connectors) or a
-    ``(payload, key, partition)`` tuple (Kafka)."""
-    _validate_arity_compatability(_func_name(func), func, 1)
-    C = _wallaroo_wrap(_func_name(func), func, OctetEncoder)
-    return C()
-
-
-##############################################################################
-# Source and sink configurations
-##############################################################################
-
-def _port_str(port, what):
-    if isinstance(port, bool):
-        raise _api_error("{} port must be a str or int, got {}."
-                         .format(what, _describe(port)))
-    if isinstance(port, int):
-        return str(port)
-    if isinstance(port, bytes):
-        return port.decode("ascii")
-    if isinstance(port, str):
-        return port
-    raise _api_error("{} port must be a str or int, got {}."
-                     .format(what, _describe(port)))
-
-
-def _require_methods(obj, methods, what):
-    missing = [m for m in methods if not callable(getattr(obj, m, None))]
-    if missing:
-        raise _api_error(
-            "{} needs an object with method(s) {}; got {}. {}".format(
-                what, ", ".join(m + "()" for m in missing), _describe(obj),
-                "Use @wallaroo.decoder(...) / @wallaroo.encoder to make one."))
-
-
-_FRAMED_DECODER_METHODS = ("header_length", "payload_length", "decode")
-
-
-class TCPSourceConfig(object):
-    """A TCP listener on ``host:port`` reading frames decoded by ``decoder``.
-
-    ``valid=False`` means this worker opens no listener; ``parallelism`` is
-    the number of concurrent connections accepted per worker; ``max_size``
-    the read-buffer size in bytes; ``max_received_count`` the number of
-    messages handled per read burst.  ``port`` may be a str or an int.
-    """
-
-    def __init__(self, name, host, port, decoder, valid=True, parallelism=10,
-                 max_size=16384, max_received_count=50):
-        _require_methods(decoder, _FRAMED_DECODER_METHODS, "TCPSourceConfig")
-        self._name = name
-        self._host = host
-        self._port = _port_str(port, "TCPSourceConfig")
-        self._decoder = decoder
-        self._valid = valid
-        self._parallelism = parallelism
-        self._max_size = max_size
-        self._max_received_count = max_received_count
-
-    def to_tuple(self):
-        return ("tcp", self._name, self._host, self._port, self._decoder,
-                self._valid, self._parallelism, self._max_size,
-                self._max_received_count)
-
-
-class GenSourceConfig(object):
-    """An internal generator source: ``gen_instance.initial_value()`` once,
-    then ``gen_instance.apply(last)`` for every emitted value until ``None``.
-    Runs on every worker."""
-
-    def __init__(self, name, gen_instance):
-        _require_methods(gen_instance, ("initial_value", "apply"),
-                         "GenSourceConfig")
-        self._name = name
-        self._gen = gen_instance
-
-    def to_tuple(self):
-        return ("gen", self._name, self._gen)
-
-
-class FileSourceConfig(object):
-    """(quoll extension, not in Wallaroo.) Read the file at ``path`` as a
-    sequence of framed records, each a header of ``decoder.header_length()``
-    bytes whose ``decoder.payload_length(header)`` gives the payload size,
-    followed by the payload, which ``decoder.decode(payload)`` turns into a
-    message.  The byte offset is the source's replay position, so input is
-    replayed after a rollback.
-
-    ``to_tuple()`` is ``("file", name, path, decoder)``.
-    """
-
-    def __init__(self, name, path, decoder):
-        _require_methods(decoder, _FRAMED_DECODER_METHODS, "FileSourceConfig")
-        self._name = name
-        self._path = str(path)
-        self._decoder = decoder
-
-    def to_tuple(self):
-        return ("file", self._name, self._path, self._decoder)
-
-
-class TCPSinkConfig(object):
-    """Each worker connects to ``host:port`` and writes ``encoder.encode(out)``
-    verbatim (``str`` as UTF-8, ``None`` writes nothing)."""
-
-    def __init__(self, host, port, encoder):
-        _require_methods(encoder, ("encode",), "TCPSinkConfig")
-        self._host = host
-        self._port = _port_str(port, "TCPSinkConfig")
-        self._encoder = encoder
-        self._name = ""
-
-    def to_tuple(self):
-        return ("tcp", self._name, self._host, self._port, self._encoder)
-
-
-class FileSinkConfig(object):
-    """(quoll extension, not in Wallaroo.) Append ``encoder.encode(out)``
-    (bytes, or str as UTF-8; ``None`` writes nothing) to the file at
-    ``path``, with no framing added.  With resilience the file is truncated
-    back to its checkpointed length on rollback.
-
-    ``to_tuple()`` is ``("file", "", path, encoder)``.
-    """
-
-    def __init__(self, path, encoder):
-        _require_methods(encoder, ("encode",), "FileSinkConfig")
-        self._path = str(path)
-        self._encoder = encoder
-        self._name = ""
-
-    def to_tuple(self):
-        return ("file", self._name, self._path, self._encoder)
-
-
-_KAFKA_LOG_LEVELS = ("Fine", "Info", "Warn", "Error")
-
-
-def _kafka_brokers(brokers, what):
-    """Normalise ``brokers`` to ``[(host, port_str), ...]``: accepts the
-    ``"h1:p1,h2"`` string form, a list of such strings or (host, port)
-    pairs."""
-    if isinstance(brokers, str):
-        return [_kafka_parse_broker(b) for b in brokers.split(",")]
-    try:
-        items = list(brokers)
-    except TypeError:
-        raise _api_error("{} brokers must be a list of (host, port) pairs or "
-                         "a 'host:port,...' string, got {}."
-                         .format(what, _describe(brokers)))
-    out = []
-    for b in items:
-        if isinstance(b, str):
-            out.append(_kafka_parse_broker(b))
-        elif isinstance(b, (tuple, list)) and len(b) == 2:
-            out.append((str(b[0]), _port_str(b[1], what)))
-        else:
-            raise _api_error("{} broker entries must be 'host[:port]' or "
-                             "(host, port), got {}."
-                             .format(what, _describe(b)))
-    return out
-
-
-def _kafka_log_level(level, what):
-    if level not in _KAFKA_LOG_LEVELS:
-        raise _api_error("{} log_level must be one of {}, got {!r}."
-                         .format(what, "|".join(_KAFKA_LOG_LEVELS), level))
-    return level
-
-
-class KafkaSourceConfig(object):
-    """The documented Kafka source config: consume ``topic`` from
-    ``brokers`` (list of ``(host, port)``) and ``decoder.decode(value)``
-    every message value."""
-
-    def __init__(self, name, topic, brokers, log_level, decoder):
-        _require_methods(decoder, ("decode",), "KafkaSourceConfig")
-        self._name = name
-        self.topic = topic
-        self.brokers = _kafka_brokers(brokers, "KafkaSourceConfig")
-        self.log_level = _kafka_log_level(log_level, "KafkaSourceConfig")
-        self.decoder = decoder
-
-    def to_tuple(self):
-        return ("kafka", self._name, self.topic, self.brokers, self.log_level,
-                self.decoder)
-
-
-class KafkaSinkConfig(object):
-    """The documented Kafka sink config; ``encoder.encode(out)`` returns
-    ``(payload, key, partition)``, ``(payload, key)`` or a bare payload."""
-
-    def __init__(self, topic, brokers, log_level, max_produce_buffer_ms,
-                 max_message_size, encoder):
-        _require_methods(encoder, ("encode",), "KafkaSinkConfig")
-        self._name = ""
-        self.topic = topic
-        self.brokers = _kafka_brokers(brokers, "KafkaSinkConfig")
-        self.log_level = _kafka_log_level(log_level, "KafkaSinkConfig")
-        self.max_produce_buffer_ms = max_produce_buffer_ms
-        self.max_message_size = max_message_size
-        self.encoder = encoder
-
-    def to_tuple(self):
-        return ("kafka", self._name, self.topic, self.brokers, self.log_level,
-                self.max_produce_buffer_ms, self.max_message_size,
-                self.encoder)
-
-
-class CustomKafkaSourceCLIParser(object):
-    """Kafka source configured from ``--kafka_source_*`` flags in ``args``.
-    Without ``--kafka_source_name`` the source is named ``kafka_source``."""
-
-    def __init__(self, args, decoder):
-        (name, topic, brokers, log_level) = kafka_parse_source_options(args)
-        self._name = name if name is not None else "kafka_source"
-        self.topic = topic
-        self.brokers = brokers
-        self.log_level = log_level
-        self.decoder = decoder
-
-    def to_tuple(self):
-        return ("kafka", self._name, self.topic, self.brokers, self.log_level,
-                self.decoder)
-
-
-class CustomKafkaSinkCLIParser(object):
-    """Kafka sink configured from ``--kafka_sink_*`` flags in ``args``."""
-
-    def __init__(self, args, encoder):
-        (name, topic, brokers, log_level, max_produce_buffer_ms,
-         max_message_size) = kafka_parse_sink_options(args)
-        self._name = name
-        self.topic = topic
-        self.brokers = brokers
-        self.log_level = log_level
-        self.max_produce_buffer_ms = max_produce_buffer_ms
-        self.max_message_size = max_message_size
-        self.encoder = encoder
-
-    def to_tuple(self):
-        return ("kafka", self._name, self.topic, self.brokers, self.log_level,
-                self.max_produce_buffer_ms, self.max_message_size,
-                self.encoder)
-
-
-class DefaultKafkaSourceCLIParser(object):
-    """Kafka source whose options the worker reads from the command line
-    (``--<name>_topic``, ``--<name>_brokers``, ``--<name>_log_level``)."""
-
-    def __init__(self, decoder, name="kafka_source"):
-        self.decoder = decoder
-        self.name = name
-
-    def to_tuple(self):
-        return ("kafka-internal", self.name, self.decoder)
-
-
-class DefaultKafkaSinkCLIParser(object):
-    """Kafka sink whose options the worker reads from the command line."""
-
-    def __init__(self, encoder, name="kafka_sink"):
-        self.encoder = encoder
-        self.name = name
-
-    def to_tuple(self):
-        return ("kafka-internal", self.name, self.encoder)
-
-
-##############################################################################
-# Command line helpers
-##############################################################################
-
-def tcp_parse_input_addrs(args):
-    """``--in N1@H1:P1,N2@H2:P2`` -> ``[(N1, H1, P1), (N2, H2, P2)]``."""
-    parser = argparse.ArgumentParser(prog="wallaroo")
-    parser.add_argument("-i", "--in", dest="input_addrs", required=True)
-    input_addrs = parser.parse_known_args(args)[0].input_addrs
-    return [tuple(x.replace("@", ":").split(":"))
-            for x in input_addrs.split(",")]
-
-
-def tcp_parse_output_addrs(args):
-    """``--out H1:P1,H2:P2`` -> ``[(H1, P1), (H2, P2)]``."""
-    parser = argparse.ArgumentParser(prog="wallaroo")
-    parser.add_argument("-o", "--out", dest="output_addrs", required=True)
-    output_addrs = parser.parse_known_args(args)[0].output_addrs
-    return [tuple(x.split(":")) for x in output_addrs.split(",")]
-
-
-def kafka_parse_source_options(args):
-    """Return ``(name, topic, brokers, log_level)`` from the
-    ``--kafka_source_*`` flags."""
-    parser = argparse.ArgumentParser(prog="wallaroo")
-    parser.add_argument("--kafka_source_name", dest="name")
-    parser.add_argument("--kafka_source_topic", dest="topic", default="")
-    parser.add_argument("--kafka_source_brokers", dest="brokers", default="")
-    parser.add_argument("--kafka_source_log_level", dest="log_level",
-                        default="Warn", choices=list(_KAFKA_LOG_LEVELS))
-    known = parser.parse_known_args(args)[0]
-    brokers = [_kafka_parse_broker(b) for b in known.brokers.split(",")]
-    return (known.name, known.topic, brokers, known.log_level)
-
-
-def kafka_parse_sink_options(args):
-    """Return ``(name, topic, brokers, log_level, max_produce_buffer_ms,
-    max_message_size)`` from the ``--kafka_sink_*`` flags; the message size
-    may be spelt ``--kafka_sink_max_message_size`` or
-    ``--kafka_sink_max_produce_message_size``."""
-    parser = argparse.ArgumentParser(prog="wallaroo")
-    parser.add_argument("--kafka_sink_topic", dest="topic", default="")
-    parser.add_argument("--kafka_sink_brokers", dest="brokers", default="")
-    parser.add_argument("--kafka_sink_log_level", dest="log_level",
-                        default="Warn", choices=list(_KAFKA_LOG_LEVELS))
-    parser.add_argument("--kafka_sink_max_produce_buffer_ms",
-                        dest="max_produce_buffer_ms", type=int, default=0)
-    parser.add_argument("--kafka_sink_max_message_size",
-                        "--kafka_sink_max_produce_message_size",
-                        dest="max_message_size", type=int, default=100000)
-    known = parser.parse_known_args(args)[0]
-    brokers = [_kafka_parse_broker(b) for b in known.brokers.split(",")]
-    return ("", known.topic, brokers, known.log_level,
-            known.max_produce_buffer_ms, known.max_message_size)
-
-
-def _kafka_parse_broker(broker):
-    """``host[:port]`` -> ``(host, port)``, port defaulting to ``"9092"``."""
-    parts = broker.split(":")
-    host = parts[0]
-    port = parts[1] if len(parts) == 2 else "9092"
-    return (host, port)
-
-
-##############################################################################
-# Windows
-##############################################################################
-
-_LATE_DATA_POLICIES = ("drop", "fire-per-message", "place-in-oldest-window")
-
-
-def _duration(value, what, allow_zero):
-    if isinstance(value, bool):
-        raise _api_error("{} must be a number of nanoseconds, got {}."
-                         .format(what, _describe(value)))
-    try:
-        n = int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise _api_error("{} must be a number of nanoseconds, got {}."
-                         .format(what, _describe(value)))
-    if n < 0 or (n == 0 and not allow_zero):
-        raise _api_error("{} must be {} 0, got {!r}.".format(
-            what, ">=" if allow_zero else ">", value))
-    return n
-
-
-def _make_aggregation(aggregation_cls):
-    if isinstance(aggregation_cls, type) or callable(aggregation_cls):
-        try:
-            agg = aggregation_cls()
-        except TypeError as e:
-            if isinstance(aggregation_cls, type):
-                raise _api_error(
-                    "over() instantiates {} with no arguments, which failed: "
-                    "{}".format(aggregation_cls.__name__, e))
-            raise
-    else:
-        agg = aggregation_cls
-    return agg
-
-
-class RangeWindowsBuilder(object):
-    """Built by :func:`range_windows`; methods return the builder itself."""
-
-    def __init__(self, wrange):
-        self.range = wrange
-        self.slide = None
-        self.delay = None
-        self.late_data_policy = None
-
-    def with_slide(self, slide):
-        if self.slide is not None:
-            raise _api_error(
-                "Only call `with_slide()` once per window specification.")
-        self.slide = slide
-        return self
-
-    def with_delay(self, delay):
-        if self.delay is not None:
-            raise _api_error(
-                "Only call `with_delay()` once per window specification.")
-        self.delay = delay
-        return self
-
-    def with_late_data_policy(self, late_data_policy):
-        if self.late_data_policy is not None:
-            raise _api_error("Only call `with_late_data_policy()` once per "
-                             "window specification.")
-        _check_late_data_policy(late_data_policy)
-        self.late_data_policy = late_data_policy
-        return self
-
-    def over(self, aggregation_cls):
-        slide = self.range if self.slide is None else self.slide
-        delay = 0 if self.delay is None else self.delay
-        policy = "drop" if self.late_data_policy is None \
-            else self.late_data_policy
-        return RangeWindows(self.range, slide, delay,
-                            _make_aggregation(aggregation_cls), policy)
-
-
-def _check_late_data_policy(policy):
-    if policy not in _LATE_DATA_POLICIES:
-        raise _api_error(
-            "Invalid value for late_data_policy: {!r}; use one of {}."
-            .format(policy, ", ".join(repr(p) for p in _LATE_DATA_POLICIES)))
-
-
-class RangeWindows(object):
-    """A range window stage: ``range``, ``slide`` and ``delay`` in integer
-    nanoseconds, an aggregation instance and the late data policy."""
-
-    def __init__(self, wrange, slide, delay, agg, late):
-        self.range = _duration(wrange, "A window's range", False)
-        self.slide = _duration(slide, "A window's slide", False)
-        self.delay = _duration(delay, "A window's delay", True)
-        if self.slide > self.range:
-            raise _api_error(
-                "A window's slide cannot be greater than its range "
-                "(slide {} ns, range {} ns).".format(self.slide, self.range))
-        _check_late_data_policy(late)
-        _validate_aggregation(agg)
-        self.aggregation = agg
-        self.late_data_policy = late
-
-
-class CountWindowsBuilder(object):
-    """Built by :func:`count_windows`."""
-
-    def __init__(self, count):
-        self.count = count
-
-    def over(self, aggregation_cls):
-        return CountWindows(self.count, _make_aggregation(aggregation_cls))
-
-
-class CountWindows(object):
-    """A count window stage: ``count`` messages per key, an aggregation."""
-
-    def __init__(self, count, agg):
-        if isinstance(count, bool):
-            raise _api_error("A count window's count must be an int >= 1, "
-                             "got {}.".format(_describe(count)))
-        try:
-            n = int(count)
-        except (TypeError, ValueError, OverflowError):
-            raise _api_error("A count window's count must be an int >= 1, "
-                             "got {}.".format(_describe(count)))
-        if n < 1:
-            raise _api_error("A count window's count must be an int >= 1, "
-                             "got {!r}.".format(count))
-        _validate_aggregation(agg)
-        self.count = n
-        self.aggregation = agg
-
-
-##############################################################################
-# Time units (no rounding: floats stay floats)
-##############################################################################
-
-def nanoseconds(x):
-    return x
-
-
-def microseconds(x):
-    return x * 1000
-
-
-def milliseconds(x):
-    return x * 1000000
-
-
-def seconds(x):
-    return x * 1000000000
-
-
-def minutes(x):
-    return x * 60 * 1000000000
-
-
-def hours(x):
-    return x * 3600 * 1000000000
+# The classes and functions above belong to the ``wallaroo`` module, as they
+# did when it was one file: their reprs and pickles name ``wallaroo.X``.
+for _obj in list(globals().values()):
+    if (inspect.isclass(_obj) or inspect.isfunction(_obj)) and \
+            _obj.__module__.startswith(__name__ + "."):
+        _obj.__module__ = __name__
+del _obj

@@ -1,12 +1,21 @@
 //! From the Python side's flattened application to what the engine runs.
 //!
-//! `quoll.topology.as_engine_tuples` hands over plain tuples; this module
-//! checks their shapes, builds the engine's [`Topology`] (no Python inside)
-//! and, beside it, the Python callables each stage, source and sink will
-//! invoke. Everything here runs once, at start-up, with the GIL held.
+//! `quoll.topology.flatten` hands over a `Topology` of dataclasses: sources,
+//! stages and sinks, each with a `place` (how the application named it) and
+//! a `spec` whose `kind` says which dataclass it is. This module reads them
+//! by attribute name (the `*In` structs below mirror those dataclasses),
+//! builds the engine's [`Topology`] (no Python inside) and, beside it, the
+//! Python callables each stage, source and sink will invoke. Everything
+//! here runs once, at start-up, with the GIL held.
+//!
+//! Invariant: every set-up error found here names the element by its
+//! `place`. Wallaroo's config tuples and the choice between a decorated
+//! object's raw function and its bound method are `quoll.topology`'s
+//! business; unsupported source and sink kinds are refused there first.
 
+use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::PyString;
 use quoll_core::length_header::LengthHeader;
 use quoll_core::topology::{SourceDef, StageDef, StageKind, Topology};
 use quoll_core::windows::{LateDataPolicy, RangeWindowSpec};
@@ -15,19 +24,9 @@ use quoll_core::windows::{LateDataPolicy, RangeWindowSpec};
 /// exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("stage {stage}: {message}")]
-    Stage { stage: String, message: String },
-    #[error("source '{source_name}': {message}")]
-    Source {
-        source_name: String,
-        message: String,
-    },
-    #[error("sink {index} ({config}): {message}")]
-    Sink {
-        index: usize,
-        config: String,
-        message: String,
-    },
+    /// `place` names the source, stage or sink as the application did.
+    #[error("{place}: {message}")]
+    Invalid { place: String, message: String },
     #[error(transparent)]
     Topology(#[from] quoll_core::topology::TopologyError),
     #[error("{0}")]
@@ -61,7 +60,9 @@ pub enum StageCalls {
     Sinks,
 }
 
-/// The four bound methods of an `Aggregation` instance.
+/// The four bound methods of an `Aggregation` instance
+/// (`quoll.topology.AggregationCalls`, read by attribute name).
+#[derive(FromPyObject)]
 pub struct AggregationCalls {
     pub initial_accumulator: Py<PyAny>,
     pub update: Py<PyAny>,
@@ -128,269 +129,351 @@ pub struct AppPlan {
     pub sinks: Vec<SinkPlan>,
 }
 
-fn item<'py>(t: &Bound<'py, PyTuple>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-    t.get_item(i)
+// What `quoll.topology` hands over, field by field (see its dataclasses).
+
+/// `quoll.topology.Topology`.
+#[derive(FromPyObject)]
+struct AppIn<'py> {
+    app_name: String,
+    sources: Vec<SourceIn<'py>>,
+    stages: Vec<StageIn<'py>>,
+    sinks: Vec<SinkIn<'py>>,
 }
 
-fn text(obj: &Bound<'_, PyAny>) -> String {
-    obj.str()
-        .map(|s| s.to_string())
-        .unwrap_or_else(|_| "<unprintable>".into())
+/// `quoll.topology.Source`; `spec` is one of the `*SourceIn` below.
+#[derive(FromPyObject)]
+struct SourceIn<'py> {
+    name: String,
+    place: String,
+    entry: usize,
+    implicit_key: String,
+    spec: Bound<'py, PyAny>,
 }
 
-/// Reads the framing of a Wallaroo decoder: `header_length()` plus the
-/// struct format the `wallaroo.decoder` decorator recorded.
-fn decoder_framing(
-    decoder: &Bound<'_, PyAny>,
-    source_name: &str,
-) -> Result<(LengthHeader, Py<PyAny>), AppError> {
-    let err = |message: String| AppError::Source {
-        source_name: source_name.to_string(),
-        message,
-    };
-    let header_length: usize = decoder
-        .call_method0("header_length")
-        .and_then(|v| v.extract())
-        .map_err(|e| err(format!("decoder.header_length() failed: {e}")))?;
-    let fmt: String = match decoder.getattr("_quoll_length_fmt") {
-        Ok(f) => f
-            .extract()
-            .map_err(|e| err(format!("decoder length format: {e}")))?,
-        Err(_) => {
-            return Err(err(
-                "the decoder was not made with @wallaroo.decoder(header_length, length_fmt); \
-                 quoll splits TCP frames natively and needs the struct format of the length header"
-                    .into(),
-            ))
-        }
-    };
-    let header = LengthHeader::parse(header_length, &fmt)
-        .map_err(|e| err(format!("decoder header: {e}")))?;
-    let decode = direct(decoder, "decode")?;
-    Ok((header, decode))
+/// `quoll.topology.Stage`; `spec` is one of the `*StageIn` below.
+#[derive(FromPyObject)]
+struct StageIn<'py> {
+    name: String,
+    place: String,
+    next: Option<usize>,
+    spec: Bound<'py, PyAny>,
 }
 
-/// The raw user function of a decorator-made object, else its bound method
-/// (the same rule as `quoll.topology._direct`).
-fn direct(obj: &Bound<'_, PyAny>, method: &str) -> PyResult<Py<PyAny>> {
-    let cls = obj.get_type();
-    if let Ok(func) = cls.getattr("_quoll_func") {
-        if cls
-            .getattr("__module__")
-            .map(|m| text(&m) == "wallaroo")
-            .unwrap_or(false)
-        {
-            return Ok(func.unbind());
-        }
+/// `quoll.topology.Sink`; `spec` is one of the `*SinkIn` below.
+#[derive(FromPyObject)]
+struct SinkIn<'py> {
+    place: String,
+    spec: Bound<'py, PyAny>,
+}
+
+/// `quoll.topology.TcpSource`.
+#[derive(FromPyObject)]
+struct TcpSourceIn {
+    host: String,
+    port: String,
+    header_length: usize,
+    length_fmt: String,
+    decode: Py<PyAny>,
+    valid: bool,
+    parallelism: usize,
+}
+
+/// `quoll.topology.GenSource`.
+#[derive(FromPyObject)]
+struct GenSourceIn {
+    initial_value: Py<PyAny>,
+    apply: Py<PyAny>,
+}
+
+/// `quoll.topology.FileSource`.
+#[derive(FromPyObject)]
+struct FileSourceIn {
+    path: String,
+    header_length: usize,
+    length_fmt: String,
+    decode: Py<PyAny>,
+}
+
+/// `quoll.topology.ConnectorSource`.
+#[derive(FromPyObject)]
+struct ConnectorSourceIn {
+    host: String,
+    port: String,
+    decode: Py<PyAny>,
+    cookie: String,
+    max_credits: u32,
+    refill_credits: u32,
+}
+
+/// `quoll.topology.TcpSink`.
+#[derive(FromPyObject)]
+struct TcpSinkIn {
+    host: String,
+    port: String,
+    encode: Py<PyAny>,
+}
+
+/// `quoll.topology.FileSink`.
+#[derive(FromPyObject)]
+struct FileSinkIn {
+    path: String,
+    encode: Py<PyAny>,
+}
+
+/// `quoll.topology.StatelessStage`.
+#[derive(FromPyObject)]
+struct StatelessStageIn {
+    call: Py<PyAny>,
+    multi: bool,
+}
+
+/// `quoll.topology.KeyByStage`.
+#[derive(FromPyObject)]
+struct KeyByStageIn {
+    call: Py<PyAny>,
+}
+
+/// `quoll.topology.CollectStage`.
+#[derive(FromPyObject)]
+struct CollectStageIn {
+    key: String,
+}
+
+/// `quoll.topology.StateStage`.
+#[derive(FromPyObject)]
+struct StateStageIn {
+    call: Py<PyAny>,
+    initial_state: Py<PyAny>,
+    multi: bool,
+}
+
+/// `quoll.topology.RangeWindowsStage`.
+#[derive(FromPyObject)]
+struct RangeWindowsStageIn {
+    aggregation: AggregationCalls,
+    range: u64,
+    slide: u64,
+    delay: u64,
+    late_data_policy: String,
+}
+
+/// `quoll.topology.CountWindowsStage`.
+#[derive(FromPyObject)]
+struct CountWindowsStageIn {
+    aggregation: AggregationCalls,
+    count: u64,
+}
+
+/// `quoll.topology.SinksStage`.
+#[derive(FromPyObject)]
+struct SinksStageIn {
+    sinks: Vec<usize>,
+}
+
+fn invalid(place: &str, message: impl Into<String>) -> AppError {
+    AppError::Invalid {
+        place: place.to_string(),
+        message: message.into(),
     }
-    Ok(obj.getattr(method)?.unbind())
 }
 
-/// Builds the plan from `(app_name, sources, stages, sinks)` as made by
-/// `quoll.topology.as_engine_tuples`.
-pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, AppError> {
-    let app_name: String = item(app, 0)?.extract()?;
-    let py_sources = item(app, 1)?;
-    let py_stages = item(app, 2)?;
-    let py_sinks = item(app, 3)?;
+/// The `kind` tag of a spec (a class attribute of its dataclass).
+fn kind_of(spec: &Bound<'_, PyAny>, place: &str) -> Result<String, AppError> {
+    spec.getattr("kind")
+        .and_then(|k| k.extract())
+        .map_err(|e| invalid(place, format!("no kind tag: {e}")))
+}
 
-    let mut stages = Vec::new();
-    let mut stage_calls = Vec::new();
-    for (index, st) in py_stages.try_iter()?.enumerate() {
-        let st = st?;
-        let st = st.cast::<PyTuple>().map_err(PyErr::from)?;
-        let kind: String = item(st, 0)?.extract()?;
-        let name: String = item(st, 1)?.extract()?;
-        let next: Option<usize> = item(st, 2)?.extract()?;
-        let call = item(st, 3)?;
-        let params = item(st, 6)?;
-        let params = params.cast::<PyTuple>().map_err(PyErr::from)?;
-        let stage_err = |message: String| AppError::Stage {
-            stage: format!("{index} ('{name}')"),
-            message,
-        };
-        let (core_kind, calls) = match kind.as_str() {
-            "computation" | "computation_multi" => (
-                StageKind::Stateless {
-                    multi: kind == "computation_multi",
-                },
-                StageCalls::Stateless {
-                    call: call.unbind(),
-                },
-            ),
-            "key_by" => (
-                StageKind::KeyBy,
-                StageCalls::KeyBy {
-                    call: call.unbind(),
-                },
-            ),
+/// Reads a spec as the struct its `kind` names.
+fn read<'py, T: FromPyObjectOwned<'py>>(
+    spec: &Bound<'py, PyAny>,
+    place: &str,
+) -> Result<T, AppError> {
+    spec.extract::<T>().map_err(|e| {
+        let e: PyErr = e.into();
+        invalid(place, e.to_string())
+    })
+}
+
+/// The native frame splitter for a decoder's length header.
+fn length_header(header_length: usize, fmt: &str, place: &str) -> Result<LengthHeader, AppError> {
+    LengthHeader::parse(header_length, fmt)
+        .map_err(|e| invalid(place, format!("decoder header: {e}")))
+}
+
+/// Builds the plan from the `quoll.topology.Topology` that
+/// `quoll.topology.flatten` made.
+pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyAny>) -> Result<AppPlan, AppError> {
+    let app: AppIn<'_> = app.extract()?;
+
+    let mut stages = Vec::with_capacity(app.stages.len());
+    let mut stage_calls = Vec::with_capacity(app.stages.len());
+    for st in app.stages {
+        let place = st.place.as_str();
+        let (core_kind, calls) = match kind_of(&st.spec, place)?.as_str() {
+            "stateless" => {
+                let s: StatelessStageIn = read(&st.spec, place)?;
+                (
+                    StageKind::Stateless { multi: s.multi },
+                    StageCalls::Stateless { call: s.call },
+                )
+            }
+            "key_by" => {
+                let s: KeyByStageIn = read(&st.spec, place)?;
+                (StageKind::KeyBy, StageCalls::KeyBy { call: s.call })
+            }
             "collect" => {
-                let key: String = item(params, 0)?.extract()?;
+                let s: CollectStageIn = read(&st.spec, place)?;
                 (
                     StageKind::Collect {
-                        key: key.clone().into_bytes(),
+                        key: s.key.clone().into_bytes(),
                     },
                     StageCalls::Collect {
-                        key: PyString::new(py, &key).into_any().unbind(),
+                        key: PyString::new(py, &s.key).into_any().unbind(),
                     },
                 )
             }
-            "state_computation" | "state_computation_multi" => (
-                StageKind::State {
-                    multi: kind == "state_computation_multi",
-                },
-                StageCalls::State {
-                    call: call.unbind(),
-                    initial_state: item(st, 4)?.unbind(),
-                },
-            ),
-            "range_windows" | "count_windows" => {
-                let agg = item(st, 5)?;
-                let agg = agg.cast::<PyTuple>().map_err(PyErr::from)?;
-                let aggregation = AggregationCalls {
-                    initial_accumulator: item(agg, 0)?.unbind(),
-                    update: item(agg, 1)?.unbind(),
-                    combine: item(agg, 2)?.unbind(),
-                    output: item(agg, 3)?.unbind(),
-                };
-                let core = if kind == "range_windows" {
-                    let range: u64 = item(params, 0)?.extract()?;
-                    let slide: u64 = item(params, 1)?.extract()?;
-                    let delay: u64 = item(params, 2)?.extract()?;
-                    let policy_name: String = item(params, 3)?.extract()?;
-                    let policy = LateDataPolicy::parse(&policy_name)
-                        .map_err(|e| stage_err(e.to_string()))?;
-                    let spec = RangeWindowSpec::new(range, slide, delay, policy)
-                        .map_err(|e| stage_err(e.to_string()))?;
-                    StageKind::RangeWindows(spec)
-                } else {
-                    let count: u64 = item(params, 0)?.extract()?;
-                    if count == 0 {
-                        return Err(stage_err("count_windows(n) needs n >= 1".into()));
-                    }
-                    StageKind::CountWindows { count }
-                };
-                (core, StageCalls::Windows { aggregation })
+            "state" => {
+                let s: StateStageIn = read(&st.spec, place)?;
+                (
+                    StageKind::State { multi: s.multi },
+                    StageCalls::State {
+                        call: s.call,
+                        initial_state: s.initial_state,
+                    },
+                )
+            }
+            "range_windows" => {
+                let s: RangeWindowsStageIn = read(&st.spec, place)?;
+                let policy = LateDataPolicy::parse(&s.late_data_policy)
+                    .map_err(|e| invalid(place, e.to_string()))?;
+                let spec = RangeWindowSpec::new(s.range, s.slide, s.delay, policy)
+                    .map_err(|e| invalid(place, e.to_string()))?;
+                (
+                    StageKind::RangeWindows(spec),
+                    StageCalls::Windows {
+                        aggregation: s.aggregation,
+                    },
+                )
+            }
+            "count_windows" => {
+                let s: CountWindowsStageIn = read(&st.spec, place)?;
+                if s.count == 0 {
+                    return Err(invalid(place, "count_windows(n) needs n >= 1"));
+                }
+                (
+                    StageKind::CountWindows { count: s.count },
+                    StageCalls::Windows {
+                        aggregation: s.aggregation,
+                    },
+                )
             }
             "sinks" => {
-                let sinks: Vec<usize> = item(st, 7)?.extract()?;
-                (StageKind::Sinks { sinks }, StageCalls::Sinks)
+                let s: SinksStageIn = read(&st.spec, place)?;
+                (StageKind::Sinks { sinks: s.sinks }, StageCalls::Sinks)
             }
-            other => return Err(stage_err(format!("unknown stage kind '{other}'"))),
+            other => return Err(invalid(place, format!("unknown stage kind '{other}'"))),
         };
         stages.push(StageDef {
-            name,
+            name: st.name,
             kind: core_kind,
-            next,
+            next: st.next,
         });
         stage_calls.push(calls);
     }
 
-    let mut sources = Vec::new();
-    let mut source_defs = Vec::new();
-    for src in py_sources.try_iter()? {
-        let src = src?;
-        let src = src.cast::<PyTuple>().map_err(PyErr::from)?;
-        let kind: String = item(src, 0)?.extract()?;
-        let name: String = item(src, 1)?.extract()?;
-        let entry: usize = item(src, 2)?.extract()?;
-        let implicit_key: String = item(src, 3)?.extract()?;
-        let cfg = item(src, 4)?;
-        let cfg = cfg.cast::<PyTuple>().map_err(PyErr::from)?;
-        let err = |message: String| AppError::Source {
-            source_name: name.clone(),
-            message,
-        };
+    let mut sources = Vec::with_capacity(app.sources.len());
+    let mut source_defs = Vec::with_capacity(app.sources.len());
+    for src in app.sources {
+        let place = src.place.as_str();
+        let kind = kind_of(&src.spec, place)?;
         let spec = match kind.as_str() {
             "tcp" => {
-                let host = text(&item(cfg, 2)?);
-                let port = text(&item(cfg, 3)?);
-                let (header, decode) = decoder_framing(&item(cfg, 4)?, &name)?;
-                let valid: bool = item(cfg, 5).and_then(|v| v.is_truthy()).unwrap_or(true);
-                let parallelism: usize = item(cfg, 6).and_then(|v| v.extract()).unwrap_or(10);
-                SourceSpec::Tcp { host, port, header, decode, valid, parallelism: parallelism.max(1) }
+                let s: TcpSourceIn = read(&src.spec, place)?;
+                SourceSpec::Tcp {
+                    header: length_header(s.header_length, &s.length_fmt, place)?,
+                    host: s.host,
+                    port: s.port,
+                    decode: s.decode,
+                    valid: s.valid,
+                    parallelism: s.parallelism.max(1),
+                }
             }
             "gen" => {
-                let g = item(cfg, 2)?;
-                let initial_value = g.getattr("initial_value").map_err(|e| err(format!("generator: {e}")))?;
-                let apply = g.getattr("apply").map_err(|e| err(format!("generator: {e}")))?;
-                SourceSpec::Gen { initial_value: initial_value.unbind(), apply: apply.unbind() }
+                let s: GenSourceIn = read(&src.spec, place)?;
+                SourceSpec::Gen {
+                    initial_value: s.initial_value,
+                    apply: s.apply,
+                }
             }
             "file" => {
-                let path = text(&item(cfg, 2)?);
-                let (header, decode) = decoder_framing(&item(cfg, 3)?, &name)?;
-                SourceSpec::File { path, header, decode }
+                let s: FileSourceIn = read(&src.spec, place)?;
+                SourceSpec::File {
+                    header: length_header(s.header_length, &s.length_fmt, place)?,
+                    path: s.path,
+                    decode: s.decode,
+                }
             }
             "source_connector" => {
-                // ("source_connector", name, host, str(port), encoder, decoder, cookie, max_credits, refill_credits);
-                // the worker frames the protocol itself and calls only decode().
-                let decoder = item(cfg, 5)?;
-                let decode = direct(&decoder, "decode")?;
-                let number = |i: usize, what: &str| -> Result<u32, AppError> {
-                    item(cfg, i)?.extract::<u32>().map_err(|e| err(format!("{what}: {e}")))
-                };
+                let s: ConnectorSourceIn = read(&src.spec, place)?;
                 SourceSpec::Connector {
-                    host: text(&item(cfg, 2)?),
-                    port: text(&item(cfg, 3)?),
-                    decode,
-                    cookie: text(&item(cfg, 6)?),
-                    max_credits: number(7, "max_credits")?,
-                    refill_credits: number(8, "refill_credits")?,
+                    host: s.host,
+                    port: s.port,
+                    decode: s.decode,
+                    cookie: s.cookie,
+                    max_credits: s.max_credits,
+                    refill_credits: s.refill_credits,
                 }
             }
             other => {
-                return Err(err(format!(
-                    "source kind '{other}' is not supported yet by quoll (supported: tcp, gen, file, source_connector)"
-                )))
+                return Err(invalid(
+                    place,
+                    format!("source kind '{other}' is not supported by this engine"),
+                ))
             }
         };
         source_defs.push(SourceDef {
-            name: name.clone(),
+            name: src.name.clone(),
             kind,
-            entry,
-            implicit_key: implicit_key.clone().into_bytes(),
+            entry: src.entry,
+            implicit_key: src.implicit_key.clone().into_bytes(),
         });
         sources.push(SourcePlan {
-            name,
+            name: src.name,
             spec,
-            implicit_key: PyString::new(py, &implicit_key).into_any().unbind(),
+            implicit_key: PyString::new(py, &src.implicit_key).into_any().unbind(),
         });
     }
 
-    let mut sinks = Vec::new();
-    for (index, cfg) in py_sinks.try_iter()?.enumerate() {
-        let cfg = cfg?;
-        let config = text(&cfg);
-        let cfg = cfg.cast::<PyTuple>().map_err(PyErr::from)?;
-        let err = |message: String| AppError::Sink {
-            index,
-            config: config.clone(),
-            message,
-        };
-        let kind: String = item(cfg, 0)?.extract()?;
-        let (spec, encoder) = match kind.as_str() {
+    let mut sinks = Vec::with_capacity(app.sinks.len());
+    for sink in app.sinks {
+        let place = sink.place.as_str();
+        let (spec, encode) = match kind_of(&sink.spec, place)?.as_str() {
             "tcp" => {
-                let host = text(&item(cfg, 2)?);
-                let port = text(&item(cfg, 3)?);
-                (SinkSpec::Tcp { host, port }, item(cfg, 4)?)
+                let s: TcpSinkIn = read(&sink.spec, place)?;
+                (
+                    SinkSpec::Tcp {
+                        host: s.host,
+                        port: s.port,
+                    },
+                    s.encode,
+                )
             }
-            "file" => (
-                SinkSpec::File {
-                    path: text(&item(cfg, 2)?),
-                },
-                item(cfg, 3)?,
-            ),
+            "file" => {
+                let s: FileSinkIn = read(&sink.spec, place)?;
+                (SinkSpec::File { path: s.path }, s.encode)
+            }
             other => {
-                return Err(err(format!(
-                    "sink kind '{other}' is not supported yet by quoll (supported: tcp, file)"
-                )))
+                return Err(invalid(
+                    place,
+                    format!("sink kind '{other}' is not supported by this engine"),
+                ))
             }
         };
         let label = match &spec {
             SinkSpec::Tcp { host, port } => format!("tcp sink {host}:{port}"),
             SinkSpec::File { path } => format!("file sink {path}"),
         };
-        let encode = direct(&encoder, "encode").map_err(|e| err(format!("encoder: {e}")))?;
         sinks.push(SinkPlan {
             label,
             spec,
@@ -399,7 +482,7 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyTuple>) -> Result<AppPlan, A
     }
 
     let topology = Topology {
-        app_name,
+        app_name: app.app_name,
         sources: source_defs,
         stages,
         sink_count: sinks.len(),

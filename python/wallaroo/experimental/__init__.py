@@ -17,6 +17,7 @@ import logging
 import select as _select
 import socket
 import sys
+from typing import Any, Callable, Optional, Sequence, Union
 
 import wallaroo
 from wallaroo import dt_to_timestamp  # noqa: F401  (re-exported, as in Wallaroo)
@@ -41,7 +42,8 @@ class UnexpectedSocketError(Exception):
 # Decorators
 ##############################################################################
 
-def stream_message_decoder(func):
+def stream_message_decoder(
+        func: Callable[[bytes], Any]) -> wallaroo.ConnectorDecoder:
     """Decorate ``f(payload: bytes) -> object | None`` as a connector decoder
     (``header_length()`` 4, ``payload_length`` ``>I``)."""
     name = wallaroo._func_name(func)
@@ -50,7 +52,8 @@ def stream_message_decoder(func):
     return C()
 
 
-def stream_message_encoder(func):
+def stream_message_encoder(
+        func: Callable[[Any], Any]) -> wallaroo.ConnectorEncoder:
     """Decorate ``f(data) -> bytes`` as a connector encoder whose
     ``encode(data, event_time=0, key=None)`` returns the legacy framed
     record ``>IqI{k}s{n}s``."""
@@ -60,7 +63,8 @@ def stream_message_encoder(func):
     return C()
 
 
-def octet_message_encoder(func):
+def octet_message_encoder(
+        func: Callable[[Any], Any]) -> wallaroo.OctetEncoder:
     """Same as ``wallaroo.encoder``."""
     name = wallaroo._func_name(func)
     wallaroo._validate_arity_compatability(name, func, 1)
@@ -68,7 +72,10 @@ def octet_message_encoder(func):
     return C()
 
 
-def octet_message_decoder(func=None, header_length=4, length_fmt=">I"):
+def octet_message_decoder(
+        func: Any = None, header_length: Any = 4, length_fmt: Any = ">I"
+) -> Union[wallaroo.OctetDecoder,
+           Callable[[Callable[[bytes], Any]], wallaroo.OctetDecoder]]:
     """Same as ``wallaroo.decoder``; usable bare (``@octet_message_decoder``,
     with the defaults ``header_length=4, length_fmt=">I"``) or with
     arguments (``@octet_message_decoder(header_length=2, length_fmt=">H")``).
@@ -92,8 +99,9 @@ class SourceConnectorConfig(object):
     clients; MESSAGE payloads go through ``decoder.decode``.  ``encoder`` is
     used only by external connector scripts."""
 
-    def __init__(self, name, encoder, decoder, port, cookie,
-                 max_credits, refill_credits, host='127.0.0.1'):
+    def __init__(self, name: str, encoder: Any, decoder: Any,
+                 port: Union[str, int], cookie: str, max_credits: int,
+                 refill_credits: int, host: str = '127.0.0.1') -> None:
         if not callable(getattr(decoder, "decode", None)):
             raise wallaroo._api_error(
                 "SourceConnectorConfig needs a decoder with a decode() "
@@ -107,7 +115,7 @@ class SourceConnectorConfig(object):
         self._refill_credits = refill_credits
         self._host = host
 
-    def to_tuple(self):
+    def to_tuple(self) -> tuple[Any, ...]:
         return ("source_connector", self._name, self._host, str(self._port),
                 self._encoder, self._decoder, self._cookie,
                 self._max_credits, self._refill_credits)
@@ -118,8 +126,9 @@ class SinkConnectorConfig(object):
     ``encoder.encode(data)`` as MESSAGE payloads.  ``decoder`` is used only
     by the external sink process."""
 
-    def __init__(self, name, encoder, decoder, port, cookie,
-                 host='127.0.0.1'):
+    def __init__(self, name: str, encoder: Any, decoder: Any,
+                 port: Union[str, int], cookie: str,
+                 host: str = '127.0.0.1') -> None:
         if not callable(getattr(encoder, "encode", None)):
             raise wallaroo._api_error(
                 "SinkConnectorConfig needs an encoder with an encode() "
@@ -131,7 +140,7 @@ class SinkConnectorConfig(object):
         self._encoder = encoder
         self._decoder = decoder
 
-    def to_tuple(self):
+    def to_tuple(self) -> tuple[Any, ...]:
         return ("sink_connector", self._name, self._host, str(self._port),
                 self._encoder, self._decoder, self._cookie)
 
@@ -140,13 +149,16 @@ class SinkConnectorConfig(object):
 # Connector process helpers
 ##############################################################################
 
-def _parse_connector_prefix(args):
+def _parse_connector_prefix(args: Sequence[str]) -> Optional[str]:
     parser = argparse.ArgumentParser()
     parser.add_argument('--connector', dest='connector_name')
     return parser.parse_known_args(args)[0].connector_name
 
 
-def parse_connector_args(args, required_params=(), optional_params=()):
+def parse_connector_args(args: Sequence[str],
+                         required_params: Sequence[str] = (),
+                         optional_params: Sequence[str] = ()
+                         ) -> argparse.Namespace:
     """Parse ``--application-module``, ``--connector NAME`` and the
     connector's parameters, spelt ``--NAME-<param>``."""
     prefix = _parse_connector_prefix(args) or 'CONNECTOR_NAME'
@@ -162,7 +174,8 @@ def parse_connector_args(args, required_params=(), optional_params=()):
     return parser.parse_known_args(args)[0]
 
 
-def _load_application(params, args):
+def _load_application(params: argparse.Namespace,
+                      args: Sequence[str]) -> Any:
     import importlib
     module = importlib.import_module(params.application)
     return module.application_setup(args)
@@ -172,7 +185,9 @@ class BaseConnector(object):
     """Runs the application's ``application_setup`` and finds the source
     connector named by ``--connector`` in the application tuple."""
 
-    def __init__(self, args=None, required_params=(), optional_params=()):
+    def __init__(self, args: Optional[Sequence[str]] = None,
+                 required_params: Sequence[str] = (),
+                 optional_params: Sequence[str] = ()) -> None:
         args = args or sys.argv
         params = parse_connector_args(args, required_params, optional_params)
         application = _load_application(params, args)
@@ -199,7 +214,7 @@ class BaseConnector(object):
 class SourceConnector(BaseConnector):
     """The legacy (pre-v3) source connector protocol is not supported."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise Exception(
             "SourceConnector uses the unsupported legacy connector protocol; "
             "please use AtLeastOnceSourceConnector (connector protocol v3) "
@@ -214,7 +229,7 @@ class AtLeastOnceSourceConnector(object):
     is not provided by quoll yet.  Speak connector protocol v3 with the
     message classes of ``wallaroo.experimental.connector_wire_messages``."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(
             "AtLeastOnceSourceConnector is not implemented in quoll's "
             "wallaroo package yet; use "
@@ -227,7 +242,9 @@ class SinkConnector(object):
     ``SinkConnectorConfig`` named ``--connector`` points and decodes framed
     data with that config's decoder.  (Legacy framing; no protocol v3.)"""
 
-    def __init__(self, args=None, required_params=(), optional_params=()):
+    def __init__(self, args: Optional[Sequence[str]] = None,
+                 required_params: Sequence[str] = (),
+                 optional_params: Sequence[str] = ()) -> None:
         args = args or sys.argv
         params = parse_connector_args(args, required_params, optional_params)
         application = _load_application(params, args)
@@ -246,12 +263,13 @@ class SinkConnector(object):
         self._host = host
         self._port = port
         self._cookie = cookie
-        self._acceptor = None
-        self._connections = []
-        self._buffers = {}
-        self._pending = []
+        self._acceptor: Optional[socket.socket] = None
+        self._connections: list[socket.socket] = []
+        self._buffers: dict[socket.socket, bytes] = {}
+        self._pending: list[socket.socket] = []
 
-    def listen(self, host=None, port=None, backlog=0):
+    def listen(self, host: Optional[str] = None,
+               port: Union[str, int, None] = None, backlog: int = 0) -> None:
         acceptor = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         acceptor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         acceptor.bind((host or self._host, int(port or self._port)))
@@ -259,7 +277,7 @@ class SinkConnector(object):
         self._acceptor = acceptor
         self._connections.append(acceptor)
 
-    def read(self, timeout=None):
+    def read(self, timeout: Optional[float] = None) -> Any:
         """Return the next decoded message from any connection (blocking)."""
         while True:
             for conn in list(self._pending):
@@ -268,7 +286,7 @@ class SinkConnector(object):
                     return message
             self._select_any(timeout)
 
-    def _select_any(self, timeout=None):
+    def _select_any(self, timeout: Optional[float] = None) -> None:
         readable, _, exceptional = _select.select(
             self._connections, [], self._connections, timeout)
         for conn in exceptional:
@@ -289,7 +307,7 @@ class SinkConnector(object):
                 if conn not in self._pending:
                     self._pending.append(conn)
 
-    def _read_one(self, conn):
+    def _read_one(self, conn: socket.socket) -> tuple[bool, Any]:
         buffered = self._buffers.get(conn, b"")
         header_len = self._decoder.header_length()
         if len(buffered) < header_len:
@@ -303,12 +321,12 @@ class SinkConnector(object):
         self._buffers[conn] = buffered[header_len + expected:]
         return (True, self._decoder.decode(data))
 
-    def _setup_connection(self, conn):
+    def _setup_connection(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         self._connections.append(conn)
         self._buffers[conn] = b""
 
-    def _teardown_connection(self, conn):
+    def _teardown_connection(self, conn: socket.socket) -> None:
         if conn in self._connections:
             self._connections.remove(conn)
         self._buffers.pop(conn, None)

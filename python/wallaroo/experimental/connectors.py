@@ -12,6 +12,7 @@ from abc import ABCMeta, abstractmethod
 import hashlib
 import logging
 import struct
+from typing import Any, NoReturn, Union
 
 from . import (connector_wire_messages as cwm,  # noqa: F401
                AtLeastOnceSourceConnector,
@@ -29,17 +30,18 @@ class BaseMeta(metaclass=ABCMeta):
 class BaseIter(BaseMeta):
     """Base for iterator classes: implement ``__next__``."""
 
-    def throw(self, type=None, value=None, traceback=None):
+    def throw(self, type: Any = None, value: Any = None,
+              traceback: Any = None) -> NoReturn:
         raise StopIteration
 
-    def __iter__(self):
+    def __iter__(self) -> "BaseIter":
         return self
 
-    def next(self):
+    def next(self) -> Any:
         return self.__next__()
 
     @abstractmethod
-    def __next__(self):
+    def __next__(self) -> Any:
         raise NotImplementedError
 
 
@@ -53,27 +55,27 @@ class BaseSource(BaseMeta):
     """
 
     @abstractmethod
-    def __str__(self):
+    def __str__(self) -> str:
         raise NotImplementedError
 
     @abstractmethod
-    def reset(self, pos=0):
+    def reset(self, pos: int = 0) -> None:
         raise NotImplementedError
 
     @abstractmethod
-    def point_of_ref(self):
+    def point_of_ref(self) -> int:
         raise NotImplementedError
 
     @abstractmethod
-    def __next__(self):
+    def __next__(self) -> Any:
         raise NotImplementedError
 
     @abstractmethod
-    def wallaroo_acked(self, point_of_ref):
+    def wallaroo_acked(self, point_of_ref: int) -> None:
         raise NotImplementedError
 
 
-def stream_id_for(name):
+def stream_id_for(name: Union[str, bytes]) -> int:
     """Stream id of a stream name: the first 64 bits of its SHA-256."""
     if isinstance(name, str):
         name = name.encode("utf-8")
@@ -84,22 +86,24 @@ class FramedFileReader(BaseIter, BaseSource):
     """Iterate over a file of u32 BE length-framed records, yielding
     ``(payload, offset_after_record)``; resettable to an offset."""
 
-    def __init__(self, filename):
+    def __init__(self, filename: str) -> None:
         self.file = open(filename, mode='rb')
         self.name = filename.encode()
         self.key = filename.encode()
 
-    def __str__(self):
-        return ("FramedFileReader(filename: {}, closed: {}, point_of_ref: {})"
+    def __str__(self) -> str:
+        # (``name`` is bytes: {!r} shows it as str() of bytes always did.)
+        return ("FramedFileReader(filename: {!r}, closed: {}, "
+                "point_of_ref: {})"
                 .format(self.name, self.file.closed, self.point_of_ref()))
 
-    def point_of_ref(self):
+    def point_of_ref(self) -> int:
         try:
             return self.file.tell()
         except (OSError, ValueError):
             return -1
 
-    def _read_record(self):
+    def _read_record(self) -> tuple[bytes, int]:
         header = self.file.read(4)
         if len(header) < 4:
             raise StopIteration
@@ -109,7 +113,7 @@ class FramedFileReader(BaseIter, BaseSource):
             raise StopIteration
         return (payload, self.file.tell())
 
-    def reset(self, pos=0):
+    def reset(self, pos: int = 0) -> None:
         if pos == U64_MAX:
             logging.debug("resetting %s to the beginning", self)
             self.file.seek(0)
@@ -119,16 +123,16 @@ class FramedFileReader(BaseIter, BaseSource):
         # ``pos`` is the end of the last record the worker processed: the
         # stream resumes after it (a record starting at ``pos``).
 
-    def __next__(self):
+    def __next__(self) -> tuple[bytes, int]:
         return self._read_record()
 
-    def wallaroo_acked(self, point_of_ref):
+    def wallaroo_acked(self, point_of_ref: int) -> None:
         pass
 
-    def close(self):
+    def close(self) -> None:
         self.file.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:
@@ -140,5 +144,5 @@ class MultiSourceConnector(AtLeastOnceSourceConnector, BaseIter):
 
     get_id = staticmethod(stream_id_for)
 
-    def __next__(self):
+    def __next__(self) -> NoReturn:
         raise StopIteration
