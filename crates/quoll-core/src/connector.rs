@@ -223,9 +223,8 @@ impl ConnectorError {
     /// its fields, or with bytes left over).
     pub fn malformed_frame(&self) -> Option<&'static str> {
         match self {
-            ConnectorError::Truncated { frame, .. } | ConnectorError::TrailingBytes { frame, .. } => {
-                Some(frame)
-            }
+            ConnectorError::Truncated { frame, .. }
+            | ConnectorError::TrailingBytes { frame, .. } => Some(frame),
             _ => None,
         }
     }
@@ -672,7 +671,10 @@ impl Default for ConnectorCodec {
 impl ConnectorCodec {
     /// A decoder that rejects length fields above `max` (at least 1).
     pub fn with_max_frame_size(max: u32) -> Self {
-        FrameCodec::new(LengthPrefixed::new(ByteOrder::Big, 1, max.max(1)), ConnectorProtocol)
+        FrameCodec::new(
+            LengthPrefixed::new(ByteOrder::Big, 1, max.max(1)),
+            ConnectorProtocol,
+        )
     }
 
     /// The limit on the length field.
@@ -1023,7 +1025,10 @@ mod tests {
         let mut d = ConnectorCodec::default();
         assert_eq!(d.max_frame_size(), MAX_FRAME_SIZE);
         let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
-        assert_eq!(d.decode_frame(&mut buf).unwrap_err(), ConnectorError::EmptyFrame);
+        assert_eq!(
+            d.decode_frame(&mut buf).unwrap_err(),
+            ConnectorError::EmptyFrame
+        );
         // Exactly at the limit is fine.
         let mut d = ConnectorCodec::with_max_frame_size(9);
         let mut buf = BytesMut::from(&frame(8, &1u64.to_be_bytes())[..]);

@@ -486,9 +486,15 @@ mod tests {
         for len in [0u32, 1] {
             let mut d = ExternalCodec::default();
             let mut buf = BytesMut::from(&len.to_be_bytes()[..]);
-            assert_eq!(d.decode_frame(&mut buf), Err(FrameError::LengthTooShort { len }));
+            assert_eq!(
+                d.decode_frame(&mut buf),
+                Err(FrameError::LengthTooShort { len })
+            );
             buf.extend_from_slice(&encode_frame(MessageType::Print, "x"));
-            assert_eq!(d.decode_frame(&mut buf), Err(FrameError::LengthTooShort { len }));
+            assert_eq!(
+                d.decode_frame(&mut buf),
+                Err(FrameError::LengthTooShort { len })
+            );
         }
     }
 
@@ -505,7 +511,10 @@ mod tests {
         );
         let mut d = ExternalCodec::default();
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
-        assert!(matches!(d.decode_frame(&mut buf), Err(FrameError::LengthTooLong { .. })));
+        assert!(matches!(
+            d.decode_frame(&mut buf),
+            Err(FrameError::LengthTooLong { .. })
+        ));
         // Exactly the maximum is fine (announced, waiting for the bytes).
         let mut d = ExternalCodec::default();
         let mut buf = BytesMut::from(&MAX_FRAME_LEN.to_be_bytes()[..]);
@@ -576,7 +585,8 @@ mod tests {
         let mut wire = Vec::new();
         encode_frame_into(&mut wire, MessageType::Print, "one").unwrap();
         encode_frame_into(&mut wire, MessageType::CleanShutdown, "").unwrap();
-        let mut r = BlockingFramedRead::new(io::Cursor::new(wire.clone()), ExternalCodec::default());
+        let mut r =
+            BlockingFramedRead::new(io::Cursor::new(wire.clone()), ExternalCodec::default());
         assert_eq!(
             r.next_frame().unwrap(),
             Some(Frame::new(MessageType::Print, "one"))
@@ -588,11 +598,17 @@ mod tests {
         assert_eq!(r.next_frame().unwrap(), None);
         // Truncated frame.
         let mut r = BlockingFramedRead::new(&wire[..5], ExternalCodec::default());
-        assert!(matches!(r.next_frame(), Err(ReadError::Truncated { buffered: 5 })));
+        assert!(matches!(
+            r.next_frame(),
+            Err(ReadError::Truncated { buffered: 5 })
+        ));
         // Bad length.
         let mut r = BlockingFramedRead::new(&[0u8, 0, 0, 1, 0][..], ExternalCodec::default());
         let e = r.next_frame().unwrap_err();
-        assert!(matches!(e, ReadError::Protocol(FrameError::LengthTooShort { len: 1 })));
+        assert!(matches!(
+            e,
+            ReadError::Protocol(FrameError::LengthTooShort { len: 1 })
+        ));
         assert!(e.to_string().contains("below the minimum"), "{e}");
     }
 
@@ -630,15 +646,19 @@ mod tests {
         assert_eq!(serde_json::from_str::<ClusterStatus>(&j).unwrap(), odd);
         let esc = r#"{"worker_count":1,"worker_names":["\u00e9\ud83d\ude00\/"],"processing_messages":true}"#;
         assert_eq!(
-            serde_json::from_str::<ClusterStatus>(esc).unwrap().worker_names,
+            serde_json::from_str::<ClusterStatus>(esc)
+                .unwrap()
+                .worker_names,
             vec!["é😀/".to_string()]
         );
     }
 
     #[test]
     fn cluster_status_json_errors() {
-        let e = serde_json::from_str::<ClusterStatus>(r#"{"worker_names":[],"processing_messages":true}"#)
-            .unwrap_err();
+        let e = serde_json::from_str::<ClusterStatus>(
+            r#"{"worker_names":[],"processing_messages":true}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("worker_count"), "{e}");
         for bad in [
             r#"{"worker_count":-1,"worker_names":[],"processing_messages":true}"#,
@@ -717,7 +737,8 @@ mod tests {
             dropped: 3,
             ..ReportStatus::default()
         };
-        r.dropped_by_place.insert("stage 'a \"b\"' (computation)".into(), 3);
+        r.dropped_by_place
+            .insert("stage 'a \"b\"' (computation)".into(), 3);
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(
             j,

@@ -430,9 +430,15 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_eq!(frames_of(&BE, &[b"ab".to_vec()]), vec![0, 0, 0, 2, b'a', b'b']);
+        assert_eq!(
+            frames_of(&BE, &[b"ab".to_vec()]),
+            vec![0, 0, 0, 2, b'a', b'b']
+        );
         let le = LengthPrefixed::new(ByteOrder::Little, 1, 100);
-        assert_eq!(frames_of(&le, &[b"ab".to_vec()]), vec![2, 0, 0, 0, b'a', b'b']);
+        assert_eq!(
+            frames_of(&le, &[b"ab".to_vec()]),
+            vec![2, 0, 0, 0, b'a', b'b']
+        );
         // The checksum field is left to the caller and not counted.
         let checked = le.clone().with_checksum();
         assert_eq!(checked.header_len(), 8);
@@ -443,7 +449,10 @@ mod tests {
         assert_eq!(out, vec![2, 0, 0, 0, 0, 0, 0, 0, b'a', b'b']);
         let mut buf = BytesMut::from(&out[..]);
         let mut c = checked;
-        assert_eq!(c.decode_frame(&mut buf).unwrap().unwrap(), &[0, 0, 0, 0, b'a', b'b'][..]);
+        assert_eq!(
+            c.decode_frame(&mut buf).unwrap().unwrap(),
+            &[0, 0, 0, 0, b'a', b'b'][..]
+        );
         assert!(buf.is_empty());
     }
 
