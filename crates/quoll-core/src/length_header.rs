@@ -1460,14 +1460,16 @@ mod tests {
         out
     }
 
+    /// A payload, or why its frame was skipped.
+    type Payload = Result<Vec<u8>, FrameError>;
+
     /// Decodes `stream` cut at `cuts` with the `Decoder` trait, then
     /// `decode_eof`; skipped frames come out as their `Err`.
-    #[allow(clippy::type_complexity)]
     fn feed_codec(
         codec: &mut LengthHeaderCodec,
         stream: &[u8],
         cuts: &[prop::sample::Index],
-    ) -> Result<Vec<Result<Vec<u8>, FrameError>>, ReadError<FrameError>> {
+    ) -> Result<Vec<Payload>, ReadError<FrameError>> {
         let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
         points.push(0);
         points.push(stream.len());

@@ -589,6 +589,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     type Entries = BTreeMap<(u32, Vec<u8>), Vec<u8>>;
+    type Positions = BTreeMap<u32, Vec<u8>>;
 
     /// `(stage, key, Some(value))` is an entry, `None` a remove.
     type Change<'a> = (u32, &'a [u8], Option<&'a [u8]>);
@@ -674,7 +675,7 @@ mod tests {
         );
     }
 
-    fn sample_image_3() -> (Entries, BTreeMap<u32, Vec<u8>>, BTreeMap<u32, Vec<u8>>) {
+    fn sample_image_3() -> (Entries, Positions, Positions) {
         (
             map(&[(0, b"a", b"back"), (0, b"b", b"20"), (0, b"c", b"31")]),
             positions(&[(0, b"src@3")]),

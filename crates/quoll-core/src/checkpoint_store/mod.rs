@@ -369,8 +369,6 @@ pub(crate) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), 
     sync_dir(dir)
 }
 
-/// A record that failed framing.
-
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::StoreError;

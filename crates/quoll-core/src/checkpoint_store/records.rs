@@ -121,6 +121,9 @@ pub(super) enum Next {
     Bad(BadRecord),
 }
 
+/// A record's number, byte offset and payload.
+pub(super) type Located<'a> = (u64, u64, &'a [u8]);
+
 /// Reads the records of a file, one at a time (memory: the largest record
 /// and a read buffer).
 pub(super) struct RecordReader {
@@ -236,7 +239,7 @@ impl RecordReader {
     }
 
     /// The next record, any framing problem being an error; `None` at the end.
-    pub fn next_good(&mut self) -> Result<Option<(u64, u64, &[u8])>, StoreError> {
+    pub fn next_good(&mut self) -> Result<Option<Located<'_>>, StoreError> {
         match self.next()? {
             Next::Record { record, offset } => Ok(Some((record, offset, &self.payload))),
             Next::End => Ok(None),
