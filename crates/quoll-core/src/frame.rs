@@ -114,7 +114,8 @@ pub enum ReadError<E> {
 }
 
 /// Cuts length-prefixed frames off a buffer (see the module docs); as a
-/// [`Decoder`] it yields each frame's body.
+/// [`Decoder`] it yields what follows each length field (the checksum
+/// field, if the format has one, then the body).
 #[derive(Debug, Clone)]
 pub struct LengthPrefixed {
     order: ByteOrder,
