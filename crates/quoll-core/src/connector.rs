@@ -1,5 +1,5 @@
-//! Connector protocol v3 (spec 7.6): the frames that external connector
-//! processes and a worker's connector sources and sinks exchange.
+//! Connector protocol v3: the frames that external connector processes and
+//! a worker's connector sources and sinks exchange.
 //!
 //! Pure encoding and decoding, no I/O: the worker's source task
 //! (`quoll-py`) and `quoll send --connector` (`quoll-tools`) both build on
@@ -13,7 +13,9 @@
 //! +----------------+------------+---------------------------+
 //! ```
 //!
-//! `length` counts the type byte and the body. All integers are big-endian;
+//! `length` counts the type byte and the body (at least 1; a reader's limit
+//! is [`MAX_FRAME_SIZE`] unless the source configures another). All
+//! integers are big-endian;
 //! a *short string* is a `u16` length followed by that many bytes (UTF-8 for
 //! text; invalid UTF-8 is decoded lossily, so a decoder never fails on it).
 //!
@@ -36,13 +38,15 @@
 //!
 //! # Decoding a stream
 //!
-//! [`ConnectorDecoder`] is incremental: push bytes as they arrive, in chunks
-//! of any size, and pop complete messages. A bad length field (zero, or
-//! above the decoder's limit, 16 MiB by default) makes the decoder fail for
-//! good, since a length-prefixed stream can't be re-synchronised. A frame
-//! whose length is fine but whose body is malformed (unknown type, short or
-//! over-long body) is consumed and reported as an error for that frame
-//! only; the protocol still requires the receiver to answer ERROR and close.
+//! Frames are cut by [`crate::frame`]; [`ConnectorCodec`] is the decoder
+//! (`FramedRead` on an async socket, [`crate::frame::BlockingFramedRead`] on
+//! a blocking one). A bad length field (zero, or above the decoder's
+//! limit) makes it fail for good, since a length-prefixed stream can't be
+//! re-synchronised. A frame whose length is fine but whose body is
+//! malformed (unknown type, short or over-long body) is consumed and
+//! reported as an error for that frame only; the protocol still requires
+//! the receiver to answer ERROR and close. `docs/formats.md` has this
+//! layout with the other protocols'.
 
 use std::fmt;
 
@@ -50,12 +54,13 @@ pub use bytes::Bytes;
 use bytes::{Buf, BytesMut};
 use thiserror::Error;
 
+pub use crate::frame::LENGTH_FIELD_LEN;
+use crate::frame::{ByteOrder, FrameCodec, LengthError, LengthPrefixed, Protocol};
+
 /// The only protocol version a worker's source accepts in HELLO.
 pub const PROTOCOL_VERSION: &str = "0.0.1";
 /// The point of reference that means "nothing processed yet".
 pub const NO_POSITION: u64 = u64::MAX;
-/// Size of the length field that starts every frame.
-pub const LENGTH_FIELD_LEN: usize = 4;
 /// Default (and usual) largest value of the length field: 16 MiB.
 pub const MAX_FRAME_SIZE: u32 = 16 * 1024 * 1024;
 /// Largest short string.
@@ -64,23 +69,23 @@ pub const MAX_SHORT_STRING: usize = u16::MAX as usize;
 /// stream id, message id, event time, key length.
 pub const MESSAGE_OVERHEAD: usize = LENGTH_FIELD_LEN + 1 + 8 + 8 + 8 + 2;
 
-/// The ERROR text for a HELLO with another version (spec 7.7).
+/// The ERROR text for a HELLO with another version.
 pub fn unknown_version_error(version: &str) -> String {
     format!("Unknown protocol version: {version}")
 }
 
-/// The ERROR text for a HELLO with the wrong cookie (spec 7.7).
+/// The ERROR text for a HELLO with the wrong cookie.
 pub fn bad_cookie_error(got: &str, wanted: &str) -> String {
     format!("Bad cookie: {got}, wanted: {wanted}")
 }
 
 /// The ERROR text for a MESSAGE on a stream that is not open on the
-/// connection (spec 7.7).
+/// connection.
 pub fn bad_stream_error(stream_id: u64) -> String {
     format!("Bad/unregistered stream_id {stream_id}")
 }
 
-/// The ERROR text for a frame a worker does not expect (spec 7.7).
+/// The ERROR text for a frame a worker does not expect.
 pub fn invalid_message_error(what: &str) -> String {
     format!("Invalid message: {what}")
 }
@@ -202,21 +207,35 @@ pub enum ConnectorError {
         /// Its length.
         len: usize,
     },
-    /// The decoder failed on a bad length field earlier; nothing more can be read.
-    #[error("the connector stream is unusable after an earlier error: {0}")]
-    Failed(Box<ConnectorError>),
 }
 
 impl ConnectorError {
     /// True if the error leaves a stream impossible to re-synchronise
-    /// (a bad length field).
+    /// (a bad length field); a decoder then keeps failing with it.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            ConnectorError::EmptyFrame
-                | ConnectorError::FrameTooLarge { .. }
-                | ConnectorError::Failed(_)
+            ConnectorError::EmptyFrame | ConnectorError::FrameTooLarge { .. }
         )
+    }
+
+    /// The frame type named by a malformed-body error (a body shorter than
+    /// its fields, or with bytes left over).
+    pub fn malformed_frame(&self) -> Option<&'static str> {
+        match self {
+            ConnectorError::Truncated { frame, .. }
+            | ConnectorError::TrailingBytes { frame, .. } => Some(frame),
+            _ => None,
+        }
+    }
+}
+
+impl From<LengthError> for ConnectorError {
+    fn from(e: LengthError) -> Self {
+        match e {
+            LengthError::TooShort { .. } => ConnectorError::EmptyFrame,
+            LengthError::TooLong { len, max } => ConnectorError::FrameTooLarge { len, max },
+        }
     }
 }
 
@@ -312,26 +331,22 @@ fn put_short(
     Ok(())
 }
 
-/// Writes a length placeholder and the type byte; returns where the frame starts.
+/// How connector frames are cut: BE length, type byte included, 1 to
+/// [`MAX_FRAME_SIZE`] (readers may set another limit).
+const CONNECTOR_LENGTH: LengthPrefixed = LengthPrefixed::new(ByteOrder::Big, 1, MAX_FRAME_SIZE);
+
+/// Starts a frame of type `ty` at the end of `out`; returns where it starts.
 fn begin(out: &mut Vec<u8>, ty: FrameType) -> usize {
-    let start = out.len();
-    out.extend_from_slice(&[0, 0, 0, 0, ty.as_u8()]);
+    let start = CONNECTOR_LENGTH.begin(out);
+    out.push(ty.as_u8());
     start
 }
 
 /// Fills in the length of the frame that starts at `start`, or removes it
-/// if it is too long.
+/// if it is too long for the length field (the reader's limit is the
+/// reader's to enforce).
 fn finish(out: &mut Vec<u8>, start: usize) -> Result<(), ConnectorError> {
-    let len = (out.len() - start - LENGTH_FIELD_LEN) as u64;
-    if len > u32::MAX as u64 {
-        out.truncate(start);
-        return Err(ConnectorError::FrameTooLarge {
-            len,
-            max: u32::MAX as u64,
-        });
-    }
-    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(())
+    Ok(CONNECTOR_LENGTH.finish(out, start)?)
 }
 
 /// Appends one MESSAGE frame to `out` without building a
@@ -564,13 +579,13 @@ impl ConnectorMessage {
     /// Decodes one complete frame, length field included; the length must
     /// match `frame.len()` exactly (no limit beyond the u32 itself).
     pub fn decode(frame: &[u8]) -> Result<ConnectorMessage, ConnectorError> {
-        let mut d = ConnectorDecoder::with_max_frame_size(u32::MAX);
-        d.push(frame);
-        match d.pop()? {
-            Some(m) if d.buffered_len() == 0 => Ok(m),
+        let mut codec = ConnectorCodec::with_max_frame_size(u32::MAX);
+        let mut buf = BytesMut::from(frame);
+        match codec.decode_frame(&mut buf)? {
+            Some(m) if buf.is_empty() => Ok(m),
             Some(m) => Err(ConnectorError::TrailingBytes {
                 frame: m.frame_type().name(),
-                extra: d.buffered_len(),
+                extra: buf.len(),
             }),
             None => Err(ConnectorError::Truncated {
                 frame: "connector",
@@ -627,133 +642,44 @@ impl Reader {
     }
 }
 
-/// One frame as it came off the wire: its type byte and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawFrame {
-    /// The type byte (maybe unknown).
-    pub ty: u8,
-    /// The body.
-    pub body: Bytes,
-}
+/// Reads the body of a connector frame (type byte first).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectorProtocol;
 
-impl RawFrame {
-    /// Decodes the body.
-    pub fn decode(self) -> Result<ConnectorMessage, ConnectorError> {
-        ConnectorMessage::decode_body(self.ty, self.body)
+impl Protocol for ConnectorProtocol {
+    type Frame = ConnectorMessage;
+    type Error = ConnectorError;
+
+    fn parse(&mut self, mut body: BytesMut) -> Result<ConnectorMessage, ConnectorError> {
+        // The length is at least 1, so the type byte is there.
+        let ty = body.get_u8();
+        ConnectorMessage::decode_body(ty, body.freeze())
     }
 }
 
-/// Incremental decoder of a connector byte stream.
-#[derive(Debug)]
-pub struct ConnectorDecoder {
-    buf: BytesMut,
-    max: u32,
-    failed: Option<ConnectorError>,
-}
+/// The decoder of a connector byte stream; a body that does not parse is
+/// consumed and reported, a bad length fails for good (see
+/// [`ConnectorError::is_fatal`]).
+pub type ConnectorCodec = FrameCodec<ConnectorProtocol>;
 
-impl Default for ConnectorDecoder {
+impl Default for ConnectorCodec {
     fn default() -> Self {
-        Self::new()
+        FrameCodec::new(CONNECTOR_LENGTH, ConnectorProtocol)
     }
 }
 
-impl ConnectorDecoder {
-    /// A decoder with the default limit of [`MAX_FRAME_SIZE`] (16 MiB).
-    pub fn new() -> Self {
-        Self::with_max_frame_size(MAX_FRAME_SIZE)
-    }
-
+impl ConnectorCodec {
     /// A decoder that rejects length fields above `max` (at least 1).
     pub fn with_max_frame_size(max: u32) -> Self {
-        ConnectorDecoder {
-            buf: BytesMut::new(),
-            max: max.max(1),
-            failed: None,
-        }
+        FrameCodec::new(
+            LengthPrefixed::new(ByteOrder::Big, 1, max.max(1)),
+            ConnectorProtocol,
+        )
     }
 
     /// The limit on the length field.
     pub fn max_frame_size(&self) -> u32 {
-        self.max
-    }
-
-    /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// The buffer to read into directly (e.g. with tokio's `read_buf`).
-    pub fn read_buf(&mut self) -> &mut BytesMut {
-        &mut self.buf
-    }
-
-    /// Bytes received and not yet popped.
-    pub fn buffered_len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// True if no partial frame is buffered.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    /// True if a complete frame is buffered (or a bad length is waiting
-    /// to be reported).
-    pub fn has_frame(&self) -> bool {
-        if self.failed.is_some() {
-            return true;
-        }
-        if self.buf.len() < LENGTH_FIELD_LEN {
-            return false;
-        }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
-        len == 0 || len > self.max || self.buf.len() - LENGTH_FIELD_LEN >= len as usize
-    }
-
-    /// Pops the next complete frame without decoding its body. A bad
-    /// length field fails this call and every later one.
-    pub fn pop_raw(&mut self) -> Result<Option<RawFrame>, ConnectorError> {
-        if let Some(e) = &self.failed {
-            return Err(ConnectorError::Failed(Box::new(e.clone())));
-        }
-        if self.buf.len() < LENGTH_FIELD_LEN {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
-        let err = if len == 0 {
-            Some(ConnectorError::EmptyFrame)
-        } else if len > self.max {
-            Some(ConnectorError::FrameTooLarge {
-                len: len as u64,
-                max: self.max as u64,
-            })
-        } else {
-            None
-        };
-        if let Some(e) = err {
-            self.failed = Some(e.clone());
-            return Err(e);
-        }
-        let len = len as usize;
-        if self.buf.len() - LENGTH_FIELD_LEN < len {
-            // Make room for the rest of the frame in one go.
-            self.buf.reserve(LENGTH_FIELD_LEN + len - self.buf.len());
-            return Ok(None);
-        }
-        self.buf.advance(LENGTH_FIELD_LEN);
-        let mut frame = self.buf.split_to(len).freeze();
-        let ty = frame.get_u8();
-        Ok(Some(RawFrame { ty, body: frame }))
-    }
-
-    /// Pops and decodes the next complete frame. A malformed body fails
-    /// this call only (the frame is consumed); a bad length field fails
-    /// for good (see [`ConnectorError::is_fatal`]).
-    pub fn pop(&mut self) -> Result<Option<ConnectorMessage>, ConnectorError> {
-        match self.pop_raw()? {
-            Some(f) => f.decode().map(Some),
-            None => Ok(None),
-        }
+        self.length().max_len()
     }
 }
 
@@ -761,6 +687,7 @@ impl ConnectorDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use tokio_util::codec::Decoder;
 
     fn short(b: &[u8]) -> Vec<u8> {
         let mut v = (b.len() as u16).to_be_bytes().to_vec();
@@ -1074,52 +1001,50 @@ mod tests {
 
     #[test]
     fn decoder_limits_and_recovery() {
-        let mut d = ConnectorDecoder::with_max_frame_size(100);
+        let mut d = ConnectorCodec::with_max_frame_size(100);
+        let mut buf = BytesMut::new();
         // A bad body: the frame is consumed, the next one still decodes.
-        d.push(&frame(42, b"xyz"));
-        d.push(&frame(8, &5u64.to_be_bytes()));
-        assert!(d.has_frame());
-        let e = d.pop().unwrap_err();
+        buf.extend_from_slice(&frame(42, b"xyz"));
+        buf.extend_from_slice(&frame(8, &5u64.to_be_bytes()));
+        let e = d.decode_frame(&mut buf).unwrap_err();
         assert!(!e.is_fatal());
         assert_eq!(
-            d.pop().unwrap(),
+            d.decode_frame(&mut buf).unwrap(),
             Some(ConnectorMessage::Eos { stream_id: 5 })
         );
-        assert_eq!(d.pop().unwrap(), None);
-        assert!(!d.has_frame());
-        assert!(d.is_empty());
+        assert_eq!(d.decode_frame(&mut buf).unwrap(), None);
+        assert!(buf.is_empty());
         // A frame over the limit fails for good.
-        d.push(&101u32.to_be_bytes());
-        assert!(d.has_frame());
-        let e = d.pop().unwrap_err();
+        buf.extend_from_slice(&101u32.to_be_bytes());
+        let e = d.decode_frame(&mut buf).unwrap_err();
         assert_eq!(e, ConnectorError::FrameTooLarge { len: 101, max: 100 });
         assert!(e.is_fatal());
-        assert!(d.pop().unwrap_err().is_fatal());
+        buf.extend_from_slice(&frame(8, &5u64.to_be_bytes()));
+        assert_eq!(d.decode_frame(&mut buf).unwrap_err(), e);
         // A zero length fails for good too.
-        let mut d = ConnectorDecoder::new();
+        let mut d = ConnectorCodec::default();
         assert_eq!(d.max_frame_size(), MAX_FRAME_SIZE);
-        d.push(&[0, 0, 0, 0]);
-        assert_eq!(d.pop().unwrap_err(), ConnectorError::EmptyFrame);
-        // Exactly at the limit is fine.
-        let mut d = ConnectorDecoder::with_max_frame_size(9);
-        d.push(&frame(8, &1u64.to_be_bytes()));
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
         assert_eq!(
-            d.pop().unwrap(),
+            d.decode_frame(&mut buf).unwrap_err(),
+            ConnectorError::EmptyFrame
+        );
+        // Exactly at the limit is fine.
+        let mut d = ConnectorCodec::with_max_frame_size(9);
+        let mut buf = BytesMut::from(&frame(8, &1u64.to_be_bytes())[..]);
+        assert_eq!(
+            d.decode_frame(&mut buf).unwrap(),
             Some(ConnectorMessage::Eos { stream_id: 1 })
         );
     }
 
     #[test]
-    fn decoder_via_read_buf() {
-        let mut d = ConnectorDecoder::new();
-        let f = frame(1, &3u32.to_be_bytes());
-        d.read_buf().extend_from_slice(&f[..3]);
-        assert_eq!(d.pop().unwrap(), None);
-        d.read_buf().extend_from_slice(&f[3..]);
-        assert_eq!(
-            d.pop().unwrap(),
-            Some(ConnectorMessage::Ok { initial_credits: 3 })
-        );
+    fn malformed_frame_names_the_type() {
+        let e = ConnectorMessage::decode(&frame(1, &[0, 0])).unwrap_err();
+        assert_eq!(e.malformed_frame(), Some("OK"));
+        let e = ConnectorMessage::decode(&frame(8, &[0; 9])).unwrap_err();
+        assert_eq!(e.malformed_frame(), Some("EOS_MESSAGE"));
+        assert_eq!(ConnectorError::UnknownType(9).malformed_frame(), None);
     }
 
     fn short_text() -> impl Strategy<Value = String> {
@@ -1201,30 +1126,32 @@ mod tests {
             cuts.push(0);
             cuts.push(bytes.len());
             cuts.sort_unstable();
-            let mut d = ConnectorDecoder::new();
+            let mut d = ConnectorCodec::default();
+            let mut buf = BytesMut::new();
             let mut got = Vec::new();
             for w in cuts.windows(2) {
-                d.push(&bytes[w[0]..w[1]]);
-                while let Some(m) = d.pop().unwrap() {
+                buf.extend_from_slice(&bytes[w[0]..w[1]]);
+                while let Some(m) = d.decode_frame(&mut buf).unwrap() {
                     got.push(m);
                 }
             }
             prop_assert_eq!(got, msgs);
-            prop_assert!(d.is_empty());
+            prop_assert!(buf.is_empty());
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let mut d = ConnectorDecoder::with_max_frame_size(64);
-            d.push(&data);
+            let mut d = ConnectorCodec::with_max_frame_size(64);
+            let mut buf = BytesMut::from(&data[..]);
             for _ in 0..100 {
-                match d.pop() {
+                match d.decode_frame(&mut buf) {
                     Ok(None) => break,
                     Ok(Some(_)) => {}
                     Err(e) if e.is_fatal() => break,
                     Err(_) => {}
                 }
             }
+            let _ = d.decode_eof(&mut buf);
             let _ = ConnectorMessage::decode(&data);
         }
     }

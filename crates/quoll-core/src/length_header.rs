@@ -1,4 +1,4 @@
-//! TCP source framing as a Wallaroo decoder declares it (spec 7.1).
+//! TCP source framing as a Wallaroo decoder declares it.
 //!
 //! A framed Wallaroo decoder declares `header_length` (1 to 8 bytes) and a
 //! Python [`struct`] format whose single item is the payload length, e.g.
@@ -32,34 +32,33 @@
 //! reject those too: no real decoder uses them.)
 //!
 //! A signed length that decodes negative is a [`LengthError::NegativeLength`].
-//! A length of 0 is a valid, empty payload (Wallaroo broke on it; spec 9).
+//! A length of 0 is a valid, empty payload (Wallaroo itself mishandled it).
 //!
-//! [`FrameDecoder`] is the incremental splitter of one connection's byte
-//! stream into payloads, with a maximum frame size that skips oversized frames
-//! without losing sync.
+//! [`LengthHeaderCodec`] is the splitter of one connection's byte stream
+//! into payloads, a `tokio_util::codec::Decoder`, with a maximum frame size
+//! that skips oversized frames without losing sync; [`FrameDecoder`] is the
+//! same with its own receive buffer. It is kept apart from
+//! [`crate::frame::LengthPrefixed`] because it does more: any header length
+//! from 1 to 8 bytes with the length field anywhere in it, signed lengths,
+//! and frames over the limit skipped (reported once) rather than fatal.
+//!
+//! Invariants: payloads come out in stream order; an oversized frame's
+//! payload is discarded byte for byte, so the next header is read in the
+//! right place; a negative length ends the stream for good (there is no
+//! way to find the next header); bytes buffered are bounded by what was
+//! received and not yet taken, plus at most `max_frame_size` reserved for
+//! the frame in progress.
 //!
 //! [`struct`]: https://docs.python.org/3/library/struct.html
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+pub use crate::frame::ByteOrder;
+use crate::frame::ReadError;
 
 /// The largest `header_length` a decoder may declare.
 pub const MAX_HEADER_LENGTH: usize = 8;
-
-/// Byte order of the length field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ByteOrder {
-    Little,
-    Big,
-}
-
-impl ByteOrder {
-    /// The byte order of the build target (Python's "native" order).
-    pub const NATIVE: ByteOrder = if cfg!(target_endian = "big") {
-        ByteOrder::Big
-    } else {
-        ByteOrder::Little
-    };
-}
 
 /// A compiled length-header format: `header_length` bytes, of which the
 /// `size` bytes at `offset` hold the payload length.
@@ -370,12 +369,16 @@ pub enum FrameError {
     /// connection should be closed.
     #[error("bad frame header: {0}")]
     Length(LengthError),
+    /// The stream ended inside a frame (only from
+    /// [`Decoder::decode_eof`]).
+    #[error("the input ended in the middle of a frame ({} of {} {} bytes received)", .0.got, .0.expected, .0.part)]
+    Truncated(Truncated),
 }
 
 impl FrameError {
     /// Whether the decoder can go on after this error.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, FrameError::Length(_))
+        !matches!(self, FrameError::Oversized { .. })
     }
 }
 
@@ -389,6 +392,15 @@ pub enum FramePart {
     /// An oversized frame (already reported) was being skipped; `got` of its
     /// `expected` payload bytes arrived.
     SkippedPayload,
+}
+
+impl std::fmt::Display for FramePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FramePart::Header => "header",
+            FramePart::Payload | FramePart::SkippedPayload => "payload",
+        })
+    }
 }
 
 /// A partial frame left when the connection closed.
@@ -411,27 +423,25 @@ enum DecodeState {
     Failed(LengthError),
 }
 
-/// Incremental frame splitter for one connection.
+/// Splits one connection's byte stream into payloads, as a
+/// [`tokio_util::codec::Decoder`] on the caller's buffer.
 ///
-/// Feed bytes with [`push`](Self::push) (or read straight into
-/// [`read_buf`](Self::read_buf)), then call [`next_frame`](Self::next_frame)
-/// until it returns `Ok(None)`. Frames come out in stream order; buffered
-/// memory is bounded by what was pushed and not yet taken, plus at most
-/// `max_frame_size` reserved for the frame in progress.
-#[derive(Debug)]
-pub struct FrameDecoder {
+/// As a `Decoder` (with `FramedRead`) each item is `Ok(frame)`, or
+/// `Err(FrameError::Oversized)` for a frame that is being skipped (the
+/// stream goes on); a negative length, and the end of the stream inside a
+/// frame ([`FrameError::Truncated`]), are the decoder's errors.
+#[derive(Debug, Clone)]
+pub struct LengthHeaderCodec {
     header: LengthHeader,
     max_frame_size: u64,
-    buf: BytesMut,
     state: DecodeState,
 }
 
-impl FrameDecoder {
-    pub fn new(header: LengthHeader, max_frame_size: u64) -> FrameDecoder {
-        FrameDecoder {
+impl LengthHeaderCodec {
+    pub fn new(header: LengthHeader, max_frame_size: u64) -> LengthHeaderCodec {
+        LengthHeaderCodec {
             header,
             max_frame_size,
-            buf: BytesMut::new(),
             state: DecodeState::Header,
         }
     }
@@ -444,47 +454,10 @@ impl FrameDecoder {
         self.max_frame_size
     }
 
-    /// Bytes received and not yet returned or skipped.
-    pub fn buffered_len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Append received bytes. Bytes of an oversized frame being skipped are
-    /// dropped here without being buffered.
-    pub fn push(&mut self, mut data: &[u8]) {
-        if let DecodeState::Skip {
-            declared,
-            remaining,
-        } = self.state
-        {
-            if self.buf.is_empty() {
-                let n = remaining.min(data.len() as u64);
-                data = &data[n as usize..];
-                self.state = if remaining == n {
-                    DecodeState::Header
-                } else {
-                    DecodeState::Skip {
-                        declared,
-                        remaining: remaining - n,
-                    }
-                };
-            }
-        }
-        if matches!(self.state, DecodeState::Failed(_)) {
-            return;
-        }
-        self.buf.extend_from_slice(data);
-    }
-
-    /// The receive buffer, to read into directly (e.g. tokio's `read_buf`)
-    /// instead of calling [`push`](Self::push).
-    pub fn read_buf(&mut self) -> &mut BytesMut {
-        &mut self.buf
-    }
-
-    /// The next complete frame, `Ok(None)` if more bytes are needed, or an
-    /// error for a bad frame (see [`FrameError`]).
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+    /// The next complete frame in `buf`, `Ok(None)` if more bytes are
+    /// needed, or an error for a bad frame (see [`FrameError`]). After a
+    /// fatal error `buf` is emptied and every later call fails the same way.
+    pub fn decode_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         loop {
             match self.state {
                 DecodeState::Failed(e) => return Err(FrameError::Length(e)),
@@ -492,8 +465,8 @@ impl FrameDecoder {
                     declared,
                     remaining,
                 } => {
-                    let n = remaining.min(self.buf.len() as u64);
-                    self.buf.advance(n as usize);
+                    let n = remaining.min(buf.len() as u64);
+                    buf.advance(n as usize);
                     let remaining = remaining - n;
                     if remaining > 0 {
                         self.state = DecodeState::Skip {
@@ -506,18 +479,18 @@ impl FrameDecoder {
                 }
                 DecodeState::Header => {
                     let hl = self.header.header_length();
-                    if self.buf.len() < hl {
+                    if buf.len() < hl {
                         return Ok(None);
                     }
-                    let declared = match self.header.payload_length(&self.buf[..hl]) {
+                    let declared = match self.header.payload_length(&buf[..hl]) {
                         Ok(n) => n,
                         Err(e) => {
                             self.state = DecodeState::Failed(e);
-                            self.buf = BytesMut::new();
+                            *buf = BytesMut::new();
                             return Err(FrameError::Length(e));
                         }
                     };
-                    self.buf.advance(hl);
+                    buf.advance(hl);
                     match usize::try_from(declared) {
                         Ok(len) if declared <= self.max_frame_size => {
                             self.state = DecodeState::Payload { len };
@@ -535,11 +508,11 @@ impl FrameDecoder {
                     }
                 }
                 DecodeState::Payload { len } => {
-                    if self.buf.len() < len {
-                        self.buf.reserve(len - self.buf.len());
+                    if buf.len() < len {
+                        buf.reserve(len - buf.len());
                         return Ok(None);
                     }
-                    let payload = self.buf.split_to(len).freeze();
+                    let payload = buf.split_to(len).freeze();
                     self.state = DecodeState::Header;
                     return Ok(Some(Frame { payload }));
                 }
@@ -547,11 +520,11 @@ impl FrameDecoder {
         }
     }
 
-    /// At end of stream (after [`next_frame`](Self::next_frame) returned
-    /// `Ok(None)`): the partial frame left over, if any. `None` after a fatal
-    /// error, which was already reported.
-    pub fn finish(&self) -> Option<Truncated> {
-        let got = self.buf.len() as u64;
+    /// At the end of the stream (after [`decode_frame`](Self::decode_frame)
+    /// returned `Ok(None)`), with `buf` what is left: the partial frame, if
+    /// any. `None` after a fatal error, which was already reported.
+    pub fn truncated(&self, buf: &BytesMut) -> Option<Truncated> {
+        let got = buf.len() as u64;
         match self.state {
             DecodeState::Header if got > 0 => Some(Truncated {
                 part: FramePart::Header,
@@ -573,6 +546,109 @@ impl FrameDecoder {
                 got: (declared - remaining).saturating_add(got).min(declared),
             }),
         }
+    }
+}
+
+impl Decoder for LengthHeaderCodec {
+    type Item = Result<Frame, FrameError>;
+    type Error = ReadError<FrameError>;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        match self.decode_frame(buf) {
+            Ok(frame) => Ok(frame.map(Ok)),
+            Err(e) if e.is_fatal() => Err(ReadError::Protocol(e)),
+            Err(skipped) => Ok(Some(Err(skipped))),
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        let item = self.decode(buf)?;
+        if item.is_none() {
+            if let Some(t) = self.truncated(buf) {
+                buf.clear();
+                return Err(ReadError::Protocol(FrameError::Truncated(t)));
+            }
+        }
+        Ok(item)
+    }
+}
+
+/// A [`LengthHeaderCodec`] with its own receive buffer.
+///
+/// Feed bytes with [`push`](Self::push) (or read straight into
+/// [`read_buf`](Self::read_buf)), then call [`next_frame`](Self::next_frame)
+/// until it returns `Ok(None)`. Bytes pushed while an oversized frame is
+/// skipped, or after a fatal error, are dropped without being buffered.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    codec: LengthHeaderCodec,
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    pub fn new(header: LengthHeader, max_frame_size: u64) -> FrameDecoder {
+        FrameDecoder {
+            codec: LengthHeaderCodec::new(header, max_frame_size),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn header(&self) -> &LengthHeader {
+        self.codec.header()
+    }
+
+    pub fn max_frame_size(&self) -> u64 {
+        self.codec.max_frame_size()
+    }
+
+    /// Bytes received and not yet returned or skipped.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Append received bytes.
+    pub fn push(&mut self, mut data: &[u8]) {
+        if let DecodeState::Skip {
+            declared,
+            remaining,
+        } = self.codec.state
+        {
+            if self.buf.is_empty() {
+                let n = remaining.min(data.len() as u64);
+                data = &data[n as usize..];
+                self.codec.state = if remaining == n {
+                    DecodeState::Header
+                } else {
+                    DecodeState::Skip {
+                        declared,
+                        remaining: remaining - n,
+                    }
+                };
+            }
+        }
+        if matches!(self.codec.state, DecodeState::Failed(_)) {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The receive buffer, to read into directly (e.g. tokio's `read_buf`)
+    /// instead of calling [`push`](Self::push).
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed, or an
+    /// error for a bad frame (see [`FrameError`]).
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        self.codec.decode_frame(&mut self.buf)
+    }
+
+    /// At end of stream (after [`next_frame`](Self::next_frame) returned
+    /// `Ok(None)`): the partial frame left over, if any. `None` after a fatal
+    /// error, which was already reported.
+    pub fn finish(&self) -> Option<Truncated> {
+        self.codec.truncated(&self.buf)
     }
 }
 
@@ -1281,8 +1357,41 @@ mod tests {
             } else {
                 feed_read_buf(&mut dec, &stream, &cuts)
             };
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(&got, &want);
             prop_assert_eq!(dec.finish(), None);
+            // The same through the `Decoder` trait, ending with `decode_eof`.
+            let mut codec = LengthHeaderCodec::new(h, max);
+            prop_assert_eq!(feed_codec(&mut codec, &stream, &cuts).unwrap(), want);
+        }
+
+        #[test]
+        fn codec_reports_a_cut_frame_at_the_end(
+            h in any_format(),
+            payload in prop::collection::vec(any::<u8>(), 1..100),
+            keep in any::<prop::sample::Index>(),
+        ) {
+            let payload = &payload[..payload.len().min(h.max_payload_length() as usize)];
+            let mut stream = Vec::new();
+            h.put_header(payload.len() as u64, &mut stream).unwrap();
+            stream.extend_from_slice(payload);
+            let keep = keep.index(stream.len());
+            let mut codec = LengthHeaderCodec::new(h, 1 << 20);
+            let r = feed_codec(&mut codec, &stream[..keep], &[]);
+            if keep == 0 {
+                prop_assert_eq!(r.unwrap(), vec![]);
+            } else {
+                prop_assert!(matches!(r, Err(ReadError::Protocol(FrameError::Truncated(_)))));
+            }
+        }
+
+        #[test]
+        fn codec_garbage_never_panics(
+            h in any_format(),
+            max in 0u64..100,
+            data in prop::collection::vec(any::<u8>(), 0..300),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let _ = feed_codec(&mut LengthHeaderCodec::new(h, max), &data, &cuts);
         }
 
         #[test]
@@ -1349,6 +1458,34 @@ mod tests {
             drain(dec, &mut out);
         }
         out
+    }
+
+    /// A payload, or why its frame was skipped.
+    type Payload = Result<Vec<u8>, FrameError>;
+
+    /// Decodes `stream` cut at `cuts` with the `Decoder` trait, then
+    /// `decode_eof`; skipped frames come out as their `Err`.
+    fn feed_codec(
+        codec: &mut LengthHeaderCodec,
+        stream: &[u8],
+        cuts: &[prop::sample::Index],
+    ) -> Result<Vec<Payload>, ReadError<FrameError>> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        points.push(0);
+        points.push(stream.len());
+        points.sort_unstable();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for w in points.windows(2) {
+            buf.extend_from_slice(&stream[w[0]..w[1]]);
+            while let Some(item) = codec.decode(&mut buf)? {
+                out.push(item.map(|f| f.payload.to_vec()));
+            }
+        }
+        while let Some(item) = codec.decode_eof(&mut buf)? {
+            out.push(item.map(|f| f.payload.to_vec()));
+        }
+        Ok(out)
     }
 
     fn drain(dec: &mut FrameDecoder, out: &mut Vec<Result<Vec<u8>, FrameError>>) {

@@ -12,6 +12,7 @@
 //! - [`key_group`]: the stable key hash, key groups and their assignment to workers.
 //! - [`length_header`]: TCP source framing as a Wallaroo decoder declares it.
 //! - [`windows`]: range and count window state per key.
+//! - [`frame`]: length-prefixed frames, the one decoder every protocol and file format builds on.
 //! - [`external`]: the external channel's frames (cluster status, shutdown).
 //! - [`topology`]: the dataflow as the engine sees it: stages, links, routing points.
 //! - [`wire`]: frames between workers: control messages and data batches.
@@ -21,6 +22,7 @@ pub mod checkpoint;
 pub mod checkpoint_store;
 pub mod connector;
 pub mod external;
+pub mod frame;
 pub mod key_group;
 pub mod length_header;
 pub mod membership;

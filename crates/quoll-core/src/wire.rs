@@ -2,13 +2,16 @@
 //!
 //! Every worker-to-worker connection (the control link to the initializer
 //! and the one-way data links between every ordered pair of workers)
-//! carries the same frame:
+//! carries the same frame, cut by [`crate::frame`]:
 //!
 //! ```text
-//! +----------------+---------+------------------------+
+//! +----------------+---------+-------------------------+
 //! | u32 BE length  | u8 kind | body (length - 1 bytes) |
-//! +----------------+---------+------------------------+
+//! +----------------+---------+-------------------------+
 //! ```
+//!
+//! The length counts the kind and the body: at least 1, at most
+//! [`MAX_WIRE_FRAME`].
 //!
 //! | kind | body |
 //! |------|------|
@@ -24,13 +27,21 @@
 //!         | i64 LE event time | u32 LE value length | value bytes (a codec blob)
 //! ```
 //!
+//! Readers use [`WireCodec`] (with `tokio_util::codec::FramedRead` on a
+//! socket); [`next_frame`] is the same decoder on a caller's buffer.
+//! `docs/formats.md` has these layouts with the other protocols'.
+//!
 //! Invariants: a batch holds messages in the order the sender processed
 //! them, and links are FIFO, so per-key order survives a hop. The
 //! generation lets a receiver drop batches sent before a rollback. A barrier
 //! for checkpoint N on a link separates the messages the sender processed
-//! before its part of checkpoint N from those after.
+//! before its part of checkpoint N from those after. A bad length (0, or
+//! over the limit) ends the link: the stream can't be re-synchronised.
 
+use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
+
+use crate::frame::{ByteOrder, FrameCodec, LengthError, LengthPrefixed, Protocol};
 
 pub const KIND_CONTROL: u8 = 1;
 pub const KIND_DATA: u8 = 2;
@@ -172,39 +183,58 @@ pub fn control_frame(msg: &Control) -> Vec<u8> {
     out
 }
 
-/// Splits frames off the front of `buf` (bytes read from a peer).
-/// `Ok(None)` means more bytes are needed.
-pub fn next_frame(buf: &mut bytes::BytesMut) -> Result<Option<WireFrame>, WireError> {
-    if buf.len() < 4 {
-        return Ok(None);
+/// How wire frames are cut: BE length, kind byte included, up to
+/// [`MAX_WIRE_FRAME`].
+const WIRE_LENGTH: LengthPrefixed = LengthPrefixed::new(ByteOrder::Big, 1, MAX_WIRE_FRAME);
+
+impl From<LengthError> for WireError {
+    fn from(e: LengthError) -> Self {
+        match e {
+            LengthError::TooShort { .. } => WireError::Empty,
+            LengthError::TooLong { len, .. } => WireError::TooLarge(len as u32),
+        }
     }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    if len > MAX_WIRE_FRAME {
-        return Err(WireError::TooLarge(len));
+}
+
+/// Reads the body of a wire frame (kind byte first).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WireProtocol;
+
+impl Protocol for WireProtocol {
+    type Frame = WireFrame;
+    type Error = WireError;
+
+    fn parse(&mut self, mut body: BytesMut) -> Result<WireFrame, WireError> {
+        // The length is at least 1, so the kind byte is there.
+        match body.get_u8() {
+            KIND_CONTROL => postcard::from_bytes(&body)
+                .map(WireFrame::Control)
+                .map_err(|e| WireError::BadControl(e.to_string())),
+            KIND_DATA => Ok(WireFrame::Data(body.freeze())),
+            KIND_BARRIER if body.len() == 16 => Ok(WireFrame::Barrier {
+                generation: body.get_u64_le(),
+                checkpoint: body.get_u64_le(),
+            }),
+            KIND_BARRIER => Err(WireError::BadBatch("barrier frame of the wrong size")),
+            other => Err(WireError::UnknownKind(other)),
+        }
     }
-    if len == 0 {
-        return Err(WireError::Empty);
+}
+
+/// The decoder of a link: `FramedRead<_, WireCodec>` yields [`WireFrame`]s.
+pub type WireCodec = FrameCodec<WireProtocol>;
+
+impl Default for WireCodec {
+    fn default() -> Self {
+        FrameCodec::new(WIRE_LENGTH, WireProtocol)
     }
-    if buf.len() < 4 + len as usize {
-        buf.reserve(4 + len as usize - buf.len());
-        return Ok(None);
-    }
-    let mut frame = buf.split_to(4 + len as usize);
-    let _ = frame.split_to(4);
-    let kind = frame[0];
-    let body = frame.split_off(1).freeze();
-    match kind {
-        KIND_CONTROL => postcard::from_bytes(&body)
-            .map(|c| Some(WireFrame::Control(c)))
-            .map_err(|e| WireError::BadControl(e.to_string())),
-        KIND_DATA => Ok(Some(WireFrame::Data(body))),
-        KIND_BARRIER if body.len() == 16 => Ok(Some(WireFrame::Barrier {
-            generation: u64::from_le_bytes(body[0..8].try_into().expect("8 bytes")),
-            checkpoint: u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")),
-        })),
-        KIND_BARRIER => Err(WireError::BadBatch("barrier frame of the wrong size")),
-        other => Err(WireError::UnknownKind(other)),
-    }
+}
+
+/// Splits one frame off the front of `buf` (bytes read from a peer);
+/// `Ok(None)` means more bytes are needed. [`WireCodec`] on a caller's
+/// buffer, for readers that are not a `FramedRead`.
+pub fn next_frame(buf: &mut BytesMut) -> Result<Option<WireFrame>, WireError> {
+    WireCodec::default().decode_frame(buf)
 }
 
 /// Builds a data frame, message by message.
@@ -396,6 +426,24 @@ mod tests {
             let got: Vec<_> = reader.map(|m| m.unwrap()).map(|m| (m.stage, m.key.to_vec(), m.event_time, m.value.to_vec())).collect();
             prop_assert_eq!(got, msgs);
             prop_assert_eq!(&frames[1], &WireFrame::Control(Control::DataHello { from: "w1".into(), generation }));
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut codec = WireCodec::default();
+            let mut buf = BytesMut::from(&data[..]);
+            // Bad bodies are consumed one by one; a bad length ends it.
+            for _ in 0..300 {
+                match codec.decode_frame(&mut buf) {
+                    Ok(Some(WireFrame::Data(body))) => {
+                        if let Ok(reader) = BatchReader::new(&body) {
+                            for _ in reader {}
+                        }
+                    }
+                    Ok(Some(_)) | Err(WireError::UnknownKind(_) | WireError::BadControl(_) | WireError::BadBatch(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
         }
     }
 

@@ -1,11 +1,14 @@
-//! A connector source (spec 7.5, 7.7) on one worker: external clients
-//! connect, speak connector protocol v3 ([`quoll_core::connector`]) and send
-//! MESSAGE frames on streams; the payloads go to the executor with the
-//! stream position, so a checkpoint records where each stream stands and a
+//! A connector source on one worker: external clients connect, speak
+//! connector protocol v3 ([`quoll_core::connector`]) and send MESSAGE
+//! frames on streams; the payloads go to the executor with the stream
+//! position, so a checkpoint records where each stream stands and a
 //! rollback makes the clients resend from there.
 //!
 //! One task accepts connections and serves the executor's commands
-//! ([`ConnectorCommand`]); each connection has its own task. The
+//! ([`ConnectorCommand`]); each connection has its own task, which reads
+//! frames with `FramedRead<_, ConnectorCodec>`. A frame that breaks the
+//! protocol (a bad length, an unknown type, a malformed body) is answered
+//! with ERROR and the connection is closed. The
 //! connections of this source share a registry of streams: who owns each
 //! stream id, the last message id seen (for deduplication), the last
 //! position handed to the executor and the last acknowledged (checkpointed)
@@ -39,11 +42,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quoll_core::connector::{self, ConnectorDecoder, ConnectorMessage, FrameType, NO_POSITION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use futures_util::{FutureExt, StreamExt};
+use quoll_core::connector::{self, ConnectorCodec, ConnectorError, ConnectorMessage, NO_POSITION};
+use quoll_core::frame::ReadError;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
 
 use crate::io::{Event, SourcePosition};
 
@@ -167,6 +174,7 @@ pub async fn run_connector_source(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let (read, write) = stream.into_split();
                     tasks.retain(|_, h| !h.is_finished());
                     let id = next_conn;
                     next_conn += 1;
@@ -186,14 +194,14 @@ pub async fn run_connector_source(
                         reg: reg.clone(),
                         tx: tx.clone(),
                         ctl: ctl_rx,
-                        stream,
+                        write,
                         resilient,
                         greeted: false,
                         credits: 0,
                         batch: None,
                         out: Vec::new(),
                     };
-                    tasks.insert(id, tokio::spawn(conn.run()));
+                    tasks.insert(id, tokio::spawn(conn.run(read)));
                 }
                 Err(e) => {
                     eprintln!("quoll: error: worker '{worker}', source '{}': accept failed: {e}", cfg.name);
@@ -323,7 +331,7 @@ struct Conn {
     reg: Shared,
     tx: mpsc::Sender<Event>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
-    stream: TcpStream,
+    write: OwnedWriteHalf,
     resilient: bool,
     /// Whether HELLO was accepted.
     greeted: bool,
@@ -334,37 +342,24 @@ struct Conn {
     out: Vec<u8>,
 }
 
+/// A connection's incoming frames.
+type Frames = FramedRead<OwnedReadHalf, ConnectorCodec>;
+/// One read from [`Frames`]: a message, an error, or `None` at the end.
+type Incoming = Option<Result<ConnectorMessage, ReadError<ConnectorError>>>;
+
 impl Conn {
-    async fn run(mut self) {
+    async fn run(mut self, read: OwnedReadHalf) {
         let max = self.cfg.max_frame_size.clamp(1, u32::MAX as u64) as u32;
-        let mut dec = ConnectorDecoder::with_max_frame_size(max);
+        let mut frames =
+            FramedRead::with_capacity(read, ConnectorCodec::with_max_frame_size(max), 64 << 10);
         let flow = loop {
-            let flow = self.process(&mut dec).await;
-            if flow != Flow::Continue {
-                break flow;
-            }
-            let buf = dec.read_buf();
-            if buf.capacity() - buf.len() < (16 << 10) {
-                buf.reserve(64 << 10);
-            }
             tokio::select! {
-                r = self.stream.read_buf(dec.read_buf()) => match r {
-                    Ok(0) => {
-                        if !dec.is_empty() {
-                            eprintln!(
-                                "quoll: error: {}: the client closed the connection in the middle of a frame ({} bytes); that frame is dropped",
-                                self.place,
-                                dec.buffered_len()
-                            );
-                        }
-                        break Flow::Close;
+                incoming = frames.next() => {
+                    let flow = self.process(incoming, &mut frames).await;
+                    if flow != Flow::Continue {
+                        break flow;
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("quoll: error: {}: read failed: {e}; connection closed", self.place);
-                        break Flow::Close;
-                    }
-                },
+                }
                 c = self.ctl.recv() => {
                     let flow = self.on_ctl(c).await;
                     if flow != Flow::Continue {
@@ -380,7 +375,7 @@ impl Conn {
         }
         if flow != Flow::Stop {
             let _ = self.write_out().await;
-            let _ = self.stream.shutdown().await;
+            let _ = self.write.shutdown().await;
         }
         self.release();
     }
@@ -400,30 +395,17 @@ impl Conn {
         }
     }
 
-    /// Handles every complete frame buffered, forwards the batch and
-    /// writes the replies.
-    async fn process(&mut self, dec: &mut ConnectorDecoder) -> Flow {
-        let mut flow = Flow::Continue;
-        while flow == Flow::Continue {
-            let frame = match dec.pop_raw() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    flow = self.fail(&format!("{e}"));
-                    break;
-                }
+    /// Handles `first` and every frame already available after it (up to
+    /// an event's worth), forwards the batch and writes the replies.
+    async fn process(&mut self, first: Incoming, frames: &mut Frames) -> Flow {
+        let mut flow = self.on_incoming(first).await;
+        let mut taken = 1;
+        while flow == Flow::Continue && taken < FRAMES_PER_EVENT {
+            let Some(incoming) = frames.next().now_or_never() else {
+                break;
             };
-            let ty = frame.ty;
-            flow = match frame.decode() {
-                Ok(msg) => self.on_message(msg).await,
-                Err(e) => {
-                    let what = match FrameType::from_u8(ty) {
-                        Some(t) => format!("malformed {t}: {e}"),
-                        None => format!("{e}"),
-                    };
-                    self.fail(&what)
-                }
-            };
+            flow = self.on_incoming(incoming).await;
+            taken += 1;
         }
         if flow == Flow::Continue || flow == Flow::Close {
             // Hand over what was accepted before an error too.
@@ -436,6 +418,35 @@ impl Conn {
             flow = Flow::Close;
         }
         flow
+    }
+
+    /// Handles one read from the client.
+    async fn on_incoming(&mut self, incoming: Incoming) -> Flow {
+        match incoming {
+            Some(Ok(msg)) => self.on_message(msg).await,
+            None => Flow::Close,
+            Some(Err(ReadError::Truncated { buffered })) => {
+                eprintln!(
+                    "quoll: error: {}: the client closed the connection in the middle of a frame ({buffered} bytes); that frame is dropped",
+                    self.place
+                );
+                Flow::Close
+            }
+            Some(Err(ReadError::Io(e))) => {
+                eprintln!(
+                    "quoll: error: {}: read failed: {e}; connection closed",
+                    self.place
+                );
+                Flow::Close
+            }
+            Some(Err(ReadError::Protocol(e))) => {
+                let what = match e.malformed_frame() {
+                    Some(frame) => format!("malformed {frame}: {e}"),
+                    None => e.to_string(),
+                };
+                self.fail(&what)
+            }
+        }
     }
 
     /// Queues ERROR "Invalid message: ..." and closes.
@@ -752,7 +763,7 @@ impl Conn {
         if self.out.is_empty() {
             return true;
         }
-        let r = self.stream.write_all(&self.out).await;
+        let r = self.write.write_all(&self.out).await;
         self.out.clear();
         match r {
             Ok(()) => true,
@@ -788,6 +799,7 @@ mod tests {
     use super::*;
     use quoll_core::connector::ConnectorMessage as M;
     use std::time::Instant;
+    use tokio::net::TcpStream;
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -850,34 +862,34 @@ mod tests {
     }
 
     struct Raw {
-        s: TcpStream,
-        dec: ConnectorDecoder,
+        frames: FramedRead<TcpStream, ConnectorCodec>,
     }
 
     impl Raw {
         async fn connect(addr: &str) -> Raw {
+            let s = TcpStream::connect(addr).await.unwrap();
             Raw {
-                s: TcpStream::connect(addr).await.unwrap(),
-                dec: ConnectorDecoder::new(),
+                frames: FramedRead::new(s, ConnectorCodec::default()),
             }
         }
 
-        async fn send(&mut self, m: M) {
-            self.s.write_all(&m.encode().unwrap()).await.unwrap();
+        async fn write_raw(&mut self, bytes: &[u8]) {
+            self.frames.get_mut().write_all(bytes).await.unwrap();
         }
 
+        async fn send(&mut self, m: M) {
+            self.write_raw(&m.encode().unwrap()).await;
+        }
+
+        /// The next frame; `None` once the worker closed (or reset) the connection.
         async fn recv(&mut self) -> Option<M> {
-            loop {
-                if let Some(m) = self.dec.pop().unwrap() {
-                    return Some(m);
-                }
-                let n = tokio::time::timeout(WAIT, self.s.read_buf(self.dec.read_buf()))
-                    .await
-                    .expect("no reply")
-                    .unwrap_or(0);
-                if n == 0 {
-                    return None;
-                }
+            match tokio::time::timeout(WAIT, self.frames.next())
+                .await
+                .expect("no reply")
+            {
+                Some(Ok(m)) => Some(m),
+                None | Some(Err(ReadError::Io(_))) => None,
+                Some(Err(e)) => panic!("the worker sent a bad frame: {e}"),
             }
         }
 
@@ -961,14 +973,14 @@ mod tests {
         assert_eq!(c.recv().await, err("Invalid message: ACK from a client"));
         let mut c = Raw::connect(&h.addr).await;
         c.hello("0.0.1", "c").await;
-        c.s.write_all(&[0, 0, 0, 2, 42, 0]).await.unwrap();
+        c.write_raw(&[0, 0, 0, 2, 42, 0]).await;
         assert_eq!(
             c.recv().await,
             err("Invalid message: unknown connector frame type 42")
         );
         let mut c = Raw::connect(&h.addr).await;
         c.hello("0.0.1", "c").await;
-        c.s.write_all(&[0, 0x20, 0, 0, 5]).await.unwrap();
+        c.write_raw(&[0, 0x20, 0, 0, 5]).await;
         let Some(M::Error { message }) = c.recv().await else {
             panic!()
         };
@@ -1030,7 +1042,7 @@ mod tests {
         assert_eq!(b.recv().await, None);
         // Empty payloads advance the position without a frame; a batch
         // ends at the last id.
-        a.s.write_all(
+        a.write_raw(
             &[
                 M::Message {
                     stream_id: 1,
@@ -1053,8 +1065,7 @@ mod tests {
             ]
             .concat(),
         )
-        .await
-        .unwrap();
+        .await;
         a.send(M::Eos { stream_id: 1 }).await;
         let mut acks = Vec::new();
         loop {

@@ -1,5 +1,6 @@
-//! The worker's I/O, on tokio threads: TCP source listeners, sink writers and
-//! the external channel. Nothing here touches Python: sources hand the
+//! The worker's I/O, on tokio threads: TCP source listeners and sink
+//! writers (the external channel is in `external_channel`). Nothing here
+//! touches Python: sources hand the
 //! executor whole frames as `Bytes`, sinks receive encoded bytes.
 //!
 //! Back-pressure: the executor's inbox and each sink's queue are bounded
@@ -8,11 +9,10 @@
 //! that can't keep up makes the executor wait.
 
 use bytes::Bytes;
-use quoll_core::external::{self, ExternalFrameDecoder, MessageType};
 use quoll_core::length_header::{FrameDecoder, FrameError, FramePart, LengthHeader};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -495,119 +495,5 @@ pub async fn run_file_sink(
     }
     if let Err(e) = file.sync_all().await {
         eprintln!("quoll: error: worker '{worker}', {label}: sync failed: {e}");
-    }
-}
-
-/// What the external channel reports; the worker updates it.
-pub struct ExternalView {
-    pub ready: AtomicBool,
-    pub processing: AtomicBool,
-    pub worker_names: Mutex<Vec<String>>,
-    pub source_ids: Vec<String>,
-    /// A JSON object with the worker's counters, refreshed by the executor.
-    pub report: Mutex<String>,
-}
-
-/// Serves the external channel (spec 8.5): one task per connection, one
-/// reply per request frame.
-pub async fn run_external(
-    worker: Arc<str>,
-    listener: TcpListener,
-    view: Arc<ExternalView>,
-    tx: mpsc::Sender<Event>,
-) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let (worker, view, tx) = (worker.clone(), view.clone(), tx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = serve_external(&worker, stream, &view, &tx).await {
-                eprintln!("quoll: worker '{worker}': external channel connection from {peer}: {e}");
-            }
-        });
-    }
-}
-
-async fn serve_external(
-    worker: &str,
-    mut stream: TcpStream,
-    view: &ExternalView,
-    tx: &mpsc::Sender<Event>,
-) -> std::io::Result<()> {
-    let mut decoder = ExternalFrameDecoder::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        decoder.push(&buf[..n]);
-        while let Some(frame) = decoder
-            .pop()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
-        {
-            let payload = frame.payload_lossy().to_string();
-            let Some(message_type) = frame.message_type() else {
-                let text = format!("quoll: unknown request type {}", frame.msg_type);
-                stream
-                    .write_all(&external::encode_frame(
-                        MessageType::ReportStatus,
-                        text.as_bytes(),
-                    ))
-                    .await?;
-                continue;
-            };
-            let reply: Option<(MessageType, String)> = match message_type {
-                MessageType::ClusterStatusQuery => Some(if view.ready.load(Ordering::SeqCst) {
-                    let names = view
-                        .worker_names
-                        .lock()
-                        .map(|n| n.clone())
-                        .unwrap_or_default();
-                    let status = external::ClusterStatus {
-                        worker_count: names.len() as u64,
-                        worker_names: names,
-                        processing_messages: view.processing.load(Ordering::SeqCst),
-                    };
-                    (MessageType::ClusterStatusResponse, status.to_json())
-                } else {
-                    (MessageType::ClusterStatusNotInitialized, String::new())
-                }),
-                MessageType::CleanShutdown => {
-                    println!("quoll: worker '{worker}': clean shutdown requested through the external channel");
-                    let _ = tx
-                        .send(Event::Shutdown {
-                            reason: "external clean-shutdown request".into(),
-                            from_cluster: false,
-                        })
-                        .await;
-                    None
-                }
-                MessageType::Print => {
-                    println!("{payload}");
-                    None
-                }
-                MessageType::SourceIdsQuery => {
-                    let ids = external::SourceIds {
-                        source_ids: view.source_ids.clone(),
-                    };
-                    Some((MessageType::SourceIdsQueryResponse, ids.to_json()))
-                }
-                MessageType::ReportStatus => Some((
-                    MessageType::ReportStatus,
-                    view.report.lock().map(|r| r.clone()).unwrap_or_default(),
-                )),
-                other => Some((
-                    MessageType::ReportStatus,
-                    format!("quoll: request type {other:?} is not supported"),
-                )),
-            };
-            if let Some((ty, text)) = reply {
-                stream
-                    .write_all(&external::encode_frame(ty, text.as_bytes()))
-                    .await?;
-            }
-        }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`app`]: the flattened application tuple to the engine's plan.
 //! - [`executor`]: the thread that runs user code, batch by batch.
-//! - [`io`]: sockets and files on tokio threads (sources, sinks, external channel).
+//! - [`io`]: sockets and files on tokio threads (sources, sinks).
+//! - [`external_channel`]: the worker's side of the external channel (status, shutdown).
 //! - [`connector_source`]: connector protocol v3 sources (external clients, replay after rollback).
 //! - [`cluster`]: formation, heartbeats and the links between workers.
 //! - [`checkpoint`]: checkpoint files, the commit log, the protocol's state machines.
@@ -18,6 +19,7 @@ mod cluster;
 mod codec;
 mod connector_source;
 mod executor;
+mod external_channel;
 mod io;
 mod user_errors;
 mod worker;

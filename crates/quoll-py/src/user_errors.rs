@@ -1,9 +1,9 @@
 //! Reporting of errors in user code and user data.
 //!
-//! Policy (spec section 9, item 1): an exception from a user call, a value of
-//! the wrong type, a frame that can't be decoded: the message is dropped, the
-//! error is printed with the worker, the stage, the key and the cause, and it
-//! is counted. With `--on-user-error fail` the worker exits non-zero instead.
+//! Policy: an exception from a user call, a value of the wrong type, a
+//! frame that can't be decoded: the message is dropped, the error is
+//! printed with the worker, the stage, the key and the cause, and it is
+//! counted. With `--on-user-error fail` the worker exits non-zero instead.
 //!
 //! A poison input can arrive millions of times a second, so printing is
 //! bounded: the first [`FULL_REPORTS`] errors of each stage come with their
@@ -11,7 +11,6 @@
 //! rest only as a periodic count. Counting is never bounded.
 
 use pyo3::prelude::*;
-use quoll_core::external::write_json_string;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -134,16 +133,12 @@ impl UserErrors {
 
     /// The counts as a JSON object, for the external channel's status report.
     pub fn counts_json(&self) -> String {
-        let mut out = String::from("{");
-        for (i, (place, n)) in self.counts.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            write_json_string(&mut out, place);
-            out.push_str(&format!(":{n}"));
-        }
-        out.push('}');
-        out
+        let counts = self
+            .counts
+            .iter()
+            .map(|(place, n)| (place.clone(), serde_json::Value::from(*n)))
+            .collect();
+        serde_json::Value::Object(counts).to_string()
     }
 }
 

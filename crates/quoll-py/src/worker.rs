@@ -24,7 +24,8 @@ use crate::cluster::{Cluster, ControlPlane, WelcomePlan};
 use crate::codec::Codec;
 use crate::connector_source::{self, ConnectorCommand, ConnectorSourceConfig};
 use crate::executor::{Executor, Router, SourceProgress};
-use crate::io::{self, Event, ExternalView, IoStats, SinkCommand};
+use crate::external_channel::{self, ExternalView};
+use crate::io::{self, Event, IoStats, SinkCommand};
 use crate::user_errors::{Fatal, OnUserError, UserErrors};
 use pyo3::exceptions::{PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
@@ -290,7 +291,7 @@ pub fn run_worker(
     });
     if let Some(addr) = &config.external {
         let listener = bind(&rt, addr, "external channel (--external)").map_err(exit)?;
-        rt.spawn(io::run_external(
+        rt.spawn(external_channel::run_external(
             worker.clone(),
             listener,
             view.clone(),

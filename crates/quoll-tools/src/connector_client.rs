@@ -1,6 +1,6 @@
 //! `quoll send --connector`: feed a file to a worker's source connector
-//! over connector protocol v3 (spec 7.6, 7.7), replaying what the worker
-//! has not acknowledged after a rollback or a lost connection.
+//! over connector protocol v3 ([`quoll_core::connector`]), replaying what
+//! the worker has not acknowledged after a rollback or a lost connection.
 //!
 //! Every record of the file (a line, or a framed record, as `--framing`
 //! says; see below) is one MESSAGE on one stream (`--stream-id`), with
@@ -37,15 +37,16 @@
 //! `quoll send: sent N messages (B bytes) over the connector protocol in
 //! T s (R msgs/s), all acknowledged (K resent after restarts)`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use quoll_core::connector::{
-    self, ConnectorDecoder, ConnectorMessage, MAX_FRAME_SIZE, MESSAGE_OVERHEAD, NO_POSITION,
+    self, ConnectorCodec, ConnectorMessage, MAX_FRAME_SIZE, MESSAGE_OVERHEAD, NO_POSITION,
     PROTOCOL_VERSION,
 };
+use quoll_core::frame::{BlockingFramedRead, ReadError};
 
 use crate::send::{encode_messages, SendArgs, SendFraming};
 use crate::{connect, rate, secs, ToolError, EXIT_OK};
@@ -187,40 +188,26 @@ struct Session<'a> {
 }
 
 /// Reads frames from `stream` until it ends; forwards them to the channel.
-fn spawn_reader(mut stream: TcpStream) -> Receiver<Incoming> {
+fn spawn_reader(stream: TcpStream) -> Receiver<Incoming> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut dec = ConnectorDecoder::new();
-        let mut buf = vec![0u8; 64 << 10];
+        let mut frames = BlockingFramedRead::new(stream, ConnectorCodec::default());
         loop {
-            let n = match stream.read(&mut buf) {
-                Ok(0) => {
-                    let _ = tx.send(Incoming::Closed("the worker closed the connection".into()));
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = tx.send(Incoming::Closed(format!("the connection failed: {e}")));
-                    return;
-                }
-            };
-            dec.push(&buf[..n]);
-            loop {
-                match dec.pop() {
-                    Ok(Some(m)) => {
-                        if tx.send(Incoming::Msg(m)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(Incoming::Closed(format!(
-                            "the worker sent a bad frame: {e}"
-                        )));
+            let why = match frames.next_frame() {
+                Ok(Some(m)) => {
+                    if tx.send(Incoming::Msg(m)).is_err() {
                         return;
                     }
+                    continue;
                 }
-            }
+                Ok(None) | Err(ReadError::Truncated { .. }) => {
+                    "the worker closed the connection".to_string()
+                }
+                Err(ReadError::Io(e)) => format!("the connection failed: {e}"),
+                Err(ReadError::Protocol(e)) => format!("the worker sent a bad frame: {e}"),
+            };
+            let _ = tx.send(Incoming::Closed(why));
+            return;
         }
     });
     rx

@@ -3,8 +3,9 @@
 //!
 //! The channel's frames and payloads are those of
 //! [`quoll_core::external`]: `u32` BE length (2 + payload size), `u16` BE
-//! message type, UTF-8 payload. A request goes out on a fresh connection
-//! and its reply comes back on it.
+//! message type, UTF-8 payload, read with [`ExternalCodec`] through
+//! [`BlockingFramedRead`]. A request goes out on a fresh connection and its
+//! reply comes back on it.
 //!
 //! - `quoll status HOST:PORT [--json] [--timeout SECS]` sends a
 //!   cluster-status query (type 9). A response (type 10) is printed on
@@ -18,10 +19,13 @@
 
 use std::io::{self, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
-use quoll_core::external::{read_frame, write_frame, ClusterStatus, Frame, MessageType};
+use quoll_core::external::{
+    try_encode_frame, ClusterStatus, ExternalCodec, Frame, FrameError, MessageType,
+};
+use quoll_core::frame::{BlockingFramedRead, ReadError};
 
 use crate::{connect, parse_seconds, secs, ToolError, EXIT_NOT_INITIALIZED, EXIT_OK};
 
@@ -76,7 +80,7 @@ pub enum ShutdownOutcome {
 /// A connection to one worker's external channel.
 #[derive(Debug)]
 pub struct ExternalClient {
-    stream: TcpStream,
+    frames: BlockingFramedRead<TcpStream, ExternalCodec>,
     addr: String,
 }
 
@@ -93,7 +97,7 @@ impl ExternalClient {
         )?;
         let _ = stream.set_nodelay(true);
         let client = ExternalClient {
-            stream,
+            frames: BlockingFramedRead::new(stream, ExternalCodec::default()),
             addr: addr.to_string(),
         };
         client.set_timeout(timeout);
@@ -107,8 +111,9 @@ impl ExternalClient {
         } else {
             Some(timeout)
         };
-        let _ = self.stream.set_read_timeout(t);
-        let _ = self.stream.set_write_timeout(t);
+        let stream = self.frames.get_ref();
+        let _ = stream.set_read_timeout(t);
+        let _ = stream.set_write_timeout(t);
     }
 
     /// The address connected to.
@@ -116,21 +121,23 @@ impl ExternalClient {
         &self.addr
     }
 
-    /// Sends one frame.
+    /// Sends one frame (a payload too long for a frame is `InvalidInput`).
     pub fn send(&mut self, ty: MessageType, payload: &[u8]) -> io::Result<()> {
-        write_frame(&mut self.stream, ty, payload)
+        let bytes = try_encode_frame(ty, payload)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let stream = self.frames.get_mut();
+        stream.write_all(&bytes)?;
+        stream.flush()
     }
 
     /// Receives one frame; `Ok(None)` when the worker closed the connection.
-    pub fn recv(&mut self) -> io::Result<Option<Frame>> {
-        read_frame(&mut self.stream)
+    /// A read that times out keeps what arrived of a frame for the next call.
+    pub fn recv(&mut self) -> Result<Option<Frame>, ReadError<FrameError>> {
+        self.frames.next_frame()
     }
 
-    fn io_error(&self, doing: &str, e: &io::Error) -> ToolError {
-        if matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
+    fn io_error(&self, doing: &str, e: &ReadError<FrameError>) -> ToolError {
+        if is_timeout(e) {
             ToolError::new(format!(
                 "{} did not answer {doing} in time; the worker may be busy or hung: check its log, or raise --timeout",
                 self.addr
@@ -147,7 +154,7 @@ impl ExternalClient {
     pub fn request(&mut self, ty: MessageType, payload: &[u8]) -> Result<Frame, ToolError> {
         let doing = format!("the {} request", ty.name());
         self.send(ty, payload)
-            .map_err(|e| self.io_error(&doing, &e))?;
+            .map_err(|e| self.io_error(&doing, &e.into()))?;
         match self.recv() {
             Ok(Some(f)) => Ok(f),
             Ok(None) => Err(ToolError::new(format!(
@@ -166,7 +173,7 @@ impl ExternalClient {
                 let text = reply.payload_str().map_err(|_| {
                     ToolError::new(format!("{} sent a cluster-status payload that is not UTF-8", self.addr))
                 })?;
-                let status = ClusterStatus::from_json(text).map_err(|e| {
+                let status: ClusterStatus = serde_json::from_str(text).map_err(|e| {
                     ToolError::new(format!("{} sent an invalid cluster-status payload ({e}): {text}", self.addr))
                 })?;
                 Ok(StatusReply::Ready(status, text.to_string()))
@@ -189,31 +196,25 @@ impl ExternalClient {
         wait: Duration,
     ) -> Result<ShutdownOutcome, ToolError> {
         self.send(MessageType::CleanShutdown, message.as_bytes())
-            .map_err(|e| self.io_error("the clean-shutdown request", &e))?;
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(ShutdownOutcome::NoReply);
-            }
-            self.set_timeout(left);
-            match self.recv() {
-                Ok(Some(f)) => return Ok(ShutdownOutcome::Replied(f)),
-                Ok(None) => return Ok(ShutdownOutcome::Closed),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(ShutdownOutcome::NoReply)
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // Reset, or closed in the middle of a frame: the worker went away.
-                Err(_) => return Ok(ShutdownOutcome::Closed),
-            }
+            .map_err(|e| self.io_error("the clean-shutdown request", &e.into()))?;
+        if wait.is_zero() {
+            return Ok(ShutdownOutcome::NoReply);
         }
+        self.set_timeout(wait);
+        Ok(match self.recv() {
+            Ok(Some(f)) => ShutdownOutcome::Replied(f),
+            Ok(None) => ShutdownOutcome::Closed,
+            Err(e) if is_timeout(&e) => ShutdownOutcome::NoReply,
+            // Reset, closed in the middle of a frame, or garbage: the worker
+            // went away.
+            Err(_) => ShutdownOutcome::Closed,
+        })
     }
+}
+
+/// A read or write that ran out of time (the socket's timeout).
+fn is_timeout(e: &ReadError<FrameError>) -> bool {
+    matches!(e, ReadError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
 }
 
 /// `quoll status`.

@@ -47,11 +47,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use quoll_core::frame::{BlockingFramedRead, ByteOrder, LengthError, LengthPrefixed, ReadError};
 
 use crate::{parse_seconds, rate, secs, ToolError, EXIT_OK, EXIT_TIMEOUT};
 
 const READ_SIZE: usize = 256 * 1024;
-const MAX_RECEIVE_FRAME: usize = 64 * 1024 * 1024;
+const MAX_RECEIVE_FRAME: u32 = 64 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(10);
 const NONE_YET: u64 = u64::MAX;
 
@@ -213,41 +214,27 @@ fn serve_framed(
     newline: bool,
     peer: &str,
 ) -> Result<u64, String> {
-    let mut buf = vec![0u8; READ_SIZE];
-    let mut filled = 0usize;
+    let framing = LengthPrefixed::new(ByteOrder::Big, 0, MAX_RECEIVE_FRAME);
+    let mut frames = BlockingFramedRead::new(stream, framing);
     let mut count = 0u64;
     let store = shared.output.is_some();
     loop {
-        if filled == buf.len() {
-            // A frame longer than the buffer: grow to hold it (checked below).
-            let new_len = buf.len() * 2;
-            buf.resize(new_len, 0);
-        }
-        let n = match read_some(stream, &mut buf[filled..]) {
+        let n = match frames.fill() {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        filled += n;
-        let mut pos = 0usize;
-        let mut frames = 0u64;
+        let mut done = 0u64;
         let mut guard = None;
-        while filled - pos >= 4 {
-            let len =
-                u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
-            if len > MAX_RECEIVE_FRAME {
-                shared.messages.fetch_add(frames, Ordering::Relaxed);
-                return Err(format!(
+        let failed = loop {
+            let payload = match frames.decode_buffered() {
+                Ok(Some(p)) => p,
+                Ok(None) => break None,
+                Err(ReadError::Protocol(LengthError::TooLong { len, .. })) => break Some(format!(
                     "connection from {peer} sent a frame header announcing {len} bytes (over 64 MiB); \
                      is the sink's output really 4-byte length-prefixed? If not, use --framing raw"
-                ));
-            }
-            if filled - pos < 4 + len {
-                if buf.len() < 4 + len {
-                    let want = (4 + len).next_power_of_two();
-                    buf.resize(want, 0);
-                }
-                break;
-            }
+                )),
+                Err(e) => break Some(format!("connection from {peer}: {e}")),
+            };
             if store {
                 let out = guard.get_or_insert_with(|| {
                     shared
@@ -257,30 +244,28 @@ fn serve_framed(
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                 });
-                out.write_all(&buf[pos + 4..pos + 4 + len])
-                    .map_err(output_failed)?;
+                out.write_all(&payload).map_err(output_failed)?;
                 if newline {
                     out.write_all(b"\n").map_err(output_failed)?;
                 }
             }
-            pos += 4 + len;
-            frames += 1;
-        }
+            done += 1;
+        };
         drop(guard);
-        if pos > 0 {
-            buf.copy_within(pos..filled, 0);
-            filled -= pos;
+        count += done;
+        shared.messages.fetch_add(done, Ordering::Relaxed);
+        if let Some(msg) = failed {
+            return Err(msg);
         }
-        count += frames;
-        shared.messages.fetch_add(frames, Ordering::Relaxed);
         shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
         shared
             .last_data_ns
             .store(shared.now_ns(), Ordering::Relaxed);
     }
-    if filled > 0 {
+    let left = frames.read_buffer().len();
+    if left > 0 {
         shared.notice(format!(
-            "quoll receive: connection from {peer} closed inside a frame; {filled} bytes of an incomplete frame dropped"
+            "quoll receive: connection from {peer} closed inside a frame; {left} bytes of an incomplete frame dropped"
         ));
     }
     Ok(count)

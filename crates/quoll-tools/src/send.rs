@@ -41,8 +41,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use quoll_core::frame::{ByteOrder, LengthPrefixed, LENGTH_FIELD_LEN};
 
 use crate::{connect, parse_positive, parse_seconds, rate, secs, ToolError, EXIT_OK};
+
+/// The 4-byte big-endian length-prefixed frames of `framed` and `raw-framed`.
+const FRAMING: LengthPrefixed = LengthPrefixed::new(ByteOrder::Big, 0, u32::MAX);
 
 /// How `quoll send` frames the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -199,11 +203,14 @@ pub fn encode_messages(data: Vec<u8>, framing: SendFraming) -> Result<EncodedMes
                 if end > start && data[end - 1] == b'\r' && end < data.len() {
                     end -= 1;
                 }
-                let len = end - start;
-                let len32 = u32::try_from(len)
-                    .map_err(|_| format!("a line of {len} bytes does not fit a 4-byte length"))?;
-                buf.extend_from_slice(&len32.to_be_bytes());
+                let at = FRAMING.begin(&mut buf);
                 buf.extend_from_slice(&data[start..end]);
+                FRAMING.finish(&mut buf, at).map_err(|_| {
+                    format!(
+                        "a line of {} bytes does not fit a 4-byte length",
+                        end - start
+                    )
+                })?;
                 ends.push(buf.len());
             }
             Ok(EncodedMessages { buf, ends })
@@ -212,24 +219,25 @@ pub fn encode_messages(data: Vec<u8>, framing: SendFraming) -> Result<EncodedMes
             let mut ends = Vec::new();
             let mut pos = 0usize;
             while pos < data.len() {
-                if data.len() - pos < 4 {
+                let rest = &data[pos..];
+                let size = FRAMING
+                    .frame_size(rest)
+                    .map_err(|e| format!("the frame at offset {pos}: {e}"))?
+                    .ok_or_else(|| {
+                        format!(
+                            "the file ends with {} stray bytes at offset {pos}, too few for a 4-byte length header",
+                            rest.len()
+                        )
+                    })?;
+                if size > rest.len() {
                     return Err(format!(
-                        "the file ends with {} stray bytes at offset {pos}, too few for a 4-byte length header",
-                        data.len() - pos
+                        "the frame at offset {pos} announces {} bytes but only {} remain",
+                        size - LENGTH_FIELD_LEN,
+                        rest.len() - LENGTH_FIELD_LEN
                     ));
                 }
-                let len =
-                    u32::from_be_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]])
-                        as usize;
-                let end = pos + 4 + len;
-                if end > data.len() {
-                    return Err(format!(
-                        "the frame at offset {pos} announces {len} bytes but only {} remain",
-                        data.len() - pos - 4
-                    ));
-                }
-                ends.push(end);
-                pos = end;
+                pos += size;
+                ends.push(pos);
             }
             Ok(EncodedMessages { buf: data, ends })
         }

@@ -2,13 +2,14 @@
 //! `quoll_core::connector`: handshake, credits, acknowledgements, RESTART,
 //! lost connections and errors.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use quoll_core::connector::{self, ConnectorDecoder, ConnectorMessage, NO_POSITION};
+use quoll_core::connector::{self, ConnectorCodec, ConnectorMessage, NO_POSITION};
+use quoll_core::frame::{BlockingFramedRead, ReadError};
 use quoll_tools::run_with_io;
 
 fn run_tool(args: &[String]) -> (i32, String, String) {
@@ -41,9 +42,9 @@ fn lines_file(dir: &Path, n: usize) -> std::path::PathBuf {
 
 /// One client connection as the fake worker sees it.
 struct Peer {
-    stream: TcpStream,
-    dec: ConnectorDecoder,
-    /// The worker's count of the client's credits (spec 7.7).
+    frames: BlockingFramedRead<TcpStream, ConnectorCodec>,
+    /// The worker's count of the client's credits (one per NOTIFY or
+    /// MESSAGE; a client never spends more than it was given).
     credits: i64,
 }
 
@@ -54,40 +55,37 @@ impl Peer {
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         Peer {
-            stream,
-            dec: ConnectorDecoder::new(),
+            frames: BlockingFramedRead::new(stream, ConnectorCodec::default()),
             credits: 0,
         }
     }
 
     /// The next frame, `None` once the client closed.
     fn recv(&mut self) -> Option<ConnectorMessage> {
-        loop {
-            if let Some(m) = self.dec.pop().unwrap() {
-                if matches!(
-                    m,
-                    ConnectorMessage::Notify { .. } | ConnectorMessage::Message { .. }
-                ) {
-                    self.credits -= 1;
-                    assert!(
-                        self.credits >= 0,
-                        "the client spent credits it did not have"
-                    );
-                }
-                return Some(m);
-            }
-            let mut buf = [0u8; 4096];
-            let n = self.stream.read(&mut buf).expect("the client went silent");
-            if n == 0 {
-                assert!(self.dec.is_empty(), "the client closed mid-frame");
-                return None;
-            }
-            self.dec.push(&buf[..n]);
+        let m = match self.frames.next_frame() {
+            Ok(m) => m?,
+            Err(ReadError::Truncated { .. }) => panic!("the client closed mid-frame"),
+            Err(ReadError::Io(e)) => panic!("the client went silent: {e}"),
+            Err(ReadError::Protocol(e)) => panic!("the client sent a bad frame: {e}"),
+        };
+        if matches!(
+            m,
+            ConnectorMessage::Notify { .. } | ConnectorMessage::Message { .. }
+        ) {
+            self.credits -= 1;
+            assert!(
+                self.credits >= 0,
+                "the client spent credits it did not have"
+            );
         }
+        Some(m)
     }
 
     fn send(&mut self, m: ConnectorMessage) {
-        self.stream.write_all(&m.encode().unwrap()).unwrap();
+        self.frames
+            .get_mut()
+            .write_all(&m.encode().unwrap())
+            .unwrap();
     }
 
     /// Expects HELLO with `cookie`; answers OK(credits).

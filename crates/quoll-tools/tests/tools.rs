@@ -7,7 +7,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quoll_core::external::{encode_frame, read_frame, ClusterStatus, MessageType};
+use quoll_core::external::{encode_frame, ClusterStatus, ExternalCodec, MessageType};
+use quoll_core::frame::BlockingFramedRead;
 use quoll_tools::run_with_io;
 
 struct ChanWriter(mpsc::Sender<String>);
@@ -511,11 +512,13 @@ fn fake_external(reply: Option<(MessageType, String)>) -> (String, JoinHandle<Se
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let h = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut frames = BlockingFramedRead::new(s, ExternalCodec::default());
         let mut seen = Vec::new();
-        if let Some(f) = read_frame(&mut s).unwrap() {
+        if let Some(f) = frames.next_frame().unwrap() {
             seen.push((f.msg_type, f.payload));
             if let Some((ty, payload)) = &reply {
+                let s = frames.get_mut();
                 s.write_all(&encode_frame(*ty, payload)).unwrap();
                 // Wait for the client to go away.
                 let mut rest = Vec::new();
@@ -534,13 +537,19 @@ fn status_ready() {
         worker_names: vec!["initializer".into(), "worker-1".into()],
         processing_messages: true,
     };
-    let (addr, h) = fake_external(Some((MessageType::ClusterStatusResponse, status.to_json())));
+    let (addr, h) = fake_external(Some((
+        MessageType::ClusterStatusResponse,
+        serde_json::to_string(&status).unwrap(),
+    )));
     let (code, out, err) = run_tool(&["status", &addr, "--json"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), status.to_json());
+    assert_eq!(out.trim(), serde_json::to_string(&status).unwrap());
     assert_eq!(h.join().unwrap(), vec![(9u16, vec![])]);
 
-    let (addr, h) = fake_external(Some((MessageType::ClusterStatusResponse, status.to_json())));
+    let (addr, h) = fake_external(Some((
+        MessageType::ClusterStatusResponse,
+        serde_json::to_string(&status).unwrap(),
+    )));
     let (code, out, err) = run_tool(&["status", &addr]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(

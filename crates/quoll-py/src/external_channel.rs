@@ -1,0 +1,155 @@
+//! The worker's side of the external channel (`--external`): one task per
+//! connection, one reply per request frame, answered from an
+//! [`ExternalView`] the worker keeps up to date.
+//!
+//! Frames are those of [`quoll_core::external`], read with
+//! `FramedRead<_, ExternalCodec>`. A frame of an unknown type gets a
+//! report-status reply naming it; a bad length closes the connection (the
+//! stream can't be re-synchronised). Replies: cluster status (or "not
+//! initialized" until the worker is ready), source ids, the report-status
+//! counters; a clean-shutdown request is passed to the worker as
+//! [`Event::Shutdown`]; other known types are answered as unsupported.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use quoll_core::external::{self, ExternalCodec, FrameError, MessageType};
+use quoll_core::frame::ReadError;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use crate::io::Event;
+
+/// What the external channel reports; the worker updates it.
+pub struct ExternalView {
+    pub ready: AtomicBool,
+    pub processing: AtomicBool,
+    pub worker_names: Mutex<Vec<String>>,
+    pub source_ids: Vec<String>,
+    /// A JSON object with the worker's counters, refreshed by the executor.
+    pub report: Mutex<String>,
+}
+
+/// Serves the external channel: one task per connection, one reply per
+/// request frame.
+pub async fn run_external(
+    worker: Arc<str>,
+    listener: TcpListener,
+    view: Arc<ExternalView>,
+    tx: mpsc::Sender<Event>,
+) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (worker, view, tx) = (worker.clone(), view.clone(), tx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_external(&worker, stream, &view, &tx).await {
+                eprintln!("quoll: worker '{worker}': external channel connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_external(
+    worker: &str,
+    stream: TcpStream,
+    view: &ExternalView,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), ServeError> {
+    let (read, mut write) = stream.into_split();
+    let mut frames = FramedRead::new(read, ExternalCodec::default());
+    while let Some(frame) = frames.next().await {
+        let frame = frame?;
+        let payload = frame.payload_lossy().to_string();
+        let Some(message_type) = frame.message_type() else {
+            let text = format!("quoll: unknown request type {}", frame.msg_type);
+            write
+                .write_all(&external::try_encode_frame(
+                    MessageType::ReportStatus,
+                    text,
+                )?)
+                .await?;
+            continue;
+        };
+        let reply: Option<(MessageType, Vec<u8>)> = match message_type {
+            MessageType::ClusterStatusQuery => Some(if view.ready.load(Ordering::SeqCst) {
+                let names = view
+                    .worker_names
+                    .lock()
+                    .map(|n| n.clone())
+                    .unwrap_or_default();
+                let status = external::ClusterStatus {
+                    worker_count: names.len() as u64,
+                    worker_names: names,
+                    processing_messages: view.processing.load(Ordering::SeqCst),
+                };
+                (
+                    MessageType::ClusterStatusResponse,
+                    serde_json::to_vec(&status)?,
+                )
+            } else {
+                (MessageType::ClusterStatusNotInitialized, Vec::new())
+            }),
+            MessageType::CleanShutdown => {
+                println!(
+                    "quoll: worker '{worker}': clean shutdown requested through the external channel"
+                );
+                let _ = tx
+                    .send(Event::Shutdown {
+                        reason: "external clean-shutdown request".into(),
+                        from_cluster: false,
+                    })
+                    .await;
+                None
+            }
+            MessageType::Print => {
+                println!("{payload}");
+                None
+            }
+            MessageType::SourceIdsQuery => {
+                let ids = external::SourceIds {
+                    source_ids: view.source_ids.clone(),
+                };
+                Some((
+                    MessageType::SourceIdsQueryResponse,
+                    serde_json::to_vec(&ids)?,
+                ))
+            }
+            MessageType::ReportStatus => Some((
+                MessageType::ReportStatus,
+                view.report
+                    .lock()
+                    .map(|r| r.clone())
+                    .unwrap_or_default()
+                    .into_bytes(),
+            )),
+            other => Some((
+                MessageType::ReportStatus,
+                format!("quoll: request type {other:?} is not supported").into_bytes(),
+            )),
+        };
+        if let Some((ty, payload)) = reply {
+            write
+                .write_all(&external::try_encode_frame(ty, payload)?)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a connection of the external channel ended early.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("{0}")]
+    Read(#[from] ReadError<FrameError>),
+    #[error("write failed: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("can't frame the reply: {0}")]
+    Reply(#[from] FrameError),
+    #[error("can't encode the reply as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
