@@ -50,6 +50,31 @@ def free_port():
         return port
 
 
+KEY_GROUPS = 1024
+_U64 = (1 << 64) - 1
+
+
+def stable_hash(key):
+    """quoll's key hash, written here from its description (FNV-1a 64 over
+    the key's bytes, then murmur3's fmix64 finaliser), independently of the
+    engine's code: tests compare it with where the engine routes keys."""
+    h = 0xcbf29ce484222325
+    for b in key:
+        h = ((h ^ b) * 0x100000001b3) & _U64
+    h ^= h >> 33
+    h = (h * 0xff51afd7ed558ccd) & _U64
+    h ^= h >> 33
+    h = (h * 0xc4ceb9fe1a85ec53) & _U64
+    return h ^ (h >> 33)
+
+
+def key_owner(key, workers):
+    """Index, in the sorted list of worker names, of the worker that owns
+    `key` (bytes): the key groups are split into `workers` contiguous
+    ranges of equal size."""
+    return (stable_hash(key) % KEY_GROUPS) * workers // KEY_GROUPS
+
+
 def wait_until(predicate, timeout, what, interval=0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -157,16 +157,16 @@ def last_committed(res, stem=STEM):
     return committed
 
 
-def ckpt_path(res, worker, checkpoint):
-    return Path(res) / f"{STEM}-{worker}.ckpt-{checkpoint:020d}"
+def ckpt_path(res, worker, checkpoint, stem=STEM):
+    return Path(res) / f"{stem}-{worker}.ckpt-{checkpoint:020d}"
 
 
-def sink_offsets(res, worker, checkpoint):
+def sink_offsets(res, worker, checkpoint, stem=STEM):
     """{sink index: committed length in bytes} of `worker` at `checkpoint`
     (a Sink record is variant 4: index, then the position as a
     length-prefixed blob holding a u64 LE)."""
     out = {}
-    for _, _, payload in records(ckpt_path(res, worker, checkpoint))[1:]:
+    for _, _, payload in records(ckpt_path(res, worker, checkpoint, stem))[1:]:
         tag, i = varint(payload, 0)
         if tag == 4:
             index, i = varint(payload, i)

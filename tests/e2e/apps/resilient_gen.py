@@ -6,9 +6,16 @@ exactly-once file sink; for crash tests.
 key counts and sums its values; every value gives one output line
 `key count sum\\n`. The generator's current value is what a checkpoint
 stores, so after a rollback it resumes where the checkpoint left it.
+
+With the environment variable RESILIENT_GEN_LOG set to a path, the
+generator appends `PID VALUE` there for the first value it is handed in its
+process and whenever it is handed a value other than the one it produced
+last: that is, at the start, after a rollback and after a restart of its
+process; so a test can see where the generator went on from.
 """
 
 import argparse
+import os
 
 import wallaroo
 
@@ -37,11 +44,17 @@ class Counter(object):
     def __init__(self, n, active):
         self.n = n
         self.active = active
+        self.expected = None
+        self.log = os.environ.get("RESILIENT_GEN_LOG")
 
     def initial_value(self):
         return 1 if self.active else None
 
     def apply(self, v):
+        if v != self.expected and self.log:
+            with open(self.log, "a") as f:
+                f.write("%d %d\n" % (os.getpid(), v))
+        self.expected = v + 1
         return v + 1 if v < self.n else None
 
 
