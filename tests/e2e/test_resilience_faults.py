@@ -742,8 +742,9 @@ def test_gen_source_under_kills(make_cluster, tmp_path):
     gen_log = tmp_path / "generator.log"
     cluster = make_cluster("resilient_gen", APPS, 3, extra_flags=resilience_flags(res_dir),
                            env=dict(os.environ, RESILIENT_GEN_LOG=str(gen_log)),
-                           app_args=lambda c, i: ["--gen-count", str(n), "--keys", str(keys),
-                                                  "--out-file", str(out_dir / "out-{worker}.txt")])
+                           # 5 us per value: about 5 s for all, so every kill finds values left.
+                           app_args=lambda c, i: ["--gen-count", str(n), "--keys", str(keys), "--value-delay",
+                                                  "0.000005", "--out-file", str(out_dir / "out-{worker}.txt")])
     f = Faults(cluster, seed)
     paths = out_paths(out_dir)
     progress = lambda: total_size(paths)  # noqa: E731
