@@ -6,9 +6,12 @@ One run measures, on the same deterministic input (gen_input.py):
   1. floor    - the app's raw user functions in a bare Python loop (floor.py,
                 in a subprocess): words/s and CPU seconds.
   2. quoll x1 - one machida3 worker fed by `quoll send`, drained by
-                `quoll receive --count-only --expect TOTAL`: words/s from the
+                `quoll receive --output FILE --expect TOTAL`: words/s from the
                 send start to the receiver reaching the expected count, ratio
                 to the floor, worker peak RSS (VmHWM), worker CPU seconds.
+                After the timed part the output is checked against a direct
+                count of the input (each word's counts 1..n in order); a
+                wrong output fails the run.
   3. quoll xN - N workers (initializer + workerI), the input split in N parts,
                 one concurrent `quoll send` per worker's --in port, one
                 receiver: words/s, CPU per word summed over workers and its
@@ -28,7 +31,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +46,9 @@ READY_LINE = "|~~ INIT PHASE III: Application is ready to work! ~~|"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import gen_input  # noqa: E402
+from harness import Proc as _Proc, free_port, stable_hash, wait_until  # noqa: E402  (one copy of each)
 
 TARGETS = dict(
     ratio_1w_min=0.6,           # quoll words/s on 1 worker >= 0.6 x floor words/s
@@ -76,21 +80,6 @@ MACHIDA3 = str(BIN / "machida3")
 QUOLL = str(BIN / "quoll")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(pred, timeout, what, interval=0.02):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-
-
 def proc_cpu_s(pid):
     """utime + stime of a live process, in seconds (/proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -117,28 +106,14 @@ def children_cpu_s():
     return r.ru_utime + r.ru_stime
 
 
-class Proc:
-    """A process we started; output to files in the run directory."""
+class Proc(_Proc):
+    """The tests' process wrapper (tests/e2e/harness.py), started at once,
+    with the benchmark's way of ending: wait for a clean exit, then kill."""
 
     def __init__(self, args, workdir, label, env=None):
-        self.args = [str(a) for a in args]
-        self.label = label
-        self.out_path = Path(workdir) / f"{label}.out"
-        self.err_path = Path(workdir) / f"{label}.err"
-        self._out = open(self.out_path, "wb")
-        self._err = open(self.err_path, "wb")
-        self.popen = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
-                                      cwd=workdir, env=env)
+        super().__init__(args, workdir, label, env=env)
+        self.start()
         self.pid = self.popen.pid
-
-    def stdout(self):
-        return self.out_path.read_text(errors="replace")
-
-    def stderr(self):
-        return self.err_path.read_text(errors="replace")
-
-    def alive(self):
-        return self.popen.poll() is None
 
     def close(self):
         self._out.close()
@@ -155,10 +130,6 @@ class Proc:
             return True
         finally:
             self.close()
-
-    def describe(self, tail=3000):
-        return (f"--- {self.label} pid={self.pid} rc={self.popen.poll()}: {' '.join(self.args)}\n"
-                f"stdout: ...{self.stdout()[-tail:]}\nstderr: ...{self.stderr()[-tail:]}")
 
 
 # --------------------------------------------------------------------------- input
@@ -200,29 +171,44 @@ def word_counts(path):
     return counts
 
 
-def _stable_hash(key):
-    # Mirror of quoll_core::key_group::stable_hash (FNV-1a + murmur3 fmix64);
-    # informational only: if the engine's routing changes, this share is off.
-    m = (1 << 64) - 1
-    h = 0xcbf29ce484222325
-    for b in key:
-        h = ((h ^ b) * 0x100000001b3) & m
-    h ^= h >> 33
-    h = (h * 0xff51afd7ed558ccd) & m
-    h ^= h >> 33
-    h = (h * 0xc4ceb9fe1a85ec53) & m
-    return h ^ (h >> 33)
-
-
 def owner_shares(counts, n_workers, key_groups=1024):
     """Share of all word occurrences whose key each worker owns (sorted worker names:
     initializer, worker1, ...; key groups split into contiguous ranges)."""
     owned = [0] * n_workers
     for w, n in counts.items():
-        g = _stable_hash(w.encode()) % key_groups
+        g = stable_hash(w.encode()) % key_groups
         owned[g * n_workers // key_groups] += n
     total = sum(owned)
     return [o / total for o in owned]
+
+
+def check_output(path, counts):
+    """Checks word count output (`word => n` lines) against the input's
+    counts: each word's counts must come out 1, 2, ..., its count, in this
+    order (all of a word's outputs come from the worker owning it, over one
+    connection). Streams the file; returns the problems found (at most 20)
+    and the figures."""
+    last = {}
+    problems = []
+    lines = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            lines += 1
+            word, sep, n = raw.rstrip(b"\n").rpartition(b" => ")
+            if not sep or not n.isdigit():
+                problems.append(f"line {lines}: not 'word => n': {raw[:80]!r}")
+            else:
+                w, n = word.decode(), int(n)
+                if n != last.get(w, 0) + 1:
+                    problems.append(f"line {lines}: {w} => {n} after {w} => {last.get(w, 0)}")
+                last[w] = n
+            if len(problems) >= 20:
+                break
+    if len(problems) < 20:
+        problems += [f"{w}: last count {last.get(w, 0)}, {n} in the input" for w, n in counts.items()
+                     if last.get(w, 0) != n][:20 - len(problems)]
+        problems += [f"{w}: not in the input" for w in last if w not in counts][:20 - len(problems)]
+    return dict(problems=problems, lines=lines, words=len(last))
 
 
 # --------------------------------------------------------------------------- measurements
@@ -260,7 +246,8 @@ def run_quoll(n_workers, input_path, total_words, workdir, timeout, extra_flags=
     procs = []
     workers = []
     try:
-        receiver = Proc([QUOLL, "receive", "--listen", f"127.0.0.1:{out_port}", "--count-only",
+        received = workdir / "received.txt"
+        receiver = Proc([QUOLL, "receive", "--listen", f"127.0.0.1:{out_port}", "--output", received,
                          "--expect", total_words, "--report-interval", "0", "--timeout", timeout],
                         workdir, "receiver")
         procs.append(receiver)
@@ -344,6 +331,12 @@ def run_quoll(n_workers, input_path, total_words, workdir, timeout, extra_flags=
             if send_done[i] is None:
                 send_done[i] = time.perf_counter() - t0
         tools_cpu = children_cpu_s() - tools_cpu_before
+        # Outside the timed part: the output against a direct count of the input.
+        check = check_output(received, word_counts(input_path))
+        received.unlink()
+        if check["problems"]:
+            raise RuntimeError(f"wrong output from {n_workers} worker(s): {check['problems'][:10]}\n"
+                               + "\n".join(p.describe() for p in procs))
 
         run_cpu = [a - b for a, b in zip(cpu_after, cpu_before)]
         total_cpu = sum(run_cpu)
@@ -366,6 +359,7 @@ def run_quoll(n_workers, input_path, total_words, workdir, timeout, extra_flags=
             max_peak_rss_mb=max(p["peak_rss_mb"] for p in per_worker),
             per_worker=per_worker,
             sender_output=[s.stdout().strip() for s in senders],
+            output_check=dict(lines=check["lines"], words=check["words"], exact=not check["problems"]),
             logs=str(workdir),
         )
     finally:

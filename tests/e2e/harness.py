@@ -50,6 +50,31 @@ def free_port():
         return port
 
 
+KEY_GROUPS = 1024
+_U64 = (1 << 64) - 1
+
+
+def stable_hash(key):
+    """quoll's key hash, written here from its description (FNV-1a 64 over
+    the key's bytes, then murmur3's fmix64 finaliser), independently of the
+    engine's code: tests compare it with where the engine routes keys."""
+    h = 0xcbf29ce484222325
+    for b in key:
+        h = ((h ^ b) * 0x100000001b3) & _U64
+    h ^= h >> 33
+    h = (h * 0xff51afd7ed558ccd) & _U64
+    h ^= h >> 33
+    h = (h * 0xc4ceb9fe1a85ec53) & _U64
+    return h ^ (h >> 33)
+
+
+def key_owner(key, workers):
+    """Index, in the sorted list of worker names, of the worker that owns
+    `key` (bytes): the key groups are split into `workers` contiguous
+    ranges of equal size."""
+    return (stable_hash(key) % KEY_GROUPS) * workers // KEY_GROUPS
+
+
 def wait_until(predicate, timeout, what, interval=0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -184,6 +209,67 @@ def report_status(port, timeout=5):
     length, msg_type = struct.unpack(">IH", data[:6])
     assert msg_type == 16, (msg_type, data)
     return json.loads(data[6:4 + length].decode("utf-8"))
+
+
+def wait_report(port, predicate, what, timeout=10):
+    """Polls a worker's report-status until `predicate(report)`; returns
+    the report (the last one is in the failure message)."""
+    last = {}
+
+    def ok():
+        nonlocal last
+        last = report_status(port)
+        return predicate(last)
+
+    try:
+        wait_until(ok, timeout, what, interval=0.1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last report: {last}")
+    return last
+
+
+def error_lines(text):
+    """The `quoll: error:` lines of a worker's stderr."""
+    return [l for l in text.splitlines() if l.startswith("quoll: error:")]
+
+
+def word_count_problems(outputs, truth):
+    """What is wrong with word count output (`word => n` lines), empty if
+    nothing. `outputs` maps a name (a sink file, a receiver) to its lines
+    in the order they were written. Each word's counts must all be in one
+    output, and there exactly 1, 2, ..., n in that order, n being the
+    word's count in `truth`: a word's outputs come from the one worker that
+    owns its key, which processes a word's occurrences in order. So a
+    count lost, doubled, or written out of order is a problem, and so is a
+    word in two outputs or one that is not in `truth`."""
+    seen = {}
+    where = {}
+    problems = []
+    for name, lines in outputs.items():
+        for i, line in enumerate(lines):
+            word, sep, n = line.rpartition(" => ")
+            if not sep or not n.isdigit():
+                problems.append(f"{name} line {i + 1}: not 'word => n': {line!r}")
+                continue
+            if word in where and where[word] != name:
+                problems.append(f"{word}: counts in {where[word]} and in {name}")
+            where.setdefault(word, name)
+            seen.setdefault(word, []).append(int(n))
+    for word, n in sorted(truth.items()):
+        got = seen.get(word, [])
+        if got != list(range(1, n + 1)):
+            bad = next((i for i, c in enumerate(got) if c != i + 1), len(got))
+            problems.append(f"{word}: {len(got)} counts, want 1..{n}; from index {bad}: {got[bad:bad + 4]}")
+    problems += [f"unexpected word {w!r} in {where[w]}" for w in sorted(set(seen) - set(truth))]
+    return problems
+
+
+def assert_word_counts(outputs, truth, describe=lambda: ""):
+    """Asserts `word_count_problems(outputs, truth)` is empty."""
+    problems = word_count_problems(outputs, truth)
+    total = sum(len(v) for v in outputs.values())
+    assert not problems, (f"{len(problems)} problems in {total} output lines for {sum(truth.values())} words, "
+                          f"e.g.\n  " + "\n  ".join(problems[:10]) + f"\n{describe()}")
 
 
 def external(port, command, *extra):

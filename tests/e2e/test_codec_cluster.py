@@ -18,7 +18,7 @@ import random
 import re
 from pathlib import Path
 
-from harness import EXAMPLES, send_lines, wait_until, report_status
+from harness import EXAMPLES, error_lines, report_status, send_lines, wait_until
 
 APPS = Path(__file__).resolve().parent / "apps"
 APP_DIR = EXAMPLES / "custom_codec"
@@ -50,10 +50,6 @@ def wait_reports(cluster, predicate, what, timeout=10):
     except AssertionError as e:
         raise AssertionError(f"{e}; last reports: {last}")
     return last
-
-
-def error_lines(text):
-    return [l for l in text.splitlines() if l.startswith("quoll: error:")]
 
 
 def start(make_cluster, make_receiver, module, trace_dir, workers=3):

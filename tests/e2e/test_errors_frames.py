@@ -16,28 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_until, report_status
+from harness import error_lines, wait_report, wait_until
 
 APPS = Path(__file__).resolve().parent / "apps"
-
-
-def wait_report(port, predicate, what, timeout=10):
-    last = {}
-
-    def ok():
-        nonlocal last
-        last = report_status(port)
-        return predicate(last)
-
-    try:
-        wait_until(ok, timeout, what, interval=0.1)
-    except AssertionError as e:
-        raise AssertionError(f"{e}; last report: {last}")
-    return last
-
-
-def error_lines(text):
-    return [l for l in text.splitlines() if l.startswith("quoll: error:")]
 
 
 def frame(payload, fmt=">I"):

@@ -15,31 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import send_lines, wait_until, report_status
+from harness import error_lines, send_lines, wait_report, wait_until
 
 APPS = Path(__file__).resolve().parent / "apps"
 WORKER = "initializer"
 TRACEBACK_HEADER = "Traceback (most recent call last):"
-
-
-def wait_report(port, predicate, what, timeout=10):
-    """Polls report-status until `predicate(report)`; returns the report."""
-    last = {}
-
-    def ok():
-        nonlocal last
-        last = report_status(port)
-        return predicate(last)
-
-    try:
-        wait_until(ok, timeout, what, interval=0.1)
-    except AssertionError as e:
-        raise AssertionError(f"{e}; last report: {last}")
-    return last
-
-
-def error_lines(text):
-    return [l for l in text.splitlines() if l.startswith("quoll: error:")]
 
 
 def run_app(make_cluster, make_receiver, mode, extra_flags=()):

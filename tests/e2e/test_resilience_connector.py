@@ -1,7 +1,7 @@
 """A source connector (spec 7.5-7.7) with resilience, with real processes.
 
-The app (apps/rconn_wc.py) counts words: each worker listens for connector
-clients on its own `--in` address, and writes `word => count` lines through
+The app (apps/wc_app.py with `--in`) counts words: each worker listens for
+connector clients on its own `--in` address, and writes `word => count` lines through
 quoll's exactly-once file sink. Input goes in with `quoll send --connector`,
 one sender per worker, each on its own stream id; a sender keeps what the
 worker has not acknowledged (acks come only after a checkpoint completes)
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import QUOLL, READY_LINE, Proc, wait_until
+from harness import QUOLL, READY_LINE, Proc, wait_until, word_count_problems
+from test_resilience_files import last_committed, out_files, out_lines
 
 APPS = Path(__file__).resolve().parent / "apps"
-STEM = "rconn_wc"  # "rconn wc" as file names spell it
 INTERVAL_NS = 100_000_000
 REPLAYED = re.compile(r"RESILIENCE\: Replayed (\d+) entries from recovery log file\.")
 SENT = re.compile(r"^quoll send: sent (\d+) messages \(\d+ bytes\) over the connector protocol in [\d.]+ s "
@@ -44,51 +44,6 @@ def make_lines(n, seed):
     rng = random.Random(seed)
     vocab = [f"w{i:03d}" for i in range(200)]
     return [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 6))) for _ in range(n)]
-
-
-def out_files(workdir):
-    return sorted(Path(workdir).glob("out-*.txt"))
-
-
-def out_lines(workdir):
-    lines = []
-    for p in out_files(workdir):
-        lines += p.read_text().splitlines()
-    return lines
-
-
-def count_problems(lines, truth):
-    """Words whose counts are not exactly 1..n in order (empty: exact)."""
-    seen = collections.defaultdict(list)
-    for line in lines:
-        word, count = line.rsplit(" => ", 1)
-        seen[word].append(int(count))
-    problems = [f"{w}: {len(seen.get(w, []))} counts, last {seen.get(w, [])[-1:]}, want 1..{n}"
-                for w, n in sorted(truth.items()) if seen.get(w) != list(range(1, n + 1))]
-    return problems + [f"unexpected word {w}" for w in seen if w not in truth]
-
-
-def last_committed(res):
-    """The newest checkpoint in the commit log (framing: u32 LE length,
-    u32 LE crc32, postcard payload; a Committed record is variant 1 with the
-    checkpoint id as its first varint)."""
-    path = Path(res) / f"{STEM}-initializer.commits"
-    if not path.exists():
-        return None
-    data, off, committed = path.read_bytes(), 0, None
-    while off + 8 <= len(data):
-        n = int.from_bytes(data[off:off + 4], "little")
-        payload = data[off + 8:off + 8 + n]
-        if len(payload) == n and payload[:1] == b"\x01":
-            value, shift = 0, 0
-            for b in payload[1:]:
-                value |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
-            committed = value
-        off += 8 + n
-    return committed
 
 
 def settled(workdir, quiet=0.6, timeout=30):
@@ -123,7 +78,7 @@ class ConnRun:
         flags = (["--run-with-resilience"] if resilience else []) + [
             "--resilience-dir", str(self.res), "--time-between-checkpoints", str(INTERVAL_NS)]
         self.cluster = make_cluster(
-            "rconn_wc", APPS, workers,
+            "wc_app", APPS, workers,
             app_args=lambda c, i: ["--in", f"lines@127.0.0.1:{c.in_ports[i]}",
                                    "--out-file", str(self.tmp / "out-{worker}.txt"),
                                    "--decoder", decoder, "--cookie", cookie] + self.extra_app,
@@ -154,10 +109,10 @@ class ConnRun:
             s.stop()
 
     def assert_exact(self):
-        lines = settled(self.tmp)
-        problems = count_problems(lines, self.truth)
-        assert not problems, f"{len(problems)} words wrong: {problems[:5]}\n{self.describe()}"
-        assert len(lines) == sum(self.truth.values())
+        settled(self.tmp)
+        problems = word_count_problems({p.name: p.read_text().splitlines() for p in out_files(self.tmp)},
+                                       self.truth)
+        assert not problems, f"{len(problems)} problems: {problems[:5]}\n{self.describe()}"
 
     def stop_senders(self):
         for s in self.senders:

@@ -1,4 +1,4 @@
-"""Resilience under repeated faults (DESIGN 7-10, spec 8.3).
+"""Resilience under repeated faults.
 
 Every test runs 3 workers with `--run-with-resilience` and checkpoints
 every 150 ms, reads its input through quoll's replayable file source and
@@ -6,25 +6,31 @@ writes through the exactly-once file sink (`{worker}` in both paths is the
 worker's name), injects faults while the input is being processed, and ends
 with a clean shutdown after which every worker exits 0 and the resilience
 directory is empty. A restarted worker runs its original command and must
-print the recovery lines of spec 8.3.
+print the recovery lines (`RESILIENCE: Replayed N entries from recovery log
+file.`, `|~~ - Recovery COMPLETE - ~~|`).
 
 - `test_repeated_kills_word_count`: examples/word_count, 12+ SIGKILLs of
   random workers (the initializer at least twice), some while the cluster
-  is still recovering from the previous one. Every word's last count is
-  exact, every (word, n) for n in 1..count is in the sinks exactly once, and
-  each worker's sink holds what it holds after an uninterrupted run.
+  is still recovering from the previous one. Every word's counts are
+  1, 2, ..., its true count, in this order, in the sink of the worker that
+  owns the word's key, and each worker's sink holds what it holds after an
+  uninterrupted run.
 - `test_custom_codec_state_under_kills`: per-key state that pickle refuses
   (it holds a lock) is checkpointed through the app's own top-level
   serialize/deserialize: the checkpoint files hold the app's magic, and a
   restarted worker deserializes exactly the entries it says it replayed.
 - `test_windows_under_kills` (count and range windows): every message is in
-  as many window outputs of its key as the window spec allows, none lost
-  and no window output written twice (see `check_windows`).
+  exactly the window outputs of its key the window spec puts it in (count
+  windows: one; sliding range windows: the two consecutive windows sharing
+  its pane, or an output of its own when late), so no window output is
+  lost or written twice (see `check_windows`).
 - `test_sigstop`: a stopped worker is declared lost by the heartbeat
   timeout and rejoins by itself on SIGCONT; a 1.5 s stop of the initializer
   (under the 3 s timeout) changes nothing.
-- `test_gen_source_under_kills`: the generator's value is checkpointed: per
-  key, the running sums are exactly those of 1..N in order.
+- `test_gen_source_under_kills`: the generator's value is checkpointed:
+  after each recovery it goes on from the value of the checkpoint the
+  recovery line names (one more than the values the committed output
+  holds), and per key the running sums are exactly those of 1..N in order.
 
 The fault schedule is random; the seed is printed (and is in every failure
 message with the log of what was done). Set QUOLL_FAULT_SEED to replay one.
@@ -40,7 +46,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import EXAMPLES, Proc, wait_until
+from harness import EXAMPLES, Proc, key_owner, wait_until, word_count_problems
+from test_resilience_files import last_committed, sink_offsets
 
 APPS = Path(__file__).resolve().parent / "apps"
 WC_DIR = EXAMPLES / "word_count"
@@ -170,6 +177,23 @@ class Faults:
         line = [l for l in p.stdout().splitlines() if RECOVERED in l][-1]
         self.note(f"{p.label} recovered: {line.split(RECOVERED)[1].strip()}")
 
+    def kill_to_rollback(self, i, res_dir, stem):
+        """Kills worker i and returns the checkpoint the cluster will roll
+        back to (the last committed) with each worker's committed sink
+        length then, {name: bytes}: once the initializer has started rolling
+        back (or is the one killed) it commits nothing more."""
+        init = self.cluster.workers[0]
+        rollbacks = init.stdout().count("rolling back")
+        self.kill(i)
+        if i != 0:
+            try:
+                wait_until(lambda: init.stdout().count("rolling back") > rollbacks, 10, "the initializer to roll back")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{self.describe()}")
+        committed = last_committed(res_dir, stem)
+        assert committed, f"no checkpoint committed before the kill\n{self.describe()}"
+        return committed, {name: sink_offsets(res_dir, name, committed, stem)[0] for name in NAMES}
+
     def kill_and_restart(self, i, max_pause=0.5):
         self.kill(i)
         time.sleep(self.rng.uniform(0, max_pause))
@@ -239,21 +263,19 @@ def word_count_bytes(truth):
     return total
 
 
-def check_word_counts(lines, truth, describe):
-    pairs = collections.Counter()
-    last = {}
-    for line in lines:
-        word, n = line.rsplit(" => ", 1)
-        pairs[(word, int(n))] += 1
-        last[word] = max(last.get(word, 0), int(n))
-    doubled = sorted(p for p, k in pairs.items() if k > 1)
-    wrong = {w: (last.get(w), n) for w, n in truth.items() if last.get(w) != n}
-    unknown = sorted(set(last) - set(truth))
-    missing = [(w, n) for w, c in truth.items() for n in range(1, c + 1) if (w, n) not in pairs]
-    assert not doubled and not wrong and not unknown and not missing and len(lines) == sum(truth.values()), (
-        f"{len(lines)} lines for {sum(truth.values())} words; {len(doubled)} (word, n) doubled, e.g. {doubled[:5]}; "
-        f"{len(missing)} missing, e.g. {missing[:5]}; {len(wrong)} wrong final counts (got, true), e.g. "
-        f"{dict(list(wrong.items())[:5])}; unknown words {unknown[:5]}\n{describe()}")
+def check_word_counts(paths, truth, describe):
+    """Each word's counts are 1..n in order, n its true count, all in the
+    sink file of one worker: the one that owns the word's key by quoll's
+    key hash (recomputed here, see harness.key_owner)."""
+    outputs = {name: p.read_text().splitlines() for name, p in zip(NAMES, paths)}
+    problems = word_count_problems(outputs, truth)
+    for name, lines in outputs.items():
+        owners = collections.Counter(NAMES[key_owner(l.rsplit(" => ", 1)[0].encode(), len(NAMES))] for l in lines)
+        if set(owners) - {name}:
+            problems.append(f"{name}'s sink holds counts of words other workers own: {dict(owners)}")
+    total = sum(len(v) for v in outputs.values())
+    assert not problems, (f"{len(problems)} problems in {total} output lines for {sum(truth.values())} words, "
+                          f"e.g.\n  " + "\n  ".join(problems[:10]) + f"\n{describe()}")
 
 
 def start_cluster(make_cluster, workdir, module, pythonpath, flags, app_args, env=None):
@@ -288,7 +310,7 @@ def test_repeated_kills_word_count(make_cluster, tmp_path):
     t_ref = time.time() - t_start
     expected = {n: sorted(p.read_text().splitlines()) for n, p in zip(NAMES, ref_paths)}
     ref_faults.shutdown(tmp_path / "ref-res", "Word_Count_Application-")
-    check_word_counts([l for n in NAMES for l in expected[n]], truth, ref_faults.describe)
+    check_word_counts(ref_paths, truth, ref_faults.describe)
 
     # The same input under repeated SIGKILLs: the first 8 when the output
     # reaches random points (so they hit a cluster with input left, whatever
@@ -334,8 +356,7 @@ def test_repeated_kills_word_count(make_cluster, tmp_path):
     kills = sum(f.kills.values())
     assert kills >= 10 and f.kills[0] >= 2, f.report()
     assert mid_stream >= 6, f"only {mid_stream} kills came before the output was complete\n{f.report()}"
-    lines = read_lines(paths)
-    check_word_counts(lines, truth, f.describe)
+    check_word_counts(paths, truth, f.describe)
     for name, p in zip(NAMES, paths):
         got = sorted(p.read_text().splitlines())
         if got != expected[name]:
@@ -449,66 +470,127 @@ def test_custom_codec_state_under_kills(make_cluster, tmp_path):
 # ---------------------------------------------------------------- windows
 
 def window_outputs(paths):
-    """Every window output line, per sink file, as (account, count, [ids])."""
+    """Every window output line, per sink file, as (account, count, [ids],
+    byte offset of the line in the file)."""
     out = {}
     for p in paths:
         rows = []
         if p.exists():
-            data = p.read_text()
-            for line in data[:data.rfind("\n") + 1].splitlines():
-                acct, n, ids = line.split()
-                rows.append((acct, int(n), [int(i) for i in ids.split(";")]))
+            data = p.read_bytes()
+            at = 0
+            for line in data[:data.rfind(b"\n") + 1].splitlines(keepends=True):
+                acct, n, ids = line.decode().split()
+                rows.append((acct, int(n), [int(i) for i in ids.split(";")], at))
+                at += len(line)
         out[p.name] = rows
     return out
 
 
-def check_windows(kind, outputs, owner, describe):
-    """Count windows (7 messages): every message in exactly one output of
-    its key, at most 7 per output, per key the counts add up to its
-    messages. Sliding range windows (range = 2 x slide, late data placed in
-    the oldest open window): every message in one output of its key, or in
-    two that are consecutive outputs of that key (neighbouring windows share
-    a pane). Not every message is in two windows: those in the first pane of
-    a key's grid, and those that reach their key's worker after a window
-    holding their time fired (the watermark only counts upstreams already
-    heard from, spec 6), are in one. A window output lost, or written twice
-    (e.g. not truncated away on rollback, then fired again), breaks this."""
+PER_SOURCE = 60_000  # messages in each worker's input file; ids are numbered file after file
+
+
+def check_windows(kind, outputs, owner, restores, describe):
+    """Checks every window output against the messages (`owner`: id ->
+    account); returns how many messages are in how many outputs, and how
+    many late messages were output alone. `restores` gives, per sink file,
+    the lengths the recoveries cut it back to: they split each file into
+    epochs (from the start or a recovery to the next recovery).
+
+    Every key's outputs must be in one worker's sink, and per key the
+    messages of one input file in the order of that file (ids increase).
+
+    Count windows (7 messages): every message in exactly one output of its
+    key, at most 7 per output, and per key the outputs add up to its
+    messages.
+
+    Sliding range windows (range = 2 x slide, so a pane of one slide is in
+    two consecutive windows; the grid of a key starts with a window that
+    holds its first pane; windows fire once each, in order; empty windows
+    give no output since the app returns None): a message is in the two
+    windows holding its pane, consecutive among its key's outputs, with
+    three exceptions, all accounted for:
+    - late (its pane's windows had both fired or were gone when it
+      arrived): with the late policy `fire-per-message` it is output alone;
+    - its pane's first window fired before it arrived, its second had not:
+      it is in that second window only. Only an upstream the stage has not
+      heard from yet can bring such a message (a heard upstream holds the
+      watermark at or below its own event times), and the stage forgets its
+      upstreams only at a start or a recovery. The first message of each
+      other upstream can find one such pane per key, so per key and epoch
+      at most two outputs (three upstreams, one heard first) hold such
+      messages.
+    So a window output dropped (its panes then in one window each, in the
+    outputs before and after it) or written twice (three outputs, or two
+    not consecutive) fails, after a few windows of the epoch at most."""
     problems = []
-    where = collections.defaultdict(list)  # id -> [(file, key, index among the key's outputs)]
-    per_key = collections.Counter()
     files_of_key = collections.defaultdict(set)
+    rows_of_key = collections.defaultdict(list)  # key -> [(ids, epoch)] in output order (one file: checked)
     for fname, rows in outputs.items():
-        index = collections.Counter()
-        for acct, n, ids in rows:
+        cuts = sorted(restores.get(fname, []))
+        for acct, n, ids, at in rows:
             files_of_key[acct].add(fname)
+            rows_of_key[acct].append((ids, sum(1 for c in cuts if c <= at)))
             if n != len(ids) or len(set(ids)) != n or (kind == "count" and n > 7):
                 problems.append(f"malformed output {acct} {n} {ids[:10]}")
             for i in ids:
                 if owner.get(i) != acct:
                     problems.append(f"id {i} of {owner.get(i)} in an output of {acct}")
-                where[i].append((fname, acct, index[acct]))
-            per_key[acct] += n
-            index[acct] += 1
     split = {k: v for k, v in files_of_key.items() if len(v) > 1}
     if split:
         problems.append(f"keys with outputs on several workers: {split}")
+    appearances = collections.Counter(i for rows in rows_of_key.values() for ids, _ in rows for i in ids)
+    where = collections.defaultdict(list)  # id -> [(key, index among the key's window outputs, epoch)]
+    solo = 0
+    for acct, rows in rows_of_key.items():
+        index = 0
+        first = {}  # id -> (index of its first output, place in it)
+        for ids, epoch in rows:
+            if kind == "range" and len(ids) == 1 and appearances[ids[0]] == 1:
+                solo += 1  # a late message, fired on its own
+                where[ids[0]].append((acct, "alone", epoch))
+                continue
+            for place, i in enumerate(ids):
+                where[i].append((acct, index, epoch))
+                first.setdefault(i, (index, place))
+            index += 1
+        # The key's messages in order (count windows: output after output;
+        # range windows: pane after pane, a pane's messages in arrival
+        # order), so the messages of one input file in the file's order.
+        seq = sorted(first, key=first.get)
+        for src in range(len(NAMES)):
+            mine = [i for i in seq if (i - 1) // PER_SOURCE == src]
+            if mine != sorted(mine):
+                bad = next(j for j in range(len(mine) - 1) if mine[j] > mine[j + 1])
+                problems.append(f"{acct}: messages of input file {src} out of order: {mine[max(0, bad - 3):bad + 4]}")
     counts = collections.Counter(len(where[i]) for i in owner)
+    single = collections.defaultdict(set)  # (key, epoch) -> indexes of outputs holding messages in one window only
     for i in owner:
         w = where[i]
-        if kind == "count" or len(w) != 2:
+        if kind == "count":
             ok = len(w) == 1
+        elif len(w) == 1:
+            ok = True
+            if w[0][1] != "alone":
+                single[(w[0][0], w[0][2])].add(w[0][1])
         else:
-            ok = w[0][:2] == w[1][:2] and w[1][2] == w[0][2] + 1
+            ok = len(w) == 2 and w[1][1] == w[0][1] + 1
         if not ok:
-            problems.append(f"id {i} ({owner[i]}) in outputs {w}")
-    messages = collections.Counter(owner.values())
+            problems.append(f"id {i} ({owner[i]}) in outputs (key, index among its key's windows, epoch) {w}")
+    for (acct, epoch), indexes in sorted(single.items()):
+        if len(indexes) > 2:
+            problems.append(f"{acct}, epoch {epoch}: {len(indexes)} window outputs hold messages that are in no "
+                            f"other window (outputs {sorted(indexes)[:10]}); at most 2 can")
     if kind == "count":
+        per_key = collections.Counter({a: sum(len(ids) for ids, _ in rows) for a, rows in rows_of_key.items()})
+        messages = collections.Counter(owner.values())
         wrong = {a: (per_key[a], m) for a, m in messages.items() if per_key[a] != m}
         if wrong:
             problems.append(f"per-key sums of window counts (got, messages): {wrong}")
     assert not problems, (f"{len(problems)} problems, e.g.\n  " + "\n  ".join(problems[:12]) +
-                          f"\nids by number of outputs: {dict(counts)}\n{describe()}")
-    return counts
+                          f"\nids by number of outputs: {dict(counts)}; {solo} late messages alone; outputs "
+                          f"holding messages in one window only, per (key, epoch): "
+                          f"{ {k: sorted(v) for k, v in list(single.items())[:12]} }\n{describe()}")
+    return counts, solo
 
 
 @pytest.mark.parametrize("kind", ["count", "range"])
@@ -523,7 +605,7 @@ def test_windows_under_kills(kind, make_cluster, tmp_path):
     ident = 0
     for name in NAMES:
         recs = []
-        for _ in range(60_000):
+        for _ in range(PER_SOURCE):
             ident += 1
             a = rng_in.choice(accounts)
             owner[ident] = a
@@ -534,7 +616,11 @@ def test_windows_under_kills(kind, make_cluster, tmp_path):
     else:
         # Range windows fire as the watermark passes them; after the input
         # ends, the quiet flush fires the rest (about 2 x 2 x range later).
-        extra, quiet = ["--window-ms", "400", "--slide-ms", "200", "--late-policy", "place-in-oldest-window"], 3.0
+        # A late message is fired on its own, so it can be told apart.
+        extra, quiet = ["--window-ms", "400", "--slide-ms", "200", "--late-policy", "fire-per-message"], 3.0
+    # 0.1 ms per message: each input file takes about 6 s to read, so the
+    # kills come mid-stream and each recovery is followed by many windows.
+    extra += ["--message-delay", "0.0001"]
     cluster = make_cluster("resilient_windows", APPS, 3, extra_flags=resilience_flags(res_dir),
                            app_args=file_args(in_dir / "in-{worker}.bin", out_dir / "out-{worker}.txt", *extra))
     f = Faults(cluster, seed)
@@ -542,20 +628,28 @@ def test_windows_under_kills(kind, make_cluster, tmp_path):
 
     def progress():
         """How many distinct messages are in some window output."""
-        return len({i for rows in window_outputs(paths).values() for _, _, ids in rows for i in ids})
+        return len({i for rows in window_outputs(paths).values() for _, _, ids, _ in rows for i in ids})
 
+    restores = {p.name: [] for p in paths}  # sink length each recovery went back to, per file
     for k, (victim, frac) in enumerate(zip([1, 0, 2], [0.2, 0.45, 0.7])):
         f.wait_progress(progress, int(frac * len(owner)), f"{frac:.0%} of the messages in window outputs",
                         interval=0.1)
-        f.note(f"kill {k + 1} with {progress()} of {len(owner)} messages out")
-        f.kill_and_restart(victim)
+        done = progress()
+        f.note(f"kill {k + 1} with {done} of {len(owner)} messages out")
+        assert done < len(owner), f"every message was out before kill {k + 1}\n{f.describe()}"
+        committed, offsets = f.kill_to_rollback(victim, res_dir, "Resilient_windows")
+        for name, path in zip(NAMES, paths):
+            restores[path.name].append(offsets[name])
+        f.note(f"rolling back to checkpoint {committed}, sink lengths {offsets}")
+        time.sleep(f.rng.uniform(0, 0.5))
+        f.restart(victim)
         f.wait_recovered(victim)
     # Partial count windows wait for the 5 s flush.
     f.wait_progress(progress, len(owner), "every message in a window output", timeout=30, interval=0.2)
     f.wait_final(lambda: total_size(paths), total_size(paths), "the window outputs to settle", quiet=quiet)
     print(f.report())
-    counts = check_windows(kind, window_outputs(paths), owner, f.describe)
-    print(f"messages by number of window outputs holding them: {dict(counts)}")
+    counts, solo = check_windows(kind, window_outputs(paths), owner, restores, f.describe)
+    print(f"messages by number of window outputs holding them: {dict(counts)}; late, alone: {solo}")
     f.shutdown(res_dir, "Resilient_windows-")
 
 
@@ -616,13 +710,22 @@ def test_sigstop(make_cluster, tmp_path):
     new_err = "".join(w.stderr()[b:] for w, b in zip(cluster.workers, err_before))
     assert "lost worker" not in new_err, f"a 1.5 s stop of the initializer broke the cluster:\n{new_err}\n{f.describe()}"
     assert [w.stdout().count("rolling back") for w in cluster.workers] == out_before, f.describe()
-    check_word_counts(read_lines(paths), truth, f.describe)
+    check_word_counts(paths, truth, f.describe)
     f.shutdown(res_dir, "Word_Count_Application-")
 
 
 # ---------------------------------------------------------------- generator
 
 def test_gen_source_under_kills(make_cluster, tmp_path):
+    """Kills mid-stream (the initializer, which runs the generator, and the
+    others). After each, the cluster recovers from the last committed
+    checkpoint N (the recovery line must name it) and the generator goes on
+    from the value N stored, not from its start: its first value after the
+    recovery (the app logs it) is one more than the values the committed
+    output of N accounts for (one output line per value, every value
+    before the barrier is in it). A recovery that started over, or a
+    generator restarted from initial_value(), fails this even though its
+    final output would be exact."""
     seed = fault_seed()
     n, keys = 1_000_000, 50
     # Per key, in generator order: (1, v1), (2, v1+v2), ...
@@ -636,25 +739,43 @@ def test_gen_source_under_kills(make_cluster, tmp_path):
     out_dir, res_dir = tmp_path / "out", tmp_path / "res"
     out_dir.mkdir()
     res_dir.mkdir()
+    gen_log = tmp_path / "generator.log"
     cluster = make_cluster("resilient_gen", APPS, 3, extra_flags=resilience_flags(res_dir),
-                           app_args=lambda c, i: ["--gen-count", str(n), "--keys", str(keys),
-                                                  "--out-file", str(out_dir / "out-{worker}.txt")])
+                           env=dict(os.environ, RESILIENT_GEN_LOG=str(gen_log)),
+                           # 5 us per value: about 5 s for all, so every kill finds values left.
+                           app_args=lambda c, i: ["--gen-count", str(n), "--keys", str(keys), "--value-delay",
+                                                  "0.000005", "--out-file", str(out_dir / "out-{worker}.txt")])
     f = Faults(cluster, seed)
     paths = out_paths(out_dir)
     progress = lambda: total_size(paths)  # noqa: E731
-    restored = []
-    for k, (victim, frac) in enumerate(zip([0, 1, 0, 2], [0.15, 0.35, 0.55, 0.75])):
+    log_lines = lambda: gen_log.read_text().splitlines() if gen_log.exists() else []  # noqa: E731
+    stem = "Resilient_generator"
+    for k, (victim, frac) in enumerate(zip([0, 1, 0, 2], [0.1, 0.25, 0.4, 0.55])):
         f.wait_progress(progress, int(frac * target), f"{frac:.0%} of the output")
+        # A checkpoint taken while the generator runs, so that going on from
+        # it differs from starting over.
+        f.wait_commit(res_dir, f.commit_mark(res_dir))
+        logged = len(log_lines())
         f.note(f"kill {k + 1} at {progress() / target:.1%} of the output")
-        p = f.kill_and_restart(victim)
+        committed, offsets = f.kill_to_rollback(victim, res_dir, stem)
+        # The values the committed output accounts for: one line each.
+        values = sum(path.read_bytes()[:offsets[name]].count(b"\n") for name, path in zip(NAMES, paths))
+        assert 0 < values < n, f"checkpoint {committed} holds {values} of the {n} values\n{f.describe()}"
+        time.sleep(f.rng.uniform(0, 0.5))
+        p = f.restart(victim)
         f.wait_recovered(victim)
-        m = re.search(r"Recovery COMPLETE - ~~\| \(checkpoint (\d+)", p.stdout())
-        restored.append(int(m.group(1)) if m else None)
-    f.note(f"checkpoints restored: {restored}")
+        line = [l for l in p.stdout().splitlines() if RECOVERED in l][-1]
+        m = re.fullmatch(re.escape(RECOVERED) + r" \(checkpoint (\d+), generation (\d+)\)", line)
+        assert m and int(m.group(1)) == committed, \
+            f"{p.label} recovered with {line!r}, not from checkpoint {committed}\n{f.describe()}"
+        wait_until(lambda: len(log_lines()) > logged, 10, "the generator's first value after the recovery")
+        resumed = log_lines()[logged:]
+        f.note(f"checkpoint {committed}: {values} values in the committed output; generator resumed: {resumed}")
+        assert {int(l.split()[1]) for l in resumed} == {values + 1}, \
+            (f"after recovering checkpoint {committed} (whose output holds values 1..{values}) the generator went on "
+             f"from {resumed} ('pid value'), not {values + 1}\n{f.describe()}")
     f.wait_final(progress, target, "all the output", quiet=1.5)
     print(f.report())
-    # The kills came mid-stream: a recovery went back to a checkpoint taken while the generator ran.
-    assert any(c is None or c > 1 for c in restored), f.report()
 
     got = collections.defaultdict(list)
     where = collections.defaultdict(set)

@@ -1,10 +1,16 @@
 """Resilience files on disk (DESIGN decisions 7-9, spec 8.3), with real
 worker processes.
 
-The app (apps/rfiles_wc.py) counts words read through quoll's replayable
+The app (apps/wc_app.py) counts words read through quoll's replayable
 file source and writes `word => count` lines through the exactly-once file
 sink, so the final output can be checked exactly: every word's counts must
 be 1..n, in order, each once, n being its true count.
+
+The kills that test recovery land mid-stream (the app sleeps per line):
+after a few checkpoints committed, with input left, and with output written
+after the last commit, which recovery must cut away before the replay
+writes it again. Each such test checks that the kill left such output
+(reading the committed sink length from the checkpoint file).
 
 What is checked:
 
@@ -12,16 +18,18 @@ What is checked:
   short, a flipped byte in a checkpoint file, a checkpoint file the chain
   needs deleted, a flipped byte in the commit log) are never loaded: the
   worker that owns the file exits non-zero with an error naming the file
-  and the problem, the output files stay as committed, and once the file is
-  restored from a backup the same command recovers and the counts are
-  exact. Damage to a checkpoint that is not committed is harmless;
+  and the problem, the output files are left as they were, and once the
+  file is restored from a backup the same command recovers and the counts
+  are exact. Damage to a checkpoint that is not committed is harmless;
 - a `*.tmp` left by a crash mid-write is ignored;
 - a clean shutdown removes every resilience file of the app (and nothing
   else), and the next start begins from zero;
 - a file of another worker or app is refused ("belongs to ...");
 - without `--run-with-resilience` nothing is written;
-- the log lines of spec 8.3 (`****RESILIENCE MODE is active****`,
-  `RESILIENCE: Replayed N entries from recovery log file.`);
+- the log lines of recovery (`****RESILIENCE MODE is active****`,
+  `RESILIENCE: Replayed N entries from recovery log file.`), N being
+  exactly the number of words whose counts are in the worker's committed
+  output;
 - checkpoints keep being taken while a backlog of slow input is processed.
 
 The checkpoint files and the commit log are parsed here (framing: u32 LE
@@ -42,12 +50,19 @@ from pathlib import Path
 
 import pytest
 
-from harness import READY_LINE, Proc, wait_until
+from harness import READY_LINE, Proc, wait_until, word_count_problems
 
 APPS = Path(__file__).resolve().parent / "apps"
-APP = "rfiles wc"
-STEM = "rfiles_wc"  # the app name as file names spell it (sanitized)
+APP = "wc app"
+STEM = "wc_app"  # the app name as file names spell it (sanitized)
 INTERVAL_NS = 100_000_000  # 100 ms between checkpoints
+# For kills mid-stream: 0.1 ms per line (about 10,000 lines/s per worker)
+# and a checkpoint every 300 ms. A worker hands its sinks the output of up to
+# 1024 input lines at a time (~0.1 s here), and a checkpoint can only begin
+# between two such batches; with about three batches per checkpoint, output
+# written after the last checkpoint is on disk most of the time.
+SLOW = ["--line-delay", "0.0001"]
+SLOW_INTERVAL_NS = 300_000_000
 ACTIVE = "****RESILIENCE MODE is active****"
 REPLAYED = re.compile(r"RESILIENCE\: Replayed (\d+) entries from recovery log file\.")
 ADVICE = "delete the resilience directory to start fresh, or restore it from a backup"
@@ -82,22 +97,6 @@ def out_lines(workdir):
     return lines
 
 
-def count_problems(lines, truth):
-    """What is wrong with the output: a word whose counts are not exactly
-    1..n in order, or a word that should not be there. Empty if exact."""
-    seen = collections.defaultdict(list)
-    for line in lines:
-        word, count = line.rsplit(" => ", 1)
-        seen[word].append(int(count))
-    problems = []
-    for word, n in sorted(truth.items()):
-        if seen.get(word) != list(range(1, n + 1)):
-            got = seen.get(word, [])
-            problems.append(f"{word}: {len(got)} counts, last {got[-1:]}, want 1..{n}")
-    problems += [f"unexpected word {w}" for w in seen if w not in truth]
-    return problems
-
-
 # ---------------------------------------------------------------- the files
 
 def varint(buf, i):
@@ -122,6 +121,8 @@ def records(path):
     out, off = [], 0
     while off + 8 <= len(data):
         n = int.from_bytes(data[off:off + 4], "little")
+        if off + 8 + n > len(data):
+            break  # cut short (being appended to while read)
         out.append((off, n, data[off + 8:off + 8 + n]))
         off += 8 + n
     return out
@@ -156,8 +157,22 @@ def last_committed(res, stem=STEM):
     return committed
 
 
-def ckpt_path(res, worker, checkpoint):
-    return Path(res) / f"{STEM}-{worker}.ckpt-{checkpoint:020d}"
+def ckpt_path(res, worker, checkpoint, stem=STEM):
+    return Path(res) / f"{stem}-{worker}.ckpt-{checkpoint:020d}"
+
+
+def sink_offsets(res, worker, checkpoint, stem=STEM):
+    """{sink index: committed length in bytes} of `worker` at `checkpoint`
+    (a Sink record is variant 4: index, then the position as a
+    length-prefixed blob holding a u64 LE)."""
+    out = {}
+    for _, _, payload in records(ckpt_path(res, worker, checkpoint, stem))[1:]:
+        tag, i = varint(payload, 0)
+        if tag == 4:
+            index, i = varint(payload, i)
+            n, i = varint(payload, i)
+            out[index] = int.from_bytes(payload[i:i + n], "little")
+    return out
 
 
 def ckpt_files(res, worker):
@@ -210,7 +225,8 @@ class Run:
     """The word count on N workers with its files in tmp_path: inputs
     `in-<worker>.bin`, outputs `out-<worker>.txt`, resilience dir `res`."""
 
-    def __init__(self, make_cluster, tmp_path, workers, lines=2000, resilience=True, app_args=(), flags=None):
+    def __init__(self, make_cluster, tmp_path, workers, lines=2000, resilience=True, app_args=(), flags=None,
+                 interval_ns=INTERVAL_NS):
         self.tmp = Path(tmp_path)
         self.res = self.tmp / "res"
         self.res.mkdir(exist_ok=True)
@@ -218,10 +234,10 @@ class Run:
         self.truth = make_input(self.tmp, self.names, lines)
         if flags is None:
             flags = (["--run-with-resilience"] if resilience else []) + [
-                "--resilience-dir", str(self.res), "--time-between-checkpoints", str(INTERVAL_NS)]
+                "--resilience-dir", str(self.res), "--time-between-checkpoints", str(interval_ns)]
         self.app_args = ["--in-file", str(self.tmp / "in-{worker}.bin"),
                          "--out-file", str(self.tmp / "out-{worker}.txt"), *app_args]
-        self.cluster = make_cluster("rfiles_wc", APPS, workers, app_args=lambda c, i: self.app_args,
+        self.cluster = make_cluster("wc_app", APPS, workers, app_args=lambda c, i: self.app_args,
                                     extra_flags=flags, start=False)
         self.starts = collections.Counter()
 
@@ -264,6 +280,59 @@ class Run:
             time.sleep(0.05)
         raise AssertionError("the output never settled\n" + self.describe())
 
+    def out_path(self, name):
+        return self.tmp / f"out-{name}.txt"
+
+    def committed_words(self, name, checkpoint):
+        """The words whose counts are in `name`'s sink up to its length
+        committed with `checkpoint`, that is the keys of its state then."""
+        data = self.out_path(name).read_bytes()[:sink_offsets(self.res, name, checkpoint)[0]]
+        return {line.rsplit(" => ", 1)[0] for line in data.decode().splitlines()}
+
+    def output_after_newest_checkpoint(self, name):
+        """Whether `name`'s sink holds output written after the newest
+        checkpoint file `name` has written (committed or not): a recovery to
+        any checkpoint then has output to cut away and write again."""
+        files = ckpt_files(self.res, name)
+        newest = sink_offsets(self.res, name, max(files))[0] if files else 0
+        return self.out_path(name).stat().st_size > newest
+
+    def kill_mid_stream(self, victims, commits, fraction, timeout=30):
+        """SIGKILLs the workers `victims` (indexes) once checkpoint
+        `commits` has committed and `fraction` of the output is out, at a
+        moment when each victim's sink holds output written after its newest
+        checkpoint and input is left. To look at the files at one moment,
+        the cluster is frozen (SIGSTOP) while they are read, then the
+        victims are killed and the others continued (or all are continued,
+        and it tries again shortly)."""
+        want = int(fraction * self.total())
+        deadline = time.time() + timeout
+        while True:
+            wait_until(lambda: (self.committed() or 0) >= commits and len(out_lines(self.tmp)) >= want,
+                       max(0.1, deadline - time.time()),
+                       f"checkpoint {commits} and {want} output lines (have {self.committed()}, "
+                       f"{len(out_lines(self.tmp))})")
+            for w in self.workers:
+                w.signal(signal.SIGSTOP)
+            done = len(out_lines(self.tmp))
+            assert done < self.total(), f"all the output was out before the kill ({done} lines)\n{self.describe()}"
+            if all(self.output_after_newest_checkpoint(self.names[i]) for i in victims):
+                break
+            for w in self.workers:
+                w.signal(signal.SIGCONT)
+            assert time.time() < deadline, f"never found output after the newest checkpoint\n{self.describe()}"
+            time.sleep(0.005)
+        for i in victims:
+            self.kill(i)
+        for w in self.workers:
+            w.signal(signal.SIGCONT)
+
+    def kill_all_mid_stream(self, commits=3, fraction=0.2):
+        """Kills every worker mid-stream (see `kill_mid_stream`); returns
+        the last committed checkpoint, which recovery must go back to."""
+        self.kill_mid_stream(range(len(self.workers)), commits, fraction)
+        return self.committed()
+
     def kill_all(self):
         for w in self.workers:
             w.signal(signal.SIGKILL)
@@ -293,10 +362,11 @@ class Run:
             assert w.alive(), f"{w.label} exited\n{self.describe()}"
 
     def assert_exact(self):
-        lines = self.settled()
-        problems = count_problems(lines, self.truth)
-        assert not problems, f"{len(problems)} words wrong: {problems[:5]}\n{self.describe()}"
-        assert len(lines) == self.total()
+        """The output, once settled, is exactly the counts of the input."""
+        self.settled()
+        outputs = {p.name: p.read_text().splitlines() for p in out_files(self.tmp)}
+        problems = word_count_problems(outputs, self.truth)
+        assert not problems, f"{len(problems)} problems: {problems[:5]}\n{self.describe()}"
 
     def shutdown(self):
         self.cluster.shutdown()
@@ -377,18 +447,19 @@ def damage(run, case, victim):
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("case", CASES)
 def test_damaged_files_are_never_loaded(case, workers, make_cluster, tmp_path):
-    """Every worker is killed once the input is done and committed, a file
-    is damaged, and the workers are restarted with their commands. Damage
-    to a file recovery needs: its owner exits with code 2 and exactly one
-    error naming the file and the problem, loads nothing, and the output
-    stays as committed; restored from the backup, the file recovers. Damage
-    to the checkpoint in flight at the kill: recovery from the commit."""
-    run = Run(make_cluster, tmp_path, workers).start()
-    run.wait_committed(3)
-    run.wait_output()
-    run.wait_committed(run.committed() + 2)  # the last one covers all the input
-    run.kill_all()
-    k = run.committed()
+    """Every worker is killed mid-stream (after 3 commits, with input left
+    and output written after the last commit), a file is damaged, and the
+    workers are restarted with their commands. Damage to a file recovery
+    needs: its owner exits with code 2 and exactly one error naming the
+    file and the problem, loads nothing, and leaves its output file as it
+    was (another worker's is as it was or cut back to its committed
+    length); restored from the backup, the file recovers, the output
+    written after the commit is cut away and replayed, and the counts are
+    exact. Damage to the checkpoint in flight at the kill: recovery from
+    the commit."""
+    run = Run(make_cluster, tmp_path, workers, lines=30000, app_args=SLOW, interval_ns=SLOW_INTERVAL_NS).start()
+    k = run.kill_all_mid_stream()
+    committed = {run.out_path(n): sink_offsets(run.res, n, k)[0] for n in run.names}
     # The initializer's own checkpoint files on 1 worker, worker1's on 2;
     # the commit log is the initializer's.
     victim = 0 if workers == 1 or case == "flip-commit-log" else 1
@@ -420,8 +491,13 @@ def test_damaged_files_are_never_loaded(case, workers, make_cluster, tmp_path):
                      + ("" if case == "flip-commit-log" else "recovery: ") + expected)
     assert "Recovery COMPLETE" not in bad.stdout(), run.describe()
     assert READY_LINE not in bad.stdout(), run.describe()
-    # The output files still hold exactly what was committed.
-    assert {p: p.read_bytes() for p in out_files(tmp_path)} == output_before
+    # The failed worker's output file is untouched (it loaded nothing); a
+    # live worker that rolled back has cut its own back to the commit.
+    for p, before in output_before.items():
+        after = p.read_bytes()
+        ok = [before] if p == run.out_path(run.names[victim]) else [before, before[:committed[p]]]
+        assert after in ok, (f"{p.name}: {len(after)} bytes, {len(before)} at the kill, {committed[p]} committed"
+                             f"\n{run.describe()}")
     if workers == 2:
         # The other worker waits for the failed one to come back.
         other = run.workers[1 - victim]
@@ -505,7 +581,7 @@ def test_clean_shutdown_removes_the_files_and_the_next_start_is_fresh(make_clust
     foreign = {
         "other_app-initializer.ckpt-00000000000000000001": b"x" * 40,
         "other_app-initializer.commits": b"y" * 30,
-        "rfiles_wc2-worker1.ckpt-00000000000000000004": b"z",
+        "wc_app2-worker1.ckpt-00000000000000000004": b"z",
         "notes.txt": b"keep me\n",
     }
     for name, data in foreign.items():
@@ -575,19 +651,19 @@ def test_a_file_of_another_worker_is_refused(make_cluster, tmp_path):
 
 
 def test_a_file_of_another_app_with_the_same_file_name_is_refused(make_cluster, tmp_path):
-    # "rfiles wc" and "rfiles_wc" share file names; the names inside differ.
+    # "wc app" and "wc_app" share file names; the names inside differ.
     run = Run(make_cluster, tmp_path, 1).start()
     run.wait_committed(3)
     run.kill_all()
     before = app_files(run.res)
-    other = run.cluster.command(0) + ["--app-name", "rfiles_wc"]
+    other = run.cluster.command(0) + ["--app-name", "wc_app"]
     bad = run.restart(0, args=other)
     assert bad.wait(20) == 2, run.describe()
     log = commit_log_path(run.res)
     assert_the_error(
         run, bad,
         f"quoll: error: worker 'initializer': resilience file {log} belongs to app '{APP}' worker 'initializer', "
-        f"not app 'rfiles_wc' worker 'initializer': it is a stale file of another app or worker (names differing "
+        f"not app 'wc_app' worker 'initializer': it is a stale file of another app or worker (names differing "
         f"only in characters other than A-Z a-z 0-9 . _ - share file names); move it away or use another "
         f"resilience directory")
     # Nothing of the other app's was touched.
@@ -612,15 +688,19 @@ def test_without_resilience_no_files_are_written(make_cluster, tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_restarted_workers_report_what_they_replayed(workers, make_cluster, tmp_path):
-    run = Run(make_cluster, tmp_path, workers).start()
+    """Every worker killed mid-stream and restarted: each says it replayed
+    exactly as many state entries as there are words in its committed
+    output (one state per word it owns), and recovers from the last commit.
+    On 2 workers, later, worker1 alone is killed mid-stream while the
+    initializer lives on: the same, for the commit the cluster rolled back
+    to. The counts end exact (the output written after each commit was cut
+    away and written again)."""
+    run = Run(make_cluster, tmp_path, workers, lines=40000, app_args=SLOW, interval_ns=SLOW_INTERVAL_NS).start()
     for w in run.workers:
         assert ACTIVE in w.stdout(), run.describe()
         assert not REPLAYED.search(w.stdout()), run.describe()
-    run.wait_output()
-    # Two more commits: the last one covers all the input.
-    run.wait_committed((run.committed() or 0) + 2)
-    run.kill_all()
-    k = run.committed()
+    k = run.kill_all_mid_stream()
+    expected = [len(run.committed_words(name, k)) for name in run.names]
     for i in range(workers):
         run.restart(i)
     run.wait_ready()
@@ -632,33 +712,37 @@ def test_restarted_workers_report_what_they_replayed(workers, make_cluster, tmp_
         assert len(m) == 1, run.describe()
         replayed.append(int(m[0]))
         assert f"|~~ - Recovery COMPLETE - ~~| (checkpoint {k}," in out, run.describe()
-    # Every worker held state, and together they hold one entry per word.
-    assert all(n > 0 for n in replayed), replayed
-    assert sum(replayed) == len(run.truth), (replayed, len(run.truth))
-    run.assert_exact()
+    assert all(n > 0 for n in expected), expected
+    assert replayed == expected, f"replayed {replayed}, words in the committed output {expected}\n{run.describe()}"
 
     if workers == 2:
-        # One worker killed and restarted while the other lives on.
-        run.wait_committed(run.committed() + 1)
-        run.kill(1)
+        # worker1 alone, mid-stream again, while the initializer lives on.
+        run.kill_mid_stream([1], k + 3, 0.6)
+        init = run.workers[0]
+        wait_until(lambda: "rolling back to the last complete checkpoint: lost worker 'worker1'" in init.stdout(),
+                   10, "the initializer to roll back")
+        k2 = run.committed()  # final: the initializer commits nothing more before worker1 is back
+        assert k2 > k, run.describe()
+        words = len(run.committed_words("worker1", k2))
         w = run.restart(1)
         run.wait_ready([1])
         wait_until(lambda: "Recovery COMPLETE" in w.stdout(), 20, "worker1 to recover")
         assert ACTIVE in w.stdout()
-        assert [int(n) for n in REPLAYED.findall(w.stdout())] == [replayed[1]], run.describe()
-        run.assert_exact()
+        assert f"|~~ - Recovery COMPLETE - ~~| (checkpoint {k2}," in w.stdout(), run.describe()
+        assert [int(n) for n in REPLAYED.findall(w.stdout())] == [words], run.describe()
+    run.assert_exact()
     run.shutdown()
 
 
 # ---------------------------------------------------------------- checkpoints under load
 
 def test_checkpoints_are_taken_while_a_backlog_is_processed(make_cluster, tmp_path):
-    """DESIGN 7: a checkpoint every --time-between-checkpoints. 12000 lines
-    at 0.2 ms each are at least 2.4 s of work: with a 100 ms interval about
-    20 checkpoints should commit before the input is done; at least 5 are
+    """A checkpoint every --time-between-checkpoints. 12000 lines at
+    0.25 ms each are 3 s of work: with a 100 ms interval about 25
+    checkpoints should commit before the input is done; at least 5 are
     demanded. (A checkpoint that waits until the backlog is gone leaves
     nothing to recover from but the start.)"""
-    run = Run(make_cluster, tmp_path, 1, lines=12000, app_args=["--line-delay", "0.0002"]).start()
+    run = Run(make_cluster, tmp_path, 1, lines=12000, app_args=["--line-delay", "0.00025"]).start()
     t0 = time.time()
     timeline = []
     while len(out_lines(tmp_path)) < run.total() and time.time() - t0 < 30:

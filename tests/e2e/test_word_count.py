@@ -6,7 +6,7 @@ import string
 
 import pytest
 
-from harness import EXAMPLES, send_lines
+from harness import EXAMPLES, assert_word_counts, send_lines
 
 APP_DIR = EXAMPLES / "word_count"
 
@@ -41,11 +41,5 @@ def test_word_count_exact(workers, make_cluster, make_receiver, tmp_path):
     expected = reference_counts([l for lines in inputs for l in lines])
     out.wait_for_lines(sum(expected.values()), timeout=60)
     cluster.shutdown()
-    lines = out.lines()
-    assert len(lines) == sum(expected.values()), cluster.describe()
-    seen = collections.defaultdict(list)
-    for line in lines:
-        word, count = line.split(" => ")
-        seen[word].append(int(count))
     # Every word's counts are exactly 1..n, in order (one owner per key, per-key order kept).
-    assert {w: c for w, c in seen.items()} == {w: list(range(1, n + 1)) for w, n in expected.items()}
+    assert_word_counts({"receiver": out.lines()}, expected, cluster.describe)

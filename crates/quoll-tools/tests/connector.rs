@@ -10,18 +10,9 @@ use std::time::Duration;
 
 use quoll_core::connector::{self, ConnectorCodec, ConnectorMessage, NO_POSITION};
 use quoll_core::frame::{BlockingFramedRead, ReadError};
-use quoll_tools::run_with_io;
+mod common;
 
-fn run_tool(args: &[String]) -> (i32, String, String) {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let code = run_with_io(args.to_vec(), &mut out, &mut err);
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
-}
+use common::run_tool;
 
 fn send_args(addr: &str, file: &Path, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = ["send", "--connector", "--host", addr, "--file"]
@@ -448,15 +439,7 @@ fn a_missing_final_ack_times_out() {
 
 #[test]
 fn connector_flags_need_connector() {
-    let (code, _, err) = run_tool(&[
-        "send".into(),
-        "--host".into(),
-        "h:1".into(),
-        "--file".into(),
-        "f".into(),
-        "--cookie".into(),
-        "x".into(),
-    ]);
+    let (code, _, err) = run_tool(&["send", "--host", "h:1", "--file", "f", "--cookie", "x"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--connector"), "{err}");
 }

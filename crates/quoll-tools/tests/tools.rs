@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use quoll_core::external::{encode_frame, ClusterStatus, ExternalCodec, MessageType};
 use quoll_core::frame::BlockingFramedRead;
+mod common;
+
+use common::run_tool;
 use quoll_tools::run_with_io;
 
 struct ChanWriter(mpsc::Sender<String>);
@@ -25,17 +28,6 @@ impl Write for ChanWriter {
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
-}
-
-fn run_tool(args: &[&str]) -> (i32, String, String) {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let code = run_with_io(strings(args), &mut out, &mut err);
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
 }
 
 struct Receiving {

@@ -6,9 +6,21 @@ exactly-once file sink; for crash tests.
 key counts and sums its values; every value gives one output line
 `key count sum\\n`. The generator's current value is what a checkpoint
 stores, so after a rollback it resumes where the checkpoint left it.
+
+`--value-delay SECONDS` makes producing each value take that long on
+average (sleeping once a millisecond is owed), so that kills land while the
+generator runs.
+
+With the environment variable RESILIENT_GEN_LOG set to a path, the
+generator appends `PID VALUE` there for the first value it is handed in its
+process and whenever it is handed a value other than the one it produced
+last: that is, at the start, after a rollback and after a restart of its
+process; so a test can see where the generator went on from.
 """
 
 import argparse
+import os
+import time
 
 import wallaroo
 
@@ -18,11 +30,12 @@ def application_setup(args):
     p.add_argument("--gen-count", type=int, default=100000)
     p.add_argument("--keys", type=int, default=50)
     p.add_argument("--out-file", required=True)
+    p.add_argument("--value-delay", type=float, default=0.0)
     opts, _ = p.parse_known_args(args)
     global KEYS
     KEYS = opts.keys
     only_here = "--cluster-initializer" in wallaroo._ARGS
-    gen = wallaroo.GenSourceConfig("counter", Counter(opts.gen_count, only_here))
+    gen = wallaroo.GenSourceConfig("counter", Counter(opts.gen_count, only_here, opts.value_delay))
     pipeline = (wallaroo.source("counter", gen)
                 .key_by(key_of)
                 .to(add)
@@ -34,14 +47,28 @@ KEYS = 50
 
 
 class Counter(object):
-    def __init__(self, n, active):
+    def __init__(self, n, active, delay):
         self.n = n
         self.active = active
+        self.delay = delay
+        self.owed = 0.0
+        self.expected = None
+        self.log = os.environ.get("RESILIENT_GEN_LOG")
 
     def initial_value(self):
         return 1 if self.active else None
 
     def apply(self, v):
+        if v != self.expected and self.log:
+            with open(self.log, "a") as f:
+                f.write("%d %d\n" % (os.getpid(), v))
+        self.expected = v + 1
+        if self.delay:
+            self.owed += self.delay
+            if self.owed >= 0.001:
+                start = time.perf_counter()
+                time.sleep(self.owed)
+                self.owed -= time.perf_counter() - start
         return v + 1 if v < self.n else None
 
 

@@ -9,9 +9,13 @@ windows) with late data handled as `--late-policy` says (default "drop").
 The accumulator collects the ids it saw, so every window output line,
 `account count id;id;...\n` (ids in arrival order), tells exactly which
 messages the window covered. Output goes to `--out-file PATH`.
+`--message-delay SECONDS` makes decoding each message take that long on
+average (sleeping once a millisecond is owed), so that kills land while
+input is still being read.
 """
 
 import argparse
+import time
 
 import wallaroo
 
@@ -24,7 +28,10 @@ def application_setup(args):
     p.add_argument("--window-ms", type=int, default=400)
     p.add_argument("--slide-ms", type=int, default=200)
     p.add_argument("--late-policy", default="drop")
+    p.add_argument("--message-delay", type=float, default=0.0)
     opts, _ = p.parse_known_args(args)
+    global DELAY
+    DELAY = opts.message_delay
     if opts.count_windows > 0:
         windows = wallaroo.count_windows(opts.count_windows).over(CollectIds)
     else:
@@ -75,8 +82,19 @@ class CollectIds(wallaroo.Aggregation):
         return Report(key, list(acc.ids))
 
 
+DELAY = 0.0
+OWED = 0.0
+
+
 @wallaroo.decoder(header_length=4, length_fmt=">I")
 def decode(bs):
+    global OWED
+    if DELAY:
+        OWED += DELAY
+        if OWED >= 0.001:
+            start = time.perf_counter()
+            time.sleep(OWED)
+            OWED -= time.perf_counter() - start
     account, ident = bs.decode("utf-8").split(",")
     return Tx(account, int(ident))
 
