@@ -119,6 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "resilience": bool(args.run_with_resilience),
         "resilience_dir": args.resilience_dir,
         "checkpoint_interval_ns": int(args.time_between_checkpoints),
+        "log_level": args.log_level,
     }
     try:
         _engine.run_worker(config, topo, codec)

@@ -506,7 +506,7 @@ def test_damaged_files_are_never_loaded(case, workers, make_cluster, tmp_path):
         if victim == 1:
             wait_until(lambda: "rolling back to the last complete checkpoint: lost worker 'worker1'" in other.stdout(),
                        10, "the initializer to roll back")
-            assert other.stdout().rstrip().endswith("quoll: initializer waiting for 1 more worker(s) on "
+            assert other.stdout().rstrip().endswith("quoll: worker 'initializer': waiting for 1 more worker(s) on "
                                                     f"127.0.0.1:{run.cluster.control}"), run.describe()
         else:
             assert "can't reach the initializer" in other.stdout(), run.describe()

@@ -826,7 +826,10 @@ proptest! {
 #[ignore]
 fn hunt() {
     if let Ok(spec) = std::env::var("QUOLL_MODEL_REPLAY") {
-        let v: Vec<u64> = spec.split(',').map(|x| x.trim().parse().expect("numbers")).collect();
+        let v: Vec<u64> = spec
+            .split(',')
+            .map(|x| x.trim().parse().expect("numbers"))
+            .collect();
         run(v[0], v[1] as usize, v[2], v[3] as usize);
         return;
     }

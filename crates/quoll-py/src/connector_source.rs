@@ -52,7 +52,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
-use crate::io::{Event, SourcePosition};
+use crate::event::{Event, SourcePosition};
+use tracing::error;
 
 /// Frames per event handed to the executor: bounds latency and memory.
 const FRAMES_PER_EVENT: usize = 1024;
@@ -143,7 +144,6 @@ fn lock(reg: &Shared) -> MutexGuard<'_, Registry> {
 /// their messages to `tx` and obeys `commands` (see the module docs).
 /// Ends when the executor's inbox closes.
 pub async fn run_connector_source(
-    worker: Arc<str>,
     source: usize,
     cfg: ConnectorSourceConfig,
     listener: TcpListener,
@@ -189,7 +189,7 @@ pub async fn run_connector_source(
                         generation,
                         epoch,
                         source,
-                        place: format!("worker '{worker}', source '{}', connection from {peer}", cfg.name),
+                        place: format!("source '{}', connection from {peer}", cfg.name),
                         cfg: cfg.clone(),
                         reg: reg.clone(),
                         tx: tx.clone(),
@@ -204,7 +204,7 @@ pub async fn run_connector_source(
                     tasks.insert(id, tokio::spawn(conn.run(read)));
                 }
                 Err(e) => {
-                    eprintln!("quoll: error: worker '{worker}', source '{}': accept failed: {e}", cfg.name);
+                    error!(place = %format!("source '{}'", cfg.name), "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -426,17 +426,14 @@ impl Conn {
             Some(Ok(msg)) => self.on_message(msg).await,
             None => Flow::Close,
             Some(Err(ReadError::Truncated { buffered })) => {
-                eprintln!(
-                    "quoll: error: {}: the client closed the connection in the middle of a frame ({buffered} bytes); that frame is dropped",
-                    self.place
+                error!(
+                    place = %self.place,
+                    "the client closed the connection in the middle of a frame ({buffered} bytes); that frame is dropped"
                 );
                 Flow::Close
             }
             Some(Err(ReadError::Io(e))) => {
-                eprintln!(
-                    "quoll: error: {}: read failed: {e}; connection closed",
-                    self.place
-                );
+                error!(place = %self.place, "read failed: {e}; connection closed");
                 Flow::Close
             }
             Some(Err(ReadError::Protocol(e))) => {
@@ -456,7 +453,7 @@ impl Conn {
 
     /// Queues ERROR with this text and closes.
     fn reject(&mut self, text: String) -> Flow {
-        eprintln!("quoll: error: {}: {text}; connection closed", self.place);
+        error!(place = %self.place, "{text}; connection closed");
         self.queue(&ConnectorMessage::Error { message: text });
         Flow::Close
     }
@@ -522,10 +519,7 @@ impl Conn {
     }
 
     fn client_error(&mut self, message: &str) -> Flow {
-        eprintln!(
-            "quoll: error: {}: the client sent ERROR \"{message}\"; connection closed",
-            self.place
-        );
+        error!(place = %self.place, "the client sent ERROR \"{message}\"; connection closed");
         Flow::Close
     }
 
@@ -750,11 +744,7 @@ impl Conn {
 
     fn queue(&mut self, m: &ConnectorMessage) {
         if let Err(e) = m.encode_into(&mut self.out) {
-            eprintln!(
-                "quoll: error: {}: can't encode {}: {e}",
-                self.place,
-                m.frame_type()
-            );
+            error!(place = %self.place, "can't encode {}: {e}", m.frame_type());
         }
     }
 
@@ -768,10 +758,7 @@ impl Conn {
         match r {
             Ok(()) => true,
             Err(e) => {
-                eprintln!(
-                    "quoll: error: {}: write failed: {e}; connection closed",
-                    self.place
-                );
+                error!(place = %self.place, "write failed: {e}; connection closed");
                 false
             }
         }
@@ -822,15 +809,7 @@ mod tests {
             max_frame_size: 1 << 20,
             epoch: 1,
         };
-        tokio::spawn(run_connector_source(
-            Arc::from("w1"),
-            3,
-            cfg,
-            listener,
-            tx,
-            crx,
-            resilient,
-        ));
+        tokio::spawn(run_connector_source(3, cfg, listener, tx, crx, resilient));
         Harness { addr, cmd, rx }
     }
 

@@ -21,7 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use crate::io::Event;
+use crate::event::Event;
+use std::io::Write as _;
+use tracing::{info, warn};
 
 /// What the external channel reports; the worker updates it.
 pub struct ExternalView {
@@ -35,27 +37,21 @@ pub struct ExternalView {
 
 /// Serves the external channel: one task per connection, one reply per
 /// request frame.
-pub async fn run_external(
-    worker: Arc<str>,
-    listener: TcpListener,
-    view: Arc<ExternalView>,
-    tx: mpsc::Sender<Event>,
-) {
+pub async fn run_external(listener: TcpListener, view: Arc<ExternalView>, tx: mpsc::Sender<Event>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        let (worker, view, tx) = (worker.clone(), view.clone(), tx.clone());
+        let (view, tx) = (view.clone(), tx.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_external(&worker, stream, &view, &tx).await {
-                eprintln!("quoll: worker '{worker}': external channel connection from {peer}: {e}");
+            if let Err(e) = serve_external(stream, &view, &tx).await {
+                warn!(place = %format!("external channel connection from {peer}"), "{e}");
             }
         });
     }
 }
 
 async fn serve_external(
-    worker: &str,
     stream: TcpStream,
     view: &ExternalView,
     tx: &mpsc::Sender<Event>,
@@ -95,19 +91,19 @@ async fn serve_external(
                 (MessageType::ClusterStatusNotInitialized, Vec::new())
             }),
             MessageType::CleanShutdown => {
-                println!(
-                    "quoll: worker '{worker}': clean shutdown requested through the external channel"
-                );
+                info!("clean shutdown requested through the external channel");
                 let _ = tx
                     .send(Event::Shutdown {
                         reason: "external clean-shutdown request".into(),
-                        from_cluster: false,
                     })
                     .await;
                 None
             }
             MessageType::Print => {
-                println!("{payload}");
+                // The external channel's print request writes the text as it is.
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{payload}");
+                let _ = out.flush();
                 None
             }
             MessageType::SourceIdsQuery => {

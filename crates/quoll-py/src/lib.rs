@@ -1,26 +1,38 @@
 //! `quoll._engine`: the Python binding of the quoll engine.
 //!
-//! - [`app`]: the flattened application tuple to the engine's plan.
-//! - [`executor`]: the thread that runs user code, batch by batch.
-//! - [`io`]: sockets and files on tokio threads (sources, sinks).
-//! - [`external_channel`]: the worker's side of the external channel (status, shutdown).
-//! - [`connector_source`]: connector protocol v3 sources (external clients, replay after rollback).
-//! - [`cluster`]: formation, heartbeats and the links between workers.
-//! - [`checkpoint`]: checkpoint files, the commit log, the protocol's state machines.
-//! - [`codec`]: the worker's one codec (the app's serialize/deserialize, else fast codec and pickle).
-//! - [`worker`]: start-up, wiring and the event loop of one worker.
-//! - [`user_errors`]: how errors in user code and data are reported and counted.
+//! The coordination of a worker (formation, checkpoints, recovery) is
+//! decided in `quoll_core::node`; this crate carries it out and runs the
+//! user's Python code.
+//!
+//! - `worker`: set-up, the event loop, and carrying out the node's actions.
+//! - `executor`: the thread that runs user code, batch by batch; snapshots and restores.
+//! - `router`: where keyed messages go, batched per worker.
+//! - `links`: control and data links between workers, heartbeats.
+//! - `sources`, `sinks`, `connector_source`: input and output on tokio threads.
+//! - `external_channel`: the worker's side of the external channel (status, shutdown).
+//! - `checkpoint_files`: this worker's part files and the initializer's commit log.
+//! - `event`: what the I/O threads tell the executor.
+//! - `app`: the flattened application to the engine's plan.
+//! - `codec`: the worker's one codec (the app's serialize/deserialize, else fast codec and pickle).
+//! - `user_errors`: how errors in user code and data are reported and counted.
+//! - `logging`: log lines, levels, and Wallaroo's fixed lines.
+//! - `error`: why a worker stops.
 
 use pyo3::prelude::*;
 
 mod app;
-mod checkpoint;
-mod cluster;
+mod checkpoint_files;
 mod codec;
 mod connector_source;
+mod error;
+mod event;
 mod executor;
 mod external_channel;
-mod io;
+mod links;
+mod logging;
+mod router;
+mod sinks;
+mod sources;
 mod user_errors;
 mod worker;
 

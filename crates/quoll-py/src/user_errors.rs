@@ -13,6 +13,7 @@
 use pyo3::prelude::*;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use tracing::{error, warn};
 
 const FULL_REPORTS: u64 = 5;
 const LINE_REPORTS: u64 = 100;
@@ -62,26 +63,23 @@ impl UserErrors {
     ) -> Result<(), Fatal> {
         let n = self.counts.entry(place.to_string()).or_insert(0);
         *n += 1;
-        let line = format!(
-            "quoll: error: worker '{}', {place}, {detail}: {cause}; message dropped ({} dropped here so far)",
-            self.worker, *n
-        );
+        let line = format!("{cause}; message dropped ({} dropped here so far)", *n);
+        let place = format!("{place}, {detail}");
+        let with_traceback = |tb: Option<&str>| match tb {
+            Some(tb) => format!("{line}\n{}", tb.trim_end()),
+            None => line.clone(),
+        };
         if self.policy == OnUserError::Fail {
-            eprintln!("{line}");
-            if let Some(tb) = traceback {
-                eprintln!("{}", tb.trim_end());
-            }
+            error!(place = %place, "{}", with_traceback(traceback));
             return Err(Fatal(format!(
-                "stopping: --on-user-error fail, after: {line}"
+                "stopping: --on-user-error fail, after: worker '{}', {place}: {line}",
+                self.worker
             )));
         }
         if *n <= FULL_REPORTS {
-            eprintln!("{line}");
-            if let Some(tb) = traceback {
-                eprintln!("{}", tb.trim_end());
-            }
+            error!(place = %place, "{}", with_traceback(traceback));
         } else if *n <= LINE_REPORTS {
-            eprintln!("{line}");
+            error!(place = %place, "{line}");
         } else {
             self.unreported += 1;
         }
@@ -105,9 +103,8 @@ impl UserErrors {
     /// every few seconds.
     pub fn maybe_summarise(&mut self) {
         if self.unreported > 0 && self.last_summary.elapsed() >= SUMMARY_EVERY {
-            eprintln!(
-                "quoll: worker '{}': {} more messages dropped after errors (not printed one by one); totals: {}",
-                self.worker,
+            warn!(
+                "{} more messages dropped after errors (not printed one by one); totals: {}",
                 self.unreported,
                 self.totals_text()
             );
@@ -132,13 +129,9 @@ impl UserErrors {
     }
 
     /// The counts as a JSON object, for the external channel's status report.
-    pub fn counts_json(&self) -> String {
-        let counts = self
-            .counts
-            .iter()
-            .map(|(place, n)| (place.clone(), serde_json::Value::from(*n)))
-            .collect();
-        serde_json::Value::Object(counts).to_string()
+    /// Dropped messages per place.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.counts.clone()
     }
 }
 

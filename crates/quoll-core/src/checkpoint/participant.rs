@@ -530,8 +530,8 @@ mod tests {
                 }
             }
             let mut out = Vec::new();
-            for from in 1..members {
-                if !barrier_sent[from] {
+            for (from, sent) in barrier_sent.iter().enumerate().skip(1) {
+                if !*sent {
                     p.handle(ParticipantEvent::Barrier { from, id: 1 }, || (), &mut out);
                 }
             }

@@ -33,7 +33,7 @@
 //! ```
 //!
 //! where the payload is the postcard encoding of the file's record enum and
-//! `n > 0` (see [`records`] and `docs/formats.md`). Error messages number
+//! `n > 0` (see `records` and `docs/formats.md`). Error messages number
 //! records from 1 (the header).
 //!
 //! A checkpoint file holds:
@@ -104,11 +104,11 @@
 //! # Modules
 //!
 //! - this one: errors, file names, crash-safe whole-file writes;
-//! - [`records`]: the record framing and the checked record reader;
-//! - [`checkpoint_file`]: the checkpoint writer, loading chains, compaction,
+//! - `records`: the record framing and the checked record reader;
+//! - `checkpoint_file`: the checkpoint writer, loading chains, compaction,
 //!   listing and removal;
-//! - [`commit_log`]: the coordinator's commit log;
-//! - [`membership`]: the membership file.
+//! - `commit_log`: the coordinator's commit log;
+//! - `membership`: the membership file.
 
 use std::fs::{self, File};
 use std::io::{self, Write};

@@ -306,12 +306,19 @@ impl InitializerMembership {
         // process with that name, or the restart of one whose old
         // connection's close has not been noticed yet (its heartbeats stop
         // within the timeout). It may try again; nothing else changes.
+        let mut reason = format!(
+            "a worker named '{}' is already in the cluster; give each worker a unique --name",
+            c.name
+        );
+        if !self.rules.resilient {
+            reason.push_str(
+                " (a worker that restarted can't rejoin a cluster that runs without \
+                 --run-with-resilience: restart the whole cluster)",
+            );
+        }
         let taken = InitializerAction::Refuse {
             link: c.link,
-            reason: format!(
-                "a worker named '{}' is already in the cluster; give each worker a unique --name",
-                c.name
-            ),
+            reason,
             retry: true,
         };
         let expected = self.rules.worker_count;

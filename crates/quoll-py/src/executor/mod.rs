@@ -21,23 +21,38 @@
 
 use crate::app::{AggregationCalls, AppPlan, SinkPlan, SourceSpec, StageCalls};
 use crate::codec::Codec;
-use crate::io::{SinkChunk, SinkCommand, SourcePosition};
+use crate::event::SourcePosition;
+use crate::logging::{wallaroo_line, WallarooLine};
+use crate::router::Router;
+use crate::sinks::{SinkChunk, SinkCommand};
 use crate::user_errors::{Fatal, UserErrors};
 use bytes::Bytes;
+use keys::{key_bytes, normalise_key, quote_key, show_key, KeyError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
-use quoll_core::key_group::{KeyGroupMap, KeyHashBuilder};
+use quoll_core::key_group::KeyHashBuilder;
 use quoll_core::topology::StageKind;
 use quoll_core::windows::{
     Aggregator, CountWindowSpec, CountWindows, RangeWindowSpec, RangeWindows, WindowOutput,
 };
-use quoll_core::wire::{BatchReader, BatchWriter};
+use quoll_core::wire::BatchReader;
+pub use snapshot::Snapshot;
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+mod keys;
+mod snapshot;
 
 type KeyMap<V> = HashMap<Box<[u8]>, V, KeyHashBuilder>;
+/// What a window timer fired for one key: the key, its outputs, and the
+/// aggregation's error if it raised.
+type Fired<'py> = (
+    Py<PyAny>,
+    Vec<WindowOutput<Bound<'py, PyAny>>>,
+    Result<(), PyErr>,
+);
 
 /// Period of the count-window partial flush (spec 6: 5 s).
 const COUNT_WINDOW_FLUSH: Duration = Duration::from_secs(5);
@@ -178,107 +193,6 @@ struct FramedSource {
     implicit_key: Py<PyAny>,
 }
 
-/// Where keyed messages go when the cluster has several workers.
-pub struct Router {
-    pub me: usize,
-    pub names: Vec<String>,
-    pub map: KeyGroupMap,
-    pub generation: u64,
-    /// Per worker: the batch being filled, frames waiting for the link, the link.
-    batches: Vec<Option<BatchWriter>>,
-    pending: Vec<VecDeque<Vec<u8>>>,
-    links: Vec<Option<mpsc::Sender<Vec<u8>>>>,
-    pending_bytes: usize,
-    pub shipped: u64,
-}
-
-/// Frames for one worker are handed to its link once a batch holds this much.
-const BATCH_FLUSH_BYTES: usize = 64 << 10;
-/// Above this many bytes waiting for slow links, the worker takes no new
-/// source input (it keeps serving peers, so no cycle of workers can stall).
-pub const CONGESTED_BYTES: usize = 8 << 20;
-
-impl Router {
-    pub fn new(
-        me: usize,
-        names: Vec<String>,
-        generation: u64,
-        links: Vec<Option<mpsc::Sender<Vec<u8>>>>,
-    ) -> Router {
-        let n = names.len();
-        Router {
-            me,
-            map: KeyGroupMap::even(n),
-            names,
-            generation,
-            batches: (0..n).map(|_| None).collect(),
-            pending: (0..n).map(|_| VecDeque::new()).collect(),
-            links,
-            pending_bytes: 0,
-            shipped: 0,
-        }
-    }
-
-    fn seal(&mut self, worker: usize) {
-        if let Some(b) = self.batches[worker].take() {
-            let frame = b.finish();
-            self.pending_bytes += frame.len();
-            self.pending[worker].push_back(frame);
-        }
-    }
-
-    /// Seals every batch and hands waiting frames to their links without
-    /// blocking; what a full link can't take stays pending.
-    pub fn flush(&mut self) {
-        for w in 0..self.batches.len() {
-            self.seal(w);
-            let Some(link) = &self.links[w] else { continue };
-            while let Some(frame) = self.pending[w].pop_front() {
-                let len = frame.len();
-                match link.try_send(frame) {
-                    Ok(()) => self.pending_bytes -= len,
-                    Err(mpsc::error::TrySendError::Full(frame)) => {
-                        self.pending[w].push_front(frame);
-                        break;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        self.pending_bytes -= len;
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn congested(&self) -> bool {
-        self.pending_bytes > CONGESTED_BYTES
-    }
-
-    pub fn has_pending(&self) -> bool {
-        self.pending_bytes > 0
-    }
-
-    /// Queues `frame` (a barrier) for every other worker, after the
-    /// batches already filled for it.
-    pub fn send_to_all(&mut self, frame: Vec<u8>) {
-        for w in 0..self.batches.len() {
-            if self.links[w].is_some() {
-                self.seal(w);
-                self.pending_bytes += frame.len();
-                self.pending[w].push_back(frame.clone());
-            }
-        }
-        self.flush();
-    }
-
-    /// Drops every batch and frame not yet handed to a link (a rollback
-    /// makes them stale).
-    pub fn reset(&mut self) {
-        self.batches.iter_mut().for_each(|b| *b = None);
-        self.pending.iter_mut().for_each(|p| p.clear());
-        self.pending_bytes = 0;
-    }
-}
-
 pub struct Executor {
     stages: Vec<Stage>,
     pub router: Option<Router>,
@@ -349,7 +263,7 @@ impl Executor {
                         Duration::from_nanos(spec.timer_period()).max(Duration::from_millis(10));
                     Op::Range {
                         agg: aggregation,
-                        spec: spec.clone(),
+                        spec: *spec,
                         windows: KeyMap::default(),
                         timers: WindowTimers {
                             period,
@@ -462,10 +376,7 @@ impl Executor {
                 Err(e) => {
                     let place = format!("source '{}' (gen)", self.gens[i].name);
                     self.errors.report_py(py, &place, "initial_value()", e)?;
-                    println!(
-                        "quoll: generator source '{}' could not start; it produces nothing",
-                        self.gens[i].name
-                    );
+                    warn!(place = %place, "the generator could not start; it produces nothing");
                 }
             }
         }
@@ -473,10 +384,9 @@ impl Executor {
     }
 
     fn gen_stopped(&mut self, i: usize) {
-        println!(
-            "GenSource produced a None. Stopping GenSource '{}'.",
-            self.gens[i].name
-        );
+        wallaroo_line(WallarooLine::GenSourceStopped {
+            name: &self.gens[i].name,
+        });
         self.gens[i].cur = None;
     }
 
@@ -578,10 +488,7 @@ impl Executor {
                     Err(e) => {
                         let place = format!("source '{}' (gen)", self.gens[i].name);
                         self.errors.report_py(py, &place, "apply()", e)?;
-                        println!(
-                            "quoll: generator source '{}' stops after an error in apply()",
-                            self.gens[i].name
-                        );
+                        warn!(place = %place, "the generator stops after an error in apply()");
                     }
                 }
                 self.messages_in += 1;
@@ -698,7 +605,7 @@ impl Executor {
                         // after a restart.
                         let offset =
                             spec.offset_from_random(quoll_core::key_group::stable_hash(kb));
-                        let w = RangeWindows::new(spec.clone(), watermark, offset);
+                        let w = RangeWindows::new(*spec, watermark, offset);
                         windows.entry(kb.into()).or_insert(Keyed {
                             key: key.clone().unbind(),
                             value: w,
@@ -727,7 +634,7 @@ impl Executor {
                     Some(e) => e,
                     None => windows.entry(kb.into()).or_insert(Keyed {
                         key: key.clone().unbind(),
-                        value: CountWindows::new(spec.clone()),
+                        value: CountWindows::new(*spec),
                         dirty: true,
                     }),
                 };
@@ -760,21 +667,14 @@ impl Executor {
         value: &Bound<'_, PyAny>,
         et: i64,
     ) -> Result<(), Fatal> {
-        let router = self
-            .router
-            .as_mut()
-            .expect("ship is only called with a router");
-        let generation = router.generation;
-        let batch = router.batches[owner].get_or_insert_with(|| BatchWriter::new(generation));
+        let Some(router) = self.router.as_mut() else {
+            return Err(Fatal(format!(
+                "stage {stage}: a message for worker {owner} but no cluster"
+            )));
+        };
         let codec = &self.codec;
-        match batch.push(stage as u32, kb, et, |out| codec.encode(value, out)) {
-            Ok(()) => {
-                router.shipped += 1;
-                if batch.size() >= BATCH_FLUSH_BYTES {
-                    router.seal(owner);
-                }
-                Ok(())
-            }
+        match router.push(owner, stage as u32, kb, et, |out| codec.encode(value, out)) {
+            Ok(()) => Ok(()),
             Err(e) => {
                 let detail = format!(
                     "key {}, sending to worker '{}'",
@@ -809,9 +709,6 @@ impl Executor {
                 )
             }
         };
-        if reader.generation != router.generation {
-            return Ok(());
-        }
         self.origin = from;
         for msg in reader {
             let msg = match msg {
@@ -1045,12 +942,12 @@ impl Executor {
                 let label = s.label.clone();
                 py.detach(move || {
                     if rt.block_on(tx.send(chunk)).is_err() {
-                        eprintln!("quoll: error: {label}: writer stopped; output dropped");
+                        error!(place = %label, "writer stopped; output dropped");
                     }
                 });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                eprintln!("quoll: error: {}: writer stopped; output dropped", s.label);
+                error!(place = %s.label, "writer stopped; output dropped");
             }
         }
     }
@@ -1069,11 +966,7 @@ impl Executor {
         for stage in 0..self.stages.len() {
             let st = &mut self.stages[stage];
             let next = st.next;
-            let mut fired: Vec<(
-                Py<PyAny>,
-                Vec<WindowOutput<Bound<'_, PyAny>>>,
-                Result<(), PyErr>,
-            )> = Vec::new();
+            let mut fired: Vec<Fired<'_>> = Vec::new();
             match &mut st.op {
                 Op::Range {
                     agg,
@@ -1142,88 +1035,6 @@ impl Executor {
     }
 }
 
-/// Why a message has no usable key.
-enum KeyError {
-    Raised(PyErr),
-    BadType(String),
-    NotUtf8(String),
-}
-
-/// The key bytes: a `str` as UTF-8, `bytes` as they are (spec 3.5).
-fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a [u8], KeyError> {
-    if let Ok(s) = key.cast::<PyString>() {
-        return s
-            .to_str()
-            .map(str::as_bytes)
-            .map_err(|e| KeyError::NotUtf8(e.to_string()));
-    }
-    if let Ok(b) = key.cast::<PyBytes>() {
-        return Ok(b.as_bytes());
-    }
-    Err(KeyError::BadType(
-        key.get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_default(),
-    ))
-}
-
-/// A key extractor's result as a key: `str` and `bytes` as they are, an
-/// `int` (including `bool`) as `chr(n)`, like wallaroo's decorator does.
-fn normalise_key<'py>(
-    py: Python<'py>,
-    k: Bound<'py, PyAny>,
-) -> Result<Bound<'py, PyAny>, KeyError> {
-    if k.is_instance_of::<PyString>() || k.is_instance_of::<PyBytes>() {
-        return Ok(k);
-    }
-    if let Ok(n) = k.extract::<i64>() {
-        if k.is_instance_of::<pyo3::types::PyInt>() || k.is_instance_of::<pyo3::types::PyBool>() {
-            return match u32::try_from(n).ok().and_then(char::from_u32) {
-                Some(c) => Ok(PyString::new(py, c.encode_utf8(&mut [0; 4])).into_any()),
-                None => Err(KeyError::BadType(format!(
-                    "int {n} (not a valid chr() code point)"
-                ))),
-            };
-        }
-    }
-    Err(KeyError::BadType(
-        k.get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_default(),
-    ))
-}
-
-/// Key bytes quoted the way [`show_key`] shows a key object (Python's repr
-/// of a plain str, or of bytes).
-fn quote_key(kb: &[u8]) -> String {
-    match std::str::from_utf8(kb) {
-        Ok(s) if !s.contains('\'') && !s.contains('\\') && s.chars().all(|c| !c.is_control()) => {
-            format!("'{s}'")
-        }
-        Ok(s) => format!("{s:?}"),
-        Err(_) => format!("b{:?}", String::from_utf8_lossy(kb)),
-    }
-}
-
-/// A key for error messages: its repr, shortened.
-fn show_key(key: &Bound<'_, PyAny>) -> String {
-    let mut s = key
-        .repr()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| "<key>".into());
-    if s.len() > 80 {
-        let mut cut = 77;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
-}
-
 /// An `Aggregation` instance seen through the engine's [`Aggregator`] trait.
 struct PyAggregation<'a, 'py> {
     py: Python<'py>,
@@ -1271,316 +1082,5 @@ impl<'py> Aggregator for PyAggregation<'_, 'py> {
             .bind(self.py)
             .call1((key, acc.bind(self.py)))?;
         Ok(if out.is_none() { None } else { Some(out) })
-    }
-}
-
-// ---- checkpoints: what this worker's executor contributes ----
-
-/// This worker's part of a checkpoint, encoded and ready to write.
-pub struct Snapshot {
-    /// `(stage, key, blob)`: state objects (codec blobs) and window state
-    /// (postcard of the window snapshot, accumulators as codec blobs).
-    pub entries: Vec<(u32, Vec<u8>, Vec<u8>)>,
-    /// `(source, position)`: postcard of (file offset, [(stream, point of
-    /// reference)]), or for a generator its value (codec blob, empty once
-    /// stopped).
-    pub sources: Vec<(u32, Vec<u8>)>,
-    /// `(sink, length)`: bytes of output produced before the barrier (u64 LE).
-    pub sinks: Vec<(u32, Vec<u8>)>,
-}
-
-/// Where sources resume and sinks stand after a restore.
-pub struct Restored {
-    pub entries: usize,
-    pub progress: Vec<SourceProgress>,
-    pub sink_offsets: Vec<u64>,
-}
-
-fn encode_blob(codec: &Codec, obj: &Bound<'_, PyAny>) -> Result<Vec<u8>, String> {
-    let mut v = Vec::new();
-    codec.encode(obj, &mut v).map_err(|e| e.to_string())?;
-    Ok(v)
-}
-
-fn key_object<'py>(py: Python<'py>, kb: &[u8]) -> Bound<'py, PyAny> {
-    match std::str::from_utf8(kb) {
-        Ok(s) => PyString::new(py, s).into_any(),
-        Err(_) => PyBytes::new(py, kb).into_any(),
-    }
-}
-
-fn u64_blob(v: u64) -> Vec<u8> {
-    v.to_le_bytes().to_vec()
-}
-
-fn blob_u64(b: &[u8]) -> Result<u64, String> {
-    b.try_into()
-        .map(u64::from_le_bytes)
-        .map_err(|_| format!("expected 8 bytes, found {}", b.len()))
-}
-
-impl Executor {
-    /// Hands buffered output to the sinks and returns each sink's length:
-    /// the output produced before a barrier.
-    pub fn sink_offsets(&mut self, py: Python<'_>) -> Vec<u64> {
-        self.flush_sinks(py);
-        self.sinks.iter().map(|s| s.offset).collect()
-    }
-
-    /// Encodes the keyed state that changed since the last snapshot (all of
-    /// it if `full`), the source positions and `sink_offsets`. Dirty marks
-    /// are cleared only if everything encoded: a failed snapshot leaves the
-    /// next one to write the same changes.
-    pub fn snapshot(
-        &mut self,
-        py: Python<'_>,
-        full: bool,
-        sink_offsets: &[u64],
-    ) -> Result<Snapshot, String> {
-        let mut entries = Vec::new();
-        for (id, st) in self.stages.iter().enumerate() {
-            let stage = id as u32;
-            let fail = |kb: &[u8], e: String| format!("{}, key {}: {e}", st.place, quote_key(kb));
-            match &st.op {
-                Op::State { states, .. } => {
-                    for (kb, e) in states.iter().filter(|(_, e)| full || e.dirty) {
-                        let blob = encode_blob(&self.codec, e.value.bind(py))
-                            .map_err(|err| fail(kb, err))?;
-                        entries.push((stage, kb.to_vec(), blob));
-                    }
-                }
-                Op::Range { windows, .. } => {
-                    for (kb, e) in windows.iter().filter(|(_, e)| full || e.dirty) {
-                        let snap = e
-                            .value
-                            .snapshot()
-                            .try_map(|acc| encode_blob(&self.codec, acc.bind(py)))
-                            .map_err(|err| fail(kb, err))?;
-                        let blob = postcard::to_allocvec(&snap)
-                            .map_err(|err| fail(kb, err.to_string()))?;
-                        entries.push((stage, kb.to_vec(), blob));
-                    }
-                }
-                Op::Count { windows, .. } => {
-                    for (kb, e) in windows.iter().filter(|(_, e)| full || e.dirty) {
-                        let snap = e
-                            .value
-                            .snapshot()
-                            .try_map(|acc| encode_blob(&self.codec, acc.bind(py)))
-                            .map_err(|err| fail(kb, err))?;
-                        let blob = postcard::to_allocvec(&snap)
-                            .map_err(|err| fail(kb, err.to_string()))?;
-                        entries.push((stage, kb.to_vec(), blob));
-                    }
-                }
-                _ => {}
-            }
-        }
-        let mut sources = Vec::new();
-        for (i, p) in self.progress.iter().enumerate() {
-            let streams: Vec<(u64, u64)> = p.streams.iter().map(|(a, b)| (*a, *b)).collect();
-            let blob =
-                postcard::to_allocvec(&(p.file_offset, streams)).map_err(|e| e.to_string())?;
-            sources.push((i as u32, blob));
-        }
-        for g in &self.gens {
-            let blob = match &g.cur {
-                Some(cur) => encode_blob(&self.codec, cur.bind(py))
-                    .map_err(|e| format!("source '{}' (gen) value: {e}", g.name))?,
-                None => Vec::new(),
-            };
-            sources.retain(|(i, _)| *i as usize != g.source);
-            sources.push((g.source as u32, blob));
-        }
-        let sinks = sink_offsets
-            .iter()
-            .enumerate()
-            .map(|(i, o)| (i as u32, u64_blob(*o)))
-            .collect();
-        for st in self.stages.iter_mut() {
-            match &mut st.op {
-                Op::State { states, .. } => states.values_mut().for_each(|e| e.dirty = false),
-                Op::Range { windows, .. } => windows.values_mut().for_each(|e| e.dirty = false),
-                Op::Count { windows, .. } => windows.values_mut().for_each(|e| e.dirty = false),
-                _ => {}
-            }
-        }
-        Ok(Snapshot {
-            entries,
-            sources,
-            sinks,
-        })
-    }
-
-    /// Replaces all keyed state, generator values and positions with those
-    /// of a checkpoint (`None`: the state before any input). Errors name the
-    /// stage and key: state that can't be decoded can't be recovered.
-    pub fn restore(
-        &mut self,
-        py: Python<'_>,
-        entries: &std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>>,
-        sources: &std::collections::BTreeMap<u32, Vec<u8>>,
-        sinks: &std::collections::BTreeMap<u32, Vec<u8>>,
-    ) -> Result<Restored, String> {
-        for st in self.stages.iter_mut() {
-            match &mut st.op {
-                Op::State { states, .. } => states.clear(),
-                Op::Range {
-                    windows, timers, ..
-                } => {
-                    windows.clear();
-                    timers.watermark = i64::MIN;
-                    timers.upstreams.clear();
-                    timers.last_input = Instant::now();
-                    timers.flushed_since_input = true;
-                }
-                Op::Count { windows, .. } => windows.clear(),
-                _ => {}
-            }
-        }
-        if let Some(r) = &mut self.router {
-            r.reset();
-        }
-        for ((stage, kb), blob) in entries {
-            let st = self.stages.get_mut(*stage as usize).ok_or_else(|| {
-                format!("checkpoint names stage {stage}, which this app does not have")
-            })?;
-            let fail = |e: String| {
-                format!(
-                    "{}, key {}: can't restore its state: {e}",
-                    st.place,
-                    quote_key(kb)
-                )
-            };
-            let key = key_object(py, kb).unbind();
-            let codec = &self.codec;
-            let decode = |b: Vec<u8>| {
-                codec
-                    .decode(py, &b)
-                    .map(|v| v.unbind())
-                    .map_err(|e| e.to_string())
-            };
-            match &mut st.op {
-                Op::State { states, .. } => {
-                    let value = codec
-                        .decode(py, blob)
-                        .map_err(|e| fail(e.to_string()))?
-                        .unbind();
-                    states.insert(
-                        kb.clone().into_boxed_slice(),
-                        Keyed {
-                            key,
-                            value,
-                            dirty: false,
-                        },
-                    );
-                }
-                Op::Range { windows, spec, .. } => {
-                    let snap: quoll_core::windows::RangeWindowsSnapshot<Vec<u8>> =
-                        postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
-                    let snap = snap.try_map(decode).map_err(fail)?;
-                    let w = RangeWindows::restore(spec.clone(), snap)
-                        .map_err(|e| fail(e.to_string()))?;
-                    windows.insert(
-                        kb.clone().into_boxed_slice(),
-                        Keyed {
-                            key,
-                            value: w,
-                            dirty: false,
-                        },
-                    );
-                }
-                Op::Count { windows, spec, .. } => {
-                    let snap: quoll_core::windows::CountWindowsSnapshot<Vec<u8>> =
-                        postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
-                    let snap = snap.try_map(decode).map_err(fail)?;
-                    let w = CountWindows::restore(spec.clone(), snap)
-                        .map_err(|e| fail(e.to_string()))?;
-                    windows.insert(
-                        kb.clone().into_boxed_slice(),
-                        Keyed {
-                            key,
-                            value: w,
-                            dirty: false,
-                        },
-                    );
-                }
-                _ => {
-                    return Err(format!(
-                        "checkpoint has state for {}, which keeps none",
-                        st.place
-                    ))
-                }
-            }
-        }
-        let gen_sources: Vec<usize> = self.gens.iter().map(|g| g.source).collect();
-        let mut progress: Vec<SourceProgress> = (0..self.sources.len())
-            .map(|_| SourceProgress::default())
-            .collect();
-        for g in self.gens.iter_mut() {
-            g.cur = match sources.get(&(g.source as u32)) {
-                Some(b) if b.is_empty() => None,
-                Some(b) => Some(
-                    self.codec
-                        .decode(py, b)
-                        .map_err(|e| {
-                            format!("source '{}' (gen): can't restore its value: {e}", g.name)
-                        })?
-                        .unbind(),
-                ),
-                // Nothing checkpointed: start over, calling initial_value()
-                // again only if the first value has already gone out.
-                None if !g.emitted => g.cur.take(),
-                None => match g.initial_value.bind(py).call0() {
-                    Ok(v) if v.is_none() => None,
-                    Ok(v) => Some(v.unbind()),
-                    Err(e) => {
-                        return Err(format!(
-                            "source '{}' (gen): initial_value() raised: {e}",
-                            g.name
-                        ))
-                    }
-                },
-            };
-            g.emitted = false;
-        }
-        for (&i, b) in sources {
-            let i = i as usize;
-            if i >= progress.len() || gen_sources.contains(&i) {
-                continue;
-            }
-            let (offset, streams): (u64, Vec<(u64, u64)>) =
-                postcard::from_bytes(b).map_err(|e| format!("source {i} position: {e}"))?;
-            progress[i].file_offset = offset;
-            progress[i].streams = streams.into_iter().collect();
-        }
-        self.progress = progress.clone();
-        let mut sink_offsets = vec![0u64; self.sinks.len()];
-        for (&i, b) in sinks {
-            if let Some(o) = sink_offsets.get_mut(i as usize) {
-                *o = blob_u64(b)?;
-            }
-        }
-        for (s, o) in self.sinks.iter_mut().zip(&sink_offsets) {
-            s.buf.clear();
-            s.messages = 0;
-            s.offset = *o;
-        }
-        Ok(Restored {
-            entries: entries.len(),
-            progress,
-            sink_offsets,
-        })
-    }
-
-    /// Where every source stands now.
-    pub fn progress(&self) -> Vec<SourceProgress> {
-        self.progress.clone()
-    }
-
-    /// Whether generator sources may emit (with resilience: only once a
-    /// first checkpoint is complete, spec 7.3).
-    pub fn enable_generators(&mut self, enabled: bool) {
-        self.gens_enabled = enabled;
     }
 }

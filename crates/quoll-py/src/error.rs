@@ -1,0 +1,65 @@
+//! Why a worker stops, as a type.
+//!
+//! Every fatal error of the binding is a [`WorkerError`]: the core's errors
+//! keep their type (a corrupt checkpoint file is a [`StoreError::Corrupt`],
+//! not a string), so callers can tell them apart, and every message names
+//! the thing as the user named it (the flag, the source, the file).
+
+use crate::app::AppError;
+use crate::user_errors::Fatal;
+use quoll_core::checkpoint_store::StoreError;
+use quoll_core::node::NodeFatal;
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    App(#[from] AppError),
+    /// A listener could not be bound: `what` names the flag or the source.
+    #[error("can't listen on {what} {addr}: {source}{hint}")]
+    Listen {
+        what: String,
+        addr: String,
+        #[source]
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error("{what} is required: {hint}")]
+    Missing {
+        what: &'static str,
+        hint: &'static str,
+    },
+    #[error("can't start the I/O runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("{label}: can't open {path}: {source}", path = .path.display())]
+    SinkFile {
+        label: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Sink(String),
+    /// A resilience file or the commit log.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cluster formation: {0}")]
+    Cluster(#[from] NodeFatal),
+    #[error("{fatal} in {dir}; restart it with the same --resilience-dir it ran with", dir = .dir.display())]
+    NoFiles { fatal: NodeFatal, dir: PathBuf },
+    /// The checkpoint to roll back to could not be loaded.
+    #[error("recovery: {0}")]
+    Load(#[source] StoreError),
+    #[error("recovery: {0}")]
+    Restore(String),
+    /// A user error under `--on-user-error fail`, or data the engine can't go on with.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<Fatal> for WorkerError {
+    fn from(Fatal(m): Fatal) -> Self {
+        WorkerError::Fatal(m)
+    }
+}

@@ -1,0 +1,619 @@
+//! The links between workers, on tokio: control links (a star around the
+//! initializer) and data links (one per ordered pair of workers).
+//!
+//! This module decides nothing. It carries out the link actions of
+//! [`quoll_core::node::Node`] (connect, send, refuse, close, open data
+//! links, tear down) and turns what the sockets do into the node's events:
+//! a connection came up, a control message arrived, a link closed or went
+//! silent, every data link is up, a barrier arrived. Frames are those of
+//! [`quoll_core::wire`], read with `FramedRead<_, WireCodec>`.
+//!
+//! Every connection gets a [`LinkId`] that is never reused, so a late
+//! event of a link the node has forgotten is ignored there. Each control
+//! link has a reader task and a writer task; the writer sends a heartbeat
+//! every [`HEARTBEAT_EVERY`], and a reader that hears nothing for
+//! [`HEARTBEAT_TIMEOUT`] (not even the first message of a new connection)
+//! reports the link closed: a hung process is not a healthy one, and a
+//! silent stranger holds nothing up.
+//!
+//! Data links carry batches and barriers; each begins with `DataHello`
+//! naming the sender and the formation's generation, and a link of another
+//! generation or from a stranger is refused. Their readers stamp what they
+//! read with that generation.
+
+use crate::event::Event;
+use futures_util::StreamExt;
+use quoll_core::membership::{Generation, LinkId};
+use quoll_core::node::NodeEvent;
+use quoll_core::wire::{self, Control, Member, WireCodec, WireFrame};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio_util::codec::FramedRead;
+use tracing::{debug, info, warn};
+
+/// Heartbeats go out this often on every control link.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(300);
+/// A control link silent this long is reported closed.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between attempts to reach the initializer.
+pub const CONNECT_RETRY: Duration = Duration::from_millis(200);
+/// How often "can't reach the initializer" is said while retrying.
+const UNREACHABLE_NOTICE: Duration = Duration::from_secs(10);
+/// Pause between attempts to open a data link.
+const DATA_RETRY: Duration = Duration::from_millis(50);
+/// Frames queued for one data link's writer (batches of up to ~64 KiB).
+const DATA_QUEUE: usize = 16;
+/// How long a stopping worker waits for its last control messages to go out.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(1);
+
+enum Outgoing {
+    Msg(Control),
+    Close,
+}
+
+struct ControlLink {
+    out: mpsc::UnboundedSender<Outgoing>,
+    peer: SocketAddr,
+    reader: AbortHandle,
+    writer: JoinHandle<()>,
+}
+
+type ControlTable = Arc<Mutex<HashMap<LinkId, ControlLink>>>;
+
+fn table(t: &ControlTable) -> MutexGuard<'_, HashMap<LinkId, ControlLink>> {
+    // A panicking task can't leave the table half-updated (single inserts
+    // and removes), so a poisoned lock is still usable.
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The data links of one formation.
+struct DataLinks {
+    /// Per member index: the queue of the link to it (`None` for this worker).
+    out: Vec<Option<mpsc::Sender<Vec<u8>>>>,
+    tasks: Vec<AbortHandle>,
+}
+
+/// A worker's links, across formations.
+pub struct Links {
+    rt: Handle,
+    events: mpsc::Sender<Event>,
+    next_link: Arc<AtomicU64>,
+    control: ControlTable,
+    /// The initializer's control address (its own, or the one to reach).
+    control_addr: String,
+    acceptor: Option<AbortHandle>,
+    connecting: Option<AbortHandle>,
+    /// Where this worker accepts data links (bound on the first connection
+    /// to the initializer unless given).
+    data_listener: Arc<Mutex<Option<Arc<TcpListener>>>>,
+    data: Option<DataLinks>,
+}
+
+impl Links {
+    /// The initializer's links: it listens on `control` and `data`.
+    pub fn initializer(
+        rt: Handle,
+        events: mpsc::Sender<Event>,
+        control: TcpListener,
+        data: TcpListener,
+        control_addr: String,
+    ) -> Links {
+        let mut links = Links::new(rt, events, control_addr, Some(data));
+        let task = links.rt.spawn(accept_control(
+            Arc::new(control),
+            links.control.clone(),
+            links.next_link.clone(),
+            links.events.clone(),
+        ));
+        links.acceptor = Some(task.abort_handle());
+        links
+    }
+
+    /// Another worker's links: it reaches the initializer at `control`, and
+    /// accepts data links on `my_data` if given.
+    pub fn joiner(
+        rt: Handle,
+        events: mpsc::Sender<Event>,
+        control: String,
+        my_data: Option<TcpListener>,
+    ) -> Links {
+        Links::new(rt, events, control, my_data)
+    }
+
+    fn new(
+        rt: Handle,
+        events: mpsc::Sender<Event>,
+        control_addr: String,
+        data: Option<TcpListener>,
+    ) -> Links {
+        Links {
+            rt,
+            events,
+            next_link: Arc::new(AtomicU64::new(1)),
+            control: Arc::new(Mutex::new(HashMap::new())),
+            control_addr,
+            acceptor: None,
+            connecting: None,
+            data_listener: Arc::new(Mutex::new(data.map(Arc::new))),
+            data: None,
+        }
+    }
+
+    pub fn control_addr(&self) -> &str {
+        &self.control_addr
+    }
+
+    /// Where this worker accepts data links, as others should reach it.
+    pub fn data_addr(&self) -> String {
+        let listener = self.data_listener.lock().unwrap_or_else(|p| p.into_inner());
+        listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(String::new, |a| a.to_string())
+    }
+
+    /// The peer address of a link, for messages.
+    pub fn peer(&self, link: LinkId) -> String {
+        table(&self.control)
+            .get(&link)
+            .map_or_else(|| link.to_string(), |l| l.peer.to_string())
+    }
+
+    /// Connects to the initializer after `after`, retrying until it
+    /// answers; reports [`NodeEvent::Connected`].
+    pub fn connect(&mut self, after: Duration) {
+        if let Some(t) = self.connecting.take() {
+            t.abort();
+        }
+        let task = self.rt.spawn(connect_control(
+            self.control_addr.clone(),
+            after,
+            self.data_listener.clone(),
+            self.control.clone(),
+            self.next_link.clone(),
+            self.events.clone(),
+        ));
+        self.connecting = Some(task.abort_handle());
+    }
+
+    pub fn send(&self, link: LinkId, msg: Control) {
+        if let Some(l) = table(&self.control).get(&link) {
+            // A link whose writer ended is closed; its reader says so.
+            let _ = l.out.send(Outgoing::Msg(msg));
+        }
+    }
+
+    /// Writes what was queued for `link`, then closes it.
+    pub fn close(&self, link: LinkId) {
+        if let Some(l) = table(&self.control).remove(&link) {
+            l.reader.abort();
+            let _ = l.out.send(Outgoing::Close);
+        }
+    }
+
+    /// Forgets a link that closed by itself.
+    pub fn closed(&self, link: LinkId) {
+        if let Some(l) = table(&self.control).remove(&link) {
+            l.writer.abort();
+        }
+    }
+
+    /// Closes every control and data link (after sending `last`, if any,
+    /// on every control link) and stops connecting.
+    pub fn tear_down(&mut self, last: Option<Control>) -> Vec<JoinHandle<()>> {
+        if let Some(t) = self.connecting.take() {
+            t.abort();
+        }
+        self.close_data();
+        let links: Vec<(LinkId, ControlLink)> = table(&self.control).drain().collect();
+        links
+            .into_iter()
+            .map(|(_, l)| {
+                l.reader.abort();
+                if let Some(msg) = &last {
+                    let _ = l.out.send(Outgoing::Msg(msg.clone()));
+                }
+                let _ = l.out.send(Outgoing::Close);
+                l.writer
+            })
+            .collect()
+    }
+
+    /// A clean stop: tells every control link `Shutdown`, closes all links
+    /// and waits (briefly) for those messages to go out.
+    pub async fn shut_down(&mut self, reason: String) {
+        if let Some(t) = self.acceptor.take() {
+            t.abort();
+        }
+        let writers = self.tear_down(Some(Control::Shutdown { reason }));
+        let _ = tokio::time::timeout(FLUSH_ON_STOP, async {
+            for w in writers {
+                let _ = w.await;
+            }
+        })
+        .await;
+    }
+
+    /// The queue of the data link to each member (`None` for this worker).
+    pub fn data_out(&self) -> Vec<Option<mpsc::Sender<Vec<u8>>>> {
+        self.data.as_ref().map_or_else(Vec::new, |d| d.out.clone())
+    }
+
+    fn close_data(&mut self) {
+        if let Some(d) = self.data.take() {
+            d.tasks.iter().for_each(|t| t.abort());
+        }
+    }
+
+    /// Opens a data link to every other member and accepts one from each;
+    /// reports [`NodeEvent::DataLinksUp`] once all are up.
+    pub fn open_data(
+        &mut self,
+        me_name: &str,
+        members: &[Member],
+        me: usize,
+        generation: Generation,
+    ) {
+        self.close_data();
+        let listener = self
+            .data_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let others = members.len() - 1;
+        let (up_tx, up_rx) = mpsc::channel::<()>(members.len() * 2);
+        let mut tasks = Vec::new();
+        if let Some(listener) = listener {
+            let index: HashMap<String, usize> = members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.name.clone(), i))
+                .collect();
+            let accept = accept_data(
+                listener,
+                index,
+                generation,
+                others,
+                up_tx.clone(),
+                self.events.clone(),
+            );
+            tasks.push(self.rt.spawn(accept).abort_handle());
+        }
+        let mut out = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            if i == me {
+                out.push(None);
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(DATA_QUEUE);
+            let hello = Control::DataHello {
+                from: me_name.to_string(),
+                generation,
+            };
+            let task = write_data(m.clone(), hello, rx, up_tx.clone());
+            tasks.push(self.rt.spawn(task).abort_handle());
+            out.push(Some(tx));
+        }
+        let events = self.events.clone();
+        let waiter = async move {
+            let mut up_rx = up_rx;
+            for _ in 0..2 * others {
+                if up_rx.recv().await.is_none() {
+                    return;
+                }
+            }
+            let _ = events
+                .send(Event::Node(NodeEvent::DataLinksUp { generation }))
+                .await;
+        };
+        tasks.push(self.rt.spawn(waiter).abort_handle());
+        self.data = Some(DataLinks { out, tasks });
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        for t in [self.acceptor.take(), self.connecting.take()]
+            .into_iter()
+            .flatten()
+        {
+            t.abort();
+        }
+        self.close_data();
+    }
+}
+
+/// Registers a new control connection: its reader and writer tasks.
+fn register(
+    stream: TcpStream,
+    peer: SocketAddr,
+    control: &ControlTable,
+    next_link: &AtomicU64,
+    events: &mpsc::Sender<Event>,
+) -> LinkId {
+    let _ = stream.set_nodelay(true);
+    let link = LinkId(next_link.fetch_add(1, Ordering::Relaxed));
+    let (read, write) = stream.into_split();
+    let (out, rx) = mpsc::unbounded_channel();
+    // The table is locked before the reader starts, so the executor, which
+    // answers what the reader reports, finds the link there.
+    let mut table = table(control);
+    let reader = tokio::spawn(read_control(link, read, events.clone())).abort_handle();
+    let writer = tokio::spawn(write_control(write, rx));
+    table.insert(
+        link,
+        ControlLink {
+            out,
+            peer,
+            reader,
+            writer,
+        },
+    );
+    link
+}
+
+/// The initializer: every connection on `--control` becomes a link; what
+/// it says first (within the heartbeat timeout) goes to the node.
+async fn accept_control(
+    listener: Arc<TcpListener>,
+    control: ControlTable,
+    next_link: Arc<AtomicU64>,
+    events: mpsc::Sender<Event>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let link = register(stream, peer, &control, &next_link, &events);
+                debug!(%link, %peer, "control connection accepted");
+            }
+            Err(e) => {
+                warn!(place = "control listener (--control)", "accept failed: {e}");
+                tokio::time::sleep(CONNECT_RETRY).await;
+            }
+        }
+    }
+}
+
+/// A joiner: connects to the initializer, retrying and saying so.
+async fn connect_control(
+    addr: String,
+    after: Duration,
+    data_listener: Arc<Mutex<Option<Arc<TcpListener>>>>,
+    control: ControlTable,
+    next_link: Arc<AtomicU64>,
+    events: mpsc::Sender<Event>,
+) {
+    tokio::time::sleep(after).await;
+    let mut said = None::<Instant>;
+    let stream = loop {
+        match TcpStream::connect(&addr).await {
+            Ok(s) => break s,
+            Err(e) => {
+                if said.is_none_or(|t| t.elapsed() >= UNREACHABLE_NOTICE) {
+                    info!(
+                        "can't reach the initializer at {addr} ({e}); retrying every {} ms \
+                         (the initializer listens on its --control address once started)",
+                        CONNECT_RETRY.as_millis()
+                    );
+                    said = Some(Instant::now());
+                }
+                tokio::time::sleep(CONNECT_RETRY).await;
+            }
+        }
+    };
+    let unbound = data_listener
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_none();
+    if unbound {
+        // Others reach this worker's data links on the address it reaches
+        // the initializer from.
+        let ip = match stream.local_addr() {
+            Ok(a) => a.ip(),
+            Err(e) => {
+                let _ = events
+                    .send(Event::Fatal(format!("control link to {addr}: {e}")))
+                    .await;
+                return;
+            }
+        };
+        match TcpListener::bind((ip, 0)).await {
+            Ok(l) => *data_listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(l)),
+            Err(e) => {
+                let msg = format!(
+                    "can't listen for data links on {ip}: {e}; give an address with --my-data"
+                );
+                let _ = events.send(Event::Fatal(msg)).await;
+                return;
+            }
+        }
+    }
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let link = register(stream, peer, &control, &next_link, &events);
+    let _ = events
+        .send(Event::Node(NodeEvent::Connected { link }))
+        .await;
+}
+
+/// Reads a control link until it closes, fails or goes silent.
+async fn read_control<R: AsyncRead + Unpin>(link: LinkId, read: R, events: mpsc::Sender<Event>) {
+    let mut frames = FramedRead::new(read, WireCodec::default());
+    let why = loop {
+        let event = match tokio::time::timeout(HEARTBEAT_TIMEOUT, frames.next()).await {
+            Err(_) => {
+                break format!(
+                    "no heartbeat for {:.1} s (the process may be hung or stopped)",
+                    HEARTBEAT_TIMEOUT.as_secs_f64()
+                )
+            }
+            Ok(None) => break "its control link closed".to_string(),
+            Ok(Some(Err(e))) => break format!("its control link failed: {e}"),
+            Ok(Some(Ok(WireFrame::Control(Control::Ping | Control::Pong)))) => continue,
+            Ok(Some(Ok(WireFrame::Control(Control::Shutdown { reason })))) => {
+                Event::Shutdown { reason }
+            }
+            Ok(Some(Ok(WireFrame::Control(msg)))) => Event::Node(NodeEvent::Control { link, msg }),
+            Ok(Some(Ok(other))) => {
+                warn!(%link, "unexpected {other:?} on a control link; ignored");
+                continue;
+            }
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    };
+    let _ = events
+        .send(Event::Node(NodeEvent::LinkClosed { link, why }))
+        .await;
+}
+
+/// Writes a control link's messages in order, with heartbeats between.
+async fn write_control(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => match m {
+                Some(Outgoing::Msg(m)) => m,
+                Some(Outgoing::Close) | None => break,
+            },
+            _ = tick.tick() => Control::Ping,
+        };
+        if write.write_all(&wire::control_frame(&msg)).await.is_err() {
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// Accepts the data links of one formation: each must begin with a
+/// `DataHello` of this generation from a member.
+async fn accept_data(
+    listener: Arc<TcpListener>,
+    index: HashMap<String, usize>,
+    generation: Generation,
+    expected: usize,
+    up: mpsc::Sender<()>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut accepted = 0;
+    // Aborting this task drops the set, which aborts the readers.
+    let mut readers = JoinSet::new();
+    while accepted < expected {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(DATA_RETRY).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut frames = FramedRead::new(read, WireCodec::default());
+        let first = tokio::time::timeout(HEARTBEAT_TIMEOUT, frames.next()).await;
+        match first {
+            Ok(Some(Ok(WireFrame::Control(Control::DataHello { from, generation: g })))) if g == generation => {
+                let Some(&i) = index.get(&from) else {
+                    warn!(place = %format!("data link from {peer}"), "refused: '{from}' is not a member");
+                    continue;
+                };
+                accepted += 1;
+                let events = events.clone();
+                readers.spawn(async move {
+                    let _keep_open = write;
+                    read_data(i, from, generation, frames, events).await
+                });
+                let _ = up.send(()).await;
+            }
+            Ok(Some(Ok(WireFrame::Control(Control::DataHello { from, generation: g })))) => debug!(
+                "data link from '{from}' ({peer}) of generation {g} refused: this formation's is {generation}"
+            ),
+            Ok(Some(Ok(other))) => {
+                warn!(place = %format!("data link from {peer}"), "began with {other:?}; refused")
+            }
+            Ok(Some(Err(e))) => warn!(place = %format!("data link from {peer}"), "{e}; refused"),
+            Ok(None) | Err(_) => debug!("data link from {peer} closed or silent before its hello"),
+        }
+    }
+    while readers.join_next().await.is_some() {}
+}
+
+/// Reads one inbound data link, stamping what it reads with the link's
+/// generation.
+async fn read_data<R: AsyncRead + Unpin>(
+    from: usize,
+    name: String,
+    generation: Generation,
+    mut frames: FramedRead<R, WireCodec>,
+    events: mpsc::Sender<Event>,
+) {
+    let place = format!("data link from worker '{name}'");
+    loop {
+        let event = match frames.next().await {
+            Some(Ok(WireFrame::Data(body))) => Event::PeerData {
+                from,
+                generation,
+                body,
+            },
+            Some(Ok(WireFrame::Barrier {
+                generation: g,
+                checkpoint,
+            })) => Event::Node(NodeEvent::Barrier {
+                from,
+                generation: g,
+                id: checkpoint,
+            }),
+            Some(Ok(WireFrame::Control(c))) => {
+                warn!(place = %place, "unexpected {c:?}; ignored");
+                continue;
+            }
+            Some(Err(e)) => {
+                warn!(place = %place, "{e}; link closed");
+                return;
+            }
+            None => {
+                debug!(place = %place, "closed");
+                return;
+            }
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens the data link to `to` (retrying) and writes its queue in order.
+async fn write_data(
+    to: Member,
+    hello: Control,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    up: mpsc::Sender<()>,
+) {
+    let stream = loop {
+        match TcpStream::connect(&to.data_addr).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(DATA_RETRY).await,
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (_read, mut write) = stream.into_split();
+    let place = format!("data link to worker '{}'", to.name);
+    if let Err(e) = write.write_all(&wire::control_frame(&hello)).await {
+        warn!(place = %place, "{e}");
+        return;
+    }
+    let _ = up.send(()).await;
+    while let Some(frame) = rx.recv().await {
+        if let Err(e) = write.write_all(&frame).await {
+            warn!(place = %place, "write failed: {e}");
+            return;
+        }
+    }
+}

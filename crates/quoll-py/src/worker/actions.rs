@@ -1,0 +1,459 @@
+//! Carrying out what the coordination node decides.
+//!
+//! [`Worker::node_event`] gives an event to the node and performs the
+//! actions it returns, in order: link actions go to [`crate::links`],
+//! checkpoint steps to the executor, the sinks and the resilience files,
+//! restores to all three. An action that completes at once (a restore, a
+//! commit record written synchronously, a snapshot that fails) yields the
+//! node's next event, handled in the same call.
+
+use super::Worker;
+use crate::checkpoint_files::{record_commit, record_generation};
+use crate::connector_source::ConnectorCommand;
+use crate::error::WorkerError;
+use crate::event::Event;
+use crate::executor::SourceProgress;
+use crate::logging::{wallaroo_line, WallarooLine};
+use crate::router::Router;
+use crate::sinks::SinkCommand;
+use bytes::Bytes;
+use pyo3::prelude::*;
+use quoll_core::checkpoint::participant::ParticipantAction;
+use quoll_core::checkpoint::CheckpointId;
+use quoll_core::membership::Generation;
+use quoll_core::node::{NodeAction, NodeEvent, NodeFatal, Notice};
+use quoll_core::wire::{self, Control};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+type Action = NodeAction<Vec<SourceProgress>, Bytes>;
+
+impl Worker {
+    /// Gives `event` to the node and carries out what follows.
+    pub(super) fn node_event(
+        &mut self,
+        py: Python<'_>,
+        event: NodeEvent,
+    ) -> Result<(), WorkerError> {
+        if let NodeEvent::LinkClosed { link, .. } = &event {
+            if let Some(links) = &self.links {
+                links.closed(*link);
+            }
+        }
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let mut out = Vec::new();
+            let ex = &self.ex;
+            self.node
+                .handle(event, Instant::now(), &mut || ex.progress(), &mut out);
+            for action in out {
+                if let Some(next) = self.carry_out_one(py, action)? {
+                    queue.push_back(next);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out actions the node returned outside an event (its start).
+    pub(super) fn carry_out(
+        &mut self,
+        py: Python<'_>,
+        actions: Vec<Action>,
+    ) -> Result<(), WorkerError> {
+        for action in actions {
+            if let Some(next) = self.carry_out_one(py, action)? {
+                self.node_event(py, next)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn links(&mut self) -> Result<&mut crate::links::Links, WorkerError> {
+        self.links
+            .as_mut()
+            .ok_or_else(|| WorkerError::Fatal("a link action on a worker that is alone".into()))
+    }
+
+    fn carry_out_one(
+        &mut self,
+        py: Python<'_>,
+        action: Action,
+    ) -> Result<Option<NodeEvent>, WorkerError> {
+        match action {
+            NodeAction::Connect { after } => self.links()?.connect(after),
+            NodeAction::SendJoin { link, has_files } => {
+                let name = self.config.name.clone();
+                let fingerprint = self.fingerprint;
+                let links = self.links()?;
+                let msg = Control::Join {
+                    name,
+                    data_addr: links.data_addr(),
+                    fingerprint,
+                    has_files,
+                };
+                links.send(link, msg);
+                info!(
+                    "connected to the initializer at {}; asking to join the cluster",
+                    links.control_addr()
+                );
+            }
+            NodeAction::Send { link, msg } => self.links()?.send(link, msg),
+            NodeAction::Refuse {
+                link,
+                reason,
+                retry,
+            } => {
+                let links = self.links()?;
+                let peer = links.peer(link);
+                if retry {
+                    warn!("refused {peer} for now: {reason}");
+                } else {
+                    error!("refused {peer}: {reason}");
+                }
+                links.send(link, Control::Refused { reason, retry });
+                links.close(link);
+            }
+            NodeAction::Close { link } => self.links()?.close(link),
+            NodeAction::RecordGeneration { generation } => {
+                if let Some(log) = &mut self.commit_log {
+                    py.detach(|| record_generation(log, generation))?;
+                }
+            }
+            NodeAction::OpenDataLinks {
+                members,
+                me,
+                generation,
+            } => {
+                let name = self.config.name.clone();
+                self.links()?.open_data(&name, &members, me, generation);
+            }
+            NodeAction::TearDown { reform } => {
+                self.view.processing.store(false, Ordering::SeqCst);
+                self.ex.router = None;
+                let last = reform.map(|reason| Control::Reform { reason });
+                if let Some(links) = &mut self.links {
+                    // The writers close their links once `last` is out.
+                    drop(links.tear_down(last));
+                }
+            }
+            NodeAction::Formed {
+                members,
+                me,
+                generation,
+            } => {
+                let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+                debug!(
+                    "formed: generation {generation}, workers {}",
+                    names.join(", ")
+                );
+                if let Ok(mut n) = self.view.worker_names.lock() {
+                    n.clone_from(&names);
+                }
+                let data_out = self.links.as_ref().map_or_else(Vec::new, |l| l.data_out());
+                if names.len() > 1 {
+                    self.ex.router = Some(Router::new(me, names, generation, data_out));
+                }
+            }
+            NodeAction::Restore {
+                generation,
+                checkpoint,
+            } => {
+                let files_read = self.restore(py, generation, checkpoint)?;
+                self.started_up = true;
+                return Ok(Some(NodeEvent::Restored {
+                    generation,
+                    files_read,
+                }));
+            }
+            NodeAction::Running { announce } => {
+                self.view.ready.store(true, Ordering::SeqCst);
+                self.view.processing.store(true, Ordering::SeqCst);
+                if announce {
+                    if self.config.cluster_initializer {
+                        wallaroo_line(WallarooLine::Initialized);
+                    }
+                    wallaroo_line(WallarooLine::Ready);
+                }
+            }
+            NodeAction::Release { from, data } => self.ex.on_peer_data(py, from, &data)?,
+            NodeAction::Checkpoint(step) => return self.checkpoint_step(py, step),
+            NodeAction::RecordCommit { id, generation } => {
+                let result = match &mut self.commit_log {
+                    Some(log) => py.detach(|| record_commit(log, id, generation)),
+                    None => Ok(()),
+                };
+                if let Err(e) = &result {
+                    error!("checkpoint {id} could not be marked complete: {e}");
+                }
+                return Ok(Some(NodeEvent::CommitRecorded {
+                    generation,
+                    id,
+                    result: result.map_err(|e| e.to_string()),
+                }));
+            }
+            NodeAction::Notice(notice) => self.notice(notice),
+            NodeAction::Fatal(fatal) => {
+                return Err(match fatal {
+                    NodeFatal::NoFilesForRollback { .. } => WorkerError::NoFiles {
+                        fatal,
+                        dir: self
+                            .files
+                            .as_ref()
+                            .map(|f| f.dir.clone())
+                            .unwrap_or_default(),
+                    },
+                    other => WorkerError::Cluster(other),
+                })
+            }
+        }
+        Ok(None)
+    }
+
+    fn notice(&self, notice: Notice) {
+        match notice {
+            Notice::WaitingForWorkers { more } => {
+                let at = self.links.as_ref().map_or("", |l| l.control_addr());
+                info!("waiting for {more} more worker(s) on {at}");
+            }
+            Notice::Joined {
+                name,
+                joined,
+                expected,
+            } => info!("worker '{name}' joined ({joined}/{expected})"),
+            Notice::FormationInterrupted { reason } => {
+                info!("cluster formation interrupted ({reason}); starting over")
+            }
+            Notice::WorkerLost { name, why } => error!("lost worker '{name}': {why}"),
+            Notice::NoRecovery { name } => warn!(
+                "without --run-with-resilience the cluster can't recover; messages for '{name}' are dropped"
+            ),
+            Notice::RollingBack { reason } => {
+                self.view.processing.store(false, Ordering::SeqCst);
+                info!("rolling back to the last complete checkpoint: {reason}");
+            }
+            Notice::StartingFresh => info!(
+                "resilience files in {} are from a run that never completed a checkpoint; starting fresh",
+                self.config.resilience_dir
+            ),
+            Notice::CheckpointAbandoned { id, reason } => error!("checkpoint {id} abandoned: {reason}"),
+        }
+    }
+
+    // ---- checkpoints
+
+    fn checkpoint_step(
+        &mut self,
+        py: Python<'_>,
+        step: ParticipantAction<Vec<SourceProgress>, Bytes>,
+    ) -> Result<Option<NodeEvent>, WorkerError> {
+        let generation = self.node.generation();
+        match step {
+            ParticipantAction::SendBarriers { id } => {
+                if let Some(r) = &mut self.ex.router {
+                    r.send_to_all(wire::barrier_frame(generation, id));
+                }
+            }
+            ParticipantAction::TakeSnapshot { id, parent } => {
+                return Ok(self.take_snapshot(py, generation, id, parent))
+            }
+            ParticipantAction::Release { from, data } => self.ex.on_peer_data(py, from, &data)?,
+            ParticipantAction::Commit {
+                id,
+                positions,
+                compact,
+            } => self.committed(id, &positions, compact),
+            ParticipantAction::Abort { id } => {
+                debug!("checkpoint {id} abandoned: nothing pre-committed to undo")
+            }
+            ParticipantAction::PartDone { id } | ParticipantAction::PartFailed { id, .. } => {
+                debug!("checkpoint {id}: part report handled by the node")
+            }
+        }
+        Ok(None)
+    }
+
+    /// Snapshots state and sink lengths now, resumes, and has an I/O thread
+    /// pre-commit the sinks and write the part file; the outcome comes back
+    /// as [`NodeEvent::PartWritten`]. A snapshot that can't be taken fails
+    /// the part at once.
+    fn take_snapshot(
+        &mut self,
+        py: Python<'_>,
+        generation: Generation,
+        id: CheckpointId,
+        parent: Option<CheckpointId>,
+    ) -> Option<NodeEvent> {
+        let files = self.files.clone()?;
+        // Output of peer messages processed while aligning belongs before
+        // the barrier too, so sink lengths are taken now, with the state.
+        let sink_offsets = self.ex.sink_offsets(py);
+        let snapshot = match self.ex.snapshot(py, parent.is_none(), &sink_offsets) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("checkpoint {id} can't be taken: {e}; it is abandoned and the next one will retry");
+                return Some(NodeEvent::PartWritten {
+                    generation,
+                    id,
+                    result: Err(e),
+                });
+            }
+        };
+        let sinks = self.sinks.clone();
+        let events = self.ctl_tx.clone();
+        self.part_writes.retain(|t| !t.is_finished());
+        self.part_writes.push(self.rt.spawn(async move {
+            let mut result = Ok(());
+            for tx in sinks {
+                let (reply, done) = oneshot::channel();
+                if tx.send(SinkCommand::Sync(reply)).await.is_ok() {
+                    if let Ok(Err(e)) = done.await {
+                        result = Err(e);
+                    }
+                }
+            }
+            if result.is_ok() {
+                result = tokio::task::spawn_blocking(move || files.write(id, parent, snapshot))
+                    .await
+                    .map_err(|e| format!("the checkpoint writer failed: {e}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            }
+            if let Err(e) = &result {
+                error!("checkpoint {id} could not be written: {e}");
+            }
+            let done = NodeEvent::PartWritten {
+                generation,
+                id,
+                result,
+            };
+            let _ = events.send(Event::Node(done)).await;
+        }));
+        None
+    }
+
+    /// Checkpoint `id` is complete cluster-wide: connector clients may
+    /// forget what it covers, generators may run, older files go.
+    fn committed(&mut self, id: CheckpointId, positions: &[SourceProgress], compact: bool) {
+        for c in &self.connectors {
+            let positions = positions
+                .get(c.index)
+                .map(|p| p.streams.iter().map(|(s, p)| (*s, *p)).collect())
+                .unwrap_or_default();
+            let _ = c
+                .commands
+                .try_send(ConnectorCommand::Committed { positions });
+        }
+        self.ex.enable_generators(true);
+        if let Some(files) = self.files.clone() {
+            self.rt.spawn_blocking(move || {
+                if let Err(e) = files.after_commit(id, compact) {
+                    error!("after checkpoint {id}: {e}");
+                }
+            });
+        }
+    }
+
+    // ---- restore
+
+    /// Puts the executor, sinks and sources where checkpoint `checkpoint`
+    /// left them (None: the beginning); returns the number of part files
+    /// read.
+    fn restore(
+        &mut self,
+        py: Python<'_>,
+        generation: Generation,
+        checkpoint: Option<CheckpointId>,
+    ) -> Result<usize, WorkerError> {
+        let writes = std::mem::take(&mut self.part_writes);
+        let rt = &self.rt;
+        py.detach(|| {
+            rt.block_on(async {
+                for w in writes {
+                    let _ = w.await;
+                }
+            })
+        });
+        let Some(files) = self.files.clone() else {
+            self.truncate_sinks(py, &vec![0; self.sinks.len()])?;
+            self.restart_sources(&[]);
+            return Ok(0);
+        };
+        let image = py
+            .detach(|| files.load(checkpoint))
+            .map_err(WorkerError::Load)?;
+        let restored = self
+            .ex
+            .restore(py, &image.entries, &image.sources, &image.sinks)
+            .map_err(WorkerError::Restore)?;
+        self.truncate_sinks(py, &restored.sink_offsets)?;
+        self.restart_sources(&restored.progress);
+        self.ex.enable_generators(checkpoint.is_some());
+        if checkpoint.is_some() || generation > 1 {
+            wallaroo_line(WallarooLine::Replayed {
+                entries: restored.entries,
+            });
+            wallaroo_line(WallarooLine::RecoveryComplete {
+                checkpoint,
+                generation,
+            });
+        }
+        Ok(image.files_read)
+    }
+
+    fn truncate_sinks(&self, py: Python<'_>, offsets: &[u64]) -> Result<(), WorkerError> {
+        let (rt, sinks) = (&self.rt, &self.sinks);
+        py.detach(|| {
+            rt.block_on(async {
+                for (tx, &len) in sinks.iter().zip(offsets) {
+                    let (reply, done) = oneshot::channel();
+                    if tx.send(SinkCommand::Truncate(len, reply)).await.is_ok() {
+                        if let Ok(Err(e)) = done.await {
+                            return Err(WorkerError::Sink(e));
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Starts the replayable sources again where `progress` says (from the
+    /// beginning where it says nothing), as a new incarnation.
+    fn restart_sources(&mut self, progress: &[SourceProgress]) {
+        self.source_epoch += 1;
+        for f in self.file_sources.iter_mut() {
+            if let Some(t) = f.task.take() {
+                t.abort();
+            }
+            let offset = progress.get(f.index).map_or(0, |p| p.file_offset);
+            let task = self.rt.spawn(crate::sources::run_file_source(
+                f.index,
+                f.name.clone(),
+                f.path.clone(),
+                f.header,
+                self.config.max_frame_size,
+                offset,
+                self.source_epoch,
+                self.src_tx.clone(),
+                self.stats.clone(),
+            ));
+            f.task = Some(task.abort_handle());
+        }
+        for c in &self.connectors {
+            let resume = progress
+                .get(c.index)
+                .map(|p| p.streams.iter().map(|(s, p)| (*s, *p)).collect())
+                .unwrap_or_default();
+            let restart = ConnectorCommand::Restart {
+                resume,
+                epoch: self.source_epoch,
+            };
+            if c.commands.try_send(restart).is_err() {
+                error!("connector source {} did not take its restart", c.index);
+            }
+        }
+    }
+}

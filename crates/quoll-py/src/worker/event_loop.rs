@@ -1,0 +1,187 @@
+//! The executor thread's event loop.
+//!
+//! It serves two inboxes: peers and the control plane first, then source
+//! input. It takes no source input while the node says not to (forming,
+//! restoring, aligning a barrier), nor while frames for a slow worker pile
+//! up beyond `router::CONGESTED_BYTES`; it keeps serving peers meanwhile, so
+//! a cycle of workers waiting on each other drains. It holds the GIL while
+//! it works and releases it only to wait.
+
+use super::{Stop, Worker};
+use crate::error::WorkerError;
+use crate::event::Event;
+use pyo3::prelude::*;
+use quoll_core::external::ReportStatus;
+use quoll_core::node::NodeEvent;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::info;
+
+/// Events taken from an inbox per round before outputs are flushed.
+const EVENTS_PER_ROUND: usize = 64;
+/// A round of source input ends after this long, so checkpoints start on
+/// time and control messages wait little, however slow the user code.
+const ROUND_TIME: Duration = Duration::from_millis(20);
+/// The longest the loop sleeps without looking at the clock.
+const MAX_WAIT: Duration = Duration::from_millis(200);
+/// How often the report-status counters are refreshed.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+impl Worker {
+    fn congested(&self) -> bool {
+        self.ex.router.as_ref().is_some_and(|r| r.congested())
+    }
+
+    fn takes_input(&self) -> bool {
+        self.node.takes_input() && !self.congested() && self.src_open
+    }
+
+    /// Runs until a clean stop or a fatal error.
+    pub(super) fn run(&mut self, py: Python<'_>) -> Result<Stop, WorkerError> {
+        let mut next_timer: Option<Instant> = self.ex.on_timers(py)?;
+        let mut last_report = Instant::now();
+        let batch_size = self.config.batch_size.max(1);
+        loop {
+            if py.check_signals().is_err() {
+                return Ok(Stop::Clean("interrupted".into()));
+            }
+            if self
+                .node
+                .next_deadline()
+                .is_some_and(|d| Instant::now() >= d)
+            {
+                self.node_event(py, NodeEvent::Tick)?;
+            }
+            let mut busy = false;
+            for _ in 0..EVENTS_PER_ROUND {
+                let Ok(e) = self.ctl_rx.try_recv() else { break };
+                busy = true;
+                if let Some(stop) = self.handle(py, e)? {
+                    return Ok(stop);
+                }
+            }
+            if self.takes_input() {
+                let round = Instant::now();
+                for _ in 0..EVENTS_PER_ROUND {
+                    if round.elapsed() >= ROUND_TIME {
+                        break;
+                    }
+                    match self.src_rx.try_recv() {
+                        Ok(e) => {
+                            busy = true;
+                            if let Some(stop) = self.handle(py, e)? {
+                                return Ok(stop);
+                            }
+                            if !self.node.takes_input() {
+                                break;
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            self.src_open = false;
+                            break;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                    }
+                }
+                if self.ex.generating() && self.node.takes_input() {
+                    busy = true;
+                    self.ex.run_generators(py, batch_size)?;
+                }
+            }
+            self.ex.flush_peers();
+            self.ex.flush_sinks(py);
+            if next_timer.is_none_or(|t| Instant::now() >= t) {
+                next_timer = self.ex.on_timers(py)?;
+            }
+            self.ex.errors.maybe_summarise();
+            if last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                self.publish_report();
+            }
+            if busy {
+                continue;
+            }
+            // Idle: wait for input, a timer or a slow link, without the GIL.
+            let now = Instant::now();
+            let mut wait = [next_timer, self.node.next_deadline()]
+                .into_iter()
+                .flatten()
+                .map(|t| t.saturating_duration_since(now))
+                .fold(MAX_WAIT, Duration::min);
+            if self.ex.router.as_ref().is_some_and(|r| r.has_pending()) {
+                wait = wait.min(Duration::from_millis(1));
+            }
+            let take_src = self.takes_input();
+            let (rt, ctl, src) = (&self.rt, &mut self.ctl_rx, &mut self.src_rx);
+            let mut src_closed = false;
+            let event = py.detach(|| {
+                rt.block_on(async {
+                    tokio::select! {
+                        biased;
+                        e = ctl.recv() => e,
+                        e = src.recv(), if take_src => {
+                            src_closed = e.is_none();
+                            e
+                        }
+                        _ = tokio::time::sleep(wait) => None,
+                    }
+                })
+            });
+            self.src_open &= !src_closed;
+            if let Some(e) = event {
+                if let Some(stop) = self.handle(py, e)? {
+                    return Ok(stop);
+                }
+            }
+        }
+    }
+
+    /// Handles one event; `Some(stop)` ends the loop.
+    fn handle(&mut self, py: Python<'_>, event: Event) -> Result<Option<Stop>, WorkerError> {
+        match event {
+            Event::Frames {
+                source,
+                frames,
+                keys,
+                position,
+                epoch,
+            } => {
+                if epoch == 0 || epoch == self.source_epoch {
+                    self.ex.on_frames(py, source, frames, &keys, position)?;
+                }
+            }
+            Event::PeerData {
+                from,
+                generation,
+                body,
+            } => {
+                if let Some(body) = self.node.on_data(from, generation, body) {
+                    self.ex.on_peer_data(py, from, &body)?;
+                }
+            }
+            Event::Node(e) => self.node_event(py, e)?,
+            Event::Shutdown { reason } => {
+                info!("stopping: {reason}");
+                return Ok(Some(Stop::Clean(reason)));
+            }
+            Event::Fatal(reason) => return Err(WorkerError::Fatal(reason)),
+        }
+        Ok(None)
+    }
+
+    fn publish_report(&self) {
+        let report = ReportStatus {
+            messages_in: self.ex.messages_in,
+            shipped: self.ex.router.as_ref().map_or(0, |r| r.shipped),
+            frames_in: self.stats.frames_in.load(Ordering::Relaxed),
+            bad_frames: self.stats.bad_frames.load(Ordering::Relaxed),
+            sink_dropped: self.stats.sink_dropped.load(Ordering::Relaxed),
+            dropped: self.ex.errors.total(),
+            dropped_by_place: self.ex.errors.counts(),
+        };
+        if let (Ok(json), Ok(mut r)) = (serde_json::to_string(&report), self.view.report.lock()) {
+            *r = json;
+        }
+    }
+}
