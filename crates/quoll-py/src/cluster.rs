@@ -309,7 +309,7 @@ impl ControlPlane {
             };
             if let Some(reason) = refusal {
                 eprintln!("quoll: initializer: refused {peer}: {reason}");
-                let _ = send_control(&mut write, &Control::Refused { reason }).await;
+                let _ = send_control(&mut write, &Control::Refused { reason, retry: false }).await;
                 continue;
             }
             println!(
@@ -492,7 +492,7 @@ impl ControlPlane {
                     rollback_to,
                     resilient,
                 } => (members, generation, rollback_to, resilient),
-                Control::Refused { reason } => {
+                Control::Refused { reason, .. } => {
                     return Err(FormError::Fatal(format!(
                         "the initializer refused this worker: {reason}"
                     )))
@@ -650,7 +650,7 @@ async fn guard_control(
             )
         };
         eprintln!("quoll: initializer: refused {peer}: {reason}");
-        let _ = send_control(&mut write, &Control::Refused { reason }).await;
+        let _ = send_control(&mut write, &Control::Refused { reason, retry: false }).await;
     }
 }
 
