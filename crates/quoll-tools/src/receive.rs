@@ -49,7 +49,7 @@
 //! from the first accepted connection to the last data received.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -582,5 +582,10 @@ pub fn run_receive(
     err: &mut dyn Write,
     terminal: bool,
 ) -> Result<i32, ToolError> {
-    receive(args, err, terminal && !args.no_progress).map(|(_, code)| code)
+    // Received data printed on the same terminal would tear the display.
+    let data_on_terminal = !args.count_only
+        && args.output.as_deref().is_none_or(|o| o == "-")
+        && io::stdout().is_terminal();
+    let show = terminal && !args.no_progress && !data_on_terminal;
+    receive(args, err, show).map(|(_, code)| code)
 }
