@@ -339,7 +339,12 @@ def _joined_file(paths: list[str], text: bool) -> str:
     the process exits."""
     import atexit
     fd, joined = tempfile.mkstemp(prefix="quoll-sender-")
-    atexit.register(lambda: os.path.exists(joined) and os.unlink(joined))
+
+    def remove() -> None:
+        if os.path.exists(joined):
+            os.unlink(joined)
+
+    atexit.register(remove)
     with os.fdopen(fd, "wb") as out:
         for p in paths:
             with open(p, "rb") as f:

@@ -275,7 +275,8 @@ class _Runner:
             if entry is None:
                 state = self.user(place, f"key {key!r}, initial_state()", spec.initial_state)
                 entry = entries[kb] = _Keyed(key, state)
-            result = self.user(place, f"key {key!r}, compute", lambda: spec.call(value, entry.value))
+            state = entry.value
+            result = self.user(place, f"key {key!r}, compute", lambda: spec.call(value, state))
             self.emit(place, nxt, result, spec.multi, key, et)
         elif isinstance(spec, topo.RangeWindowsStage):
             watermark = self.watermarks[stage] = max(self.watermarks.get(stage, et), et)

@@ -141,8 +141,18 @@ def test_sender_skips_blank_lines_and_logs_what_it_sent(make_cluster, make_recei
     r = run([QUOLL, "send", "--host", f"127.0.0.1:{cluster.in_ports[0]}", "--file", "in.txt"], tmp_path)
     assert r.returncode == 0 and "sent 6 messages" in r.stdout, r.stdout + r.stderr
     lines = out.wait_for_lines(9)
-    shutdown(cluster, tmp_path)
     assert lines == ["alpha", "beta", "gamma", "alpha", "", "beta", "", "gamma", ""]
+
+    # Giles' comma-separated files, one after the other (the first lacks
+    # its last newline; its last line is still a line of its own).
+    (tmp_path / "one.txt").write_text("delta")
+    (tmp_path / "two.txt").write_text("\nepsilon\n")
+    r = run([SENDER, "--host", f"127.0.0.1:{cluster.in_ports[0]}", "--file", "one.txt,two.txt",
+             "--messages", "3", "--repeat", "--no-write"], tmp_path)
+    assert r.returncode == 0 and "sent 3 messages" in r.stdout, r.stdout + r.stderr
+    lines = out.wait_for_lines(12)
+    shutdown(cluster, tmp_path)
+    assert lines[9:] == ["delta", "epsilon", "delta"]
 
 
 FRAMED_APP = '''

@@ -483,3 +483,17 @@ def test_unknown_source_and_multi_source_inputs_are_explained():
         run(app("merge_sources"), {"kelvin": ["s,1"]}, args=args)
     result = run(app("merge_sources"), {"fahrenheit": ["s,212"], 0: ["s,20"]}, args=args)
     assert result.lines() == ["s readings=1 max=100.0", "s readings=2 max=100.0"]
+
+
+def test_the_documented_example_runs(monkeypatch):
+    """docs/testing-apps.md's example test, as written there."""
+    import re
+    text = (REPO / "docs" / "testing-apps.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(REPO)
+    namespace = {}
+    exec(compile(code, "docs/testing-apps.md", "exec"), namespace)
+    tests = [f for name, f in namespace.items() if name.startswith("test_")]
+    assert len(tests) == 2
+    for t in tests:
+        t()
