@@ -48,7 +48,7 @@ use quoll_core::connector::{
 };
 use quoll_core::frame::{BlockingFramedRead, ReadError};
 
-use crate::send::{encode_messages, SendArgs, SendFraming};
+use crate::send::{planned_total, read_messages, EncodedMessages, SendArgs, SendFraming};
 use crate::{connect, rate, secs, ToolError, EXIT_OK};
 
 /// The payloads to send: one buffer and the span of each record.
@@ -59,20 +59,20 @@ pub struct Records {
 }
 
 impl Records {
-    /// Cuts a file's contents into record payloads as `framing` says.
-    pub fn from_file_data(data: Vec<u8>, framing: SendFraming) -> Result<Records, String> {
+    /// The record payloads of a file encoded with `framing`: each message
+    /// without its length header (`lines` records keep their newline).
+    pub fn from_encoded(e: EncodedMessages, framing: SendFraming) -> Records {
         let header = match framing {
-            SendFraming::Lines => 0,
+            SendFraming::Lines | SendFraming::Fixed => 0,
             SendFraming::Framed | SendFraming::RawFramed => 4,
         };
-        let e = encode_messages(data, framing)?;
         let mut spans = Vec::with_capacity(e.ends.len());
         let mut start = 0;
         for &end in &e.ends {
             spans.push((start + header, end));
             start = end;
         }
-        Ok(Records { buf: e.buf, spans })
+        Records { buf: e.buf, spans }
     }
 
     /// Number of records.
@@ -460,19 +460,8 @@ impl Session<'_> {
 
 /// Reads the file and sends it as `args` say (`args.connector` is set).
 pub fn send_connector(args: &SendArgs, err: &mut dyn Write) -> Result<ConnectorReport, ToolError> {
-    let data = std::fs::read(&args.file).map_err(|e| {
-        ToolError::new(format!(
-            "cannot read {}: {e}; check the --file path",
-            args.file.display()
-        ))
-    })?;
-    let records = Records::from_file_data(data, args.framing)
-        .map_err(|e| ToolError::new(format!("{}: {e}", args.file.display())))?;
-    let total: Option<u64> = match (args.messages, args.repeat) {
-        (Some(n), _) => Some(n),
-        (None, true) => None,
-        (None, false) => Some(records.len() as u64),
-    };
+    let records = Records::from_encoded(read_messages(args)?, args.framing);
+    let total = planned_total(args, records.len());
     if records.is_empty() && total != Some(0) {
         return Err(ToolError::new(format!(
             "{} holds no message to send (framing {:?}) but --messages/--repeat ask for more; give a non-empty file",
@@ -594,6 +583,15 @@ pub fn run_send_connector(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::send::{encode_messages, Encoding};
+
+    /// The records of a file's contents cut as `framing` says.
+    fn records(data: Vec<u8>, framing: SendFraming) -> Result<Records, String> {
+        Ok(Records::from_encoded(
+            encode_messages(data, &Encoding::new(framing))?,
+            framing,
+        ))
+    }
 
     fn frames(msgs: &[&[u8]]) -> Vec<u8> {
         let mut v = Vec::new();
@@ -606,22 +604,19 @@ mod tests {
 
     #[test]
     fn records_per_framing() {
-        let r = Records::from_file_data(b"a\nbc\r\n\nlast".to_vec(), SendFraming::Framed).unwrap();
+        let r = records(b"a\nbc\r\n\nlast".to_vec(), SendFraming::Framed).unwrap();
         let got: Vec<&[u8]> = (0..r.len()).map(|i| r.get(i)).collect();
         assert_eq!(got, vec![&b"a"[..], b"bc", b"", b"last"]);
-        let r = Records::from_file_data(b"a\nbc\n".to_vec(), SendFraming::Lines).unwrap();
+        let r = records(b"a\nbc\n".to_vec(), SendFraming::Lines).unwrap();
         let got: Vec<&[u8]> = (0..r.len()).map(|i| r.get(i)).collect();
         assert_eq!(got, vec![&b"a\n"[..], b"bc\n"]);
-        let r = Records::from_file_data(frames(&[b"one", b"", b"three"]), SendFraming::RawFramed)
-            .unwrap();
+        let r = records(frames(&[b"one", b"", b"three"]), SendFraming::RawFramed).unwrap();
         let got: Vec<&[u8]> = (0..r.len()).map(|i| r.get(i)).collect();
         assert_eq!(got, vec![&b"one"[..], b"", b"three"]);
         assert_eq!(r.payload(1), b"one");
         assert_eq!(r.payload(4), b"one");
         assert_eq!(r.payload(6), b"three");
-        assert!(Records::from_file_data(Vec::new(), SendFraming::Framed)
-            .unwrap()
-            .is_empty());
+        assert!(records(Vec::new(), SendFraming::Framed).unwrap().is_empty());
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! - `status`, `shutdown`: talk to a worker's external channel
 //!   ([`external_client`]).
 //!
+//! On a terminal, `send` and `receive` also draw their progress
+//! ([`progress`]); piped or redirected they print only their text lines.
+//!
 //! Every tool prints its problems on stderr as `quoll TOOL: error: what
 //! happened; what to do` and returns an exit code: 0 success, 1 failure,
 //! 2 a usage error (from the argument parser) or, for `status`, a worker
@@ -23,7 +26,7 @@
 //! SIGINT/SIGTERM at their default action so that Ctrl-C ends the process.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -31,6 +34,7 @@ use clap::{Parser, Subcommand};
 
 pub mod connector_client;
 pub mod external_client;
+pub mod progress;
 pub mod receive;
 pub mod send;
 
@@ -105,17 +109,25 @@ enum Command {
 
 /// Runs one tool and returns its exit code, printing on the process's
 /// stdout and stderr. `args[0]` is the subcommand: `["send", "--host",
-/// "127.0.0.1:7000", "--file", "in.txt"]`.
+/// "127.0.0.1:7000", "--file", "in.txt"]`. Progress is drawn when stderr
+/// is a terminal.
 pub fn run(args: Vec<String>) -> i32 {
-    let stdout = io::stdout();
-    let stderr = io::stderr();
-    run_with_io(args, &mut stdout.lock(), &mut stderr.lock())
+    // Unlocked handles: the progress display draws on stderr from its own
+    // thread, which a lock held for the whole run would block.
+    let terminal = io::stderr().is_terminal();
+    run_tool(args, &mut io::stdout(), &mut io::stderr(), terminal)
 }
 
 /// Like [`run`], with the tool's messages written to `out` and `err`
 /// instead (received data that `receive --output -` writes still goes to
-/// the process's stdout).
+/// the process's stdout), and no progress display.
 pub fn run_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    run_tool(args, out, err, false)
+}
+
+/// `terminal`: `err` is the process's stderr and a terminal, so progress
+/// may be drawn there.
+fn run_tool(args: Vec<String>, out: &mut dyn Write, err: &mut dyn Write, terminal: bool) -> i32 {
     let cli = match Cli::try_parse_from(std::iter::once("quoll".to_string()).chain(args)) {
         Ok(cli) => cli,
         Err(e) => {
@@ -133,8 +145,8 @@ pub fn run_with_io(args: Vec<String>, out: &mut dyn Write, err: &mut dyn Write) 
         Command::Shutdown(_) => "shutdown",
     };
     let result = match cli.command {
-        Command::Send(a) => send::run_send(&a, out, err),
-        Command::Receive(a) => receive::run_receive(&a, out, err),
+        Command::Send(a) => send::run_send(&a, out, err, terminal),
+        Command::Receive(a) => receive::run_receive(&a, out, err, terminal),
         Command::Status(a) => external_client::run_status(&a, out, err),
         Command::Shutdown(a) => external_client::run_shutdown(&a, out, err),
     };

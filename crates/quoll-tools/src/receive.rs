@@ -17,8 +17,17 @@
 //! - `framed`: the stream is 4-byte big-endian length-prefixed frames (as an
 //!   app packs with `struct.pack(">I...")`); a message is a frame, and the
 //!   output gets each payload without its header, followed by `\n` if
-//!   `--framed-newline` is given. A frame above 64 MiB is taken for a
-//!   framing mistake and ends that connection.
+//!   `--framed-newline` is given (what Wallaroo's `data_receiver --framed`
+//!   prints), or, with `--keep-headers`, each whole frame, header included
+//!   (what Wallaroo's test harness stores for its validators). A frame above
+//!   64 MiB is taken for a framing mistake and ends that connection.
+//!
+//! With several connections (one per worker), each connection's frames or
+//! lines reach the output whole: a connection thread holds the output while
+//! it writes the complete frames (or lines) it has, so nothing from another
+//! connection can land inside one. Raw mode only knows lines: a framed
+//! (binary) stream received raw can be cut at any `\n` byte and mixed with
+//! another connection's bytes, so framed sinks want `--framing framed`.
 //!
 //! `--count-only` stores nothing. Otherwise `--output PATH` (created or
 //! truncated at start) or `--output -` (stdout, the default).
@@ -31,14 +40,16 @@
 //!   not reached;
 //! - otherwise never (kill it).
 //!
-//! Every `--report-interval` seconds (default 5, 0 for never) a progress
-//! line goes to stderr; at the end the line
+//! On a terminal, a progress display on stderr shows the count, the rate
+//! and, with `--expect`, a bar (`--no-progress` turns it off). Otherwise,
+//! every `--report-interval` seconds (default 5, 0 for never) a progress
+//! line goes to stderr. At the end the line
 //! `quoll receive: received N messages (B bytes) in T s (R msgs/s)`, where
 //! B counts bytes read from the sockets (frame headers included) and T runs
 //! from the first accepted connection to the last data received.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -49,7 +60,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use quoll_core::frame::{BlockingFramedRead, ByteOrder, LengthError, LengthPrefixed, ReadError};
 
-use crate::{parse_seconds, rate, secs, ToolError, EXIT_OK, EXIT_TIMEOUT};
+use crate::progress::Progress;
+use crate::{parse_seconds, rate, secs, ToolError, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE};
 
 const READ_SIZE: usize = 256 * 1024;
 const MAX_RECEIVE_FRAME: u32 = 64 * 1024 * 1024;
@@ -78,8 +90,12 @@ pub struct ReceiveArgs {
     #[arg(long, value_enum, default_value_t = ReceiveFraming::Raw)]
     pub framing: ReceiveFraming,
     /// With --framing framed: write a newline after each payload.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "keep_headers")]
     pub framed_newline: bool,
+    /// With --framing framed: write each frame whole, its 4-byte length
+    /// header included (the file Wallaroo's validators read).
+    #[arg(long)]
+    pub keep_headers: bool,
     /// Count messages without storing them.
     #[arg(long)]
     pub count_only: bool,
@@ -92,9 +108,21 @@ pub struct ReceiveArgs {
     /// Exit after SECS overall (exit 3 if --expect was not reached).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub timeout: Option<f64>,
-    /// Seconds between progress lines on stderr; 0 for none.
+    /// Seconds between progress lines on stderr; 0 for none (on a
+    /// terminal the progress display replaces them).
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_seconds)]
     pub report_interval: f64,
+    /// No progress display, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// What a framed connection writes per frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameOutput {
+    Payload,
+    PayloadNewline,
+    WholeFrame,
 }
 
 type Output = Mutex<Box<dyn Write + Send>>;
@@ -211,7 +239,7 @@ fn serve_raw(shared: &Shared, stream: &mut TcpStream) -> Result<u64, String> {
 fn serve_framed(
     shared: &Shared,
     stream: &mut TcpStream,
-    newline: bool,
+    output: FrameOutput,
     peer: &str,
 ) -> Result<u64, String> {
     let framing = LengthPrefixed::new(ByteOrder::Big, 0, MAX_RECEIVE_FRAME);
@@ -244,8 +272,14 @@ fn serve_framed(
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                 });
+                if output == FrameOutput::WholeFrame {
+                    // The payload fits the header: the decoder bounds it by
+                    // MAX_RECEIVE_FRAME.
+                    let len = payload.len() as u32;
+                    out.write_all(&len.to_be_bytes()).map_err(output_failed)?;
+                }
                 out.write_all(&payload).map_err(output_failed)?;
-                if newline {
+                if output == FrameOutput::PayloadNewline {
                     out.write_all(b"\n").map_err(output_failed)?;
                 }
             }
@@ -301,9 +335,32 @@ enum End {
     Failed(String),
 }
 
-/// Runs a receiver as `args` say; progress and notices go to `err`.
+/// Runs a receiver as `args` say; progress and notices go to `err`, and
+/// with `show_progress` a progress display to the process's stderr.
 /// Returns the report and the exit code (0, or 3 for `--expect` not reached).
-pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport, i32), ToolError> {
+pub fn receive(
+    args: &ReceiveArgs,
+    err: &mut dyn Write,
+    show_progress: bool,
+) -> Result<(ReceiveReport, i32), ToolError> {
+    if (args.keep_headers || args.framed_newline) && args.framing != ReceiveFraming::Framed {
+        let flag = if args.keep_headers {
+            "--keep-headers"
+        } else {
+            "--framed-newline"
+        };
+        return Err(ToolError::with_code(
+            EXIT_USAGE,
+            format!("{flag} applies to framed streams only; add --framing framed"),
+        ));
+    }
+    let frame_output = if args.keep_headers {
+        FrameOutput::WholeFrame
+    } else if args.framed_newline {
+        FrameOutput::PayloadNewline
+    } else {
+        FrameOutput::Payload
+    };
     let listener = TcpListener::bind(&args.listen).map_err(|e| {
         ToolError::new(format!(
             "cannot listen on {}: {e}; is another receiver or a worker using that port? Choose another --listen address",
@@ -328,6 +385,7 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
     });
     let _ = writeln!(err, "quoll receive: listening on {local}");
     let _ = err.flush();
+    let progress = Progress::new(show_progress, args.expect, "receive");
 
     let mut conns: Vec<Conn> = Vec::new();
     let mut first_accept: Option<Instant> = None;
@@ -352,17 +410,18 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
                     let clone = match stream.try_clone() {
                         Ok(c) => c,
                         Err(e) => {
-                            let _ = writeln!(
+                            progress.line(
                                 err,
-                                "quoll receive: cannot use the connection from {peer}: {e}"
+                                &format!(
+                                    "quoll receive: cannot use the connection from {peer}: {e}"
+                                ),
                             );
                             continue;
                         }
                     };
-                    let _ = writeln!(err, "quoll receive: connection from {peer}");
+                    progress.line(err, &format!("quoll receive: connection from {peer}"));
                     let sh = Arc::clone(&shared);
                     let framing = args.framing;
-                    let newline = args.framed_newline;
                     let handle = std::thread::Builder::new()
                         .name(format!("quoll-receive-{peer}"))
                         .spawn(move || {
@@ -370,7 +429,7 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
                             let peer = peer.to_string();
                             let r = match framing {
                                 ReceiveFraming::Raw => serve_raw(&sh, &mut s),
-                                ReceiveFraming::Framed => serve_framed(&sh, &mut s, newline, &peer),
+                                ReceiveFraming::Framed => serve_framed(&sh, &mut s, frame_output, &peer),
                             };
                             if let Ok(n) = &r {
                                 sh.notice(format!("quoll receive: connection from {peer} closed after {n} messages"));
@@ -387,13 +446,13 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let _ = writeln!(err, "quoll receive: accept failed: {e}");
+                    progress.line(err, &format!("quoll receive: accept failed: {e}"));
                     break;
                 }
             }
         }
         while let Ok(text) = notices.try_recv() {
-            let _ = writeln!(err, "{text}");
+            progress.line(err, &text);
         }
         // Reap finished connection threads; one that failed ends the run.
         let mut failed = None;
@@ -407,6 +466,8 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
             break End::Failed(msg);
         }
         let got = shared.messages.load(Ordering::Relaxed);
+        progress.set(got);
+        progress.note(format!("{} open connections", conns.len()));
         if let Some(n) = args.expect {
             if got >= n {
                 break End::Expected;
@@ -422,7 +483,7 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
         if deadline.is_some_and(|d| now >= d) {
             break End::Timeout;
         }
-        if let (Some(every), Some(at)) = (report_every, next_report) {
+        if let (Some(every), Some(at), false) = (report_every, next_report, progress.is_on()) {
             if now >= at {
                 let (t0, n0) = last_report;
                 let dt = now.duration_since(t0);
@@ -462,8 +523,9 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
         }
     }
     while let Ok(text) = notices.try_recv() {
-        let _ = writeln!(err, "{text}");
+        progress.line(err, &text);
     }
+    progress.clear();
     if let Some(out) = &shared.output {
         if let Err(e) = out.lock().unwrap_or_else(|p| p.into_inner()).flush() {
             failure.get_or_insert(output_failed(e));
@@ -512,11 +574,18 @@ pub fn receive(args: &ReceiveArgs, err: &mut dyn Write) -> Result<(ReceiveReport
     Ok((report, EXIT_OK))
 }
 
-/// `quoll receive`: all its messages go to `err` (stdout may carry the data).
+/// `quoll receive`: all its messages go to `err` (stdout may carry the
+/// data); a progress display on stderr when `terminal`.
 pub fn run_receive(
     args: &ReceiveArgs,
     _out: &mut dyn Write,
     err: &mut dyn Write,
+    terminal: bool,
 ) -> Result<i32, ToolError> {
-    receive(args, err).map(|(_, code)| code)
+    // Received data printed on the same terminal would tear the display.
+    let data_on_terminal = !args.count_only
+        && args.output.as_deref().is_none_or(|o| o == "-")
+        && io::stdout().is_terminal();
+    let show = terminal && !args.no_progress && !data_on_terminal;
+    receive(args, err, show).map(|(_, code)| code)
 }

@@ -11,22 +11,41 @@
 //!   without its `\n` (and without a `\r` just before it), is sent as a
 //!   4-byte big-endian length followed by its bytes, which is what an app
 //!   with `@decoder(header_length=4, length_fmt=">I")` reads. An empty
-//!   line is an empty message; a last line without `\n` is still a message.
+//!   line is an empty message (unless `--skip-empty`); a last line without
+//!   `\n` is still a message.
 //! - `lines`: each line is sent as it is in the file, with its `\n` (one is
 //!   added to a last line that lacks it).
 //! - `raw-framed`: the file already holds 4-byte big-endian length-prefixed
 //!   frames; they are sent as they are, one message per frame.
+//! - `fixed`: the file is a sequence of `--msg-size` byte messages, each
+//!   sent as it is (Giles sender's `--binary --msg-size N`, whose files hold
+//!   whole frames of N bytes, headers included).
+//!
+//! `--skip-empty` drops empty lines (`framed`, `lines`) instead of sending
+//! them as empty messages, as Wallaroo's Giles sender does; the `sender`
+//! compatibility command always passes it.
 //!
 //! `--messages N` stops after N messages, going round the file again as
-//! often as needed; `--repeat` without `--messages` goes round forever.
+//! often as needed; `--max-messages N` stops after N messages or at the end
+//! of the file, whichever comes first (with `--repeat`, after N); `--repeat`
+//! without either goes round forever.
 //! `--rate R` paces the sends to R messages per second on average (batches
-//! are then cut to about 10 ms worth of messages).
+//! are then cut to about 10 ms worth of messages); `--batch-interval SECS`
+//! sends one batch of `--batch-size` messages every SECS instead, as Giles
+//! does with `--interval`.
 //!
 //! The connection is retried every 100 ms for `--connect-timeout` seconds
 //! (workers take a moment to start listening) unless `--no-wait-connect`.
 //! At the end the sending side of the socket is shut down, and one line is
 //! printed on stdout:
 //! `quoll send: sent N messages (B bytes) in T s (R msgs/s)`.
+//! On a terminal a progress bar shows the count, the rate and, when the
+//! total is known, the time left (`--no-progress` turns it off).
+//!
+//! `--sent-log PATH` writes one line per message sent, `NANOSECONDS,
+//! PAYLOAD` (wall-clock time of the batch's write, then the message without
+//! its framing: no length header for `framed` and `raw-framed`, no newline
+//! for `lines`), as Giles writes its `sent.txt`.
 //!
 //! `--connector` speaks connector protocol v3 to a worker's source
 //! connector instead (`--cookie`, `--stream-id`, `--stream-name`,
@@ -35,14 +54,16 @@
 //! acknowledged is sent again after a RESTART or a lost connection. See
 //! [`crate::connector_client`].
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
 use quoll_core::frame::{ByteOrder, LengthPrefixed, LENGTH_FIELD_LEN};
 
+use crate::progress::Progress;
 use crate::{connect, parse_positive, parse_seconds, rate, secs, ToolError, EXIT_OK};
 
 /// The 4-byte big-endian length-prefixed frames of `framed` and `raw-framed`.
@@ -57,6 +78,8 @@ pub enum SendFraming {
     Lines,
     /// The file is already a sequence of 4-byte big-endian length-prefixed frames.
     RawFramed,
+    /// The file is a sequence of --msg-size byte messages, sent as they are.
+    Fixed,
 }
 
 /// Arguments of `quoll send`.
@@ -71,18 +94,38 @@ pub struct SendArgs {
     /// How to cut the file into messages and frame them.
     #[arg(long, value_enum, default_value_t = SendFraming::Framed)]
     pub framing: SendFraming,
+    /// With --framing fixed: the size of every message in bytes.
+    #[arg(long, value_name = "BYTES", required_if_eq("framing", "fixed"), value_parser = clap::value_parser!(u64).range(1..u64::from(u32::MAX)))]
+    pub msg_size: Option<u64>,
+    /// Drop empty lines instead of sending them as empty messages (as
+    /// Wallaroo's Giles sender does); --framing framed or lines.
+    #[arg(long)]
+    pub skip_empty: bool,
     /// Messages per socket write.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
     /// Average messages per second (default: as fast as possible).
-    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = parse_positive)]
+    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = parse_positive, conflicts_with = "batch_interval")]
     pub rate: Option<f64>,
+    /// Send one batch of --batch-size messages every SECS (Giles' --interval).
+    #[arg(long, value_name = "SECS", value_parser = parse_positive, conflicts_with = "connector")]
+    pub batch_interval: Option<f64>,
     /// Stop after N messages, going round the file again as needed.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "max_messages")]
     pub messages: Option<u64>,
+    /// Stop after N messages or at the end of the file, whichever comes
+    /// first (with --repeat: after N).
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
     /// Go round the file until --messages are sent, or forever without it.
     #[arg(long)]
     pub repeat: bool,
+    /// Write `NANOSECONDS, PAYLOAD` per message sent to PATH (Giles' sent.txt).
+    #[arg(long, value_name = "PATH", conflicts_with = "connector")]
+    pub sent_log: Option<PathBuf>,
+    /// No progress bar, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
     /// Try to connect once instead of retrying until --connect-timeout.
     #[arg(long)]
     pub no_wait_connect: bool,
@@ -184,13 +227,65 @@ fn line_spans(data: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     })
 }
 
+/// How a file is cut into messages: the framing and its options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    /// The framing.
+    pub framing: SendFraming,
+    /// Drop empty lines (`framed`, `lines`).
+    pub skip_empty: bool,
+    /// The message size of `fixed`.
+    pub msg_size: Option<usize>,
+}
+
+impl Encoding {
+    /// `framing` with empty lines kept and no message size.
+    pub fn new(framing: SendFraming) -> Encoding {
+        Encoding {
+            framing,
+            skip_empty: false,
+            msg_size: None,
+        }
+    }
+
+    /// The encoding `quoll send`'s arguments ask for.
+    pub fn of(args: &SendArgs) -> Encoding {
+        Encoding {
+            framing: args.framing,
+            skip_empty: args.skip_empty,
+            msg_size: args.msg_size.map(|n| n as usize),
+        }
+    }
+
+    /// The payload of an encoded message: without its length header
+    /// (`framed`, `raw-framed`) or its newline (`lines`).
+    pub fn payload<'a>(&self, msg: &'a [u8]) -> &'a [u8] {
+        match self.framing {
+            SendFraming::Framed | SendFraming::RawFramed => &msg[LENGTH_FIELD_LEN.min(msg.len())..],
+            SendFraming::Lines => msg.strip_suffix(b"\n").unwrap_or(msg),
+            SendFraming::Fixed => msg,
+        }
+    }
+}
+
 /// Encodes the contents of a file for sending.
-pub fn encode_messages(data: Vec<u8>, framing: SendFraming) -> Result<EncodedMessages, String> {
-    match framing {
+pub fn encode_messages(data: Vec<u8>, enc: &Encoding) -> Result<EncodedMessages, String> {
+    match enc.framing {
         SendFraming::Lines => {
             let mut buf = data;
             if !buf.is_empty() && buf.last() != Some(&b'\n') {
                 buf.push(b'\n');
+            }
+            if enc.skip_empty {
+                let mut kept = Vec::with_capacity(buf.len());
+                let mut ends = Vec::new();
+                for (start, end) in line_spans(&buf) {
+                    if !is_blank(&buf[start..end]) {
+                        kept.extend_from_slice(&buf[start..=end]);
+                        ends.push(kept.len());
+                    }
+                }
+                return Ok(EncodedMessages { buf: kept, ends });
             }
             let ends = memchr::memchr_iter(b'\n', &buf).map(|i| i + 1).collect();
             Ok(EncodedMessages { buf, ends })
@@ -202,6 +297,9 @@ pub fn encode_messages(data: Vec<u8>, framing: SendFraming) -> Result<EncodedMes
             for (start, mut end) in line_spans(&data) {
                 if end > start && data[end - 1] == b'\r' && end < data.len() {
                     end -= 1;
+                }
+                if enc.skip_empty && end == start {
+                    continue;
                 }
                 let at = FRAMING.begin(&mut buf);
                 buf.extend_from_slice(&data[start..end]);
@@ -241,6 +339,40 @@ pub fn encode_messages(data: Vec<u8>, framing: SendFraming) -> Result<EncodedMes
             }
             Ok(EncodedMessages { buf: data, ends })
         }
+        SendFraming::Fixed => {
+            let size = enc
+                .msg_size
+                .filter(|&n| n > 0)
+                .ok_or_else(|| "--framing fixed needs --msg-size BYTES".to_string())?;
+            let rest = data.len() % size;
+            if rest != 0 {
+                return Err(format!(
+                    "{} bytes are not a whole number of {size}-byte messages ({rest} bytes left over); \
+                     check --msg-size",
+                    data.len()
+                ));
+            }
+            let ends = (1..=data.len() / size).map(|i| i * size).collect();
+            Ok(EncodedMessages { buf: data, ends })
+        }
+    }
+}
+
+/// A line that holds nothing once its `\r\n` or `\n` is taken away.
+fn is_blank(line: &[u8]) -> bool {
+    line.is_empty() || line == b"\r"
+}
+
+/// How many messages to send for a file of `len` messages: `None` is
+/// forever (`--repeat` alone).
+pub fn planned_total(args: &SendArgs, len: usize) -> Option<u64> {
+    let len = len as u64;
+    match (args.messages, args.max_messages, args.repeat) {
+        (Some(n), _, _) => Some(n),
+        (None, Some(n), true) => Some(n),
+        (None, Some(n), false) => Some(n.min(len)),
+        (None, None, true) => None,
+        (None, None, false) => Some(len),
     }
 }
 
@@ -277,10 +409,10 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ToolError> {
     })
 }
 
-/// Reads, encodes, connects and sends as `args` say.
-pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
+/// Reads and encodes the file as `args` say.
+pub fn read_messages(args: &SendArgs) -> Result<EncodedMessages, ToolError> {
     let data = read_file(&args.file)?;
-    let msgs = encode_messages(data, args.framing).map_err(|e| {
+    encode_messages(data, &Encoding::of(args)).map_err(|e| {
         let hint = match args.framing {
             SendFraming::RawFramed => {
                 "; for a text file with one message per line use --framing framed"
@@ -288,12 +420,73 @@ pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
             _ => "",
         };
         ToolError::new(format!("{}: {e}{hint}", args.file.display()))
-    })?;
-    let total: Option<u64> = match (args.messages, args.repeat) {
-        (Some(n), _) => Some(n),
-        (None, true) => None,
-        (None, false) => Some(msgs.len() as u64),
-    };
+    })
+}
+
+/// The `--sent-log` file: one `NANOSECONDS, PAYLOAD` line per message.
+struct SentLog {
+    file: BufWriter<File>,
+    path: PathBuf,
+    encoding: Encoding,
+}
+
+impl SentLog {
+    fn create(path: &Path, encoding: Encoding) -> Result<SentLog, ToolError> {
+        let file = File::create(path).map_err(|e| {
+            ToolError::new(format!(
+                "cannot create the sent log {}: {e}; check the --sent-log path",
+                path.display()
+            ))
+        })?;
+        Ok(SentLog {
+            file: BufWriter::new(file),
+            path: path.to_path_buf(),
+            encoding,
+        })
+    }
+
+    fn failed(&self, e: std::io::Error) -> ToolError {
+        ToolError::new(format!(
+            "cannot write the sent log {}: {e}",
+            self.path.display()
+        ))
+    }
+
+    /// Logs messages `from..to` of `msgs`, all written at `at_ns`.
+    fn log(
+        &mut self,
+        msgs: &EncodedMessages,
+        from: usize,
+        to: usize,
+        at_ns: u128,
+    ) -> Result<(), ToolError> {
+        for i in from..to {
+            let payload = self.encoding.payload(msgs.slice(i, i + 1));
+            let r = write!(self.file, "{at_ns}, ")
+                .and_then(|_| self.file.write_all(payload))
+                .and_then(|_| self.file.write_all(b"\n"));
+            r.map_err(|e| self.failed(e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), ToolError> {
+        self.file.flush().map_err(|e| self.failed(e))
+    }
+}
+
+fn wall_clock_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Reads, encodes, connects and sends as `args` say; with `show_progress`,
+/// draws a progress bar on the process's stderr.
+pub fn send(args: &SendArgs, show_progress: bool) -> Result<SendReport, ToolError> {
+    let msgs = read_messages(args)?;
+    let total = planned_total(args, msgs.len());
     if msgs.is_empty() && total != Some(0) {
         return Err(ToolError::new(format!(
             "{} holds no message to send (framing {:?}) but --messages/--repeat ask for more; give a non-empty file",
@@ -301,6 +494,10 @@ pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
             args.framing
         )));
     }
+    let mut sent_log = match &args.sent_log {
+        Some(path) => Some(SentLog::create(path, Encoding::of(args))?),
+        None => None,
+    };
 
     let mut stream = connect(
         &args.host,
@@ -320,9 +517,11 @@ pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
         // About 10 ms worth of messages per write, so pacing stays smooth.
         batch = batch.min(((r / 100.0).ceil() as u64).max(1));
     }
+    let bar = Progress::new(show_progress, total, "send");
     let n = msgs.len();
     let started = Instant::now();
     let mut sent: u64 = 0;
+    let mut batches: u64 = 0;
     let mut bytes: u64 = 0;
     let mut idx = 0usize;
     loop {
@@ -334,8 +533,12 @@ pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
             break;
         }
         let k = (batch.min(remaining) as usize).min(n - idx);
-        if let Some(r) = args.rate {
-            let due = started + secs(sent as f64 / r);
+        let due = match (args.rate, args.batch_interval) {
+            (Some(r), _) => Some(started + secs(sent as f64 / r)),
+            (None, Some(every)) => Some(started + secs(batches as f64 * every)),
+            (None, None) => None,
+        };
+        if let Some(due) = due {
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
@@ -348,8 +551,13 @@ pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
                 args.host
             ))
         })?;
+        if let Some(log) = &mut sent_log {
+            log.log(&msgs, idx, idx + k, wall_clock_ns())?;
+        }
         sent += k as u64;
+        batches += 1;
         bytes += chunk.len() as u64;
+        bar.set(sent);
         idx += k;
         if idx == n {
             idx = 0;
@@ -357,6 +565,10 @@ pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
     }
     let _ = stream.flush();
     let _ = stream.shutdown(Shutdown::Write);
+    if let Some(log) = sent_log {
+        log.finish()?;
+    }
+    bar.clear();
     Ok(SendReport {
         messages: sent,
         bytes,
@@ -364,16 +576,18 @@ pub fn send(args: &SendArgs) -> Result<SendReport, ToolError> {
     })
 }
 
-/// `quoll send`: prints the report line on `out`.
+/// `quoll send`: prints the report line on `out`; a progress bar on stderr
+/// when `terminal`.
 pub fn run_send(
     args: &SendArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
+    terminal: bool,
 ) -> Result<i32, ToolError> {
     if args.connector {
         return crate::connector_client::run_send_connector(args, out, err);
     }
-    let report = send(args)?;
+    let report = send(args, terminal && !args.no_progress)?;
     let _ = writeln!(out, "{}", report.line());
     Ok(EXIT_OK)
 }
@@ -393,43 +607,132 @@ mod tests {
 
     #[test]
     fn framed_encoding() {
-        let e = encode_messages(b"a\nbc\r\n\nlast".to_vec(), SendFraming::Framed).unwrap();
+        let e = encode_messages(
+            b"a\nbc\r\n\nlast".to_vec(),
+            &Encoding::new(SendFraming::Framed),
+        )
+        .unwrap();
         assert_eq!(e.len(), 4);
         assert_eq!(e.buf, frames(&[b"a", b"bc", b"", b"last"]));
         assert_eq!(e.slice(1, 2), frames(&[b"bc"]).as_slice());
-        let e = encode_messages(b"x\n".to_vec(), SendFraming::Framed).unwrap();
+        let e = encode_messages(b"x\n".to_vec(), &Encoding::new(SendFraming::Framed)).unwrap();
         assert_eq!(e.buf, frames(&[b"x"]));
-        let e = encode_messages(Vec::new(), SendFraming::Framed).unwrap();
+        let e = encode_messages(Vec::new(), &Encoding::new(SendFraming::Framed)).unwrap();
         assert!(e.is_empty());
         // A lone trailing \r without a newline after it is data.
-        let e = encode_messages(b"a\r".to_vec(), SendFraming::Framed).unwrap();
+        let e = encode_messages(b"a\r".to_vec(), &Encoding::new(SendFraming::Framed)).unwrap();
         assert_eq!(e.buf, frames(&[b"a\r"]));
     }
 
     #[test]
     fn lines_encoding() {
-        let e = encode_messages(b"a\nbc\n\nlast".to_vec(), SendFraming::Lines).unwrap();
+        let e = encode_messages(
+            b"a\nbc\n\nlast".to_vec(),
+            &Encoding::new(SendFraming::Lines),
+        )
+        .unwrap();
         assert_eq!(e.buf, b"a\nbc\n\nlast\n");
         assert_eq!(e.ends, vec![2, 5, 6, 11]);
-        assert!(encode_messages(Vec::new(), SendFraming::Lines)
-            .unwrap()
-            .is_empty());
+        assert!(
+            encode_messages(Vec::new(), &Encoding::new(SendFraming::Lines))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn raw_framed_encoding() {
         let data = frames(&[b"one", b"", b"three"]);
-        let e = encode_messages(data.clone(), SendFraming::RawFramed).unwrap();
+        let e = encode_messages(data.clone(), &Encoding::new(SendFraming::RawFramed)).unwrap();
         assert_eq!(e.len(), 3);
         assert_eq!(e.buf, data);
         let mut bad = data.clone();
         bad.extend_from_slice(&[0, 0]);
-        assert!(encode_messages(bad, SendFraming::RawFramed)
+        assert!(encode_messages(bad, &Encoding::new(SendFraming::RawFramed))
             .unwrap_err()
             .contains("stray bytes"));
         let bad = data[..data.len() - 1].to_vec();
-        assert!(encode_messages(bad, SendFraming::RawFramed)
+        assert!(encode_messages(bad, &Encoding::new(SendFraming::RawFramed))
             .unwrap_err()
             .contains("announces 5 bytes"));
+    }
+
+    fn skipping(framing: SendFraming) -> Encoding {
+        Encoding {
+            skip_empty: true,
+            ..Encoding::new(framing)
+        }
+    }
+
+    #[test]
+    fn skip_empty_drops_blank_lines() {
+        let data = b"a\n\n\r\nbc\r\n\nlast".to_vec();
+        let e = encode_messages(data.clone(), &skipping(SendFraming::Framed)).unwrap();
+        assert_eq!(e.buf, frames(&[b"a", b"bc", b"last"]));
+        assert_eq!(e.len(), 3);
+        let e = encode_messages(data, &skipping(SendFraming::Lines)).unwrap();
+        assert_eq!(e.buf, b"a\nbc\r\nlast\n");
+        assert_eq!(e.ends, vec![2, 6, 11]);
+        let e = encode_messages(b"\n\n".to_vec(), &skipping(SendFraming::Framed)).unwrap();
+        assert!(e.is_empty());
+        // A line of spaces is not empty: Giles sends it too.
+        let e = encode_messages(b" \n".to_vec(), &skipping(SendFraming::Framed)).unwrap();
+        assert_eq!(e.buf, frames(&[b" "]));
+    }
+
+    #[test]
+    fn fixed_size_encoding() {
+        let enc = Encoding {
+            msg_size: Some(3),
+            ..Encoding::new(SendFraming::Fixed)
+        };
+        let e = encode_messages(b"abcdef\n\x00\x01".to_vec(), &enc).unwrap();
+        assert_eq!(e.ends, vec![3, 6, 9]);
+        assert_eq!(e.slice(2, 3), b"\n\x00\x01");
+        let err = encode_messages(b"abcd".to_vec(), &enc).unwrap_err();
+        assert!(err.contains("1 bytes left over"), "{err}");
+        let err = encode_messages(b"abc".to_vec(), &Encoding::new(SendFraming::Fixed)).unwrap_err();
+        assert!(err.contains("--msg-size"), "{err}");
+    }
+
+    #[test]
+    fn payloads_lose_their_framing() {
+        assert_eq!(
+            Encoding::new(SendFraming::Framed).payload(&frames(&[b"xy"])),
+            b"xy"
+        );
+        assert_eq!(
+            Encoding::new(SendFraming::RawFramed).payload(&frames(&[b""])),
+            b""
+        );
+        assert_eq!(Encoding::new(SendFraming::Lines).payload(b"xy\n"), b"xy");
+        assert_eq!(
+            Encoding::new(SendFraming::Fixed).payload(b"\0\0\0\x01z"),
+            b"\0\0\0\x01z"
+        );
+    }
+
+    #[test]
+    fn totals() {
+        use clap::Parser;
+        let args = |extra: &[&str]| {
+            let mut v = vec!["send", "--host", "h:1", "--file", "f"];
+            v.extend_from_slice(extra);
+            match crate::Cli::try_parse_from(std::iter::once("quoll").chain(v)) {
+                Ok(crate::Cli {
+                    command: crate::Command::Send(a),
+                }) => a,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(planned_total(&args(&[]), 5), Some(5));
+        assert_eq!(planned_total(&args(&["--repeat"]), 5), None);
+        assert_eq!(planned_total(&args(&["--messages", "12"]), 5), Some(12));
+        assert_eq!(planned_total(&args(&["--max-messages", "12"]), 5), Some(5));
+        assert_eq!(planned_total(&args(&["--max-messages", "3"]), 5), Some(3));
+        assert_eq!(
+            planned_total(&args(&["--max-messages", "12", "--repeat"]), 5),
+            Some(12)
+        );
     }
 }

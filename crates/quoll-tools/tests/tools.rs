@@ -622,3 +622,230 @@ fn shutdown_outcomes() {
     );
     h.join().unwrap();
 }
+
+/// 4-byte big-endian length-prefixed frames.
+fn frame_all(payloads: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for p in payloads {
+        v.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        v.extend_from_slice(p);
+    }
+    v
+}
+
+/// Splits `data` into frames; panics on a torn frame.
+fn parse_frames(mut data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        assert!(data.len() >= 4, "torn header: {} bytes left", data.len());
+        let n = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        assert!(data.len() >= 4 + n, "torn frame: {n} announced");
+        out.push(data[4..4 + n].to_vec());
+        data = &data[4 + n..];
+    }
+    out
+}
+
+#[test]
+fn keep_headers_writes_whole_frames_from_several_connections() {
+    // Binary payloads full of newline bytes, of many sizes, from three
+    // connections at once: the output must be a clean frame sequence in
+    // which each connection's frames keep their order.
+    let dir = tempfile::tempdir().unwrap();
+    let mut inputs = Vec::new();
+    let mut per_conn = Vec::new();
+    for c in 0..3u8 {
+        let payloads: Vec<Vec<u8>> = (0..4000usize)
+            .map(|i| {
+                let mut p = vec![c, b'\n'];
+                p.extend_from_slice(&(i as u32).to_be_bytes());
+                p.extend(std::iter::repeat_n(b'\n', i % 53));
+                p
+            })
+            .collect();
+        inputs.push(write_file(
+            dir.path(),
+            &format!("in{c}.bin"),
+            &frame_all(&payloads),
+        ));
+        per_conn.push(payloads);
+    }
+    let output = dir.path().join("out.bin");
+    let r = Receiving::start(&[
+        "--output",
+        output.to_str().unwrap(),
+        "--framing",
+        "framed",
+        "--keep-headers",
+        "--expect",
+        "12000",
+        "--timeout",
+        "60",
+    ]);
+    let senders: Vec<_> = inputs
+        .iter()
+        .map(|input| {
+            let (addr, input) = (r.addr.clone(), input.clone());
+            std::thread::spawn(move || {
+                run_tool(&[
+                    "send",
+                    "--host",
+                    &addr,
+                    "--file",
+                    &input,
+                    "--framing",
+                    "raw-framed",
+                    "--batch-size",
+                    "7",
+                ])
+            })
+        })
+        .collect();
+    for s in senders {
+        let (code, _, err) = s.join().unwrap();
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, text) = r.finish();
+    assert_eq!(code, 0, "{text}");
+    let frames = parse_frames(&std::fs::read(&output).unwrap());
+    assert_eq!(frames.len(), 12000);
+    for (c, sent) in per_conn.iter().enumerate() {
+        let got: Vec<&Vec<u8>> = frames.iter().filter(|f| f[0] == c as u8).collect();
+        assert_eq!(got.len(), sent.len(), "connection {c}");
+        assert!(got.iter().zip(sent).all(|(a, b)| *a == b), "connection {c}");
+    }
+}
+
+#[test]
+fn keep_headers_and_newline_need_framed() {
+    let (code, _, err) = run_tool(&["receive", "--listen", "127.0.0.1:0", "--keep-headers"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--framing framed"), "{err}");
+    let (code, _, err) = run_tool(&[
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--framing",
+        "framed",
+        "--keep-headers",
+        "--framed-newline",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--framed-newline"), "{err}");
+}
+
+#[test]
+fn giles_style_send_skips_blank_lines_paces_batches_and_logs() {
+    // Giles' text mode: blank lines are not messages, --max-messages stops
+    // at the end of the file, one batch per interval, a sent log.
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "in.txt", b"one\n\ntwo\r\n\r\nthree\nfour\n\n");
+    let output = dir.path().join("out.bin");
+    let sent_log = dir.path().join("sent.txt");
+    let r = Receiving::start(&[
+        "--output",
+        output.to_str().unwrap(),
+        "--framing",
+        "framed",
+        "--keep-headers",
+        "--idle-timeout",
+        "1",
+        "--timeout",
+        "30",
+    ]);
+    let t0 = Instant::now();
+    let (code, out, err) = run_tool(&[
+        "send",
+        "--host",
+        &r.addr,
+        "--file",
+        &input,
+        "--skip-empty",
+        "--max-messages",
+        "1000",
+        "--batch-size",
+        "1",
+        "--batch-interval",
+        "0.1",
+        "--sent-log",
+        sent_log.to_str().unwrap(),
+    ]);
+    let elapsed = t0.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sent 4 messages (31 bytes)"), "{out}");
+    // Four batches, 0.1 s apart: at least 0.3 s.
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    let (code, text) = r.finish();
+    assert_eq!(code, 0, "{text}");
+    let frames = parse_frames(&std::fs::read(&output).unwrap());
+    assert_eq!(
+        frames,
+        vec![
+            b"one".to_vec(),
+            b"two".to_vec(),
+            b"three".to_vec(),
+            b"four".to_vec()
+        ]
+    );
+    let log = std::fs::read_to_string(&sent_log).unwrap();
+    let entries: Vec<(u128, &str)> = log
+        .lines()
+        .map(|l| {
+            let (ns, payload) = l.split_once(", ").unwrap();
+            (ns.parse().unwrap(), payload)
+        })
+        .collect();
+    assert_eq!(
+        entries.iter().map(|e| e.1).collect::<Vec<_>>(),
+        vec!["one", "two", "three", "four"]
+    );
+    assert!(
+        entries.windows(2).all(|w| w[1].0 >= w[0].0 + 90_000_000),
+        "{log}"
+    );
+}
+
+#[test]
+fn fixed_size_messages_sent_as_they_are() {
+    // Giles' --binary --msg-size: whole 9-byte frames read from the file.
+    let dir = tempfile::tempdir().unwrap();
+    let payloads: Vec<Vec<u8>> = (0..50u8).map(|i| vec![b'a' + i % 26, 0, 0, 0, i]).collect();
+    let data = frame_all(&payloads);
+    let input = write_file(dir.path(), "votes.msg", &data);
+    let output = dir.path().join("out.bin");
+    let r = Receiving::start(&[
+        "--output",
+        output.to_str().unwrap(),
+        "--framing",
+        "framed",
+        "--keep-headers",
+        "--expect",
+        "120",
+        "--timeout",
+        "30",
+    ]);
+    let (code, out, err) = run_tool(&[
+        "send",
+        "--host",
+        &r.addr,
+        "--file",
+        &input,
+        "--framing",
+        "fixed",
+        "--msg-size",
+        "9",
+        "--max-messages",
+        "120",
+        "--repeat",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sent 120 messages (1080 bytes)"), "{out}");
+    let (code, text) = r.finish();
+    assert_eq!(code, 0, "{text}");
+    let got = std::fs::read(&output).unwrap();
+    let mut want = Vec::new();
+    for k in 0..120 {
+        want.extend_from_slice(&data[(k % 50) * 9..(k % 50) * 9 + 9]);
+    }
+    assert_eq!(got, want);
+}
