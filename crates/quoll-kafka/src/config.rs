@@ -63,7 +63,10 @@ impl Brokers {
     pub(crate) fn check_resolvable(&self, who: &Who) -> Result<(), KafkaError> {
         for (host, port) in &self.0 {
             let address = format!("{host}:{port}");
-            match (host.as_str(), *port).to_socket_addrs().map(|mut a| a.next()) {
+            match (host.as_str(), *port)
+                .to_socket_addrs()
+                .map(|mut a| a.next())
+            {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     return Err(KafkaError::BadBrokerAddress {
@@ -138,7 +141,10 @@ pub struct Who(std::sync::Arc<str>);
 
 impl Who {
     pub(crate) fn new(kind: &str, name: &str, worker: &str, topic: &str, brokers: &Brokers) -> Who {
-        Who(format!("Kafka {kind} '{name}' of worker '{worker}' (topic '{topic}' at {brokers})").into())
+        Who(
+            format!("Kafka {kind} '{name}' of worker '{worker}' (topic '{topic}' at {brokers})")
+                .into(),
+        )
     }
 }
 

@@ -25,7 +25,11 @@ pub enum KafkaError {
         "{who}: a message of {size} bytes (key and payload) is over the maximum message size of \
          {max} bytes; it was not sent"
     )]
-    MessageTooLarge { who: String, size: usize, max: usize },
+    MessageTooLarge {
+        who: String,
+        size: usize,
+        max: usize,
+    },
     #[error("{who}: partition {partition} does not exist (the topic has {partitions}); the message was not sent")]
     NoSuchPartition {
         who: String,
@@ -44,8 +48,9 @@ pub enum KafkaError {
     Client {
         who: String,
         action: String,
+        // Boxed: librdkafka's error is large and errors travel by value.
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     #[error("{who}: write-ahead file {}: can't {action}: {source}", .path.display())]
     Wal {
@@ -75,7 +80,7 @@ impl KafkaError {
     /// The client error underneath, if any.
     pub fn client_error(&self) -> Option<&ClientError> {
         match self {
-            KafkaError::Client { source, .. } => Some(source),
+            KafkaError::Client { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

@@ -81,6 +81,6 @@ pub use sink::{
     Delivery, KafkaRecord, KafkaSink, KafkaSinkConfig, KafkaSinkHandle, Recovered, WriteOutcome,
 };
 pub use source::{
-    KafkaBatch, KafkaMessage, KafkaSource, KafkaSourceConfig, KafkaSourceEvent,
-    KafkaSourceHandle, OffsetReset,
+    KafkaBatch, KafkaMessage, KafkaSource, KafkaSourceConfig, KafkaSourceEvent, KafkaSourceHandle,
+    OffsetReset,
 };

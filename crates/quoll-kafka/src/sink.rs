@@ -32,8 +32,8 @@
 //!   of checkpoint N committed (the offset is part of the transaction).
 //! - A write-ahead file is deleted only once its records are committed
 //!   (marker at or past its id) or belong to no committed checkpoint.
-//! - After a fatal error (fenced, unreadable write-ahead file) every
-//!   command but `recover` and `stop` fails with it.
+//! - After a fatal error (fenced, unreadable write-ahead file, a commit
+//!   that failed) every command but `recover` fails with it.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -179,7 +179,13 @@ impl KafkaSink {
     /// [`KafkaSinkHandle::recover`] before the first write: it connects,
     /// checks the topic and resolves what a previous run left.
     pub fn spawn(config: KafkaSinkConfig) -> Result<KafkaSinkHandle, KafkaError> {
-        let who = Who::new("sink", &config.name, &config.worker, &config.topic, &config.brokers);
+        let who = Who::new(
+            "sink",
+            &config.name,
+            &config.worker,
+            &config.topic,
+            &config.brokers,
+        );
         let bad = |problem: &str| KafkaError::Config {
             who: who.to_string(),
             problem: problem.to_string(),
@@ -188,7 +194,9 @@ impl KafkaSink {
             return Err(bad("no topic given"));
         }
         if config.max_message_size == 0 || config.max_message_size > 1_000_000_000 {
-            return Err(bad("the maximum message size must be between 1 and 1000000000 bytes"));
+            return Err(bad(
+                "the maximum message size must be between 1 and 1000000000 bytes",
+            ));
         }
         if config.transaction_timeout < Duration::from_secs(1) {
             return Err(bad("the transaction timeout must be at least 1 s"));
@@ -386,7 +394,16 @@ impl Driver {
                     let _ = reply.send(self.guarded(|d| d.pre_commit(id)));
                 }
                 Command::Commit(id, reply) => {
-                    let _ = reply.send(self.guarded(|d| d.commit(id)));
+                    let r = self.guarded(|d| d.commit(id));
+                    if let Err(e) = &r {
+                        // Checkpoint `id` is committed but its transaction
+                        // may not be: only recover() can settle that.
+                        if self.failed.is_none() {
+                            tracing::error!("{e}");
+                            self.failed = Some(e.to_string());
+                        }
+                    }
+                    let _ = reply.send(r);
                 }
                 Command::Abort(id, reply) => {
                     let _ = reply.send(self.guarded(|d| d.abort(id)));
@@ -400,7 +417,10 @@ impl Driver {
     }
 
     /// Runs `f` unless the sink failed; a fatal error makes it fail.
-    fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+    fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, KafkaError>,
+    ) -> Result<T, KafkaError> {
         if let Some(reason) = &self.failed {
             return Err(self.failure(reason.clone()));
         }
@@ -411,7 +431,10 @@ impl Driver {
         if let Err(e) = &r {
             if matches!(
                 e,
-                KafkaError::Fenced { .. } | KafkaError::Wal { .. } | KafkaError::WalCorrupt { .. } | KafkaError::Failed { .. }
+                KafkaError::Fenced { .. }
+                    | KafkaError::Wal { .. }
+                    | KafkaError::WalCorrupt { .. }
+                    | KafkaError::Failed { .. }
             ) {
                 tracing::error!("{e}");
                 self.failed = Some(e.to_string());
@@ -430,7 +453,11 @@ impl Driver {
     fn client_err(&self, action: &str, source: ClientError) -> KafkaError {
         let fenced = matches!(
             source.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced)
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fenced
+            )
         );
         if fenced {
             return KafkaError::Fenced {
@@ -441,13 +468,15 @@ impl Driver {
         KafkaError::Client {
             who: self.who.to_string(),
             action: action.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
     fn producer(&self) -> &ThreadedProducer<Ctx> {
         // `guarded` and `recover` make sure there is one.
-        self.producer.as_ref().expect("a producer exists after recover")
+        self.producer
+            .as_ref()
+            .expect("a producer exists after recover")
     }
 
     // ------------------------------------------------------------ set-up
@@ -511,13 +540,15 @@ impl Driver {
     fn fetch_partitions(&self) -> Result<usize, KafkaError> {
         let topic = self.cfg.topic.clone();
         let producer = self.producer();
-        let md = self.retrying("fetch the topic's metadata", self.cfg.transaction_timeout, || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), CALL_TIMEOUT)
-        })?;
+        let md = self.retrying(
+            "fetch the topic's metadata",
+            self.cfg.transaction_timeout,
+            || producer.client().fetch_metadata(Some(&topic), CALL_TIMEOUT),
+        )?;
         match md.topics().iter().find(|t| t.name() == topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len())
+            }
             _ => Err(KafkaError::MissingTopic {
                 who: self.who.to_string(),
             }),
@@ -535,9 +566,11 @@ impl Driver {
         let limit = self.cfg.transaction_timeout;
         if self.eos.is_some() {
             let producer = self.producer();
-            self.retrying("initialise transactions (fencing older producers)", limit, || {
-                producer.init_transactions(CALL_TIMEOUT)
-            })?;
+            self.retrying(
+                "initialise transactions (fencing older producers)",
+                limit,
+                || producer.init_transactions(CALL_TIMEOUT),
+            )?;
         }
         self.partitions = self.fetch_partitions()?;
         let Some(eos) = &mut self.eos else {
@@ -567,8 +600,9 @@ impl Driver {
         let marker = self.read_marker()?;
         report.marker = marker;
         let eos = self.eos.as_mut().expect("exactly-once");
-        let (done, in_doubt): (Vec<_>, Vec<_>) =
-            keep.into_iter().partition(|id| marker.is_some_and(|m| *id <= m));
+        let (done, in_doubt): (Vec<_>, Vec<_>) = keep
+            .into_iter()
+            .partition(|id| marker.is_some_and(|m| *id <= m));
         for id in done {
             eos.wal.remove(&eos.wal.sealed_path(id))?;
         }
@@ -609,7 +643,7 @@ impl Driver {
                 .map_err(|e| KafkaError::Client {
                     who: self.who.to_string(),
                     action: "create the marker group's client".to_string(),
-                    source: e,
+                    source: Box::new(e),
                 })?;
             eos.marker = Some(consumer);
         }
@@ -622,7 +656,11 @@ impl Driver {
         let topic = self.cfg.topic.clone();
         let limit = self.cfg.transaction_timeout;
         self.marker_consumer()?;
-        let consumer = self.eos.as_ref().and_then(|e| e.marker.as_ref()).expect("made");
+        let consumer = self
+            .eos
+            .as_ref()
+            .and_then(|e| e.marker.as_ref())
+            .expect("made");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&topic, 0);
         let got = self.retrying("read the sink's commit marker", limit, || {
@@ -677,7 +715,10 @@ impl Driver {
         }
         if eos.unresolved.is_empty() {
             self.begin_if_needed()?;
-            self.eos.as_mut().expect("exactly-once").mark_in_txn(Segment::Open);
+            self.eos
+                .as_mut()
+                .expect("exactly-once")
+                .mark_in_txn(Segment::Open);
             for r in &ok {
                 self.produce_in_txn(r)?;
             }
@@ -741,7 +782,9 @@ impl Driver {
     /// Flushes the producer, waiting while the brokers are unreachable.
     fn flush(&self) -> Result<(), KafkaError> {
         let producer = self.producer();
-        self.retrying("deliver the records", Duration::MAX, || producer.flush(CALL_TIMEOUT))
+        self.retrying("deliver the records", Duration::MAX, || {
+            producer.flush(CALL_TIMEOUT)
+        })
     }
 
     fn take_delivery_failure_at_least_once(&self) -> Result<(), KafkaError> {
@@ -761,12 +804,12 @@ impl Driver {
             attempt += 1;
             let eos = self.eos.as_mut().expect("exactly-once");
             if eos.txn_open {
-                let producer = self.producer.as_ref().expect("producer");
-                if let Err(e) = producer.abort_transaction(CALL_TIMEOUT) {
-                    if producer.client().fatal_error().is_some() {
-                        return Err(self.client_err("abort the transaction", e));
-                    }
-                }
+                let producer = self.producer();
+                self.retrying(
+                    "abort the transaction to rebuild it",
+                    self.cfg.transaction_timeout,
+                    || producer.abort_transaction(CALL_TIMEOUT),
+                )?;
                 self.eos.as_mut().expect("exactly-once").txn_open = false;
             }
             let _ = self.health.take_failed_delivery();
@@ -793,7 +836,10 @@ impl Driver {
             match self.health.take_failed_delivery() {
                 None => return Ok(records.len() as u64),
                 Some(e) if attempt < ATTEMPTS => {
-                    tracing::warn!("{}: delivery failed again ({e}); rebuilding the transaction", self.who);
+                    tracing::warn!(
+                        "{}: delivery failed again ({e}); rebuilding the transaction",
+                        self.who
+                    );
                 }
                 Some(e) => return Err(self.client_err("deliver the transaction's records", e)),
             }
@@ -810,7 +856,10 @@ impl Driver {
         if eos.txn_open {
             self.flush()?;
             if let Some(e) = self.health.take_failed_delivery() {
-                tracing::warn!("{}: a delivery failed ({e}); rebuilding the transaction", self.who);
+                tracing::warn!(
+                    "{}: a delivery failed ({e}); rebuilding the transaction",
+                    self.who
+                );
                 self.rebuild_transaction()?;
             }
         }
@@ -825,7 +874,11 @@ impl Driver {
             }
             None => {}
         }
-        for seg in eos.in_txn.iter_mut().chain(eos.held.iter_mut().map(|(s, _)| s)) {
+        for seg in eos
+            .in_txn
+            .iter_mut()
+            .chain(eos.held.iter_mut().map(|(s, _)| s))
+        {
             if *seg == Segment::Open {
                 *seg = Segment::Sealed(id);
             }
@@ -840,7 +893,10 @@ impl Driver {
         };
         let resolved: Vec<_> = eos.unresolved.range(..=id).copied().collect();
         if resolved.is_empty() {
-            tracing::debug!("{}: commit of checkpoint {id}, which was not pre-committed here", self.who);
+            tracing::debug!(
+                "{}: commit of checkpoint {id}, which was not pre-committed here",
+                self.who
+            );
             return Ok(());
         }
         for r in &resolved {
@@ -915,7 +971,10 @@ impl Driver {
         loop {
             self.flush()?;
             if let Some(e) = self.health.take_failed_delivery() {
-                tracing::warn!("{}: a delivery failed ({e}); rebuilding the transaction", self.who);
+                tracing::warn!(
+                    "{}: a delivery failed ({e}); rebuilding the transaction",
+                    self.who
+                );
                 self.rebuild_transaction()?;
                 continue;
             }
@@ -926,25 +985,39 @@ impl Driver {
                     return Ok(());
                 }
                 Err(e) if txn_requires_abort(&e) && Instant::now() < deadline => {
-                    tracing::warn!("{}: committing checkpoint {id}: {e}; rebuilding the transaction", self.who);
+                    tracing::warn!(
+                        "{}: committing checkpoint {id}: {e}; rebuilding the transaction",
+                        self.who
+                    );
                     self.rebuild_transaction()?;
                 }
-                Err(e) => return Err(self.client_err(&format!("commit the transaction of checkpoint {id}"), e)),
+                Err(e) => {
+                    return Err(
+                        self.client_err(&format!("commit the transaction of checkpoint {id}"), e)
+                    )
+                }
             }
         }
     }
 
-    fn send_marker_and_commit(&mut self, id: CheckpointId, deadline: Instant) -> Result<(), ClientError> {
+    fn send_marker_and_commit(
+        &mut self,
+        id: CheckpointId,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
         let topic = self.cfg.topic.clone();
         let Ok(consumer) = self.marker_consumer() else {
-            return Err(ClientError::ClientCreation("the marker group's client".to_string()));
+            return Err(ClientError::ClientCreation(
+                "the marker group's client".to_string(),
+            ));
         };
         let Some(group) = consumer.group_metadata() else {
-            return Err(ClientError::ClientCreation("the marker group's metadata".to_string()));
+            return Err(ClientError::ClientCreation(
+                "the marker group's metadata".to_string(),
+            ));
         };
         let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&topic, 0, Offset::Offset(id as i64))?;
+        offsets.add_partition_offset(&topic, 0, Offset::Offset(id as i64))?;
         let producer = self.producer();
         let health = &self.health;
         let again = |f: &dyn Fn() -> Result<(), ClientError>| loop {

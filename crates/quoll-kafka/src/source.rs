@@ -140,10 +140,14 @@ pub struct KafkaBatch {
 pub enum KafkaSourceEvent {
     /// This worker now owns these partitions, starting at these offsets
     /// (at start-up, and when the topic grew).
-    Assigned { partitions: Vec<(i32, i64)> },
+    Assigned {
+        partitions: Vec<(i32, i64)>,
+    },
     Batch(KafkaBatch),
     /// The brokers can't be reached; the source waits and retries.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
     /// The brokers answer again; reading resumed.
     Available,
     /// The source stopped for good (missing topic, bad address, ...).
@@ -168,7 +172,13 @@ impl KafkaSource {
         config: KafkaSourceConfig,
         capacity: usize,
     ) -> Result<(KafkaSourceHandle, mpsc::Receiver<KafkaSourceEvent>), KafkaError> {
-        let who = Who::new("source", &config.name, &config.worker, &config.topic, &config.brokers);
+        let who = Who::new(
+            "source",
+            &config.name,
+            &config.worker,
+            &config.topic,
+            &config.brokers,
+        );
         let bad = |problem: String| KafkaError::Config {
             who: who.to_string(),
             problem,
@@ -183,7 +193,9 @@ impl KafkaSource {
             )));
         }
         if config.max_batch == 0 || capacity == 0 {
-            return Err(bad("the batch size and channel capacity must be at least 1".to_string()));
+            return Err(bad(
+                "the batch size and channel capacity must be at least 1".to_string(),
+            ));
         }
         let (cmd_tx, cmd_rx) = std_mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel(capacity);
@@ -206,7 +218,13 @@ impl KafkaSource {
                 who: who.to_string(),
                 reason: format!("can't start the source's thread: {e}"),
             })?;
-        Ok((KafkaSourceHandle { commands: cmd_tx, who }, ev_rx))
+        Ok((
+            KafkaSourceHandle {
+                commands: cmd_tx,
+                who,
+            },
+            ev_rx,
+        ))
     }
 }
 
@@ -236,7 +254,8 @@ impl KafkaSourceHandle {
     /// Stores `positions` (next offsets) of owned partitions in the commit
     /// group, without joining it; for lag tools only.
     pub async fn commit_offsets(&self, positions: BTreeMap<i32, i64>) -> Result<(), KafkaError> {
-        self.call(|reply| Command::CommitOffsets(positions, reply)).await
+        self.call(|reply| Command::CommitOffsets(positions, reply))
+            .await
     }
 
     /// Stops the source and waits until its client is closed.
@@ -333,7 +352,7 @@ impl Reader {
         KafkaError::Client {
             who: self.who.to_string(),
             action: action.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -381,8 +400,13 @@ impl Reader {
         consumer
             .assign(&tpl)
             .map_err(|e| self.client_err("assign the partitions", e))?;
-        tracing::info!("{}: reading partitions {assigned:?} (partition, offset)", self.who);
-        self.outbox.push_back(KafkaSourceEvent::Assigned { partitions: assigned });
+        tracing::info!(
+            "{}: reading partitions {assigned:?} (partition, offset)",
+            self.who
+        );
+        self.outbox.push_back(KafkaSourceEvent::Assigned {
+            partitions: assigned,
+        });
         Ok(Some(consumer))
     }
 
@@ -425,7 +449,9 @@ impl Reader {
                     self.health.down(&e.to_string());
                     thread::sleep(Duration::from_millis(200));
                 }
-                Err(e) => return Err(self.client_err(&format!("find the offsets of partition {p}"), e)),
+                Err(e) => {
+                    return Err(self.client_err(&format!("find the offsets of partition {p}"), e))
+                }
             }
         }
     }
@@ -444,7 +470,10 @@ impl Reader {
             }
             Err(e) => return Err(self.client_err("fetch the topic's metadata", e)),
         };
-        let new: Vec<i32> = self.mine(0, count).filter(|p| !self.owned.contains_key(p)).collect();
+        let new: Vec<i32> = self
+            .mine(0, count)
+            .filter(|p| !self.owned.contains_key(p))
+            .collect();
         if new.is_empty() {
             return Ok(());
         }
@@ -466,8 +495,13 @@ impl Reader {
             self.owned.insert(*p, *start);
             self.positions.insert(*p, *start);
         }
-        tracing::info!("{}: the topic grew; now also reading {assigned:?} (partition, offset)", self.who);
-        self.outbox.push_back(KafkaSourceEvent::Assigned { partitions: assigned });
+        tracing::info!(
+            "{}: the topic grew; now also reading {assigned:?} (partition, offset)",
+            self.who
+        );
+        self.outbox.push_back(KafkaSourceEvent::Assigned {
+            partitions: assigned,
+        });
         Ok(())
     }
 
@@ -566,7 +600,11 @@ impl Reader {
         }
     }
 
-    fn seek(&mut self, consumer: &BaseConsumer<Ctx>, positions: &BTreeMap<i32, i64>) -> Result<u64, KafkaError> {
+    fn seek(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        positions: &BTreeMap<i32, i64>,
+    ) -> Result<u64, KafkaError> {
         let mut tpl = TopicPartitionList::new();
         let mut targets = BTreeMap::new();
         for (p, start) in &self.owned {
@@ -581,7 +619,8 @@ impl Reader {
             .map_err(|e| self.client_err("seek back (re-assign the partitions)", e))?;
         self.epoch += 1;
         self.positions = targets;
-        self.outbox.retain(|ev| !matches!(ev, KafkaSourceEvent::Batch(_)));
+        self.outbox
+            .retain(|ev| !matches!(ev, KafkaSourceEvent::Batch(_)));
         tracing::info!(
             "{}: rolled back to {:?} (partition, offset); epoch {}",
             self.who,
@@ -591,7 +630,11 @@ impl Reader {
         Ok(self.epoch)
     }
 
-    fn commit_offsets(&self, consumer: &BaseConsumer<Ctx>, positions: &BTreeMap<i32, i64>) -> Result<(), KafkaError> {
+    fn commit_offsets(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        positions: &BTreeMap<i32, i64>,
+    ) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::new();
         for (p, o) in positions {
             if self.owned.contains_key(p) {
@@ -602,8 +645,11 @@ impl Reader {
         if tpl.count() == 0 {
             return Ok(());
         }
-        consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| self.client_err(&format!("commit offsets to group '{}'", self.cfg.commit_group), e))
+        consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
+            self.client_err(
+                &format!("commit offsets to group '{}'", self.cfg.commit_group),
+                e,
+            )
+        })
     }
 }

@@ -66,7 +66,14 @@ pub(crate) struct WalDir {
 }
 
 impl WalDir {
-    pub fn new(dir: &Path, app: &str, worker: &str, sink: &str, topic: &str, who: String) -> WalDir {
+    pub fn new(
+        dir: &Path,
+        app: &str,
+        worker: &str,
+        sink: &str,
+        topic: &str,
+        who: String,
+    ) -> WalDir {
         WalDir {
             dir: dir.to_path_buf(),
             stem: format!(
@@ -85,8 +92,11 @@ impl WalDir {
     }
 
     pub fn sealed_path(&self, id: CheckpointId) -> PathBuf {
-        self.dir
-            .join(format!("{}{SEALED_INFIX}{id:0width$}", self.stem, width = ID_DIGITS))
+        self.dir.join(format!(
+            "{}{SEALED_INFIX}{id:0width$}",
+            self.stem,
+            width = ID_DIGITS
+        ))
     }
 
     fn err(&self, path: &Path, action: &str, source: io::Error) -> KafkaError {
@@ -116,7 +126,8 @@ impl WalDir {
         let prefix = format!("{}{SEALED_INFIX}", self.stem);
         let mut ids = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| self.err(&self.dir, "list the resilience directory", e))?;
+            let entry =
+                entry.map_err(|e| self.err(&self.dir, "list the resilience directory", e))?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
@@ -167,7 +178,8 @@ impl WalDir {
         for s in &self.owner {
             put_bytes(&mut body, s.as_bytes());
         }
-        wal.frame(&body).map_err(|e| self.err(&wal.path, "write its header", e))?;
+        wal.frame(&body)
+            .map_err(|e| self.err(&wal.path, "write its header", e))?;
         Ok(wal)
     }
 
@@ -194,7 +206,9 @@ impl WalDir {
                     ))
                 }
                 Err(e) => {
-                    return Err(self.corrupt(path, format!("record {} at byte {at}: {e}", number + 1)))
+                    return Err(
+                        self.corrupt(path, format!("record {} at byte {at}: {e}", number + 1))
+                    )
                 }
             };
             number += 1;
@@ -206,11 +220,13 @@ impl WalDir {
                     format!("record {number} at byte {at} fails its checksum"),
                 ));
             }
-            let bad = |problem: &str| self.corrupt(path, format!("record {number} at byte {at}: {problem}"));
+            let bad = |problem: &str| {
+                self.corrupt(path, format!("record {number} at byte {at}: {problem}"))
+            };
             if number == 1 {
                 self.check_header(frame).map_err(|p| bad(&p))?;
             } else {
-                out.push(decode_record(frame).map_err(|p| bad(p))?);
+                out.push(decode_record(frame).map_err(bad)?);
             }
         }
         if number == 0 {
@@ -239,7 +255,13 @@ impl WalDir {
             return Err(format!(
                 "it belongs to app '{}' worker '{}' sink '{}' topic '{}', not app '{}' worker \
                  '{}' sink '{}' topic '{}'",
-                found[0], found[1], found[2], found[3], self.owner[0], self.owner[1], self.owner[2],
+                found[0],
+                found[1],
+                found[2],
+                found[3],
+                self.owner[0],
+                self.owner[1],
+                self.owner[2],
                 self.owner[3]
             ));
         }
@@ -272,7 +294,11 @@ impl OpenWal {
         let mut body = Vec::with_capacity(16 + record.payload.len());
         body.push(TAG_RECORD);
         let flags = if record.key.is_some() { HAS_KEY } else { 0 }
-            | if record.partition.is_some() { HAS_PARTITION } else { 0 };
+            | if record.partition.is_some() {
+                HAS_PARTITION
+            } else {
+                0
+            };
         body.push(flags);
         if let Some(p) = record.partition {
             body.extend_from_slice(&p.to_le_bytes());
@@ -307,9 +333,8 @@ impl OpenWal {
             .sync_all()
             .map_err(|e| wal.err(&self.path, "fsync it", e))?;
         let sealed = wal.sealed_path(id);
-        fs::rename(&self.path, &sealed).map_err(|e| {
-            wal.err(&self.path, &format!("rename it to {}", sealed.display()), e)
-        })?;
+        fs::rename(&self.path, &sealed)
+            .map_err(|e| wal.err(&self.path, &format!("rename it to {}", sealed.display()), e))?;
         wal.sync_dir()?;
         Ok(sealed)
     }
@@ -379,7 +404,11 @@ mod tests {
     fn seal_then_read_back() {
         let (_t, w) = dir();
         let mut open = w.create_open().unwrap();
-        let records = vec![rec(Some("k"), "v1", Some(2)), rec(None, "", None), rec(Some(""), "v3", None)];
+        let records = vec![
+            rec(Some("k"), "v1", Some(2)),
+            rec(None, "", None),
+            rec(Some(""), "v3", None),
+        ];
         for r in &records {
             open.append(&w, r).unwrap();
         }
@@ -402,12 +431,22 @@ mod tests {
         bytes[last] ^= 1;
         fs::write(&path, &bytes).unwrap();
         let err = w.read(&path).unwrap_err().to_string();
-        assert!(err.contains("record 2") && err.contains("checksum"), "{err}");
+        assert!(
+            err.contains("record 2") && err.contains("checksum"),
+            "{err}"
+        );
         bytes.truncate(last);
         fs::write(&path, &bytes).unwrap();
         assert!(w.read(&path).unwrap_err().to_string().contains("cut short"));
 
-        let other = WalDir::new(t.path(), "app/x", "w 1", "kafka_sink", "other-topic", "s".into());
+        let other = WalDir::new(
+            t.path(),
+            "app/x",
+            "w 1",
+            "kafka_sink",
+            "other-topic",
+            "s".into(),
+        );
         let mut open = other.create_open().unwrap();
         open.append(&other, &rec(None, "p", None)).unwrap();
         let path = open.seal(&other, 2).unwrap();

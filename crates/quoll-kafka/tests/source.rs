@@ -83,7 +83,12 @@ impl Collector {
             KafkaSourceEvent::Batch(b) if b.epoch == self.epoch => {
                 // Positions follow the records, one past each partition's last.
                 for (p, o) in &b.next_offsets {
-                    let last = b.messages.iter().filter(|m| m.partition == *p).map(|m| m.offset).max();
+                    let last = b
+                        .messages
+                        .iter()
+                        .filter(|m| m.partition == *p)
+                        .map(|m| m.offset)
+                        .max();
                     assert_eq!(last.map(|l| l + 1), Some(*o));
                     self.positions.insert(*p, *o);
                 }
@@ -130,19 +135,32 @@ async fn each_worker_reads_its_partitions_in_order() {
 
     let (h0, mut w0) = spawn(config(&broker.addr(), "in", 0, 2));
     let (h1, mut w1) = spawn(config(&broker.addr(), "in", 1, 2));
-    w0.until(Duration::from_secs(20), |c| c.messages.len() >= 20).await;
-    w1.until(Duration::from_secs(20), |c| c.messages.len() >= 20).await;
+    w0.until(Duration::from_secs(20), |c| c.messages.len() >= 20)
+        .await;
+    w1.until(Duration::from_secs(20), |c| c.messages.len() >= 20)
+        .await;
     assert_eq!(w0.assigned, vec![(0, 0), (2, 0)]);
     assert_eq!(w1.assigned, vec![(1, 0), (3, 0)]);
     for (w, parts) in [(&w0, [0, 2]), (&w1, [1, 3])] {
         for p in parts {
-            let expect: Vec<String> = (0..40).filter(|i| i % 4 == p).map(|i| format!("v{i}")).collect();
+            let expect: Vec<String> = (0..40)
+                .filter(|i| i % 4 == p)
+                .map(|i| format!("v{i}"))
+                .collect();
             assert_eq!(w.values_of(p), expect, "partition {p}");
-            let offsets: Vec<i64> = w.messages.iter().filter(|m| m.partition == p).map(|m| m.offset).collect();
+            let offsets: Vec<i64> = w
+                .messages
+                .iter()
+                .filter(|m| m.partition == p)
+                .map(|m| m.offset)
+                .collect();
             assert!(offsets.windows(2).all(|o| o[0] < o[1]), "{offsets:?}");
             assert_eq!(w.positions[&p], offsets.last().unwrap() + 1);
         }
-        assert!(w.messages.iter().all(|m| m.key.as_deref() == Some(&b"k"[..])));
+        assert!(w
+            .messages
+            .iter()
+            .all(|m| m.key.as_deref() == Some(&b"k"[..])));
     }
     // Nothing more arrives: 40 records, each read once.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -165,7 +183,8 @@ async fn start_offsets_and_seek_on_rollback() {
     let mut c = config(&broker.addr(), "in", 0, 1);
     c.start_offsets.insert(0, 3);
     let (h, mut w) = spawn(c);
-    w.until(Duration::from_secs(20), |c| c.messages.len() >= 7).await;
+    w.until(Duration::from_secs(20), |c| c.messages.len() >= 7)
+        .await;
     assert_eq!(w.assigned, vec![(0, 3)]);
     assert_eq!(w.values(), values[3..].to_vec());
 
@@ -173,13 +192,15 @@ async fn start_offsets_and_seek_on_rollback() {
     w.epoch = h.seek(BTreeMap::from([(0, 5)])).await.expect("seek");
     assert_eq!(w.epoch, 1);
     w.messages.clear();
-    w.until(Duration::from_secs(20), |c| c.messages.len() >= 5).await;
+    w.until(Duration::from_secs(20), |c| c.messages.len() >= 5)
+        .await;
     assert_eq!(w.values(), values[5..].to_vec());
 
     // No position for the partition: back to where it started.
     w.epoch = h.seek(BTreeMap::new()).await.expect("seek");
     w.messages.clear();
-    w.until(Duration::from_secs(20), |c| c.messages.len() >= 7).await;
+    w.until(Duration::from_secs(20), |c| c.messages.len() >= 7)
+        .await;
     assert_eq!(w.values(), values[3..].to_vec());
     h.stop().await;
 }
@@ -202,7 +223,8 @@ async fn seek_while_the_worker_is_not_taking_batches() {
         .expect("a seek is served while the channel is full")
         .expect("seek");
     w.epoch = epoch;
-    w.until(Duration::from_secs(20), |c| c.messages.len() >= 10).await;
+    w.until(Duration::from_secs(20), |c| c.messages.len() >= 10)
+        .await;
     assert_eq!(w.values(), values[190..].to_vec());
     h.stop().await;
 }
@@ -226,11 +248,18 @@ async fn partitions_added_while_running_are_read_from_the_start() {
     common::produce(
         &via_proxy,
         "grow",
-        &[(0, None, "a0"), (1, None, "a1"), (2, None, "b2"), (3, None, "b3"), (3, None, "c3")],
+        &[
+            (0, None, "a0"),
+            (1, None, "a1"),
+            (2, None, "b2"),
+            (3, None, "b3"),
+            (3, None, "c3"),
+        ],
     );
     proxy.limit_partitions(Some(("grow", 2)));
     let (h, mut w) = spawn(config(&via_proxy, "grow", 0, 1));
-    w.until(Duration::from_secs(20), |c| c.messages.len() >= 2).await;
+    w.until(Duration::from_secs(20), |c| c.messages.len() >= 2)
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     while let Ok(ev) = w.rx.try_recv() {
         w.take(ev);
@@ -239,7 +268,8 @@ async fn partitions_added_while_running_are_read_from_the_start() {
     assert_eq!(w.messages.len(), 2);
 
     proxy.limit_partitions(None);
-    w.until(Duration::from_secs(30), |c| c.messages.len() >= 5).await;
+    w.until(Duration::from_secs(30), |c| c.messages.len() >= 5)
+        .await;
     assert_eq!(&w.assigned[2..], &[(2, 0), (3, 0)]);
     assert_eq!(w.values_of(2), vec!["b2"]);
     assert_eq!(w.values_of(3), vec!["b3", "c3"]);
@@ -254,9 +284,12 @@ async fn offsets_are_committed_to_a_group_without_joining_it() {
     let c = config(&broker.addr(), "in", 0, 1);
     let group = c.commit_group.clone();
     let (h, mut w) = spawn(c);
-    w.until(Duration::from_secs(20), |c| c.messages.len() >= 2).await;
+    w.until(Duration::from_secs(20), |c| c.messages.len() >= 2)
+        .await;
     let started = Instant::now();
-    h.commit_offsets(BTreeMap::from([(0, 1), (1, 1)])).await.expect("commit");
+    h.commit_offsets(BTreeMap::from([(0, 1), (1, 1)]))
+        .await
+        .expect("commit");
     assert!(started.elapsed() < Duration::from_secs(10), "no group join");
 
     let reader: BaseConsumer = ClientConfig::new()
@@ -267,9 +300,14 @@ async fn offsets_are_committed_to_a_group_without_joining_it() {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("in", 0);
     tpl.add_partition("in", 1);
-    let got = reader.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let got = reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
     for p in [0, 1] {
-        assert_eq!(got.find_partition("in", p).unwrap().offset(), Offset::Offset(1));
+        assert_eq!(
+            got.find_partition("in", p).unwrap().offset(),
+            Offset::Offset(1)
+        );
     }
     h.stop().await;
 }
@@ -291,7 +329,13 @@ async fn a_missing_topic_or_a_bad_address_is_a_clear_error() {
     let e = failure(config(&broker.addr(), "nope", 1, 3)).await;
     assert!(matches!(e, KafkaError::MissingTopic { .. }), "{e:?}");
     let text = e.to_string();
-    for part in ["source 'orders'", "worker 'w1'", "topic 'nope'", &broker.addr(), "does not exist"] {
+    for part in [
+        "source 'orders'",
+        "worker 'w1'",
+        "topic 'nope'",
+        &broker.addr(),
+        "does not exist",
+    ] {
         assert!(text.contains(part), "{text} lacks {part}");
     }
     let e = failure(config("no-such-host.invalid:9092", "in", 0, 1)).await;
@@ -315,17 +359,36 @@ async fn a_broker_outage_is_reported_and_reading_resumes() {
     let (h, mut w) = spawn(config(&via_proxy, "in", 0, 1));
     // The test's producer goes through the proxy too (the broker
     // advertises the proxy's address).
-    common::produce(&via_proxy, "in", &first.iter().map(|v| (0, None, v.as_str())).collect::<Vec<_>>());
-    w.until(Duration::from_secs(20), |c| c.messages.len() >= 5).await;
+    common::produce(
+        &via_proxy,
+        "in",
+        &first
+            .iter()
+            .map(|v| (0, None, v.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    w.until(Duration::from_secs(20), |c| c.messages.len() >= 5)
+        .await;
 
     proxy.cut();
-    w.until(Duration::from_secs(30), |c| c.unavailable >= 1).await;
+    w.until(Duration::from_secs(30), |c| c.unavailable >= 1)
+        .await;
     assert!(w.messages.len() == 5, "nothing read while down");
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
     let second: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
-    common::produce(&via_proxy, "in", &second.iter().map(|v| (0, None, v.as_str())).collect::<Vec<_>>());
-    w.until(Duration::from_secs(60), |c| c.messages.len() >= 10 && c.available >= 1).await;
+    common::produce(
+        &via_proxy,
+        "in",
+        &second
+            .iter()
+            .map(|v| (0, None, v.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    w.until(Duration::from_secs(60), |c| {
+        c.messages.len() >= 10 && c.available >= 1
+    })
+    .await;
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
     assert_eq!(w.values(), all, "no record lost or read twice");
     h.stop().await;

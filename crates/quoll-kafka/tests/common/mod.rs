@@ -101,10 +101,18 @@ impl Broker {
             .stderr(err)
             .spawn()
             .expect("start the broker");
-        let broker = Broker { bin, port, child, log };
+        let broker = Broker {
+            bin,
+            port,
+            child,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the broker did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not listen on {port}"
+            );
             thread::sleep(Duration::from_millis(50));
         }
         Some(broker)
@@ -129,7 +137,14 @@ impl Broker {
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let broker = format!("tcp://127.0.0.1:{}", self.port);
-        self.topic_cmd(&["create", "--broker", &broker, "--partitions", &partitions.to_string(), name]);
+        self.topic_cmd(&[
+            "create",
+            "--broker",
+            &broker,
+            "--partitions",
+            &partitions.to_string(),
+            name,
+        ]);
     }
 
     pub fn delete_topic(&self, name: &str) {
@@ -154,7 +169,10 @@ impl Broker {
 
     /// Values of the committed records, in partition then offset order.
     pub fn committed_values(&self, topic: &str) -> Vec<String> {
-        self.committed(topic).into_iter().filter_map(|r| r.3).collect()
+        self.committed(topic)
+            .into_iter()
+            .filter_map(|r| r.3)
+            .collect()
     }
 }
 
@@ -220,7 +238,15 @@ impl Drop for Broker {
             if let Ok(mut f) = std::fs::File::open(&self.log) {
                 let _ = f.read_to_string(&mut log);
             }
-            let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
             eprintln!("--- broker log {} (tail) ---\n{tail}", self.log.display());
         }
         let _ = std::fs::remove_file(&self.log);
@@ -283,16 +309,26 @@ impl Proxy {
                             continue;
                         };
                         let requests = Arc::new(Mutex::new(HashMap::new()));
-                        let (c2, s2) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
-                        let (c3, s3) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                        let (c2, s2) = (
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        );
+                        let (c3, s3) = (
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        );
                         if let Ok(mut c) = conns.lock() {
                             c.push(client);
                             c.push(server);
                         }
                         let r = requests.clone();
-                        thread::spawn(move || relay(c2, s2, |frame| note_request(frame, &r)));
+                        thread::spawn(move || {
+                            relay(c2, s2, |frame: &mut Vec<u8>| note_request(frame, &r))
+                        });
                         let limit = limit.clone();
-                        thread::spawn(move || relay(s3, c3, |frame| edit_response(frame, &requests, &limit)));
+                        thread::spawn(move || {
+                            relay(s3, c3, |frame| edit_response(frame, &requests, &limit))
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(10)),
                 }
@@ -344,7 +380,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream, mut edit: impl FnMut(&mut Vec<u
     let _ = to.shutdown(Shutdown::Both);
 }
 
-fn note_request(frame: &mut Vec<u8>, requests: &Requests) {
+fn note_request(frame: &[u8], requests: &Requests) {
     if frame.len() >= 8 {
         let api = i16::from_be_bytes([frame[0], frame[1]]);
         let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -387,13 +423,21 @@ fn cap_metadata_version(frame: &mut [u8], version: i16) {
         at += 1;
         (n.saturating_sub(1), true)
     } else {
-        let Some(b) = frame.get(at..at + 4) else { return };
+        let Some(b) = frame.get(at..at + 4) else {
+            return;
+        };
         at += 4;
-        (i32::from_be_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize, false)
+        (
+            i32::from_be_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize,
+            false,
+        )
     };
     for _ in 0..count {
-        let Some(e) = frame.get(at..at + 6) else { return };
-        if i16::from_be_bytes([e[0], e[1]]) == API_METADATA && i16::from_be_bytes([e[4], e[5]]) > 8 {
+        let Some(e) = frame.get(at..at + 6) else {
+            return;
+        };
+        if i16::from_be_bytes([e[0], e[1]]) == API_METADATA && i16::from_be_bytes([e[4], e[5]]) > 8
+        {
             frame[at + 4..at + 6].copy_from_slice(&8i16.to_be_bytes());
         }
         at += 6;
