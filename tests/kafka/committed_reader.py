@@ -35,7 +35,9 @@ from typing import Optional
 API_FETCH = 1
 API_METADATA = 3
 FETCH_VERSION = 4
-METADATA_VERSION = 1
+# v4: the first that can say "don't create the topic" (tansu creates
+# topics named in older metadata requests).
+METADATA_VERSION = 4
 ATTR_COMPRESSION = 0x07
 ATTR_TRANSACTIONAL = 0x10
 ATTR_CONTROL = 0x20
@@ -163,14 +165,16 @@ class Connection:
         return r
 
     def partitions(self, topic: str) -> list[int]:
-        """The topic's partition ids (Metadata v1)."""
+        """The topic's partition ids (Metadata v4, no auto-creation)."""
         r = self.request(API_METADATA, METADATA_VERSION,
-                         struct.pack(">i", 1) + _string(topic))
+                         struct.pack(">i", 1) + _string(topic) + b"\x00")
+        r.i32()  # throttle
         for _ in range(r.i32()):  # brokers
             r.i32()
             r.string()
             r.i32()
             r.string()
+        r.string()  # cluster id
         r.i32()  # controller
         for _ in range(r.i32()):
             error = r.i16()
