@@ -301,3 +301,46 @@ def test_flatten_refuses_kafka_until_the_engine_runs_it(monkeypatch):
     monkeypatch.setattr(topology, "kafka_in_engine", lambda: False)
     with pytest.raises(TopologyError, match="Kafka sources are not supported yet by quoll"):
         topology.flatten(kafka_app(), ARGS)
+
+
+# --------------------------------------------------------------------------
+# The examples
+# --------------------------------------------------------------------------
+
+def load_example(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "kafka" / name
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_celsius_example_flattens_into_kafka_specs(monkeypatch):
+    monkeypatch.setattr(topology, "kafka_in_engine", lambda: True)
+    app = load_example("celsius_kafka.py")
+    args = ["prog", "--kafka_source_topic", "celsius", "--kafka_source_brokers", "127.0.0.1:9092",
+            "--kafka_sink_topic", "fahrenheit", "--kafka_sink_brokers", "127.0.0.1:9092",
+            "--kafka_sink_max_produce_buffer_ms", "10"]
+    topo = topology.flatten(app.application_setup(args), args)
+    (source,) = topo.sources
+    (sink,) = topo.sinks
+    assert (source.spec.topic, sink.spec.topic, sink.spec.max_produce_buffer_ms) == \
+        ("celsius", "fahrenheit", 10)
+    value = source.spec.decode(b"100")
+    for stage in topo.stages[:2]:
+        value = stage.spec.call(value)
+    assert sink.spec.encode(value) == (b"212.00", None, None)
+    assert source.spec.decode(b"warm") is None
+
+
+def test_word_count_example_flattens_into_kafka_specs(monkeypatch):
+    monkeypatch.setattr(topology, "kafka_in_engine", lambda: True)
+    app = load_example("word_count_kafka.py")
+    args = ["prog", "--lines_topic", "lines", "--lines_brokers", "127.0.0.1:9092",
+            "--counts_topic", "counts", "--counts_brokers", "127.0.0.1:9092"]
+    topo = topology.flatten(app.application_setup(args), args)
+    assert topo.sources[0].spec.name == "lines" and topo.sinks[0].spec.name == "counts"
+    assert topo.sinks[0].spec.encode(("cat", 2)) == (b"cat => 2", b"cat", None)
