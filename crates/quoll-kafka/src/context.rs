@@ -7,7 +7,7 @@
 //! something succeeded against a broker again ([`Health::up`]); the
 //! unavailable and available lines alternate.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
@@ -28,7 +28,6 @@ pub(crate) struct Health {
     reason: Mutex<Option<String>>,
     /// Producers: the first delivery that failed since the last take.
     failed_delivery: Mutex<Option<ClientError>>,
-    pub failed_deliveries: AtomicU64,
 }
 
 impl Health {
@@ -37,7 +36,6 @@ impl Health {
             who,
             down: AtomicBool::new(false),
             reason: Mutex::new(None),
-            failed_deliveries: AtomicU64::new(0),
             failed_delivery: Mutex::new(None),
         }
     }
@@ -144,7 +142,6 @@ impl ProducerContext for Ctx {
                 self.0.up();
             }
             Err((e, _)) => {
-                self.0.failed_deliveries.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut f) = self.0.failed_delivery.lock() {
                     if f.is_none() {
                         *f = Some(e.clone());

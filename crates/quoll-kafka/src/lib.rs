@@ -56,7 +56,11 @@
 //!
 //! Only one transaction is open at a time: records that arrive after
 //! barrier N while N's outcome is unknown are held (they are already in the
-//! write-ahead file) and produced when it is known.
+//! write-ahead file) and produced when it is known. A transaction that
+//! fails while running (a delivery timed out, Kafka says it must be
+//! aborted) is aborted and produced again from the write-ahead files,
+//! through the same producer instance: only `recover` starts a new one,
+//! since a new instance would fence whoever holds the id now.
 //!
 //! Without resilience the sink is an idempotent producer that never gives
 //! up on an unreachable broker: at least once (a rollback resends).

@@ -322,6 +322,8 @@ struct Eos {
     marker: Option<BaseConsumer<Ctx>>,
     open: Option<OpenWal>,
     txn_open: bool,
+    /// A rebuild failed: the transaction lacks records of `in_txn`.
+    broken: bool,
     /// Segments whose records were produced into the open transaction.
     in_txn: Vec<Segment>,
     /// Pre-committed checkpoints whose outcome is not known yet.
@@ -357,6 +359,7 @@ impl Driver {
                 marker: None,
                 open: None,
                 txn_open: false,
+                broken: false,
                 in_txn: Vec::new(),
                 unresolved: BTreeSet::new(),
                 held: VecDeque::new(),
@@ -578,6 +581,7 @@ impl Driver {
         };
         eos.open = None;
         eos.txn_open = false;
+        eos.broken = false;
         eos.in_txn.clear();
         eos.unresolved.clear();
         eos.held.clear();
@@ -714,13 +718,17 @@ impl Driver {
             open.append(&eos.wal, r)?;
         }
         if eos.unresolved.is_empty() {
-            self.begin_if_needed()?;
             self.eos
                 .as_mut()
                 .expect("exactly-once")
                 .mark_in_txn(Segment::Open);
+            if self.ensure_txn()? {
+                return Ok(outcome);
+            }
             for r in &ok {
-                self.produce_in_txn(r)?;
+                if self.produce_in_txn(r)? {
+                    break;
+                }
             }
         } else {
             match eos.held.back_mut() {
@@ -755,15 +763,30 @@ impl Driver {
 
     /// Produces into the transaction; a transaction in an abortable state is
     /// rebuilt from the write-ahead files (which already hold `r`).
-    fn produce_in_txn(&mut self, r: &KafkaRecord) -> Result<(), KafkaError> {
+    /// Produces into the transaction. A transaction in an abortable state
+    /// is rebuilt from the write-ahead files, which hold `r` and the rest
+    /// of its segment already: true then, and the caller produces no more
+    /// of that segment.
+    fn produce_in_txn(&mut self, r: &KafkaRecord) -> Result<bool, KafkaError> {
         match self.produce(r) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(false),
             Err(e) if self.producer().client().fatal_error().is_none() => {
                 tracing::warn!("{e}; rebuilding the transaction from the write-ahead files");
-                self.rebuild_transaction().map(|_| ())
+                self.rebuild_transaction().map(|_| true)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The transaction is ready for more records: true if it had to be
+    /// rebuilt, which produced every segment marked in it from the files.
+    fn ensure_txn(&mut self) -> Result<bool, KafkaError> {
+        if self.eos.as_ref().expect("exactly-once").broken {
+            self.rebuild_transaction()?;
+            return Ok(true);
+        }
+        self.begin_if_needed()?;
+        Ok(false)
     }
 
     fn begin_if_needed(&mut self) -> Result<(), KafkaError> {
@@ -800,16 +823,28 @@ impl Driver {
     fn rebuild_transaction(&mut self) -> Result<u64, KafkaError> {
         const ATTEMPTS: u32 = 5;
         let mut attempt = 0;
+        // Until this returns Ok, the transaction lacks records it must
+        // hold: whatever comes next rebuilds it first.
+        self.eos.as_mut().expect("exactly-once").broken = true;
         loop {
             attempt += 1;
-            let eos = self.eos.as_mut().expect("exactly-once");
-            if eos.txn_open {
+            // Only through this producer instance: a new one would fence
+            // whoever holds the transactional id now, and a fenced zombie
+            // must never fence its successor. Only recover() starts one.
+            if self.eos.as_ref().expect("exactly-once").txn_open {
                 let producer = self.producer();
-                self.retrying(
+                let aborted = self.retrying(
                     "abort the transaction to rebuild it",
                     self.cfg.transaction_timeout,
                     || producer.abort_transaction(CALL_TIMEOUT),
-                )?;
+                );
+                if let Err(e) = aborted {
+                    // Brokers without KIP-360 (tansu) can't abort a
+                    // transaction whose records timed out.
+                    return Err(self.failure(format!(
+                        "{e}; the sink must be recovered (the worker rolls back)"
+                    )));
+                }
                 self.eos.as_mut().expect("exactly-once").txn_open = false;
             }
             let _ = self.health.take_failed_delivery();
@@ -834,7 +869,10 @@ impl Driver {
             }
             self.flush()?;
             match self.health.take_failed_delivery() {
-                None => return Ok(records.len() as u64),
+                None => {
+                    self.eos.as_mut().expect("exactly-once").broken = false;
+                    return Ok(records.len() as u64);
+                }
                 Some(e) if attempt < ATTEMPTS => {
                     tracing::warn!(
                         "{}: delivery failed again ({e}); rebuilding the transaction",
@@ -853,7 +891,9 @@ impl Driver {
             self.flush()?;
             return self.take_delivery_failure_at_least_once();
         };
-        if eos.txn_open {
+        if eos.broken {
+            self.rebuild_transaction()?;
+        } else if eos.txn_open {
             self.flush()?;
             if let Some(e) = self.health.take_failed_delivery() {
                 tracing::warn!(
@@ -911,15 +951,20 @@ impl Driver {
             now.extend(eos.held.pop_front());
         }
         if !now.is_empty() {
-            self.begin_if_needed()?;
             for (seg, records) in now {
                 self.eos.as_mut().expect("exactly-once").mark_in_txn(seg);
+                if self.ensure_txn()? {
+                    continue;
+                }
                 for r in &records {
-                    self.produce_in_txn(r)?;
+                    if self.produce_in_txn(r)? {
+                        break;
+                    }
                 }
             }
         }
-        if self.eos.as_ref().expect("exactly-once").txn_open {
+        let eos = self.eos.as_ref().expect("exactly-once");
+        if eos.txn_open || eos.broken {
             self.commit_transaction(id)?;
         }
         let eos = self.eos.as_mut().expect("exactly-once");
@@ -954,11 +999,15 @@ impl Driver {
             return Ok(());
         }
         let held: Vec<_> = eos.held.drain(..).collect();
-        self.begin_if_needed()?;
         for (seg, records) in held {
             self.eos.as_mut().expect("exactly-once").mark_in_txn(seg);
+            if self.ensure_txn()? {
+                continue;
+            }
             for r in &records {
-                self.produce_in_txn(r)?;
+                if self.produce_in_txn(r)? {
+                    break;
+                }
             }
         }
         Ok(())
@@ -969,6 +1018,9 @@ impl Driver {
     fn commit_transaction(&mut self, id: CheckpointId) -> Result<(), KafkaError> {
         let deadline = Instant::now() + self.cfg.transaction_timeout;
         loop {
+            if self.eos.as_ref().expect("exactly-once").broken {
+                self.rebuild_transaction()?;
+            }
             self.flush()?;
             if let Some(e) = self.health.take_failed_delivery() {
                 tracing::warn!(

@@ -389,3 +389,46 @@ async fn a_broker_outage_delays_but_does_not_break_exactly_once() {
     // The reader talks to the broker directly, not through the proxy.
     assert_eq!(broker.committed_values("out"), vec!["a", "b", "c"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_fails_the_sink_until_a_rollback_recovers_it() {
+    let proxy_port = common::free_port();
+    let port = common::free_port();
+    let Some(broker) = common::Broker::start_advertising(port, proxy_port) else {
+        eprintln!("\n*** SKIPPED: no Kafka broker binary (see scripts/kafka-broker.sh) ***\n");
+        return;
+    };
+    let mut proxy = common::Proxy::new(proxy_port, port);
+    broker.create_topic("out", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&format!("127.0.0.1:{proxy_port}"), "out", Some(dir.path()));
+    // Records wait at most 3 s for a broker, then their delivery fails.
+    c.transaction_timeout = Duration::from_secs(3);
+    let (h, _) = started(c, None).await;
+    write(&h, &["a"]).await;
+    h.pre_commit(1).await.unwrap();
+    h.commit(1).await.unwrap();
+
+    proxy.cut();
+    write(&h, &["b", "c"]).await;
+    // b and c time out. Aborting their transaction needs the broker to
+    // bump the producer's epoch, which tansu can't: the sink fails.
+    let e = tokio::time::timeout(Duration::from_secs(60), h.pre_commit(2))
+        .await
+        .expect("pre-commit gives up")
+        .expect_err("no broker");
+    assert!(e.to_string().contains("kafka_sink"), "{e}");
+    proxy.restore();
+    let e = h
+        .write(records(&["x"]))
+        .await
+        .expect_err("failed until recovered");
+    assert!(e.to_string().contains("must be recovered"), "{e}");
+    // The worker rolls back to checkpoint 1 and replays b and c.
+    let r = h.recover(Some(1)).await.expect("recover");
+    assert_eq!(r.resent_records, 0);
+    write(&h, &["b", "c", "d"]).await;
+    h.pre_commit(2).await.unwrap();
+    h.commit(2).await.unwrap();
+    assert_eq!(broker.committed_values("out"), vec!["a", "b", "c", "d"]);
+}
