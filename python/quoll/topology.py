@@ -21,6 +21,7 @@ message; any other duck-typed object is called through its methods.
 from __future__ import annotations
 
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence, TypeVar, Union
 
@@ -40,6 +41,17 @@ IMPLICIT_KEYS = {
 
 SUPPORTED_SOURCES = "TCP, generator, file and connector sources"
 SUPPORTED_SINKS = "TCP and file sinks"
+
+
+def kafka_in_engine() -> bool:
+    """Whether the engine runs Kafka sources and sinks.
+
+    The one switch for Kafka: while it is False, `flatten` refuses Kafka
+    sources and sinks by name (before reading their options). When the
+    worker runs `KafkaSource`/`KafkaSink` (crates/quoll-kafka), make it
+    return True and add Kafka to `SUPPORTED_SOURCES`/`SUPPORTED_SINKS`.
+    """
+    return False
 
 
 # --------------------------------------------------------------------------
@@ -100,7 +112,27 @@ class ConnectorSource:
     refill_credits: int
 
 
-SourceSpec = Union[TcpSource, GenSource, FileSource, ConnectorSource]
+Broker = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class KafkaSource:
+    """A Kafka source (`KafkaSourceConfig`, `CustomKafkaSourceCLIParser`,
+    or `DefaultKafkaSourceCLIParser` with its `--<name>_*` flags read from
+    the worker's arguments): `decode` gets each record's value, unframed.
+    Each worker reads its share of the topic's partitions (docs/kafka.md)."""
+
+    kind: ClassVar[str] = "kafka"
+    name: str
+    topic: str
+    # (host, port) pairs, ports as strings; at least one, none empty.
+    brokers: list[Broker]
+    # Fine, Info, Warn or Error.
+    log_level: str
+    decode: Callable[[bytes], Any]
+
+
+SourceSpec = Union[TcpSource, GenSource, FileSource, ConnectorSource, KafkaSource]
 
 
 @dataclass
@@ -145,7 +177,30 @@ class FileSink:
     encode: Callable[[Any], Any]
 
 
-SinkSpec = Union[TcpSink, FileSink]
+@dataclass(frozen=True)
+class KafkaSink:
+    """A Kafka sink (`KafkaSinkConfig`, `CustomKafkaSinkCLIParser`, or
+    `DefaultKafkaSinkCLIParser` with its `--<name>_*` flags read from the
+    worker's arguments). `encode(data)` returns `(payload, key, partition)`
+    (bytes, bytes or None, int or None) or None for no output: the user's
+    encoder may return that 3-tuple, `(payload, key)` or a bare payload, with
+    str for bytes; a wrong result raises TypeError/ValueError from `encode`,
+    which the worker handles like any user error."""
+
+    kind: ClassVar[str] = "kafka"
+    # The config's name, or `kafka_sink_<index>` when it has none (Wallaroo
+    # sinks are unnamed): unique in the app and stable across restarts, so
+    # it can name the sink's transactional id and files.
+    name: str
+    topic: str
+    brokers: list[Broker]
+    log_level: str
+    max_produce_buffer_ms: int
+    max_message_size: int
+    encode: Callable[[Any], Optional[tuple[bytes, Optional[bytes], Optional[int]]]]
+
+
+SinkSpec = Union[TcpSink, FileSink, KafkaSink]
 
 
 @dataclass(frozen=True)
@@ -441,7 +496,7 @@ def _item(cfg: Sequence[Any], index: int, what: str) -> Any:
     return cfg[index]
 
 
-def _source_spec(cfg: Sequence[Any]) -> SourceSpec:
+def _source_spec(cfg: Sequence[Any], args: Sequence[str]) -> SourceSpec:
     kind = cfg[0]
     if kind == "tcp":
         header_length, fmt, decode = _decoder_framing(_item(cfg, 4, "decoder"))
@@ -476,10 +531,12 @@ def _source_spec(cfg: Sequence[Any]) -> SourceSpec:
             max_credits=_credits(_item(cfg, 7, "max_credits"), "max_credits"),
             refill_credits=_credits(_item(cfg, 8, "refill_credits"), "refill_credits"),
         )
+    if kind in ("kafka", "kafka-internal") and kafka_in_engine():
+        return kafka_source_spec(cfg, args)
     raise TopologyError(_unsupported(kind, "source", SUPPORTED_SOURCES))
 
 
-def _sink_spec(cfg: Sequence[Any]) -> SinkSpec:
+def _sink_spec(cfg: Sequence[Any], index: int, args: Sequence[str]) -> SinkSpec:
     kind = cfg[0]
     if kind == "tcp":
         return TcpSink(
@@ -492,7 +549,114 @@ def _sink_spec(cfg: Sequence[Any]) -> SinkSpec:
             path=str(_item(cfg, 2, "path")),
             encode=_resolve(_item(cfg, 3, "encoder"), "encode", "encoder"),
         )
+    if kind in ("kafka", "kafka-internal") and kafka_in_engine():
+        return kafka_sink_spec(cfg, index, args)
     raise TopologyError(_unsupported(kind, "sink", SUPPORTED_SINKS))
+
+
+# --------------------------------------------------------------------------
+# Kafka
+# --------------------------------------------------------------------------
+
+
+def _kafka_brokers(brokers: Any, flag: str) -> list[Broker]:
+    try:
+        pairs = [(str(h), str(p)) for h, p in brokers]
+    except (TypeError, ValueError):
+        raise TopologyError(f"brokers must be (host, port) pairs, got {_short_repr(brokers)}") from None
+    if not pairs or any(not h for h, _ in pairs):
+        raise TopologyError(f"no broker address given (host[:port],...; {flag})")
+    for h, p in pairs:
+        if not p.isdigit() or not 0 < int(p) < 65536:
+            raise TopologyError(f"broker '{h}:{p}': the port is not 1-65535 ({flag})")
+    return pairs
+
+
+def _kafka_topic(topic: Any, flag: str) -> str:
+    if not isinstance(topic, str) or not topic:
+        raise TopologyError(f"no topic given ({flag})")
+    return topic
+
+
+def _kafka_level(level: Any) -> str:
+    from wallaroo._kafka import _KAFKA_LOG_LEVELS
+
+    if level not in _KAFKA_LOG_LEVELS:
+        raise TopologyError(f"log level {_short_repr(level)} is not one of {', '.join(_KAFKA_LOG_LEVELS)}")
+    return str(level)
+
+
+def _kafka_int(value: Any, what: str, lowest: int) -> int:
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TopologyError(f"{what} must be an int, got {_short_repr(value)}") from None
+    if not lowest <= n < 2**31:
+        raise TopologyError(f"{what} must be between {lowest} and 2147483647, got {n}")
+    return n
+
+
+def kafka_source_spec(cfg: Sequence[Any], args: Sequence[str]) -> KafkaSource:
+    """The `KafkaSource` of a `"kafka"` or `"kafka-internal"` source tuple;
+    `args` are the worker's arguments (`wallaroo._ARGS`), where a
+    `DefaultKafkaSourceCLIParser`'s flags are."""
+    from wallaroo._kafka import _kafka_cli_prefix, _kafka_internal_source_options
+
+    name = str(_item(cfg, 1, "name"))
+    if cfg[0] == "kafka-internal":
+        flag = f"--{_kafka_cli_prefix(name)}_topic/_brokers"
+        topic, brokers, level = _kafka_internal_source_options(name, args)
+        decoder = _item(cfg, 2, "decoder")
+    else:
+        # ("kafka", name, topic, brokers, log_level, decoder)
+        flag = "the config's topic and brokers"
+        topic, brokers, level = _item(cfg, 2, "topic"), _item(cfg, 3, "brokers"), _item(cfg, 4, "log_level")
+        decoder = _item(cfg, 5, "decoder")
+    return KafkaSource(
+        name=name,
+        topic=_kafka_topic(topic, flag),
+        brokers=_kafka_brokers(brokers, flag),
+        log_level=_kafka_level(level),
+        decode=_resolve(decoder, "decode", "decoder"),
+    )
+
+
+def kafka_sink_spec(cfg: Sequence[Any], index: int, args: Sequence[str]) -> KafkaSink:
+    """The `KafkaSink` of sink `index`'s `"kafka"` or `"kafka-internal"`
+    tuple (see `kafka_source_spec`)."""
+    from wallaroo._kafka import _kafka_cli_prefix, _kafka_internal_sink_options
+
+    name = str(_item(cfg, 1, "name"))
+    if cfg[0] == "kafka-internal":
+        flag = f"--{_kafka_cli_prefix(name)}_topic/_brokers"
+        topic, brokers, level, buffer_ms, max_size = _kafka_internal_sink_options(name, args)
+        encoder = _item(cfg, 2, "encoder")
+    else:
+        # ("kafka", "", topic, brokers, log_level, max_produce_buffer_ms,
+        #  max_message_size, encoder)
+        flag = "the config's topic and brokers"
+        topic, brokers, level = _item(cfg, 2, "topic"), _item(cfg, 3, "brokers"), _item(cfg, 4, "log_level")
+        buffer_ms, max_size = _item(cfg, 5, "max_produce_buffer_ms"), _item(cfg, 6, "max_message_size")
+        encoder = _item(cfg, 7, "encoder")
+    return KafkaSink(
+        name=name or f"kafka_sink_{index}",
+        topic=_kafka_topic(topic, flag),
+        brokers=_kafka_brokers(brokers, flag),
+        log_level=_kafka_level(level),
+        max_produce_buffer_ms=_kafka_int(buffer_ms, "max_produce_buffer_ms", 0),
+        max_message_size=_kafka_int(max_size, "max_message_size", 1),
+        encode=_kafka_encode(_resolve(encoder, "encode", "encoder")),
+    )
+
+
+def _kafka_encode(encode: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`encode` followed by the reading of its result as a Kafka record."""
+    from wallaroo._kafka import _kafka_record
+
+    def kafka_encode(data: Any) -> Any:
+        return _kafka_record(encode(data))
+
+    return kafka_encode
 
 
 def _well_formed(cfg: Any) -> bool:
@@ -512,8 +676,15 @@ def _in_place(place: str, build: Callable[[], _T]) -> _T:
 # --------------------------------------------------------------------------
 
 
-def flatten(app: Any) -> Topology:
-    """The `Topology` of the tuple `wallaroo.build_application` returned."""
+def flatten(app: Any, args: Optional[Sequence[str]] = None) -> Topology:
+    """The `Topology` of the tuple `wallaroo.build_application` returned.
+
+    `args` are the worker's arguments, where `Default*` Kafka parsers'
+    flags are; by default `wallaroo._ARGS` (which the worker sets before
+    `application_setup`)."""
+    if args is None:
+        wallaroo = sys.modules.get("wallaroo")
+        args = tuple(getattr(wallaroo, "_ARGS", ()))
     try:
         app_name, root, vs, es = app
     except (TypeError, ValueError) as e:
@@ -546,7 +717,7 @@ def flatten(app: Any) -> Topology:
             place = f"sink {index} of {pipeline} ({describe_config(cfg, 'sink')})"
             if not _well_formed(cfg):
                 raise TopologyError(f"{place}: a sink config's to_tuple() must start with its kind")
-            topo.sinks.append(Sink(place=place, spec=_in_place(place, lambda: _sink_spec(cfg))))
+            topo.sinks.append(Sink(place=place, spec=_in_place(place, lambda: _sink_spec(cfg, index, args))))
             ids.append(index)
         return ids
 
@@ -611,7 +782,7 @@ def flatten(app: Any) -> Topology:
             place = f"source of {_pipeline_label([pipeline])} ({describe_config(cfg, 'source')})"
             if not _well_formed(cfg):
                 raise TopologyError(f"{place}: a source config's to_tuple() must start with its kind")
-            spec = _in_place(place, lambda: _source_spec(cfg))
+            spec = _in_place(place, lambda: _source_spec(cfg, args))
             topo.sources.append(Source(name=_field(cfg, 1), pipeline=pipeline, place=place, spec=spec))
             dangling = [("source", len(topo.sources) - 1)]
             stages = stages[1:]

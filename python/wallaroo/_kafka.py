@@ -1,8 +1,17 @@
 """Kafka source and sink configurations and their command-line options.
 
-The configs are accepted when the application is built, so that Kafka
-applications build; the quoll engine refuses them when a worker starts.
-Brokers are normalised to ``[(host, port_str), ...]``.
+Every form Wallaroo documents or ships builds: the documented
+``KafkaSourceConfig``/``KafkaSinkConfig``, the ``Custom*CLIParser`` classes
+(reading ``--kafka_source_*``/``--kafka_sink_*``), the ``Default*CLIParser``
+classes (whose ``--<name>_*`` flags the worker reads, see
+``_kafka_internal_source_options``) and the ``kafka_parse_*_options``
+helpers, with Wallaroo's defaults and parsing quirks (argparse prefixes,
+``host[:port]`` brokers where anything but one ``:`` means port 9092, an
+empty broker list giving ``[("", "9092")]``, sinks named ``""``).
+``CustomKafkaSourceCLIParser`` is fixed (Wallaroo unpacked the options in
+the wrong order). Brokers are normalised to ``[(host, port_str), ...]``.
+``_kafka_record`` reads what a Kafka encoder returns. See
+``docs/kafka.md``.
 """
 
 import argparse
@@ -155,15 +164,7 @@ def kafka_parse_source_options(
         args: Sequence[str]) -> tuple[Optional[str], str, list[Broker], str]:
     """Return ``(name, topic, brokers, log_level)`` from the
     ``--kafka_source_*`` flags."""
-    parser = argparse.ArgumentParser(prog="wallaroo")
-    parser.add_argument("--kafka_source_name", dest="name")
-    parser.add_argument("--kafka_source_topic", dest="topic", default="")
-    parser.add_argument("--kafka_source_brokers", dest="brokers", default="")
-    parser.add_argument("--kafka_source_log_level", dest="log_level",
-                        default="Warn", choices=list(_KAFKA_LOG_LEVELS))
-    known = parser.parse_known_args(args)[0]
-    brokers = [_kafka_parse_broker(b) for b in known.brokers.split(",")]
-    return (known.name, known.topic, brokers, known.log_level)
+    return _parse_source_options("kafka_source", args)
 
 
 def kafka_parse_sink_options(
@@ -172,21 +173,136 @@ def kafka_parse_sink_options(
     """Return ``(name, topic, brokers, log_level, max_produce_buffer_ms,
     max_message_size)`` from the ``--kafka_sink_*`` flags; the message size
     may be spelt ``--kafka_sink_max_message_size`` or
-    ``--kafka_sink_max_produce_message_size``."""
+    ``--kafka_sink_max_produce_message_size``. The name is always ``""``
+    (Wallaroo has no ``--kafka_sink_name``)."""
+    return _parse_sink_options("kafka_sink", args)
+
+
+def _parse_source_options(
+        prefix: str,
+        args: Sequence[str]) -> tuple[Optional[str], str, list[Broker], str]:
+    # Wallaroo's parser exactly: default argparse, so unknown flags are
+    # ignored, `--x=v` works and unambiguous prefixes are accepted.
     parser = argparse.ArgumentParser(prog="wallaroo")
-    parser.add_argument("--kafka_sink_topic", dest="topic", default="")
-    parser.add_argument("--kafka_sink_brokers", dest="brokers", default="")
-    parser.add_argument("--kafka_sink_log_level", dest="log_level",
+    parser.add_argument("--{}_name".format(prefix), dest="name")
+    parser.add_argument("--{}_topic".format(prefix), dest="topic", default="")
+    parser.add_argument("--{}_brokers".format(prefix), dest="brokers",
+                        default="")
+    parser.add_argument("--{}_log_level".format(prefix), dest="log_level",
                         default="Warn", choices=list(_KAFKA_LOG_LEVELS))
-    parser.add_argument("--kafka_sink_max_produce_buffer_ms",
+    known = parser.parse_known_args(list(args))[0]
+    brokers = [_kafka_parse_broker(b) for b in known.brokers.split(",")]
+    return (known.name, known.topic, brokers, known.log_level)
+
+
+def _parse_sink_options(
+        prefix: str, args: Sequence[str]
+) -> tuple[str, str, list[Broker], str, int, int]:
+    parser = argparse.ArgumentParser(prog="wallaroo")
+    parser.add_argument("--{}_topic".format(prefix), dest="topic", default="")
+    parser.add_argument("--{}_brokers".format(prefix), dest="brokers",
+                        default="")
+    parser.add_argument("--{}_log_level".format(prefix), dest="log_level",
+                        default="Warn", choices=list(_KAFKA_LOG_LEVELS))
+    parser.add_argument("--{}_max_produce_buffer_ms".format(prefix),
                         dest="max_produce_buffer_ms", type=int, default=0)
-    parser.add_argument("--kafka_sink_max_message_size",
-                        "--kafka_sink_max_produce_message_size",
+    parser.add_argument("--{}_max_message_size".format(prefix),
                         dest="max_message_size", type=int, default=100000)
-    known = parser.parse_known_args(args)[0]
+    known = parser.parse_known_args(
+        _message_size_alias(prefix, args))[0]
     brokers = [_kafka_parse_broker(b) for b in known.brokers.split(",")]
     return ("", known.topic, brokers, known.log_level,
             known.max_produce_buffer_ms, known.max_message_size)
+
+
+def _message_size_alias(prefix: str, args: Sequence[str]) -> list[str]:
+    """``--<prefix>_max_produce_message_size`` (pony-kafka's spelling) as
+    ``--<prefix>_max_message_size``. Rewritten rather than registered, so
+    that abbreviations such as ``--kafka_sink_max_produce`` mean what they
+    meant to Wallaroo's parser."""
+    alias = "--{}_max_produce_message_size".format(prefix)
+    real = "--{}_max_message_size".format(prefix)
+    out = []
+    for a in args:
+        if a == alias:
+            a = real
+        elif a.startswith(alias + "="):
+            a = real + a[len(alias):]
+        out.append(a)
+    return out
+
+
+def _kafka_cli_prefix(name: str) -> str:
+    """The flag prefix a ``Default*`` Kafka parser named ``name`` reads:
+    lower-cased, stripped to ``[a-z0-9_]``."""
+    return "".join(c for c in str(name).lower()
+                   if c.isascii() and (c.isalnum() or c == "_"))
+
+
+def _kafka_internal_source_options(
+        name: str,
+        args: Sequence[str]) -> tuple[str, list[Broker], str]:
+    """``(topic, brokers, log_level)`` of a ``DefaultKafkaSourceCLIParser``
+    named ``name``, from ``--<prefix>_topic``, ``--<prefix>_brokers`` and
+    ``--<prefix>_log_level`` (the worker's side of that parser)."""
+    _, topic, brokers, level = _parse_source_options(
+        _kafka_cli_prefix(name), args)
+    return (topic, brokers, level)
+
+
+def _kafka_internal_sink_options(
+        name: str,
+        args: Sequence[str]) -> tuple[str, list[Broker], str, int, int]:
+    """``(topic, brokers, log_level, max_produce_buffer_ms,
+    max_message_size)`` of a ``DefaultKafkaSinkCLIParser`` named ``name``."""
+    return _parse_sink_options(_kafka_cli_prefix(name), args)[1:]
+
+
+KafkaRecord = tuple[bytes, Optional[bytes], Optional[int]]
+
+
+def _kafka_record(encoded: Any) -> Optional[KafkaRecord]:
+    """A Kafka encoder's result as ``(payload, key, partition)``.
+
+    Accepted: ``(payload, key, partition)``, ``(payload, key)`` or a bare
+    payload; payload ``bytes`` or ``str`` (UTF-8), key ``bytes``, ``str`` or
+    ``None``, partition a 32-bit ``int`` or ``None`` (librdkafka picks).
+    ``None`` means send nothing. Anything else is a ``TypeError`` or
+    ``ValueError`` saying what was wrong.
+    """
+    if encoded is None:
+        return None
+    if isinstance(encoded, (bytes, str, bytearray)):
+        return (_kafka_bytes(encoded, "payload"), None, None)
+    if not isinstance(encoded, tuple) or len(encoded) not in (2, 3):
+        raise TypeError(
+            "a Kafka encoder must return (payload, key, partition), "
+            "(payload, key) or a payload (bytes or str); got {}"
+            .format(_describe(encoded)))
+    payload = _kafka_bytes(encoded[0], "payload")
+    key = None if encoded[1] is None else _kafka_bytes(encoded[1], "key")
+    partition = encoded[2] if len(encoded) == 3 else None
+    if partition is not None:
+        if isinstance(partition, bool) or not isinstance(partition, int):
+            raise TypeError(
+                "a Kafka encoder's partition must be an int or None; got {}"
+                .format(_describe(partition)))
+        if not 0 <= partition < 2**31:
+            raise ValueError(
+                "a Kafka encoder's partition must be between 0 and "
+                "2147483647; got {}".format(partition))
+    return (payload, key, partition)
+
+
+def _kafka_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError("a Kafka encoder's {} must be bytes or str; got {}"
+                    .format(what, _describe(value)))
 
 
 def _kafka_parse_broker(broker: str) -> Broker:
