@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test of quoll: Rust unit and property tests, the Python API
+# Runs every test of quoll: the static checks, Rust unit, property and
+# model tests (the Kafka crate's against a real broker), the Python API
 # tests, and the end-to-end tests that start real workers on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo test --release -p quoll-core -p quoll-tools -p quoll-py
-.venv/bin/python -m pytest -q -p no:cacheprovider --timeout 300 tests/python tests/e2e
+QUOLL_KAFKA_BROKER=$(bash scripts/kafka-broker.sh)
+export QUOLL_KAFKA_BROKER
+bash scripts/lint.sh
+cargo test --release --workspace
+.venv/bin/python -m pytest -q -p no:cacheprovider --timeout 300 tests/python tests/kafka tests/e2e

@@ -27,8 +27,8 @@
 //!         | i64 LE event time | u32 LE value length | value bytes (a codec blob)
 //! ```
 //!
-//! Readers use [`WireCodec`] (with `tokio_util::codec::FramedRead` on a
-//! socket); [`next_frame`] is the same decoder on a caller's buffer.
+//! Readers use [`WireCodec`] with `tokio_util::codec::FramedRead` on a
+//! socket.
 //! `docs/formats.md` has these layouts with the other protocols'.
 //!
 //! Invariants: a batch holds messages in the order the sender processed
@@ -230,13 +230,6 @@ impl Default for WireCodec {
     }
 }
 
-/// Splits one frame off the front of `buf` (bytes read from a peer);
-/// `Ok(None)` means more bytes are needed. [`WireCodec`] on a caller's
-/// buffer, for readers that are not a `FramedRead`.
-pub fn next_frame(buf: &mut BytesMut) -> Result<Option<WireFrame>, WireError> {
-    WireCodec::default().decode_frame(buf)
-}
-
 /// Builds a data frame, message by message.
 #[derive(Debug)]
 pub struct BatchWriter {
@@ -378,6 +371,10 @@ impl<'a> Iterator for BatchReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn next_frame(buf: &mut BytesMut) -> Result<Option<WireFrame>, WireError> {
+        WireCodec::default().decode_frame(buf)
+    }
     use bytes::BytesMut;
     use proptest::prelude::*;
 

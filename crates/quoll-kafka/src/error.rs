@@ -1,7 +1,7 @@
 //! The errors of the Kafka source and sink.
 //!
 //! Every error names the source or sink, its topic and brokers, and the
-//! worker (`who`, built once by [`crate::config::Who`]), so a line in a
+//! worker (`who`, built once by `config::Who`), so a line in a
 //! worker's log says which of possibly many connectors failed.
 
 use std::path::PathBuf;
