@@ -6,6 +6,7 @@
 //! executor thread that drives these state machines.
 //!
 //! - [`checkpoint`]: the checkpoint protocol as state machines: coordinator and participant.
+//! - [`handshake`]: link authentication by challenge-response over the cluster secret.
 //! - [`membership`]: cluster formation and membership as state machines.
 //! - [`node`]: one worker's coordination (membership, checkpoints, recovery) as one state machine.
 //! - [`checkpoint_store`]: durable checkpoint files (full and delta), the coordinator's commit log, the membership file.
@@ -23,6 +24,7 @@ pub mod checkpoint_store;
 pub mod connector;
 pub mod external;
 pub mod frame;
+pub mod handshake;
 pub mod key_group;
 pub mod length_header;
 pub mod membership;
