@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -50,7 +51,7 @@ CACHE = HERE / ".cache"
 CHECKPOINT_NS = 1_000_000_000
 
 
-def _load_wc():
+def _load_wc() -> Any:
     """benches/word_count/run.py as a module: its input, output check and
     process helpers (it puts benches/word_count and tests/e2e on sys.path)."""
     spec = importlib.util.spec_from_file_location("wc_run", WC_DIR / "run.py")
@@ -66,7 +67,7 @@ from harness import Cluster, Proc, external, free_port, wait_until  # noqa: E402
 
 # --------------------------------------------------------------------------- set-up
 
-def ensure_bytewax(base_python):
+def ensure_bytewax(base_python: str) -> str:
     """The Bytewax venv (created and filled on first use); its python."""
     py = BYTEWAX_VENV / "bin" / "python"
     if not py.exists():
@@ -80,7 +81,7 @@ def ensure_bytewax(base_python):
     return str(py)
 
 
-def framed(text_part):
+def framed(text_part: Path) -> Path:
     """The part as quoll's file source reads it: each line (without its
     newline) as a 4-byte big-endian length + the bytes. Cached in .cache/."""
     CACHE.mkdir(exist_ok=True)
@@ -96,7 +97,7 @@ def framed(text_part):
     return out
 
 
-def output_bytes(counts):
+def output_bytes(counts: Dict[str, int]) -> int:
     """Size of a correct output: `word => k\\n` for k = 1..n of every word."""
     total = 0
     for word, n in counts.items():
@@ -110,7 +111,7 @@ def output_bytes(counts):
 
 # --------------------------------------------------------------------------- processes
 
-def reap(proc, timeout):
+def reap(proc: Proc, timeout: float) -> Dict[str, Any]:
     """Waits for `proc` (ours) to exit, up to `timeout` s, then kills it;
     returns its exit code, CPU seconds (user + system) and peak RSS in MB
     over its whole life, from wait4()."""
@@ -136,7 +137,7 @@ class Watcher(threading.Thread):
     the first time the total is the expected size, and, once `arm(files)`
     was called, the first time one of `files` grew."""
 
-    def __init__(self, files, expected):
+    def __init__(self, files: List[Path], expected: int) -> None:
         super().__init__(daemon=True)
         self.files = list(files)
         self.expected = expected
@@ -147,14 +148,14 @@ class Watcher(threading.Thread):
         self.first_growth = None
         self._halt = threading.Event()
 
-    def sizes(self):
+    def sizes(self) -> List[int]:
         return [f.stat().st_size if f.exists() else 0 for f in self.files]
 
-    def arm(self, files):
+    def arm(self, files: List[Path]) -> None:
         self.first_growth = None
         self._armed = ([self.files.index(f) for f in files], self.sizes())
 
-    def run(self):
+    def run(self) -> None:
         last = self.sizes()
         while not self._halt.is_set():
             now = time.perf_counter()
@@ -171,7 +172,7 @@ class Watcher(threading.Thread):
             last = sizes
             time.sleep(0.003)
 
-    def stop(self):
+    def stop(self) -> None:
         self._halt.set()
         self.join()
 
@@ -182,7 +183,7 @@ class QuollRun:
 
     engine = "quoll"
 
-    def __init__(self, rd, parts, ckpt):
+    def __init__(self, rd: Path, parts: List[Path], ckpt: bool) -> None:
         self.rd, self.n = rd, len(parts)
         self.names = ["initializer"] + [f"worker{i}" for i in range(1, self.n)]
         for name, part in zip(self.names, parts):
@@ -198,29 +199,29 @@ class QuollRun:
         self.outputs = [rd / f"out-{name}.txt" for name in self.names]
         self.ended = []  # reaped processes (killed ones, then all at the end)
 
-    def start(self):
+    def start(self) -> None:
         self.cluster.workers = [Proc(self.cluster.command(i), self.rd, f"worker{i}", env=self.cluster.env).start()
                                 for i in range(self.n)]
 
-    def procs(self):
+    def procs(self) -> List[Proc]:
         return self.cluster.workers
 
-    def victim(self):
+    def victim(self) -> int:
         """The process a recovery run kills: the last worker (on 2, not the initializer)."""
         return self.n - 1
 
-    def kill(self, i):
+    def kill(self, i: int) -> None:
         w = self.cluster.workers[i]
         w.signal(signal.SIGKILL)
         self.ended.append(reap(w, 10))
 
-    def restart(self, i):
+    def restart(self, i: int) -> List[Path]:
         """Worker i again, with its original command; its output files."""
         self.cluster.workers[i] = Proc(self.cluster.command(i), self.rd, f"worker{i}-restarted",
                                        env=self.cluster.env).start()
         return [self.outputs[i]]
 
-    def finish(self):
+    def finish(self) -> List[Dict[str, Any]]:
         external(self.cluster.external_ports[0], "shutdown")
         self.ended += [reap(w, 30) for w in self.cluster.workers]
         return self.ended
@@ -232,7 +233,7 @@ class BytewaxRun:
 
     engine = "bytewax"
 
-    def __init__(self, rd, parts, ckpt, python):
+    def __init__(self, rd: Path, parts: List[Path], ckpt: bool, python: str) -> None:
         self.rd, self.n = rd, len(parts)
         (rd / "in").mkdir()
         (rd / "out").mkdir()
@@ -256,18 +257,18 @@ class BytewaxRun:
         self.workers = []
         self.survivors = []
 
-    def start(self):
+    def start(self) -> None:
         self.starts += 1
         self.workers = [Proc(cmd, self.rd, f"bytewax{i}-start{self.starts}", env=self.env).start()
                         for i, cmd in enumerate(self.commands)]
 
-    def procs(self):
+    def procs(self) -> List[Proc]:
         return self.workers
 
-    def victim(self):
+    def victim(self) -> int:
         return self.n - 1
 
-    def kill(self, i):
+    def kill(self, i: int) -> None:
         """SIGKILLs process i; the others (which can't go on without it)
         are given 10 s to exit by themselves, then killed; how each ended is
         recorded in `survivors`."""
@@ -281,12 +282,12 @@ class BytewaxRun:
                 self.survivors.append(r)
                 self.ended.append(r)
 
-    def restart(self, i):
+    def restart(self, i: int) -> List[Path]:
         """Every process again (the survivors have exited); all output files."""
         self.start()
         return list(self.outputs)
 
-    def finish(self):
+    def finish(self) -> List[Dict[str, Any]]:
         # A bounded source: each process exits once its input is done.
         self.ended += [reap(w, 60) for w in self.workers]
         return self.ended
@@ -294,7 +295,7 @@ class BytewaxRun:
 
 # --------------------------------------------------------------------------- one run
 
-def check_exact(outputs, counts, rd):
+def check_exact(outputs: List[Path], counts: Dict[str, int], rd: Path) -> Dict[str, Any]:
     """wc.check_output on the output files concatenated (each word's counts
     must be 1..n in order; a word whose counts start again in a second file
     is a problem too)."""
@@ -310,8 +311,8 @@ def check_exact(outputs, counts, rd):
                 problems=check["problems"][:10])
 
 
-def run_one(engine, n, mode, parts, counts, expected, workdir, bytewax_python, timeout, kill_fraction,
-            kill_after):
+def run_one(engine: str, n: int, mode: str, parts: List[Path], counts: Dict[str, int], expected: int, workdir: Path,
+            bytewax_python: Optional[str], timeout: float, kill_fraction: float, kill_after: float) -> Dict[str, Any]:
     """One run: `mode` is plain, ckpt or recover."""
     rd = Path(tempfile.mkdtemp(prefix=f"{engine}-{n}p-{mode}-", dir=workdir))
     ckpt = mode != "plain"
@@ -398,16 +399,16 @@ def run_one(engine, n, mode, parts, counts, expected, workdir, bytewax_python, t
 
 # --------------------------------------------------------------------------- report
 
-def spread(values, spec=",.0f"):
-    values = [v for v in values if v is not None]
-    if not values:
+def spread(values: List[Optional[float]], spec: str = ",.0f", sep: str = "-") -> str:
+    """`min-max` of the values, formatted (one value if they format alike)."""
+    present = [v for v in values if v is not None]
+    if not present:
         return "-"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(min(values), spec)}-{format(max(values), spec)}"
+    low, high = format(min(present), spec), format(max(present), spec)
+    return low if low == high else f"{low}{sep}{high}"
 
 
-def summarise(runs):
+def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Per (engine, procs, mode): the fastest run's figures, the spreads
     over repeats, and per-repeat paired ratios."""
     groups = {}
@@ -422,7 +423,9 @@ def summarise(runs):
             cpu_us_per_word=min(r["cpu_us_per_word"] for r in rs),
             cpu_us_per_word_all=[r["cpu_us_per_word"] for r in rs],
             peak_rss_mb=max(r["peak_rss_mb"] for r in rs),
-            peak_rss_mb_per_process=[max(p["peak_rss_mb"] for p in r["processes"]) for r in rs],
+            # The fastest run's processes, in order (a recovery run lists the
+            # killed and the restarted ones too).
+            peak_rss_mb_per_process=[p["peak_rss_mb"] for p in best["processes"]],
             first_output_s_all=[r["first_output_s"] for r in rs],
             exact=all(r["output"]["exact"] for r in rs),
             restart_to_first_output_s_all=[r.get("restart_to_first_output_s") for r in rs],
@@ -431,7 +434,8 @@ def summarise(runs):
     return out
 
 
-def paired(runs, num, den, field):
+def paired(runs: List[Dict[str, Any]], num: Tuple[str, int, str], den: Tuple[str, int, str],
+           field: str) -> List[float]:
     """Per repeat, num's field over den's (runs of the same repeat ran one
     after the other, so they share the machine's load)."""
     by = {}
@@ -440,7 +444,7 @@ def paired(runs, num, den, field):
     return [rep[num][field] / rep[den][field] for rep in by.values() if num in rep and den in rep]
 
 
-def report(res):
+def report(res: Dict[str, Any]) -> str:
     runs, summ = res["runs"], res["summary"]
     m = res["meta"]
     lines = [f"word count, quoll vs Bytewax {BYTEWAX_VERSION}: {m['lines']:,} lines, {m['total_words']:,} words, "
@@ -476,8 +480,8 @@ def report(res):
             w = paired(runs, (engine, n, "ckpt"), (engine, n, "plain"), "words_per_s")
             c = paired(runs, (engine, n, "ckpt"), (engine, n, "plain"), "cpu_us_per_word")
             if w:
-                lines.append(f"  {engine:<8}{n}p  words/s {spread([(1 - x) * 100 for x in w], '.0f')} % lower, "
-                             f"CPU per word {spread([(x - 1) * 100 for x in c], '.0f')} % higher")
+                lines.append(f"  {engine:<8}{n}p  words/s {spread([(1 - x) * 100 for x in w], '.0f', ' to ')} % lower, "
+                             f"CPU per word {spread([(x - 1) * 100 for x in c], '.0f', ' to ')} % higher")
     rec = [r for r in runs if r["mode"] == "recover"]
     if rec:
         lines.append("")
@@ -496,7 +500,7 @@ def report(res):
     lines.append("")
     lines.append("words/s: words / (launch -> the output files hold every count); CPU: user+system of every")
     lines.append("engine process over its whole life (start-up, run, exit; killed and restarted ones too);")
-    lines.append("peak RSS: the largest process's, per process for 2; 1st out: launch -> first output byte.")
+    lines.append("peak RSS: per process, of the fastest run (a recovery run's killed and restarted ones too); 1st out: launch -> first output byte.")
     bad = [f"{r['engine']} {r['procs']}p {r['mode']}" for r in runs if not r["output"]["exact"]]
     if bad:
         lines.append("")
@@ -504,7 +508,7 @@ def report(res):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lines", type=int, default=1_000_000, help="input lines (default 1,000,000)")
     p.add_argument("--procs", default="1,2", help="process counts, comma-separated (default 1,2)")
@@ -518,7 +522,13 @@ def main(argv=None):
     p.add_argument("--bytewax-python", default=getattr(sys, "_base_executable", sys.executable),
                    help="the Python the Bytewax venv is made with (default: this one's base)")
     p.add_argument("--out", default=str(HERE / "results.json"))
+    p.add_argument("--report", metavar="JSON", help="print the table of an earlier run's results and exit")
     a = p.parse_args(argv)
+    if a.report:
+        res = json.loads(Path(a.report).read_text())
+        res["summary"] = summarise(res["runs"])
+        print(report(res))
+        return 0
     procs = [int(x) for x in a.procs.split(",") if x]
     engines = [e for e in a.engines.split(",") if e]
     modes = [m for m in a.modes.split(",") if m]
