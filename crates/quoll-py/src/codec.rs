@@ -201,7 +201,7 @@ impl Codec {
             let mut at = body;
             return match fast_decode(py, &mut at, 0) {
                 Ok(v) if at.is_empty() => Ok(v),
-                Ok(_) => Err(FastDecodeError::Trailing(at.len()).into()),
+                Ok(_) => Err(FastDecodeError::from(DecodeProblem::Trailing(at.len())).into()),
                 Err(e) => Err(e.into()),
             };
         }
@@ -235,35 +235,32 @@ impl Codec {
     }
 }
 
-/// Appends `n` as a u32 LE length; false if it does not fit.
-fn put_len(out: &mut Vec<u8>, n: usize) -> bool {
-    match u32::try_from(n) {
-        Ok(n) => {
-            out.extend_from_slice(&n.to_le_bytes());
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// Appends a tag, a u32 LE length and `bytes` (one reservation, so a
-/// short string costs one capacity check); false if the length does not fit.
-fn put_sized(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) -> bool {
-    let Ok(n) = u32::try_from(bytes.len()) else {
+/// Appends a tag and a u32 LE length or count; false if `n` does not fit.
+/// Each `put_*` appends one fixed-size array (one capacity check, an
+/// inlined copy) and at most one slice.
+fn put_header(out: &mut Vec<u8>, tag: u8, n: usize) -> bool {
+    let Ok(n) = u32::try_from(n) else {
         return false;
     };
-    out.reserve(5 + bytes.len());
-    out.push(tag);
-    out.extend_from_slice(&n.to_le_bytes());
+    let [a, b, c, d] = n.to_le_bytes();
+    out.extend_from_slice(&[tag, a, b, c, d]);
+    true
+}
+
+/// Appends a tag, a u32 LE length and `bytes`; false if the length does not fit.
+fn put_sized(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) -> bool {
+    if !put_header(out, tag, bytes.len()) {
+        return false;
+    }
     out.extend_from_slice(bytes);
     true
 }
 
 /// Appends a tag and an 8-byte LE scalar.
 fn put_scalar(out: &mut Vec<u8>, tag: u8, bits: [u8; 8]) {
-    out.reserve(9);
-    out.push(tag);
-    out.extend_from_slice(&bits);
+    let mut buf = [tag; 9];
+    buf[1..].copy_from_slice(&bits);
+    out.extend_from_slice(&buf);
 }
 
 /// Fast-encodes `obj` if it is a plain value; false (with garbage appended,
@@ -321,17 +318,15 @@ fn encode_container(obj: Borrowed<'_, '_, PyAny>, out: &mut Vec<u8>, depth: usiz
         return false;
     }
     if let Ok(t) = obj.cast_exact::<PyTuple>() {
-        out.push(b'(');
-        return put_len(out, t.len())
+        return put_header(out, b'(', t.len())
             && (t.is_empty() || !deepest)
             && t.iter_borrowed()
                 .all(|item| fast_encode(item, out, depth + 1));
     }
     if let Ok(l) = obj.cast_exact::<PyList>() {
         // Items are counted first; the list can't change size under us (see above).
-        out.push(b'[');
         let n = l.len();
-        return put_len(out, n)
+        return put_header(out, b'[', n)
             && (n == 0 || !deepest)
             && (0..n).all(|i| match l.get_item(i) {
                 Ok(item) => fast_encode(item.as_borrowed(), out, depth + 1),
@@ -339,8 +334,7 @@ fn encode_container(obj: Borrowed<'_, '_, PyAny>, out: &mut Vec<u8>, depth: usiz
             });
     }
     if let Ok(d) = obj.cast_exact::<PyDict>() {
-        out.push(b'{');
-        return put_len(out, d.len())
+        return put_header(out, b'{', d.len())
             && (d.is_empty() || !deepest)
             && d.iter().all(|(k, v)| {
                 fast_encode(k.as_borrowed(), out, depth + 1)
@@ -360,10 +354,16 @@ fn int_to_i64(obj: Borrowed<'_, '_, PyAny>) -> Option<i64> {
     (overflow == 0).then_some(v)
 }
 
-/// Why a fast-encoded body can't be decoded. Cheap to make (no
-/// allocation), so the decoder's success path carries no formatting code.
+/// Why a fast-encoded body can't be decoded: a [`DecodeProblem`], boxed
+/// so that the decoder's results stay two words wide (returned in
+/// registers) on its success path; made only on the error path.
 #[derive(Debug, thiserror::Error)]
-pub enum FastDecodeError {
+#[error(transparent)]
+pub struct FastDecodeError(Box<DecodeProblem>);
+
+/// What is wrong with a fast-encoded body.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeProblem {
     #[error("truncated: wanted {wanted} bytes, {left} left")]
     Truncated { wanted: usize, left: usize },
     #[error("{what} of {count} items in {left} bytes")]
@@ -382,6 +382,13 @@ pub enum FastDecodeError {
     Python(String),
 }
 
+impl From<DecodeProblem> for FastDecodeError {
+    #[cold]
+    fn from(p: DecodeProblem) -> Self {
+        FastDecodeError(Box::new(p))
+    }
+}
+
 impl From<FastDecodeError> for CodecError {
     #[cold]
     fn from(e: FastDecodeError) -> Self {
@@ -392,7 +399,7 @@ impl From<FastDecodeError> for CodecError {
 impl From<PyErr> for FastDecodeError {
     #[cold]
     fn from(e: PyErr) -> Self {
-        FastDecodeError::Python(e.to_string())
+        DecodeProblem::Python(e.to_string()).into()
     }
 }
 
@@ -402,10 +409,11 @@ fn take<'a>(at: &mut &'a [u8], n: usize) -> Result<&'a [u8], FastDecodeError> {
             *at = rest;
             Ok(head)
         }
-        None => Err(FastDecodeError::Truncated {
+        None => Err(DecodeProblem::Truncated {
             wanted: n,
             left: at.len(),
-        }),
+        }
+        .into()),
     }
 }
 
@@ -425,11 +433,12 @@ fn take_len(at: &mut &[u8]) -> Result<usize, FastDecodeError> {
 fn take_count(at: &mut &[u8], what: &'static str) -> Result<usize, FastDecodeError> {
     let count = take_len(at)?;
     if count > at.len() {
-        return Err(FastDecodeError::TooManyItems {
+        return Err(DecodeProblem::TooManyItems {
             what,
             count,
             left: at.len(),
-        });
+        }
+        .into());
     }
     Ok(count)
 }
@@ -535,11 +544,11 @@ fn decode_container<'py>(
         b'(' => "tuple",
         b'[' => "list",
         b'{' => "dict",
-        other => return Err(FastDecodeError::UnknownTag(other)),
+        other => return Err(DecodeProblem::UnknownTag(other).into()),
     };
     let n = take_count(at, what)?;
     if depth > MAX_DEPTH || (n > 0 && depth >= MAX_DEPTH) {
-        return Err(FastDecodeError::TooDeep);
+        return Err(DecodeProblem::TooDeep.into());
     }
     if tag != b'{' {
         return new_sequence(py, at, tag == b'(', n, depth + 1);
