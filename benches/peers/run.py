@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,7 @@ def _load_wc() -> Any:
 
 wc = _load_wc()
 import gen_input  # noqa: E402  (on sys.path through wc)
-from harness import Cluster, Proc, external, free_port, wait_until  # noqa: E402
+from harness import Cluster, Proc, external, free_port  # noqa: E402
 
 
 # --------------------------------------------------------------------------- set-up
@@ -111,6 +110,16 @@ def output_bytes(counts: Dict[str, int]) -> int:
 
 # --------------------------------------------------------------------------- processes
 
+def exit_code(proc: Proc) -> Optional[int]:
+    """`proc`'s exit code if it has exited (negative: the signal), else
+    None; without reaping it, so that reap() still gets its resource use
+    (Popen.poll(), which Proc.alive() calls, would reap it)."""
+    r = os.waitid(os.P_PID, proc.popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if r is None:
+        return None
+    return r.si_status if r.si_code == os.CLD_EXITED else -r.si_status
+
+
 def reap(proc: Proc, timeout: float) -> Dict[str, Any]:
     """Waits for `proc` (ours) to exit, up to `timeout` s, then kills it;
     returns its exit code, CPU seconds (user + system) and peak RSS in MB
@@ -122,7 +131,7 @@ def reap(proc: Proc, timeout: float) -> Dict[str, Any]:
         if pid:
             break
         if time.time() > deadline and not killed:
-            proc.popen.kill()
+            os.kill(proc.popen.pid, signal.SIGKILL)  # not Popen.kill(): it would reap
             killed = True
         time.sleep(0.01)
     proc.popen.returncode = os.waitstatus_to_exitcode(status)
@@ -212,7 +221,7 @@ class QuollRun:
 
     def kill(self, i: int) -> None:
         w = self.cluster.workers[i]
-        w.signal(signal.SIGKILL)
+        os.kill(w.popen.pid, signal.SIGKILL)  # not Proc.signal(): it would reap (see exit_code)
         self.ended.append(reap(w, 10))
 
     def restart(self, i: int) -> List[Path]:
@@ -273,7 +282,7 @@ class BytewaxRun:
         are given 10 s to exit by themselves, then killed; how each ended is
         recorded in `survivors`."""
         t = time.perf_counter()
-        self.workers[i].signal(signal.SIGKILL)
+        os.kill(self.workers[i].popen.pid, signal.SIGKILL)  # not Proc.signal() (see exit_code)
         self.ended.append(reap(self.workers[i], 10))
         for j, w in enumerate(self.workers):
             if j != i:
@@ -327,10 +336,11 @@ def run_one(engine: str, n: int, mode: str, parts: List[Path], counts: Dict[str,
 
         def wait_for(predicate, what):
             while not predicate():
-                dead = [p for p in run.procs() if not p.alive()]
+                codes = {p: exit_code(p) for p in run.procs()}
+                dead = [p for p, code in codes.items() if code is not None]
                 # A Bytewax process exits by itself (rc 0) once its input is
                 # done, maybe before the watcher's next poll: allow for that.
-                if dead and not (engine == "bytewax" and all(p.popen.returncode == 0 for p in dead)):
+                if dead and not (engine == "bytewax" and all(codes[p] == 0 for p in dead)):
                     raise RuntimeError(f"{engine} {n}p {mode}: {dead[0].label} exited while waiting for {what}\n"
                                        + "\n".join(p.describe() for p in run.procs()))
                 if len(dead) == len(run.procs()) and time.time() > settle_by(dead):
@@ -473,8 +483,9 @@ def report(res: Dict[str, Any]) -> str:
             c = paired(runs, ("quoll", n, mode), ("bytewax", n, mode), "cpu_us_per_word")
             if w:
                 lines.append(f"  {n}p {mode:<6} words/s x{spread(w, '.2f')}   CPU/word x{spread(c, '.2f')}")
-    lines.append("")
-    lines.append("checkpoint overhead (1 s checkpoints vs none, paired per repeat):")
+    if any(r["mode"] == "ckpt" for r in runs) and any(r["mode"] == "plain" for r in runs):
+        lines.append("")
+        lines.append("checkpoint overhead (1 s checkpoints vs none, paired per repeat):")
     for engine in ("quoll", "bytewax"):
         for n in res["meta"]["procs"]:
             w = paired(runs, (engine, n, "ckpt"), (engine, n, "plain"), "words_per_s")
