@@ -5,13 +5,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo (Rust) is needed to build quoll's engine: install it from rustup.rs" >&2
     exit 1
 fi
+# The Python to build for: $PYTHON if set (CPython 3.11, 3.12 and 3.13 are
+# supported; the wheel is built for that version, not abi3: see
+# docs/performance.md), else python3.
+want=${PYTHON:-python3}
+if ! version=$("$want" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); then
+    echo "setup: cannot run the Python '$want' (set PYTHON to a CPython 3.11-3.13 interpreter)" >&2
+    exit 1
+fi
+if [ -x .venv/bin/python ]; then
+    have=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' || echo none)
+    # An explicit PYTHON of another version replaces the venv; without one,
+    # the existing venv is kept whatever its version.
+    if [ -n "${PYTHON:-}" ] && [ "$have" != "$version" ]; then
+        echo "setup: .venv has Python $have, PYTHON is $version: making a new .venv" >&2
+        rm -rf .venv
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+    "$want" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet maturin pytest pytest-timeout hypothesis
