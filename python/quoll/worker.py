@@ -30,7 +30,12 @@ flags (--ponythreads ...), which are accepted and ignored.
 
 quoll's own: --on-user-error {skip,fail} (default skip: a message whose
 user code raises is dropped, reported and counted), --max-frame-size BYTES
-(default 16 MiB), --batch-size N (default 512).
+(default 16 MiB), --batch-size N (default 512), --log-level LEVEL (error,
+warn, info, debug, trace or Wallaroo's syslog names; QUOLL_LOG overrides),
+--cookie-file PATH (the cluster secret links are authenticated with; else
+QUOLL_COOKIE, else ~/.quoll/cookie, created on first use),
+--in-idle-timeout SECONDS (a TCP source connection silent this long is
+closed; default 300, 0 for never).
 
 Everything else (--in, --out, app flags) is passed to application_setup(args).
 """
@@ -120,6 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "resilience_dir": args.resilience_dir,
         "checkpoint_interval_ns": int(args.time_between_checkpoints),
         "log_level": args.log_level,
+        "cookie_file": args.cookie_file,
+        "in_idle_timeout_s": int(args.in_idle_timeout),
     }
     try:
         _engine.run_worker(config, topo, codec)

@@ -79,6 +79,8 @@ _WALLAROO_FLAGS = {
     "max-frame-size": (None, _INT, "max_frame_size"),
     "batch-size": (None, _INT, "batch_size"),
     "log-level": (None, _STR, "log_level"),
+    "cookie-file": (None, _STR, "cookie_file"),
+    "in-idle-timeout": (None, _INT, "in_idle_timeout"),
 }
 
 _SHORT_FLAGS = {spec[0]: long for long, spec in _WALLAROO_FLAGS.items()
@@ -89,6 +91,11 @@ _ADDRESS_FLAGS = ("metrics", "control", "data", "my-control", "my-data",
 
 ON_USER_ERROR_CHOICES = ("skip", "fail")
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
+# Wallaroo's syslog level names and numbers, as quoll's levels.
+_SYSLOG_LEVELS = {"emerg": "error", "alert": "error", "crit": "error", "err": "error",
+                  "warning": "warn", "notice": "info",
+                  "0": "error", "1": "error", "2": "error", "3": "error",
+                  "4": "warn", "5": "info", "6": "info", "7": "debug"}
 
 MISSING_MODULE = (
     "You must provide Machida with --application-module\n"
@@ -138,6 +145,8 @@ class WorkerArgs:
     max_frame_size: int = 16_777_216
     batch_size: int = 512
     log_level: Optional[str] = None
+    cookie_file: Optional[str] = None
+    in_idle_timeout: int = 300
 
     @property
     def role(self) -> str:
@@ -394,12 +403,15 @@ def _validate(a: WorkerArgs) -> None:
     if a.batch_size < 1:
         raise WorkerArgsError(
             "--batch-size must be at least 1 (got {})".format(a.batch_size))
+    if a.in_idle_timeout < 0:
+        raise WorkerArgsError(
+            "--in-idle-timeout must be 0 (never) or a number of seconds (got {})"
+            .format(a.in_idle_timeout))
     if a.log_level is not None:
         level = a.log_level.lower()
-        if level == "warning":
-            level = "warn"
+        level = _SYSLOG_LEVELS.get(level, level)
         if level not in LOG_LEVELS:
             raise WorkerArgsError(
-                "--log-level must be one of {} (got {!r})"
-                .format(", ".join(LOG_LEVELS), a.log_level))
+                "--log-level must be one of {}, a syslog name (emerg ... debug) "
+                "or 0-7 (got {!r})".format(", ".join(LOG_LEVELS), a.log_level))
         a.log_level = level

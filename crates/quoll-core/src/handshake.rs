@@ -46,10 +46,22 @@ pub enum Purpose {
 /// The handshake's messages (sent as the first frames of a link).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthMessage {
-    Hello { version: u32, purpose: Purpose, nonce: Nonce },
-    Challenge { nonce: Nonce, proof: Proof },
-    Proof { proof: Proof },
-    Verdict { accepted: bool, reason: String },
+    Hello {
+        version: u32,
+        purpose: Purpose,
+        nonce: Nonce,
+    },
+    Challenge {
+        nonce: Nonce,
+        proof: Proof,
+    },
+    Proof {
+        proof: Proof,
+    },
+    Verdict {
+        accepted: bool,
+        reason: String,
+    },
 }
 
 /// Why a handshake failed.
@@ -61,13 +73,19 @@ pub enum AuthError {
     Version(u32),
     #[error("the peer opened a {got:?} link where a {expected:?} link was expected")]
     Purpose { expected: Purpose, got: Purpose },
-    #[error("the peer refused this worker: {0}")]
+    #[error("the peer ended the handshake: {0}")]
     Refused(String),
     #[error("the peer sent {0} out of turn")]
     OutOfTurn(&'static str),
 }
 
-fn mac(secret: &[u8], label: &[u8], purpose: Purpose, initiator: &Nonce, acceptor: &Nonce) -> Hmac<Sha256> {
+fn mac(
+    secret: &[u8],
+    label: &[u8],
+    purpose: Purpose,
+    initiator: &Nonce,
+    acceptor: &Nonce,
+) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(label);
     mac.update(&[purpose as u8]);
@@ -76,13 +94,31 @@ fn mac(secret: &[u8], label: &[u8], purpose: Purpose, initiator: &Nonce, accepto
     mac
 }
 
-fn proof(secret: &[u8], label: &[u8], purpose: Purpose, initiator: &Nonce, acceptor: &Nonce) -> Proof {
-    mac(secret, label, purpose, initiator, acceptor).finalize().into_bytes().into()
+fn proof(
+    secret: &[u8],
+    label: &[u8],
+    purpose: Purpose,
+    initiator: &Nonce,
+    acceptor: &Nonce,
+) -> Proof {
+    mac(secret, label, purpose, initiator, acceptor)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Constant-time check of `got` against the expected proof.
-fn verify(secret: &[u8], label: &[u8], purpose: Purpose, initiator: &Nonce, acceptor: &Nonce, got: &Proof) -> bool {
-    mac(secret, label, purpose, initiator, acceptor).verify_slice(got).is_ok()
+fn verify(
+    secret: &[u8],
+    label: &[u8],
+    purpose: Purpose,
+    initiator: &Nonce,
+    acceptor: &Nonce,
+    got: &Proof,
+) -> bool {
+    mac(secret, label, purpose, initiator, acceptor)
+        .verify_slice(got)
+        .is_ok()
 }
 
 const ACCEPTOR: &[u8] = b"quoll acceptor";
@@ -116,15 +152,31 @@ pub enum Step {
 impl Initiator {
     /// Begins a handshake with a fresh `nonce`; returns the first message.
     pub fn start(secret: &[u8], purpose: Purpose, nonce: Nonce) -> (Initiator, AuthMessage) {
-        let hello = AuthMessage::Hello { version: VERSION, purpose, nonce };
-        let me = Initiator { secret: secret.to_vec(), purpose, nonce, state: InitiatorState::AwaitChallenge };
+        let hello = AuthMessage::Hello {
+            version: VERSION,
+            purpose,
+            nonce,
+        };
+        let me = Initiator {
+            secret: secret.to_vec(),
+            purpose,
+            nonce,
+            state: InitiatorState::AwaitChallenge,
+        };
         (me, hello)
     }
 
     pub fn on_message(&mut self, msg: AuthMessage) -> Result<Step, AuthError> {
         match (&self.state, msg) {
             (InitiatorState::AwaitChallenge, AuthMessage::Challenge { nonce, proof: p }) => {
-                if !verify(&self.secret, ACCEPTOR, self.purpose, &self.nonce, &nonce, &p) {
+                if !verify(
+                    &self.secret,
+                    ACCEPTOR,
+                    self.purpose,
+                    &self.nonce,
+                    &nonce,
+                    &p,
+                ) {
                     return Err(AuthError::WrongSecret);
                 }
                 self.state = InitiatorState::AwaitVerdict;
@@ -135,7 +187,13 @@ impl Initiator {
                 self.state = InitiatorState::Done;
                 Ok(Step::Done(None))
             }
-            (_, AuthMessage::Verdict { accepted: false, reason }) => Err(AuthError::Refused(reason)),
+            (
+                _,
+                AuthMessage::Verdict {
+                    accepted: false,
+                    reason,
+                },
+            ) => Err(AuthError::Refused(reason)),
             (_, other) => Err(AuthError::OutOfTurn(name(&other))),
         }
     }
@@ -160,42 +218,86 @@ enum AcceptorState {
 impl Acceptor {
     /// Waits for a hello, answering with its own fresh `nonce`.
     pub fn new(secret: &[u8], expected: Purpose, nonce: Nonce) -> Acceptor {
-        Acceptor { secret: secret.to_vec(), expected, nonce, state: AcceptorState::AwaitHello }
+        Acceptor {
+            secret: secret.to_vec(),
+            expected,
+            nonce,
+            state: AcceptorState::AwaitHello,
+        }
     }
 
     /// The next message to send, or the error (after which the caller
     /// should send [`Acceptor::refusal`] and close).
     pub fn on_message(&mut self, msg: AuthMessage) -> Result<Step, AuthError> {
         match (&self.state, msg) {
-            (AcceptorState::AwaitHello, AuthMessage::Hello { version, purpose, nonce }) => {
+            (
+                AcceptorState::AwaitHello,
+                AuthMessage::Hello {
+                    version,
+                    purpose,
+                    nonce,
+                },
+            ) => {
                 if version != VERSION {
                     return Err(AuthError::Version(version));
                 }
                 if purpose != self.expected {
-                    return Err(AuthError::Purpose { expected: self.expected, got: purpose });
+                    return Err(AuthError::Purpose {
+                        expected: self.expected,
+                        got: purpose,
+                    });
                 }
                 let proof = proof(&self.secret, ACCEPTOR, purpose, &nonce, &self.nonce);
-                self.state = AcceptorState::AwaitProof { initiator: nonce, purpose };
-                Ok(Step::Send(AuthMessage::Challenge { nonce: self.nonce, proof }))
+                self.state = AcceptorState::AwaitProof {
+                    initiator: nonce,
+                    purpose,
+                };
+                Ok(Step::Send(AuthMessage::Challenge {
+                    nonce: self.nonce,
+                    proof,
+                }))
             }
+            (
+                _,
+                AuthMessage::Verdict {
+                    accepted: false,
+                    reason,
+                },
+            ) => Err(AuthError::Refused(reason)),
             (AcceptorState::AwaitProof { initiator, purpose }, AuthMessage::Proof { proof: p }) => {
-                if !verify(&self.secret, INITIATOR, *purpose, initiator, &self.nonce, &p) {
+                if !verify(
+                    &self.secret,
+                    INITIATOR,
+                    *purpose,
+                    initiator,
+                    &self.nonce,
+                    &p,
+                ) {
                     return Err(AuthError::WrongSecret);
                 }
                 self.state = AcceptorState::Done;
-                Ok(Step::Done(Some(AuthMessage::Verdict { accepted: true, reason: String::new() })))
+                Ok(Step::Done(Some(AuthMessage::Verdict {
+                    accepted: true,
+                    reason: String::new(),
+                })))
             }
             (_, other) => Err(AuthError::OutOfTurn(name(&other))),
         }
     }
 
-    /// The message telling the peer why it is refused.
+    /// The message telling the peer why the handshake failed (either side
+    /// sends it before closing, so both can say why).
     pub fn refusal(error: &AuthError) -> AuthMessage {
         let reason = match error {
-            AuthError::WrongSecret => "it does not hold this cluster's secret (a different cookie)".to_string(),
+            AuthError::WrongSecret => {
+                "the two workers hold different cluster secrets (cookies)".to_string()
+            }
             other => other.to_string(),
         };
-        AuthMessage::Verdict { accepted: false, reason }
+        AuthMessage::Verdict {
+            accepted: false,
+            reason,
+        }
     }
 }
 
@@ -222,7 +324,9 @@ mod tests {
     ) -> (Result<(), AuthError>, Result<(), AuthError>) {
         let (mut i, hello) = Initiator::start(initiator_secret, Purpose::Control, ni);
         let mut a = Acceptor::new(acceptor_secret, Purpose::Control, na);
-        let Ok(Step::Send(challenge)) = a.on_message(hello) else { panic!("a hello is always answered") };
+        let Ok(Step::Send(challenge)) = a.on_message(hello) else {
+            panic!("a hello is always answered")
+        };
         let proof = match i.on_message(challenge) {
             Ok(Step::Send(p)) => p,
             Err(e) => return (Err(e), Err(AuthError::OutOfTurn("nothing"))),
@@ -240,13 +344,20 @@ mod tests {
 
     #[test]
     fn the_same_secret_authenticates_both_ways() {
-        assert_eq!(run(b"s3cret", b"s3cret", [1; 32], [2; 32]), (Ok(()), Ok(())));
+        assert_eq!(
+            run(b"s3cret", b"s3cret", [1; 32], [2; 32]),
+            (Ok(()), Ok(()))
+        );
     }
 
     #[test]
     fn a_different_secret_fails_on_both_sides() {
         let (i, a) = run(b"one", b"two", [1; 32], [2; 32]);
-        assert_eq!(i, Err(AuthError::WrongSecret), "the initiator sees the acceptor's proof fail");
+        assert_eq!(
+            i,
+            Err(AuthError::WrongSecret),
+            "the initiator sees the acceptor's proof fail"
+        );
         assert_eq!(a, Err(AuthError::OutOfTurn("nothing")));
     }
 
@@ -255,13 +366,20 @@ mod tests {
         let secret = b"k";
         let (mut i, hello) = Initiator::start(secret, Purpose::Control, [7; 32]);
         let mut a = Acceptor::new(secret, Purpose::Control, [8; 32]);
-        let Ok(Step::Send(challenge)) = a.on_message(hello.clone()) else { panic!() };
-        let Ok(Step::Send(recorded_proof)) = i.on_message(challenge) else { panic!() };
+        let Ok(Step::Send(challenge)) = a.on_message(hello.clone()) else {
+            panic!()
+        };
+        let Ok(Step::Send(recorded_proof)) = i.on_message(challenge) else {
+            panic!()
+        };
         // An attacker replays the recorded hello and proof to a new acceptor
         // (whose nonce is fresh).
         let mut fresh = Acceptor::new(secret, Purpose::Control, [9; 32]);
         assert!(matches!(fresh.on_message(hello), Ok(Step::Send(_))));
-        assert_eq!(fresh.on_message(recorded_proof), Err(AuthError::WrongSecret));
+        assert_eq!(
+            fresh.on_message(recorded_proof),
+            Err(AuthError::WrongSecret)
+        );
     }
 
     #[test]
@@ -269,21 +387,44 @@ mod tests {
         // An attacker without the secret sends the acceptor's own proof back.
         let secret = b"k";
         let mut a = Acceptor::new(secret, Purpose::Data, [3; 32]);
-        let hello = AuthMessage::Hello { version: VERSION, purpose: Purpose::Data, nonce: [3; 32] };
-        let Ok(Step::Send(AuthMessage::Challenge { proof, .. })) = a.on_message(hello) else { panic!() };
-        assert_eq!(a.on_message(AuthMessage::Proof { proof }), Err(AuthError::WrongSecret));
+        let hello = AuthMessage::Hello {
+            version: VERSION,
+            purpose: Purpose::Data,
+            nonce: [3; 32],
+        };
+        let Ok(Step::Send(AuthMessage::Challenge { proof, .. })) = a.on_message(hello) else {
+            panic!()
+        };
+        assert_eq!(
+            a.on_message(AuthMessage::Proof { proof }),
+            Err(AuthError::WrongSecret)
+        );
     }
 
     #[test]
     fn wrong_purpose_version_and_order_are_refused() {
         let mut a = Acceptor::new(b"k", Purpose::Data, [0; 32]);
-        let hello = AuthMessage::Hello { version: VERSION, purpose: Purpose::Control, nonce: [1; 32] };
-        assert!(matches!(a.on_message(hello), Err(AuthError::Purpose { .. })));
+        let hello = AuthMessage::Hello {
+            version: VERSION,
+            purpose: Purpose::Control,
+            nonce: [1; 32],
+        };
+        assert!(matches!(
+            a.on_message(hello),
+            Err(AuthError::Purpose { .. })
+        ));
         let mut a = Acceptor::new(b"k", Purpose::Data, [0; 32]);
-        let hello = AuthMessage::Hello { version: 99, purpose: Purpose::Data, nonce: [1; 32] };
+        let hello = AuthMessage::Hello {
+            version: 99,
+            purpose: Purpose::Data,
+            nonce: [1; 32],
+        };
         assert_eq!(a.on_message(hello), Err(AuthError::Version(99)));
         let mut a = Acceptor::new(b"k", Purpose::Data, [0; 32]);
-        assert_eq!(a.on_message(AuthMessage::Proof { proof: [0; 32] }), Err(AuthError::OutOfTurn("Proof")));
+        assert_eq!(
+            a.on_message(AuthMessage::Proof { proof: [0; 32] }),
+            Err(AuthError::OutOfTurn("Proof"))
+        );
     }
 
     proptest! {

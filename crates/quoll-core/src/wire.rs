@@ -18,6 +18,7 @@
 //! | [`KIND_CONTROL`] | postcard-encoded [`Control`] |
 //! | [`KIND_DATA`] | a data batch (below) |
 //! | [`KIND_BARRIER`] | u64 LE generation, u64 LE checkpoint id |
+//! | [`KIND_AUTH`] | postcard-encoded [`AuthMessage`] (the first frames of every link, see [`crate::handshake`]) |
 //!
 //! A data batch carries messages for keyed stages owned by the receiver:
 //!
@@ -42,10 +43,15 @@ use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{ByteOrder, FrameCodec, LengthError, LengthPrefixed, Protocol};
+use crate::handshake::AuthMessage;
 
 pub const KIND_CONTROL: u8 = 1;
 pub const KIND_DATA: u8 = 2;
 pub const KIND_BARRIER: u8 = 3;
+pub const KIND_AUTH: u8 = 4;
+/// Handshake frames are small; a peer not yet authenticated can't make a
+/// worker buffer more than this.
+pub const MAX_AUTH_FRAME: u32 = 4 << 10;
 /// Frames larger than this are refused: a peer speaking garbage must not
 /// make a worker allocate without bound.
 pub const MAX_WIRE_FRAME: u32 = 256 << 20;
@@ -139,8 +145,8 @@ pub enum Control {
 /// Why bytes from a peer could not be read.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WireError {
-    #[error("frame of {0} bytes is larger than the limit of {MAX_WIRE_FRAME}")]
-    TooLarge(u32),
+    #[error("frame of {len} bytes is larger than the limit of {max}")]
+    TooLarge { len: u64, max: u64 },
     #[error("empty frame (no kind byte)")]
     Empty,
     #[error("unknown frame kind {0}")]
@@ -149,6 +155,8 @@ pub enum WireError {
     BadControl(String),
     #[error("bad data batch: {0}")]
     BadBatch(&'static str),
+    #[error("a frame of kind {0} before the link was authenticated")]
+    NotAuthenticated(u8),
 }
 
 /// One frame read from a peer.
@@ -175,10 +183,20 @@ pub fn barrier_frame(generation: u64, checkpoint: u64) -> Vec<u8> {
 
 /// Encodes a control frame.
 pub fn control_frame(msg: &Control) -> Vec<u8> {
-    let body = postcard::to_allocvec(msg).expect("control messages always serialise");
+    postcard_frame(KIND_CONTROL, msg)
+}
+
+/// Encodes a handshake frame.
+pub fn auth_frame(msg: &AuthMessage) -> Vec<u8> {
+    postcard_frame(KIND_AUTH, msg)
+}
+
+fn postcard_frame<T: Serialize>(kind: u8, msg: &T) -> Vec<u8> {
+    // Plain enums of owned data always serialise.
+    let body = postcard::to_allocvec(msg).expect("protocol messages always serialise");
     let mut out = Vec::with_capacity(body.len() + 5);
     out.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
-    out.push(KIND_CONTROL);
+    out.push(kind);
     out.extend_from_slice(&body);
     out
 }
@@ -191,7 +209,7 @@ impl From<LengthError> for WireError {
     fn from(e: LengthError) -> Self {
         match e {
             LengthError::TooShort { .. } => WireError::Empty,
-            LengthError::TooLong { len, .. } => WireError::TooLarge(len as u32),
+            LengthError::TooLong { len, max } => WireError::TooLarge { len, max },
         }
     }
 }
@@ -218,6 +236,36 @@ impl Protocol for WireProtocol {
             KIND_BARRIER => Err(WireError::BadBatch("barrier frame of the wrong size")),
             other => Err(WireError::UnknownKind(other)),
         }
+    }
+}
+
+/// Reads handshake frames (and nothing else) before a link is trusted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthProtocol;
+
+impl Protocol for AuthProtocol {
+    type Frame = AuthMessage;
+    type Error = WireError;
+
+    fn parse(&mut self, mut body: BytesMut) -> Result<AuthMessage, WireError> {
+        match body.get_u8() {
+            KIND_AUTH => {
+                postcard::from_bytes(&body).map_err(|e| WireError::BadControl(e.to_string()))
+            }
+            other => Err(WireError::NotAuthenticated(other)),
+        }
+    }
+}
+
+/// The decoder of a link until it is authenticated.
+pub type AuthCodec = FrameCodec<AuthProtocol>;
+
+impl Default for AuthCodec {
+    fn default() -> Self {
+        FrameCodec::new(
+            LengthPrefixed::new(ByteOrder::Big, 1, MAX_AUTH_FRAME),
+            AuthProtocol,
+        )
     }
 }
 
@@ -478,7 +526,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
-        assert!(matches!(next_frame(&mut buf), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            next_frame(&mut buf),
+            Err(WireError::TooLarge { .. })
+        ));
         let mut buf = BytesMut::from(&[0, 0, 0, 1, 9][..]);
         assert_eq!(next_frame(&mut buf), Err(WireError::UnknownKind(9)));
         let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);

@@ -30,6 +30,8 @@ pub enum WorkerError {
         what: &'static str,
         hint: &'static str,
     },
+    #[error(transparent)]
+    Cookie(#[from] crate::cookie::CookieError),
     #[error("can't start the I/O runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error("{label}: can't open {path}: {source}", path = .path.display())]

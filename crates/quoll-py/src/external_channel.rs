@@ -12,13 +12,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use quoll_core::external::{self, ExternalCodec, FrameError, MessageType};
 use quoll_core::frame::ReadError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
 
 use crate::event::Event;
@@ -35,18 +36,32 @@ pub struct ExternalView {
     pub report: Mutex<String>,
 }
 
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends no request this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serves the external channel: one task per connection, one reply per
-/// request frame.
+/// request frame. Wallaroo's tools speak it without credentials, so it
+/// only limits what a connection can hold: at most [`MAX_CONNECTIONS`],
+/// each closed after [`IDLE_TIMEOUT`] without a request.
 pub async fn run_external(listener: TcpListener, view: Arc<ExternalView>, tx: mpsc::Sender<Event>) {
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let place = format!("external channel connection from {peer}");
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            warn!(place = %place, "{MAX_CONNECTIONS} connections are open; closed");
             continue;
         };
         let (view, tx) = (view.clone(), tx.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_external(stream, &view, &tx).await {
-                warn!(place = %format!("external channel connection from {peer}"), "{e}");
+                warn!(place = %place, "{e}");
             }
+            drop(permit);
         });
     }
 }
@@ -58,7 +73,10 @@ async fn serve_external(
 ) -> Result<(), ServeError> {
     let (read, mut write) = stream.into_split();
     let mut frames = FramedRead::new(read, ExternalCodec::default());
-    while let Some(frame) = frames.next().await {
+    while let Some(frame) = tokio::time::timeout(IDLE_TIMEOUT, frames.next())
+        .await
+        .map_err(|_| ServeError::Idle)?
+    {
         let frame = frame?;
         let payload = frame.payload_lossy().to_string();
         let Some(message_type) = frame.message_type() else {
@@ -148,4 +166,6 @@ enum ServeError {
     Reply(#[from] FrameError),
     #[error("can't encode the reply as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("no request for {} s; closed", IDLE_TIMEOUT.as_secs())]
+    Idle,
 }

@@ -24,6 +24,7 @@ mod app;
 mod checkpoint_files;
 mod codec;
 mod connector_source;
+mod cookie;
 mod error;
 mod event;
 mod executor;

@@ -16,26 +16,36 @@
 //! reports the link closed: a hung process is not a healthy one, and a
 //! silent stranger holds nothing up.
 //!
-//! Data links carry batches and barriers; each begins with `DataHello`
-//! naming the sender and the formation's generation, and a link of another
-//! generation or from a stranger is refused. Their readers stamp what they
-//! read with that generation.
+//! Every connection, control or data, first runs the handshake of
+//! [`quoll_core::handshake`] (both sides prove they hold the cluster secret)
+//! within [`HANDSHAKE_TIMEOUT`]; nothing it says before is acted on. Each
+//! accepted connection is handled by its own task, and at most
+//! [`MAX_PENDING_HANDSHAKES`] handshakes per listener are under way at once
+//! (more are closed at once), so silent, slow or garbage-sending
+//! connections never hold up formation, recovery or anyone else.
+//!
+//! Data links carry batches and barriers; each begins (after the handshake)
+//! with `DataHello` naming the sender and the formation's generation, and a
+//! link of another generation or from a stranger is refused. Their readers
+//! stamp what they read with that generation.
 
 use crate::event::Event;
 use futures_util::StreamExt;
+use quoll_core::frame::ReadError;
+use quoll_core::handshake::{Acceptor, AuthError, Initiator, Nonce, Purpose, Step, NONCE_LEN};
 use quoll_core::membership::{Generation, LinkId};
 use quoll_core::node::NodeEvent;
-use quoll_core::wire::{self, Control, Member, WireCodec, WireFrame};
+use quoll_core::wire::{self, AuthCodec, Control, Member, WireCodec, WireError, WireFrame};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
@@ -54,6 +64,97 @@ const DATA_RETRY: Duration = Duration::from_millis(50);
 const DATA_QUEUE: usize = 16;
 /// How long a stopping worker waits for its last control messages to go out.
 const FLUSH_ON_STOP: Duration = Duration::from_secs(1);
+/// A connection that has not finished the handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes under way per listener; connections beyond are closed at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// The cluster secret links are authenticated with.
+pub type Secret = Arc<[u8]>;
+
+/// How a link's handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("the connection closed during the handshake")]
+    Closed,
+    #[error(transparent)]
+    Read(#[from] ReadError<WireError>),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl HandshakeError {
+    /// True if trying again can't help (the secrets or versions differ).
+    fn is_final(&self) -> bool {
+        matches!(self, HandshakeError::Auth(_))
+    }
+}
+
+/// An authenticated connection: its frames and its write half.
+type Authenticated = (FramedRead<OwnedReadHalf, WireCodec>, OwnedWriteHalf);
+
+fn nonce() -> Result<Nonce, HandshakeError> {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n)
+        .map_err(|e| HandshakeError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(n)
+}
+
+/// Runs the handshake on a new connection (as the side that connected, or
+/// the side that accepted); on success the link reads wire frames.
+pub async fn authenticate(
+    stream: TcpStream,
+    secret: &[u8],
+    purpose: Purpose,
+    initiator: bool,
+) -> Result<Authenticated, HandshakeError> {
+    let (read, mut write) = stream.into_split();
+    let mut frames = FramedRead::new(read, AuthCodec::default());
+    let run = async {
+        let mut acceptor = None;
+        let mut connector = None;
+        if initiator {
+            let (side, hello) = Initiator::start(secret, purpose, nonce()?);
+            write.write_all(&wire::auth_frame(&hello)).await?;
+            connector = Some(side);
+        } else {
+            acceptor = Some(Acceptor::new(secret, purpose, nonce()?));
+        }
+        loop {
+            let msg = frames.next().await.ok_or(HandshakeError::Closed)??;
+            let step = match (&mut connector, &mut acceptor) {
+                (Some(c), _) => c.on_message(msg),
+                (None, Some(a)) => a.on_message(msg),
+                (None, None) => unreachable!("one side is set above"),
+            };
+            match step {
+                Ok(Step::Send(m)) => write.write_all(&wire::auth_frame(&m)).await?,
+                Ok(Step::Done(last)) => {
+                    if let Some(m) = last {
+                        write.write_all(&wire::auth_frame(&m)).await?;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Tell the other side why, so both can say it.
+                    let _ = write
+                        .write_all(&wire::auth_frame(&Acceptor::refusal(&e)))
+                        .await;
+                    return Err(HandshakeError::Auth(e));
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, run).await {
+        Err(_) => Err(HandshakeError::Timeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => Ok((frames.map_decoder(|_| WireCodec::default()), write)),
+    }
+}
 
 enum Outgoing {
     Msg(Control),
@@ -86,6 +187,7 @@ struct DataLinks {
 pub struct Links {
     rt: Handle,
     events: mpsc::Sender<Event>,
+    secret: Secret,
     next_link: Arc<AtomicU64>,
     control: ControlTable,
     /// The initializer's control address (its own, or the one to reach).
@@ -103,16 +205,18 @@ impl Links {
     pub fn initializer(
         rt: Handle,
         events: mpsc::Sender<Event>,
+        secret: Secret,
         control: TcpListener,
         data: TcpListener,
         control_addr: String,
     ) -> Links {
-        let mut links = Links::new(rt, events, control_addr, Some(data));
+        let mut links = Links::new(rt, events, secret, control_addr, Some(data));
         let task = links.rt.spawn(accept_control(
             Arc::new(control),
             links.control.clone(),
             links.next_link.clone(),
             links.events.clone(),
+            links.secret.clone(),
         ));
         links.acceptor = Some(task.abort_handle());
         links
@@ -123,21 +227,24 @@ impl Links {
     pub fn joiner(
         rt: Handle,
         events: mpsc::Sender<Event>,
+        secret: Secret,
         control: String,
         my_data: Option<TcpListener>,
     ) -> Links {
-        Links::new(rt, events, control, my_data)
+        Links::new(rt, events, secret, control, my_data)
     }
 
     fn new(
         rt: Handle,
         events: mpsc::Sender<Event>,
+        secret: Secret,
         control_addr: String,
         data: Option<TcpListener>,
     ) -> Links {
         Links {
             rt,
             events,
+            secret,
             next_link: Arc::new(AtomicU64::new(1)),
             control: Arc::new(Mutex::new(HashMap::new())),
             control_addr,
@@ -181,6 +288,7 @@ impl Links {
             self.control.clone(),
             self.next_link.clone(),
             self.events.clone(),
+            self.secret.clone(),
         ));
         self.connecting = Some(task.abort_handle());
     }
@@ -200,10 +308,21 @@ impl Links {
         }
     }
 
-    /// Forgets a link that closed by itself.
-    pub fn closed(&self, link: LinkId) {
-        if let Some(l) = table(&self.control).remove(&link) {
-            l.writer.abort();
+    /// True while `link` is open here: what a link this worker closed said
+    /// late (still queued) must not reach the node.
+    pub fn is_open(&self, link: LinkId) -> bool {
+        table(&self.control).contains_key(&link)
+    }
+
+    /// Forgets a link that closed by itself; false if this worker had
+    /// already closed it.
+    pub fn closed(&self, link: LinkId) -> bool {
+        match table(&self.control).remove(&link) {
+            Some(l) => {
+                l.writer.abort();
+                true
+            }
+            None => false,
         }
     }
 
@@ -280,9 +399,9 @@ impl Links {
                 .collect();
             let accept = accept_data(
                 listener,
+                self.secret.clone(),
                 index,
                 generation,
-                others,
                 up_tx.clone(),
                 self.events.clone(),
             );
@@ -299,7 +418,7 @@ impl Links {
                 from: me_name.to_string(),
                 generation,
             };
-            let task = write_data(m.clone(), hello, rx, up_tx.clone());
+            let task = write_data(m.clone(), self.secret.clone(), hello, rx, up_tx.clone());
             tasks.push(self.rt.spawn(task).abort_handle());
             out.push(Some(tx));
         }
@@ -332,22 +451,21 @@ impl Drop for Links {
     }
 }
 
-/// Registers a new control connection: its reader and writer tasks.
+/// Registers an authenticated control connection: its reader and writer
+/// tasks.
 fn register(
-    stream: TcpStream,
+    (frames, write): Authenticated,
     peer: SocketAddr,
     control: &ControlTable,
     next_link: &AtomicU64,
     events: &mpsc::Sender<Event>,
 ) -> LinkId {
-    let _ = stream.set_nodelay(true);
     let link = LinkId(next_link.fetch_add(1, Ordering::Relaxed));
-    let (read, write) = stream.into_split();
     let (out, rx) = mpsc::unbounded_channel();
     // The table is locked before the reader starts, so the executor, which
     // answers what the reader reports, finds the link there.
     let mut table = table(control);
-    let reader = tokio::spawn(read_control(link, read, events.clone())).abort_handle();
+    let reader = tokio::spawn(read_control(link, frames, events.clone())).abort_handle();
     let writer = tokio::spawn(write_control(write, rx));
     table.insert(
         link,
@@ -361,29 +479,77 @@ fn register(
     link
 }
 
-/// The initializer: every connection on `--control` becomes a link; what
-/// it says first (within the heartbeat timeout) goes to the node.
+/// Accepts connections on `listener`, each in its own task: at most
+/// [`MAX_PENDING_HANDSHAKES`] handshakes at once, each within
+/// [`HANDSHAKE_TIMEOUT`]; `on_link` gets what authenticated.
+async fn accept_authenticated<F, Fut>(
+    listener: Arc<TcpListener>,
+    what: &'static str,
+    secret: Secret,
+    purpose: Purpose,
+    on_link: F,
+) where
+    F: Fn(Authenticated, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let on_link = Arc::new(on_link);
+    // Aborting this task drops the set, which aborts every link it started.
+    let mut tasks = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(place = %what, "accept failed: {e}");
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                    continue;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            debug!(place = %what, "{MAX_PENDING_HANDSHAKES} handshakes under way; connection from {peer} closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (secret, on_link) = (secret.clone(), on_link.clone());
+        tasks.spawn(async move {
+            let result = authenticate(stream, &secret, purpose, false).await;
+            drop(permit);
+            match result {
+                Ok(link) => on_link(link, peer).await,
+                Err(e) => warn!(place = %format!("{what}, connection from {peer}"), "not authenticated: {e}; closed"),
+            }
+        });
+    }
+}
+
+/// The initializer: every authenticated connection on `--control` becomes
+/// a link; what it says goes to the node.
 async fn accept_control(
     listener: Arc<TcpListener>,
     control: ControlTable,
     next_link: Arc<AtomicU64>,
     events: mpsc::Sender<Event>,
+    secret: Secret,
 ) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let link = register(stream, peer, &control, &next_link, &events);
-                debug!(%link, %peer, "control connection accepted");
-            }
-            Err(e) => {
-                warn!(place = "control listener (--control)", "accept failed: {e}");
-                tokio::time::sleep(CONNECT_RETRY).await;
-            }
-        }
-    }
+    accept_authenticated(
+        listener,
+        "--control",
+        secret,
+        Purpose::Control,
+        move |link, peer| {
+            let id = register(link, peer, &control, &next_link, &events);
+            debug!(link = %id, %peer, "control connection authenticated");
+            std::future::ready(())
+        },
+    )
+    .await;
 }
 
-/// A joiner: connects to the initializer, retrying and saying so.
+/// A joiner: connects to the initializer, retrying and saying so, and
+/// authenticates; a secret the initializer does not share is final.
 async fn connect_control(
     addr: String,
     after: Duration,
@@ -391,24 +557,36 @@ async fn connect_control(
     control: ControlTable,
     next_link: Arc<AtomicU64>,
     events: mpsc::Sender<Event>,
+    secret: Secret,
 ) {
     tokio::time::sleep(after).await;
     let mut said = None::<Instant>;
-    let stream = loop {
-        match TcpStream::connect(&addr).await {
-            Ok(s) => break s,
-            Err(e) => {
-                if said.is_none_or(|t| t.elapsed() >= UNREACHABLE_NOTICE) {
-                    info!(
-                        "can't reach the initializer at {addr} ({e}); retrying every {} ms \
-                         (the initializer listens on its --control address once started)",
-                        CONNECT_RETRY.as_millis()
-                    );
-                    said = Some(Instant::now());
+    let (stream, link) = loop {
+        let problem = match TcpStream::connect(&addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr();
+                match authenticate(stream, &secret, Purpose::Control, true).await {
+                    Ok(link) => break (local, link),
+                    Err(e) if e.is_final() => {
+                        let msg = format!("the initializer at {addr} and this worker can't authenticate each other: {e}");
+                        let _ = events.send(Event::Fatal(msg)).await;
+                        return;
+                    }
+                    Err(e) => format!("the handshake with it failed: {e}"),
                 }
-                tokio::time::sleep(CONNECT_RETRY).await;
             }
+            Err(e) => e.to_string(),
+        };
+        if said.is_none_or(|t| t.elapsed() >= UNREACHABLE_NOTICE) {
+            info!(
+                "can't reach the initializer at {addr} ({problem}); retrying every {} ms \
+                 (the initializer listens on its --control address once started)",
+                CONNECT_RETRY.as_millis()
+            );
+            said = Some(Instant::now());
         }
+        tokio::time::sleep(CONNECT_RETRY).await;
     };
     let unbound = data_listener
         .lock()
@@ -417,7 +595,7 @@ async fn connect_control(
     if unbound {
         // Others reach this worker's data links on the address it reaches
         // the initializer from.
-        let ip = match stream.local_addr() {
+        let ip = match stream {
             Ok(a) => a.ip(),
             Err(e) => {
                 let _ = events
@@ -437,18 +615,23 @@ async fn connect_control(
             }
         }
     }
-    let peer = stream
+    let peer = link
+        .0
+        .get_ref()
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let link = register(stream, peer, &control, &next_link, &events);
+    let link = register(link, peer, &control, &next_link, &events);
     let _ = events
         .send(Event::Node(NodeEvent::Connected { link }))
         .await;
 }
 
 /// Reads a control link until it closes, fails or goes silent.
-async fn read_control<R: AsyncRead + Unpin>(link: LinkId, read: R, events: mpsc::Sender<Event>) {
-    let mut frames = FramedRead::new(read, WireCodec::default());
+async fn read_control(
+    link: LinkId,
+    mut frames: FramedRead<OwnedReadHalf, WireCodec>,
+    events: mpsc::Sender<Event>,
+) {
     let why = loop {
         let event = match tokio::time::timeout(HEARTBEAT_TIMEOUT, frames.next()).await {
             Err(_) => {
@@ -496,53 +679,44 @@ async fn write_control(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceive
     let _ = write.shutdown().await;
 }
 
-/// Accepts the data links of one formation: each must begin with a
-/// `DataHello` of this generation from a member.
+/// Accepts the data links of one formation: each, once authenticated, must
+/// begin with a `DataHello` of this generation from a member not yet linked.
 async fn accept_data(
     listener: Arc<TcpListener>,
+    secret: Secret,
     index: HashMap<String, usize>,
     generation: Generation,
-    expected: usize,
     up: mpsc::Sender<()>,
     events: mpsc::Sender<Event>,
 ) {
-    let mut accepted = 0;
-    // Aborting this task drops the set, which aborts the readers.
-    let mut readers = JoinSet::new();
-    while accepted < expected {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(DATA_RETRY).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let mut frames = FramedRead::new(read, WireCodec::default());
-        let first = tokio::time::timeout(HEARTBEAT_TIMEOUT, frames.next()).await;
-        match first {
-            Ok(Some(Ok(WireFrame::Control(Control::DataHello { from, generation: g })))) if g == generation => {
-                let Some(&i) = index.get(&from) else {
-                    warn!(place = %format!("data link from {peer}"), "refused: '{from}' is not a member");
-                    continue;
-                };
-                accepted += 1;
-                let events = events.clone();
-                readers.spawn(async move {
-                    let _keep_open = write;
-                    read_data(i, from, generation, frames, events).await
-                });
-                let _ = up.send(()).await;
+    let index = Arc::new(index);
+    let linked = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    accept_authenticated(listener, "--data", secret, Purpose::Data, move |(mut frames, write), peer| {
+        let (index, linked, up, events) = (index.clone(), linked.clone(), up.clone(), events.clone());
+        async move {
+            let place = format!("data link from {peer}");
+            let first = tokio::time::timeout(HEARTBEAT_TIMEOUT, frames.next()).await;
+            let from = match first {
+                Ok(Some(Ok(WireFrame::Control(Control::DataHello { from, generation: g })))) if g == generation => from,
+                Ok(Some(Ok(WireFrame::Control(Control::DataHello { from, generation: g })))) => {
+                    return debug!(place = %place, "from '{from}' of generation {g} refused: this formation's is {generation}")
+                }
+                Ok(Some(Ok(other))) => return warn!(place = %place, "began with {other:?}; refused"),
+                Ok(Some(Err(e))) => return warn!(place = %place, "{e}; refused"),
+                Ok(None) | Err(_) => return debug!(place = %place, "closed or silent before its hello"),
+            };
+            let Some(&i) = index.get(&from) else {
+                return warn!(place = %place, "refused: '{from}' is not a member");
+            };
+            if !linked.lock().unwrap_or_else(|p| p.into_inner()).insert(i) {
+                return warn!(place = %place, "refused: '{from}' already has a data link here");
             }
-            Ok(Some(Ok(WireFrame::Control(Control::DataHello { from, generation: g })))) => debug!(
-                "data link from '{from}' ({peer}) of generation {g} refused: this formation's is {generation}"
-            ),
-            Ok(Some(Ok(other))) => {
-                warn!(place = %format!("data link from {peer}"), "began with {other:?}; refused")
-            }
-            Ok(Some(Err(e))) => warn!(place = %format!("data link from {peer}"), "{e}; refused"),
-            Ok(None) | Err(_) => debug!("data link from {peer} closed or silent before its hello"),
+            let _ = up.send(()).await;
+            let _keep_open = write;
+            read_data(i, from, generation, frames, events).await
         }
-    }
-    while readers.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Reads one inbound data link, stamping what it reads with the link's
@@ -589,22 +763,28 @@ async fn read_data<R: AsyncRead + Unpin>(
     }
 }
 
-/// Opens the data link to `to` (retrying) and writes its queue in order.
+/// Opens the data link to `to` (retrying until it connects and
+/// authenticates) and writes its queue in order.
 async fn write_data(
     to: Member,
+    secret: Secret,
     hello: Control,
     mut rx: mpsc::Receiver<Vec<u8>>,
     up: mpsc::Sender<()>,
 ) {
-    let stream = loop {
+    let place = format!("data link to worker '{}'", to.name);
+    let (_frames, mut write) = loop {
         match TcpStream::connect(&to.data_addr).await {
-            Ok(s) => break s,
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                match authenticate(stream, &secret, Purpose::Data, true).await {
+                    Ok(link) => break link,
+                    Err(e) => warn!(place = %place, "not authenticated: {e}; trying again"),
+                }
+            }
             Err(_) => tokio::time::sleep(DATA_RETRY).await,
         }
     };
-    let _ = stream.set_nodelay(true);
-    let (_read, mut write) = stream.into_split();
-    let place = format!("data link to worker '{}'", to.name);
     if let Err(e) = write.write_all(&wire::control_frame(&hello)).await {
         warn!(place = %place, "{e}");
         return;

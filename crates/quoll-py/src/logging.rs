@@ -89,6 +89,7 @@ pub fn level_from_flag(value: &str) -> Option<LevelFilter> {
         "5" | "6" | "notice" | "info" => LevelFilter::INFO,
         "7" | "debug" => LevelFilter::DEBUG,
         "trace" => LevelFilter::TRACE,
+        "off" => LevelFilter::OFF,
         _ => return None,
     })
 }

@@ -38,9 +38,18 @@ impl Worker {
         py: Python<'_>,
         event: NodeEvent,
     ) -> Result<(), WorkerError> {
-        if let NodeEvent::LinkClosed { link, .. } = &event {
-            if let Some(links) = &self.links {
-                links.closed(*link);
+        if let Some(links) = &self.links {
+            // Only what open links say reaches the node: a link this worker
+            // closed may still have events queued.
+            let open = match &event {
+                NodeEvent::LinkClosed { link, .. } => links.closed(*link),
+                NodeEvent::Control { link, .. } | NodeEvent::Connected { link } => {
+                    links.is_open(*link)
+                }
+                _ => true,
+            };
+            if !open {
+                return Ok(());
             }
         }
         let mut queue = VecDeque::from([event]);
@@ -228,9 +237,19 @@ impl Worker {
                 info!("cluster formation interrupted ({reason}); starting over")
             }
             Notice::WorkerLost { name, why } => error!("lost worker '{name}': {why}"),
-            Notice::NoRecovery { name } => warn!(
-                "without --run-with-resilience the cluster can't recover; messages for '{name}' are dropped"
-            ),
+            Notice::NoRecovery { name } => {
+                // The status shows the loss: the workers left, not processing
+                // everything (the lost worker's keys have no owner).
+                if let Ok(mut names) = self.view.worker_names.lock() {
+                    names.retain(|n| *n != name);
+                }
+                self.view.processing.store(false, Ordering::SeqCst);
+                error!(
+                    "without --run-with-resilience the cluster can't recover: worker '{name}' and its state \
+                     are gone, and messages for its keys are dropped; restart the whole cluster (every worker \
+                     with --run-with-resilience recovers by itself)"
+                )
+            }
             Notice::RollingBack { reason } => {
                 self.view.processing.store(false, Ordering::SeqCst);
                 info!("rolling back to the last complete checkpoint: {reason}");

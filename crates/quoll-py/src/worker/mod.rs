@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     pub resilience_dir: String,
     pub checkpoint_interval_ns: u64,
     pub log_level: Option<String>,
+    pub cookie_file: Option<String>,
+    /// A TCP source connection silent this long is closed (0: never).
+    pub in_idle_timeout_s: u64,
 }
 
 /// How long a stopping worker waits for its sinks to write what they hold.
@@ -247,7 +250,11 @@ impl Worker {
                         listener,
                         *header,
                         config.max_frame_size,
-                        *parallelism,
+                        crate::sources::TcpLimits {
+                            parallelism: *parallelism,
+                            idle_timeout: (config.in_idle_timeout_s > 0)
+                                .then(|| Duration::from_secs(config.in_idle_timeout_s)),
+                        },
                         src_tx.clone(),
                         stats.clone(),
                     ));
@@ -437,6 +444,12 @@ impl Worker {
         if !clustered {
             return Ok(None);
         }
+        let cookie = crate::cookie::load(config.cookie_file.as_deref())?;
+        tracing::debug!(
+            "links are authenticated with the cluster secret from {}",
+            cookie.source
+        );
+        let secret: crate::links::Secret = cookie.secret.into();
         let control = config.control.clone().ok_or(WorkerError::Missing {
             what: "--control HOST:PORT",
             hint: "every worker of a cluster names the initializer's control address",
@@ -453,13 +466,19 @@ impl Worker {
                 " (is another initializer running?)",
             )?;
             let d = listen(rt, &data, "--data", "")?;
-            Links::initializer(rt.handle().clone(), events.clone(), c, d, control)
+            Links::initializer(rt.handle().clone(), events.clone(), secret, c, d, control)
         } else {
             let my_data = match &config.my_data {
                 Some(a) => Some(listen(rt, a, "--my-data", "")?),
                 None => None,
             };
-            Links::joiner(rt.handle().clone(), events.clone(), control, my_data)
+            Links::joiner(
+                rt.handle().clone(),
+                events.clone(),
+                secret,
+                control,
+                my_data,
+            )
         };
         Ok(Some(links))
     }
