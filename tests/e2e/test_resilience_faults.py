@@ -298,7 +298,9 @@ def test_repeated_kills_word_count(make_cluster, tmp_path):
     seed = fault_seed()
     in_dir = tmp_path / "in"
     in_dir.mkdir()
-    truth = make_word_input(in_dir, 50_000)
+    # Enough input that the cluster is still reading it through the first
+    # kills even on a fast machine (a whole pass can take a tenth of a second).
+    truth = make_word_input(in_dir, 400_000)
     target = word_count_bytes(truth)
     t_start = time.time()
 
@@ -728,13 +730,7 @@ def test_gen_source_under_kills(make_cluster, tmp_path):
     final output would be exact."""
     seed = fault_seed()
     n, keys = 1_000_000, 50
-    # Per key, in generator order: (1, v1), (2, v1+v2), ...
-    want = collections.defaultdict(list)
-    sums = collections.Counter()
-    for v in range(1, n + 1):
-        k = str(v % keys)
-        sums[k] += v
-        want[k].append((len(want[k]) + 1, sums[k]))
+    want = gen_sums(n, keys)
     target = sum(len(f"{k} {c} {s}\n") for k, pairs in want.items() for c, s in pairs)
     out_dir, res_dir = tmp_path / "out", tmp_path / "res"
     out_dir.mkdir()
@@ -776,7 +772,27 @@ def test_gen_source_under_kills(make_cluster, tmp_path):
              f"from {resumed} ('pid value'), not {values + 1}\n{f.describe()}")
     f.wait_final(progress, target, "all the output", quiet=1.5)
     print(f.report())
+    problems = gen_sum_problems(paths, want)
+    assert not problems, "\n".join(problems[:10]) + "\n" + f.describe()
+    f.shutdown(res_dir, "Resilient_generator-")
 
+
+def gen_sums(n, keys):
+    """What apps/resilient_gen.py must write for 1..n over `keys` keys:
+    per key, in generator order, (1, v1), (2, v1 + v2), ..."""
+    want = collections.defaultdict(list)
+    sums = collections.Counter()
+    for v in range(1, n + 1):
+        k = str(v % keys)
+        sums[k] += v
+        want[k].append((len(want[k]) + 1, sums[k]))
+    return want
+
+
+def gen_sum_problems(paths, want):
+    """What is wrong with resilient_gen's sink files (`key count sum`
+    lines) against `gen_sums(...)`: per key, exactly the wanted lines in
+    order, all in one worker's file."""
     got = collections.defaultdict(list)
     where = collections.defaultdict(set)
     for name, p in zip(NAMES, paths):
@@ -784,13 +800,13 @@ def test_gen_source_under_kills(make_cluster, tmp_path):
             k, c, s = line.split()
             got[k].append((int(c), int(s)))
             where[k].add(name)
-    wrong = []
+    problems = []
     for k in want:
         if got[k] != want[k]:
             g = got[k]
             i = next((j for j, (a, b) in enumerate(zip(g, want[k])) if a != b), min(len(g), len(want[k])))
-            wrong.append(f"key {k}: {len(g)} lines (want {len(want[k])}), first difference at {i}: "
-                         f"{g[i:i + 3]} vs {want[k][i:i + 3]}")
-    assert not wrong and set(got) == set(want), "\n".join(wrong[:10]) + "\n" + f.describe()
-    assert all(len(w) == 1 for w in where.values()), f"a key's outputs on several workers: {dict(where)}"
-    f.shutdown(res_dir, "Resilient_generator-")
+            problems.append(f"key {k}: {len(g)} lines (want {len(want[k])}), first difference at {i}: "
+                            f"{g[i:i + 3]} vs {want[k][i:i + 3]}")
+    problems += [f"unexpected key {k!r}" for k in sorted(set(got) - set(want))]
+    problems += [f"key {k}'s outputs on several workers: {sorted(w)}" for k, w in sorted(where.items()) if len(w) > 1]
+    return problems

@@ -52,11 +52,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
-use crate::event::{Event, SourcePosition};
+use crate::event::{frames_per_event, Event, SourcePosition};
 use tracing::error;
-
-/// Frames per event handed to the executor: bounds latency and memory.
-const FRAMES_PER_EVENT: usize = 1024;
 
 /// One source-connector source, as the app configured it.
 #[derive(Debug, Clone)]
@@ -400,7 +397,7 @@ impl Conn {
     async fn process(&mut self, first: Incoming, frames: &mut Frames) -> Flow {
         let mut flow = self.on_incoming(first).await;
         let mut taken = 1;
-        while flow == Flow::Continue && taken < FRAMES_PER_EVENT {
+        while flow == Flow::Continue && taken < frames_per_event() {
             let Some(incoming) = frames.next().now_or_never() else {
                 break;
             };
@@ -593,11 +590,9 @@ impl Conn {
                     }
                     return Flow::Continue;
                 }
-                if self
-                    .batch
-                    .as_ref()
-                    .is_some_and(|b| b.stream_id != stream_id || b.frames.len() >= FRAMES_PER_EVENT)
-                {
+                if self.batch.as_ref().is_some_and(|b| {
+                    b.stream_id != stream_id || b.frames.len() >= frames_per_event()
+                }) {
                     let flow = self.flush().await;
                     if flow != Flow::Continue {
                         return flow;

@@ -6,7 +6,7 @@
 //! connection whose frames the executor can't take yet stops reading its
 //! socket, and TCP flow control slows the sender.
 
-use crate::event::{Event, IoStats, SourcePosition};
+use crate::event::{frames_per_event, Event, IoStats, SourcePosition};
 use bytes::Bytes;
 use quoll_core::length_header::{FrameDecoder, FrameError, FramePart, LengthHeader};
 use std::sync::atomic::Ordering;
@@ -16,10 +16,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, warn};
-
-/// Frames per event handed to the executor: bounds latency, memory, and
-/// how long the executor is busy before it can start a checkpoint.
-const FRAMES_PER_EVENT: usize = 1024;
 
 /// Connections of one TCP source that have not sent their first byte yet;
 /// beyond this many, new ones are closed at once.
@@ -225,7 +221,7 @@ impl Reader<'_> {
                         frames.push(frame.payload);
                         // Right after a frame, what the decoder holds starts at a frame boundary.
                         boundary = read_total - decoder.buffered_len() as u64;
-                        if frames.len() >= FRAMES_PER_EVENT
+                        if frames.len() >= frames_per_event()
                             && !hand_over(&tx, stats, origin, &mut frames, boundary).await
                         {
                             return;

@@ -307,6 +307,7 @@ impl Worker {
         parent: Option<CheckpointId>,
     ) -> Option<NodeEvent> {
         let files = self.files.clone()?;
+        debug!("checkpoint {id}: taking the snapshot");
         // Output of peer messages processed while aligning belongs before
         // the barrier too, so sink lengths are taken now, with the state.
         let sink_offsets = self.ex.sink_offsets(py);
@@ -356,6 +357,7 @@ impl Worker {
     /// Checkpoint `id` is complete cluster-wide: connector clients may
     /// forget what it covers, generators may run, older files go.
     fn committed(&mut self, id: CheckpointId, positions: &[SourceProgress], compact: bool) {
+        debug!("checkpoint {id} committed");
         for c in &self.connectors {
             let positions = positions
                 .get(c.index)

@@ -9,7 +9,7 @@
 
 use super::{Stop, Worker};
 use crate::error::WorkerError;
-use crate::event::Event;
+use crate::event::{record_event_cost, Event};
 use pyo3::prelude::*;
 use quoll_core::external::ReportStatus;
 use quoll_core::node::NodeEvent;
@@ -148,7 +148,9 @@ impl Worker {
                 epoch,
             } => {
                 if epoch == 0 || epoch == self.source_epoch {
+                    let (started, count) = (Instant::now(), frames.len());
                     self.ex.on_frames(py, source, frames, &keys, position)?;
+                    record_event_cost(count, started.elapsed());
                 }
             }
             Event::PeerData {
