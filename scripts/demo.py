@@ -14,12 +14,13 @@ import collections
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from quoll.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "examples" / "word_count"
@@ -27,12 +28,6 @@ BIN = Path(sys.executable).parent
 WORKERS = 3
 VICTIM = int(os.environ.get("DEMO_VICTIM", "1"))
 LINES_PER_WORKER = 40_000
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_input(workdir):

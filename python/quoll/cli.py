@@ -17,6 +17,8 @@ import sys
 import tempfile
 from typing import Callable, NoReturn, Optional, Union
 
+from quoll.ports import free_port
+
 TOOLS = ("send", "receive", "status", "shutdown")
 
 USAGE = """usage: quoll COMMAND [args]
@@ -79,13 +81,6 @@ def _per_worker_args(args: list[str], i: int) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_main(argv: list[str]) -> int:
     """`quoll run path/to/app.py [--workers N] [args]`."""
     if not argv or argv[0] in ("-h", "--help"):
@@ -124,7 +119,7 @@ def _run_cluster(path: str, directory: str, module: str, workers: int, rest: lis
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([directory] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    control, data = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    control, data = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     procs = []
     for i in range(workers):
         cmd = [sys.executable, "-m", "quoll.worker", "--application-module", module]

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from quoll.ports import free_port  # noqa: F401 (re-exported to the tests)
+
 READY_LINE = "|~~ INIT PHASE III: Application is ready to work! ~~|"
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -27,27 +29,6 @@ def _bin(name):
 
 QUOLL = _bin("quoll")
 MACHIDA3 = _bin("machida3")
-
-
-_handed_out = set()
-
-
-def free_port():
-    """A free port below the kernel's ephemeral range (32768+), so no
-    outgoing connection can take it between now and the worker's bind, and
-    never the same one twice in a test run."""
-    import random
-    while True:
-        port = random.randint(20000, 32000)
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
 
 
 KEY_GROUPS = 1024

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from quoll.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -35,12 +37,6 @@ def broker_bin() -> Optional[str]:
         return None
     path = out.stdout.strip()
     return path if out.returncode == 0 and path else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:
