@@ -9,8 +9,8 @@ object`. Readings are keyed by sensor, so on several workers most of them
 cross to the worker that owns their sensor; that is where the two top-level
 functions below come in: the engine calls `serialize(obj)` for every object
 it ships or checkpoints and `deserialize(data)` on the other side, and
-never uses pickle for this app (spec 4.2: both names are defined at the top
-level of the application module).
+never uses pickle for this app (both names are defined at the top level
+of the application module; docs/wallaroo-compat.md, "Serialization").
 
 The blob is `MAGIC + crc32(body) + body`, and `deserialize` verifies both,
 so a blob that was cut or altered on the way is refused rather than

@@ -1,4 +1,5 @@
-"""The codec on several workers (spec 4.2-4.5, 9 item 1; DESIGN 6, 11).
+"""The codec on several workers (docs/wallaroo-compat.md, "Serialization"
+and "Differences from Wallaroo"; docs/formats.md, "The codec blob").
 
 examples/custom_codec's Readings hold a threading.Lock, which pickle
 refuses; the app's own top-level serialize/deserialize carry them between
@@ -258,7 +259,8 @@ def test_deserialize_raising_drops_the_message_on_the_receiving_worker(make_clus
                 rf"message dropped \({n} dropped here so far\)", line)
             assert m, f"unexpected error line:\n{line}"
             named.append(m.group(3))
-            # Spec 9 item 1: the report names the key.
+            # A user error's report names the key (docs/architecture.md,
+            # "Errors in user code and data").
             assert (m.group(1) or m.group(2)) == m.group(3), f"the error line does not name the key:\n{line}"
         if errs:
             # ... and shows the traceback of the user's deserialize.

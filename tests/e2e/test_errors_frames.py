@@ -1,9 +1,9 @@
-"""Bad frames on a TCP source (spec 7.1, 9; DESIGN 11), sent as raw bytes:
-an oversized frame is reported and skipped and later frames are still
-decoded; a connection that ends mid-frame is reported with how much of the
-frame arrived, other connections unaffected; a negative signed length closes
-that connection only. Plus 2-byte big-endian and 8-byte little-endian
-headers end to end.
+"""Bad frames on a TCP source (docs/formats.md, "Source framing
+(Wallaroo's)"), sent as raw bytes: an oversized frame is reported and
+skipped and later frames are still decoded; a connection that ends
+mid-frame is reported with how much of the frame arrived, other connections
+unaffected; a negative signed length closes that connection only. Plus
+2-byte big-endian and 8-byte little-endian headers end to end.
 
 The app (apps/frames_app.py) echoes each payload as a line; its header
 format comes from `--header-length` / `--length-fmt`.

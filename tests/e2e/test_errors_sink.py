@@ -1,7 +1,7 @@
-"""An unreachable TCP sink (spec 7.2): the worker starts anyway, says
-clearly which sink address it can't reach, holds the output and retries;
-once a receiver listens there the held output arrives, complete and in
-order. (The app, apps/frames_app.py, echoes each input line.)"""
+"""An unreachable TCP sink (docs/wallaroo-compat.md, "Sinks"): the worker
+starts anyway, says clearly which sink address it can't reach, holds the
+output and retries; once a receiver listens there the held output arrives,
+complete and in order. (The app, apps/frames_app.py, echoes each input line.)"""
 
 import time
 from pathlib import Path

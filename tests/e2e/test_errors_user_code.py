@@ -1,4 +1,5 @@
-"""User errors (spec 3.4, 3.5, 9 item 1; DESIGN 11): a message whose user
+"""User errors (docs/architecture.md, "Errors in user code and data";
+docs/wallaroo-compat.md, "Differences from Wallaroo"): a message whose user
 code raises or returns the wrong type is dropped, reported on stderr with
 the worker, the place and the cause (and the traceback for the first ones),
 and counted; later messages still come out, in order, and the worker keeps

@@ -56,6 +56,7 @@ def test_alerts_stateless(workers, make_cluster, make_receiver, tmp_path):
     out.settle(quiet=0.3)
     cluster.shutdown()
     lines = out.lines()
-    # Unkeyed stateless work has no ordering guarantee (spec 5): compare as
+    # Unkeyed stateless work has no ordering guarantee across workers
+    # (docs/wallaroo-compat.md, "Partitioning and order"): compare as
     # multisets.
     assert sorted(lines) == sorted(expected), cluster.describe()

@@ -36,7 +36,8 @@ def send_all(cluster, inputs, tmp_path, rate=None, warm_up=False):
     With `warm_up`, each connection first sends, on its own and one worker
     after the other, its first transaction for every account it uses. Then
     every worker has been heard by the window stages that will get its
-    transactions (a live upstream, whose watermark counts: spec 6) before
+    transactions (a live upstream, whose watermark counts: see
+    docs/wallaroo-compat.md, "Windows") before
     the concurrent bulk arrives, so no transaction can be legitimately late.
     """
     if warm_up:

@@ -1,4 +1,5 @@
-"""A source connector (spec 7.5-7.7) with resilience, with real processes.
+"""A source connector (docs/formats.md, "Connector protocol v3") with
+resilience, with real processes.
 
 The app (apps/wc_app.py with `--in`) counts words: each worker listens for
 connector clients on its own `--in` address, and writes `word => count` lines through

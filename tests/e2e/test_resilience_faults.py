@@ -166,7 +166,7 @@ class Faults:
 
     def wait_recovered(self, i, timeout=30):
         """Waits for the current incarnation of worker i to print the
-        recovery lines (spec 8.3)."""
+        recovery lines (docs/wallaroo-compat.md, "Resilience")."""
         p = self.cluster.workers[i]
         try:
             wait_until(lambda: RECOVERED in p.stdout() or not p.alive(), timeout, f"{p.label} to recover")
@@ -226,7 +226,7 @@ class Faults:
 
     def shutdown(self, res_dir, app_prefix):
         """Clean shutdown: every worker exits 0 and the resilience files of
-        the app are gone (spec 8.3, 8.4)."""
+        the app are gone (docs/wallaroo-compat.md, "Resilience")."""
         self.cluster.shutdown()
         rcs = {p.label: p.popen.poll() for p in self.cluster.workers}
         assert all(rc == 0 for rc in rcs.values()), f"exit codes after a clean shutdown: {rcs}\n{self.describe()}"

@@ -1,5 +1,5 @@
-"""Resilience files on disk (DESIGN decisions 7-9, spec 8.3), with real
-worker processes.
+"""Resilience files on disk (docs/formats.md, "Resilience files";
+docs/architecture.md, "Recovery"), with real worker processes.
 
 The app (apps/wc_app.py) counts words read through quoll's replayable
 file source and writes `word => count` lines through the exactly-once file

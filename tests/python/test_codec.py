@@ -1,4 +1,5 @@
-"""Properties of the worker codec (spec 4.4, 4.6; DESIGN 6), through
+"""Properties of the worker codec (docs/formats.md, "The codec blob";
+docs/wallaroo-compat.md, "Serialization"), through
 `quoll._engine.codec_encode` / `codec_decode`.
 
 - Plain values (None, bool, int, float, str, bytes and tuples/lists/dicts

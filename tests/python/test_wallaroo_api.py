@@ -1,4 +1,5 @@
-"""Tests of the pure-Python `wallaroo` package (spec section 2)."""
+"""Tests of the pure-Python `wallaroo` package (docs/wallaroo-compat.md,
+"API surface")."""
 
 import datetime
 import os

@@ -170,7 +170,7 @@ def test_framed_file_reader(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Wire messages: exact byte layouts (spec 7.6)
+# Wire messages: exact byte layouts (docs/formats.md, "Connector protocol v3")
 # --------------------------------------------------------------------------
 
 def short(b):

@@ -1,4 +1,5 @@
-"""Tests of quoll.worker_args.parse_worker_argv (spec 3.2 and 8.1)."""
+"""Tests of quoll.worker_args.parse_worker_argv (docs/wallaroo-compat.md,
+"Worker command line")."""
 
 import pytest
 

@@ -82,7 +82,8 @@ pub struct SourceDef {
     /// `tcp`, `gen`, `file`, ... as in the config tuple.
     pub kind: String,
     pub entry: StageId,
-    /// The key every message has until the first `key_by` (spec section 5).
+    /// The key every message has until the first `key_by`
+    /// (docs/wallaroo-compat.md, "Keys").
     pub implicit_key: Vec<u8>,
 }
 

@@ -1,4 +1,5 @@
-//! Window state machines (spec section 6), generic over the aggregation.
+//! Window state machines, generic over the aggregation (the semantics are
+//! Wallaroo's, summarised in docs/wallaroo-compat.md, "Windows").
 //!
 //! Nothing here knows about Python. An [`Aggregator`] is the four user calls
 //! of a Wallaroo `Aggregation` (`initial_accumulator`, `update`, `combine`,
@@ -311,7 +312,7 @@ impl RangeWindowSpec {
         ((u128::from(random) * u128::from(self.max_offset())) >> 64) as u64
     }
 
-    /// The stage timer period the spec gives: `2 × (range + delay)`.
+    /// The stage timer period, as in Wallaroo: `2 × (range + delay)`.
     pub fn timer_period(&self) -> u64 {
         2 * (self.range + self.delay)
     }

@@ -12,7 +12,8 @@ pub(super) enum KeyError {
     NotUtf8(String),
 }
 
-/// The key bytes: a `str` as UTF-8, `bytes` as they are (spec 3.5).
+/// The key bytes: a `str` as UTF-8, `bytes` as they are
+/// (docs/wallaroo-compat.md, "Keys").
 pub(super) fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a [u8], KeyError> {
     if let Ok(s) = key.cast::<PyString>() {
         return s

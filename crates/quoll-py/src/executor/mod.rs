@@ -9,7 +9,8 @@
 //! stage and pushes each output straight into the next stage, so a chain of
 //! stages is one call chain (fused) and per-key order is the order messages
 //! entered. Keys are the Python `str`/`bytes` objects the source or the key
-//! extractor produced; they are compared as UTF-8 / raw bytes (spec 3.5).
+//! extractor produced; they are compared as UTF-8 / raw bytes
+//! (docs/wallaroo-compat.md, "Keys").
 //!
 //! Invariants:
 //! - one state object per (state stage, key), created by `initial_state()` on
@@ -54,7 +55,8 @@ type Fired<'py> = (
     Result<(), PyErr>,
 );
 
-/// Period of the count-window partial flush (spec 6: 5 s).
+/// Period of the count-window partial flush: 5 s, as in Wallaroo
+/// (docs/wallaroo-compat.md, "Windows").
 const COUNT_WINDOW_FLUSH: Duration = Duration::from_secs(5);
 /// Sink output is handed over once a buffer holds this much, or at the end
 /// of a batch.
@@ -103,7 +105,8 @@ struct Keyed<T> {
     dirty: bool,
 }
 
-/// Timer state of one range-window stage (spec 6): a periodic tick of
+/// Timer state of one range-window stage (docs/wallaroo-compat.md,
+/// "Windows"): a periodic tick of
 /// 2 x (range + delay), and a flush of every key once all input has been
 /// quiet for two ticks.
 struct WindowTimers {
@@ -114,7 +117,7 @@ struct WindowTimers {
     flushed_since_input: bool,
     /// Per upstream worker (index): the newest event time heard from it and
     /// when. The stage's watermark is the minimum over upstreams heard
-    /// within two timer periods (spec 6): each upstream's event times only
+    /// within two timer periods: each upstream's event times only
     /// grow, so none of its messages can be late.
     upstreams: Vec<Option<(i64, Instant)>>,
 }
@@ -364,7 +367,8 @@ impl Executor {
         Ok(ex)
     }
 
-    /// Calls `initial_value()` of every generator source once (spec 7.3).
+    /// Calls `initial_value()` of every generator source once
+    /// (docs/wallaroo-compat.md, "Sources").
     fn start_generators(&mut self, py: Python<'_>) -> Result<(), Fatal> {
         for i in 0..self.gens.len() {
             let Some(init) = self.gens[i].cur.take() else {
@@ -424,8 +428,9 @@ impl Executor {
         Ok(())
     }
 
-    /// A frame's key is its MESSAGE key where a connector gave one (UTF-8,
-    /// spec 9), else the source's implicit key.
+    /// A frame's key is its MESSAGE key where a connector gave one (as
+    /// UTF-8; Wallaroo lost it, see docs/wallaroo-compat.md, "Sources"),
+    /// else the source's implicit key.
     fn process_frames(
         &mut self,
         py: Python<'_>,
@@ -464,8 +469,9 @@ impl Executor {
         Ok(())
     }
 
-    /// Emits up to `budget` values from every active generator (spec 7.3:
-    /// `apply(cur)` runs before `cur` goes downstream).
+    /// Emits up to `budget` values from every active generator
+    /// (`apply(cur)` runs before `cur` goes downstream, as in Wallaroo;
+    /// docs/wallaroo-compat.md, "Sources").
     pub fn run_generators(&mut self, py: Python<'_>, budget: usize) -> Result<(), Fatal> {
         self.origin = self.me();
         for i in 0..self.gens.len() {
@@ -600,9 +606,10 @@ impl Executor {
                 let entry = match windows.get_mut(kb) {
                     Some(e) => e,
                     None => {
-                        // Spec 6 wants a random grid offset per key; deriving it
-                        // from the key keeps it the same on every worker and
-                        // after a restart.
+                        // Wallaroo draws a random grid offset per key;
+                        // deriving it from the key keeps it the same on every
+                        // worker and after a restart (docs/wallaroo-compat.md,
+                        // "Windows").
                         let offset =
                             spec.offset_from_random(quoll_core::key_group::stable_hash(kb));
                         let w = RangeWindows::new(*spec, watermark, offset);
@@ -770,7 +777,8 @@ impl Executor {
     }
 
     /// Handles a computation's result: `None` is no message; a `*_multi`
-    /// result must be a list (spec 3.4).
+    /// result must be a list (docs/wallaroo-compat.md, "How user code is
+    /// called").
     #[allow(clippy::too_many_arguments)]
     fn emit<'py>(
         &mut self,

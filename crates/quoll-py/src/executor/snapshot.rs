@@ -308,7 +308,7 @@ impl Executor {
     }
 
     /// Whether generator sources may emit (with resilience: only once a
-    /// first checkpoint is complete, spec 7.3).
+    /// first checkpoint is complete; docs/wallaroo-compat.md, "Sources").
     pub fn enable_generators(&mut self, enabled: bool) {
         self.gens_enabled = enabled;
     }
