@@ -6,7 +6,7 @@ import string
 
 import pytest
 
-from harness import EXAMPLES, assert_word_counts, send_lines
+from harness import EXAMPLES, assert_word_counts, error_lines, key_owner, send_lines, wait_until
 
 APP_DIR = EXAMPLES / "word_count"
 
@@ -43,3 +43,31 @@ def test_word_count_exact(workers, make_cluster, make_receiver, tmp_path):
     cluster.shutdown()
     # Every word's counts are exactly 1..n, in order (one owner per key, per-key order kept).
     assert_word_counts({"receiver": out.lines()}, expected, cluster.describe)
+
+
+def test_a_key_too_long_to_cross_workers_is_reported(make_cluster, make_receiver, tmp_path):
+    """A key longer than a data link can carry (64 KiB) is an error in the
+    message, named with the stage and the key, not a key silently cut to
+    another one; everything else is counted exactly."""
+    out = make_receiver()
+    cluster = make_cluster(
+        "word_count", APP_DIR, 2,
+        app_args=lambda c, i: ["--in", f"lines@127.0.0.1:{c.in_ports[i]}", "--out", out.addr],
+    )
+    # A word owned by the other worker, so it must cross the data link.
+    n = 0
+    while key_owner(f"{'x' * 70_000}{n}".encode(), 2) != 1:
+        n += 1
+    long_word = f"{'x' * 70_000}{n}"
+    lines = make_lines(200, seed=7)
+    send_lines(cluster.in_ports[0], lines[:100] + [f"apple {long_word} fig"] + lines[100:], tmp_path)
+    expected = reference_counts(lines + ["apple fig"])
+    out.wait_for_lines(sum(expected.values()), timeout=60)
+    wait_until(lambda: error_lines(cluster.workers[0].stderr()), 10, "the long key's error")
+    cluster.shutdown()
+    assert_word_counts({"receiver": out.lines()}, expected, cluster.describe)
+    errors = error_lines(cluster.workers[0].stderr())
+    assert len(errors) == 1, errors
+    assert "a key that crosses workers can be at most 65535 bytes" in errors[0], errors
+    assert "'xxxxxxxx" in errors[0] and "sending to worker" in errors[0], errors
+    assert len(errors[0]) < 1000, "the error quotes the whole key"

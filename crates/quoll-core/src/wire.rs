@@ -287,6 +287,10 @@ pub struct BatchWriter {
 
 const BATCH_HEADER: usize = 4 + 1 + 8 + 4;
 
+/// The longest key a message can carry between workers (its length is a
+/// u16). Callers refuse longer keys: [`BatchWriter::push`] would cut them.
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+
 impl BatchWriter {
     pub fn new(generation: u64) -> BatchWriter {
         let mut buf = Vec::with_capacity(64 << 10);
@@ -298,7 +302,8 @@ impl BatchWriter {
     }
 
     /// Appends one message; the value is written by `write_value` (the
-    /// codec), which appends to the vector it is given.
+    /// codec), which appends to the vector it is given. `key` must be at
+    /// most [`MAX_KEY_LEN`] bytes.
     pub fn push<E>(
         &mut self,
         stage: u32,
@@ -307,6 +312,7 @@ impl BatchWriter {
         write_value: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
         let start = self.buf.len();
+        debug_assert!(key.len() <= MAX_KEY_LEN, "key of {} bytes", key.len());
         let key_len = u16::try_from(key.len()).unwrap_or(u16::MAX);
         self.buf.extend_from_slice(&stage.to_le_bytes());
         self.buf.extend_from_slice(&key_len.to_le_bytes());

@@ -17,8 +17,10 @@
 //!
 //! A formation step that waits on peers gives up after a deadline, and the
 //! formation starts over under the next generation. After formation a
-//! member is lost when its control link closes or goes silent (the binding
-//! watches heartbeats), or when it joins again (it restarted).
+//! member is lost only when its own control link closes or goes silent (the
+//! binding watches heartbeats). A worker that joins with a member's name
+//! while that member's link is up (a restart whose old link's loss is not
+//! noticed yet, or an impostor) is refused with "retry": it changes nothing.
 //!
 //! [`initializer::InitializerMembership`] is the initializer's side,
 //! [`joiner::JoinerMembership`] every other worker's. Links are the

@@ -36,7 +36,7 @@ use quoll_core::topology::StageKind;
 use quoll_core::windows::{
     Aggregator, CountWindowSpec, CountWindows, RangeWindowSpec, RangeWindows, WindowOutput,
 };
-use quoll_core::wire::BatchReader;
+use quoll_core::wire::{self, BatchReader};
 pub use snapshot::Snapshot;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -679,6 +679,20 @@ impl Executor {
                 "stage {stage}: a message for worker {owner} but no cluster"
             )));
         };
+        if kb.len() > wire::MAX_KEY_LEN {
+            let detail = format!(
+                "key {}... (cut), sending to worker '{}'",
+                quote_key(&kb[..32]),
+                router.names[owner]
+            );
+            let why = format!(
+                "the key is {} bytes; a key that crosses workers can be at most {} bytes",
+                kb.len(),
+                wire::MAX_KEY_LEN
+            );
+            let place = self.stages[stage].place.clone();
+            return self.errors.report(&place, &detail, &why, None);
+        }
         let codec = &self.codec;
         match router.push(owner, stage as u32, kb, et, |out| codec.encode(value, out)) {
             Ok(()) => Ok(()),
