@@ -843,19 +843,16 @@ async fn write_data(
 ) {
     let place = format!("data link to worker '{}' at {}", to.name, to.data_addr);
     let (_frames, mut write) = loop {
-        match TcpStream::connect(&to.data_addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let authenticated = match stream.peer_addr() {
-                    Ok(peer) => authenticate(stream, peer, &creds, Purpose::Data, true).await,
-                    Err(e) => Err(HandshakeError::Io(e)),
-                };
-                match authenticated {
-                    Ok(link) => break link,
-                    Err(e) => warn!(place = %place, "not authenticated: {e}; trying again"),
-                }
+        if let Ok(stream) = TcpStream::connect(&to.data_addr).await {
+            let _ = stream.set_nodelay(true);
+            let authenticated = match stream.peer_addr() {
+                Ok(peer) => authenticate(stream, peer, &creds, Purpose::Data, true).await,
+                Err(e) => Err(HandshakeError::Io(e)),
+            };
+            match authenticated {
+                Ok(link) => break link,
+                Err(e) => warn!(place = %place, "not authenticated: {e}; trying again"),
             }
-            Err(_) => {}
         }
         tokio::time::sleep(DATA_RETRY).await;
     };

@@ -455,9 +455,9 @@ mod tests {
             io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
-        let failure = TlsFailure::from_io(&rejected).expect("a TLS failure");
-        assert!(failure.is_final());
-        assert!(failure
+        let rejection = TlsFailure::from_io(&rejected).expect("a TLS failure");
+        assert!(rejection.is_final());
+        assert!(rejection
             .to_string()
             .contains("not signed by this worker's --tls-ca"));
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
