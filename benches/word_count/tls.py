@@ -3,9 +3,10 @@
 and with --tls-cert/--tls-key/--tls-ca, on the same input in one run.
 
 The runs are run.py's `run_quoll` (same input, same measurement, same
-output check: a wrong output stops the run), interleaved plain, TLS, plain,
-TLS, ... (`--repeats`, default 3); the fastest of each is reported, all are
-listed. The certificates are made with the openssl commands of docs/tls.md
+output check: a wrong output stops the run), interleaved plain, TLS, TLS,
+plain, plain, TLS, ... (`--repeats`, default 3); the fastest of each is
+reported, all are listed in run order, with the ratios of each repeat's
+pair. The certificates are made with the openssl commands of docs/tls.md
 (a CA, one worker certificate for 127.0.0.1), in a temporary directory.
 
 Prints words/s and CPU seconds per million words (summed over the workers)
@@ -68,7 +69,10 @@ def main(argv=None):
     runs = {mode: [] for mode in modes}
     try:
         for rep in range(max(1, a.repeats)):
-            for mode, flags in modes.items():
+            # Plain first in even repeats, TLS first in odd ones, so neither
+            # always runs on what the other left (page cache, CPU state).
+            order = list(modes.items())
+            for mode, flags in (order if rep % 2 == 0 else order[::-1]):
                 print(f"{mode}: 2 workers ...", file=sys.stderr)
                 r = run.run_quoll(2, input_path, total_words, workdir / f"{mode}-{rep}", a.timeout, flags)
                 r.pop("logs", None)
@@ -91,6 +95,10 @@ def main(argv=None):
                                      cpu_s_per_million_words=r["cpu_s_per_million_words"]) for r in runs[mode]])
            for mode, b in best.items()},
     )
+    res["paired_tls_over_plain"] = [
+        dict(words_per_s=t["words_per_s"] / p["words_per_s"],
+             cpu_s_per_million_words=t["cpu_s_per_million_words"] / p["cpu_s_per_million_words"])
+        for p, t in zip(runs["plain"], runs["tls"])]
     res["tls_over_plain"] = dict(
         words_per_s=best["tls"]["words_per_s"] / best["plain"]["words_per_s"],
         cpu_s_per_million_words=best["tls"]["cpu_s_per_million_words"] / best["plain"]["cpu_s_per_million_words"],
@@ -101,6 +109,9 @@ def main(argv=None):
         print(f"{mode:8}{res[mode]['words_per_s']:>14,.0f}{res[mode]['cpu_s_per_million_words']:>18.3f}")
     ratio = res["tls_over_plain"]
     print(f"{'tls/plain':8}{ratio['words_per_s']:>14.3f}{ratio['cpu_s_per_million_words']:>18.3f}")
+    pairs = res["paired_tls_over_plain"]
+    print("tls/plain per repeat: words/s " + ", ".join(f"{q['words_per_s']:.3f}" for q in pairs)
+          + "; CPU s/Mw " + ", ".join(f"{q['cpu_s_per_million_words']:.3f}" for q in pairs))
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"results written to {a.out}")
 

@@ -15,6 +15,8 @@ and clientAuth), and the same from another CA for the stranger.
 - `test_a_tls_worker_is_told_the_cluster_has_no_tls`: the initializer of a
   plain cluster says a TLS joiner speaks TLS; the joiner says the TLS
   handshake broke off and asks whether the peer runs with the flags.
+- `test_a_certificate_must_name_the_address`: a worker refuses an
+  initializer whose certificate names another IP address, and says so.
 - `test_tls_flags_come_together`: a missing flag is named.
 """
 
@@ -49,33 +51,45 @@ def _write_key(path, key):
     path.chmod(0o600)
 
 
-def make_pki(directory, label, ip="127.0.0.1"):
-    """A CA and one worker certificate for `ip` signed by it, as PEM files
-    in `directory`; returns the worker flags that use them."""
+def make_ca(label):
+    """A CA's key and self-signed certificate."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(_name(f"{label} CA")).issuer_name(_name(f"{label} CA"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def issue(directory, ca, ip="127.0.0.1"):
+    """A worker certificate for `ip` signed by `ca`, and the CA, as PEM
+    files in `directory`; returns the worker flags that use them."""
+    ca_key, ca_cert = ca
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name(f"{label} CA")).issuer_name(_name(f"{label} CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name(f"{label} worker")).issuer_name(ca.subject)
+    cert = (x509.CertificateBuilder().subject_name(_name(f"worker {ip}")).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     (directory / "worker.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(directory / "worker.key", key)
     return ["--tls-cert", str(directory / "worker.pem"), "--tls-key", str(directory / "worker.key"),
             "--tls-ca", str(directory / "ca.pem")]
+
+
+def make_pki(directory, label):
+    """A new CA and one worker certificate for 127.0.0.1; the worker flags."""
+    return issue(directory, make_ca(label))
 
 
 def tcp_word_count(make_cluster, make_receiver, workers, extra_flags, start=True):
@@ -184,6 +198,21 @@ def test_a_tls_worker_is_told_the_cluster_has_no_tls(make_cluster, make_receiver
         assert init.alive(), init.describe()
     finally:
         tls_joiner.stop()
+
+
+def test_a_certificate_must_name_the_address(make_cluster, make_receiver, tmp_path):
+    ca = make_ca("cluster")
+    elsewhere = issue(tmp_path / "init", ca, ip="127.0.0.2")  # the initializer is reached at 127.0.0.1
+    cluster, out = tcp_word_count(make_cluster, make_receiver, 2, [], start=False)
+    init = Proc(cluster.command(0) + elsewhere, tmp_path, "worker0", env=cluster.env).start()
+    cluster.workers.append(init)
+    wait_until(lambda: "waiting for 1 more worker(s)" in init.stdout(), 15, f"the initializer\n{init.describe()}")
+    member = joiner(cluster, tmp_path, "member", issue(tmp_path / "member", ca))
+    assert member.wait(20) == 2, member.describe()
+    assert f"the initializer at 127.0.0.1:{cluster.control} and this worker can't authenticate each other: TLS: " \
+        in member.stderr(), member.describe()
+    assert "must name the IP address it is reached at as a subjectAltName" in member.stderr(), member.describe()
+    assert init.alive(), init.describe()
 
 
 def test_tls_flags_come_together(tmp_path):

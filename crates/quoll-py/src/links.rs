@@ -842,6 +842,8 @@ async fn write_data(
     up: mpsc::Sender<()>,
 ) {
     let place = format!("data link to worker '{}' at {}", to.name, to.data_addr);
+    // Retried every DATA_RETRY: each different failure is said once.
+    let mut said = String::new();
     let (_frames, mut write) = loop {
         if let Ok(stream) = TcpStream::connect(&to.data_addr).await {
             let _ = stream.set_nodelay(true);
@@ -851,7 +853,13 @@ async fn write_data(
             };
             match authenticated {
                 Ok(link) => break link,
-                Err(e) => warn!(place = %place, "not authenticated: {e}; trying again"),
+                Err(e) => {
+                    let why = e.to_string();
+                    if why != said {
+                        warn!(place = %place, "not authenticated: {why}; trying again");
+                        said = why;
+                    }
+                }
             }
         }
         tokio::time::sleep(DATA_RETRY).await;
