@@ -26,15 +26,15 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
+# scripts/setup.sh installs `cryptography`; without it these tests fail
+# rather than skip, so a run can't pass without checking TLS.
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from harness import EXAMPLES, MACHIDA3, Proc, assert_word_counts, free_port, send_lines, wait_until
 from test_word_count import make_lines, reference_counts
-
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 ATTACKER = [sys.executable, str(APPS / "attacker.py")]
