@@ -30,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
     "$want" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet maturin pytest pytest-timeout hypothesis
+.venv/bin/python -m pip install --quiet maturin pytest pytest-timeout hypothesis cryptography
 # A wheel built by maturin into target/, so repeated runs are incremental.
 .venv/bin/python -m pip install --quiet --force-reinstall --no-deps .
 echo "setup: quoll installed in .venv ($(.venv/bin/quoll --help >/dev/null && echo ok))"

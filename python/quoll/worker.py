@@ -34,6 +34,9 @@ user code raises is dropped, reported and counted), --max-frame-size BYTES
 warn, info, debug, trace or Wallaroo's syslog names; QUOLL_LOG overrides),
 --cookie-file PATH (the cluster secret links are authenticated with; else
 QUOLL_COOKIE, else ~/.quoll/cookie, created on first use),
+--tls-cert PATH --tls-key PATH --tls-ca PATH (all three or none: TLS 1.3
+with mutual certificate checks on every link between workers; see
+docs/tls.md),
 --in-idle-timeout SECONDS (a TCP source connection silent this long is
 closed; default 300, 0 for never).
 
@@ -126,6 +129,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "checkpoint_interval_ns": int(args.time_between_checkpoints),
         "log_level": args.log_level,
         "cookie_file": args.cookie_file,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_ca": args.tls_ca,
         "in_idle_timeout_s": int(args.in_idle_timeout),
     }
     try:

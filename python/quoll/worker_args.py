@@ -15,7 +15,8 @@ included) and returns a :class:`WorkerArgs` with
 Wallaroo's short flags (``-m -c -d -x -y -e -f -w -t -n -r -l -j -u -h``)
 are stripped even when the application meant them for itself, exactly as
 Wallaroo does.  quoll's own flags (``--on-user-error``, ``--max-frame-size``,
-``--batch-size``, ``--log-level``) are long-only and stripped as well.
+``--batch-size``, ``--log-level``, ``--cookie-file``, ``--tls-cert``,
+``--tls-key``, ``--tls-ca``, ...) are long-only and stripped as well.
 
 Errors raise :class:`WorkerArgsError` with a message naming the flag and
 what to do.  This module is pure: it touches no files or sockets.
@@ -80,6 +81,9 @@ _WALLAROO_FLAGS = {
     "batch-size": (None, _INT, "batch_size"),
     "log-level": (None, _STR, "log_level"),
     "cookie-file": (None, _STR, "cookie_file"),
+    "tls-cert": (None, _STR, "tls_cert"),
+    "tls-key": (None, _STR, "tls_key"),
+    "tls-ca": (None, _STR, "tls_ca"),
     "in-idle-timeout": (None, _INT, "in_idle_timeout"),
 }
 
@@ -146,6 +150,9 @@ class WorkerArgs:
     batch_size: int = 512
     log_level: Optional[str] = None
     cookie_file: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
     in_idle_timeout: int = 300
 
     @property
@@ -407,6 +414,12 @@ def _validate(a: WorkerArgs) -> None:
         raise WorkerArgsError(
             "--in-idle-timeout must be 0 (never) or a number of seconds (got {})"
             .format(a.in_idle_timeout))
+    tls = {"--tls-cert": a.tls_cert, "--tls-key": a.tls_key, "--tls-ca": a.tls_ca}
+    missing = [flag for flag, path in tls.items() if path is None]
+    if 0 < len(missing) < 3:
+        raise WorkerArgsError(
+            "{} is missing: give all three of --tls-cert, --tls-key and "
+            "--tls-ca (PEM files), or none".format(missing[0]))
     if a.log_level is not None:
         level = a.log_level.lower()
         level = _SYSLOG_LEVELS.get(level, level)

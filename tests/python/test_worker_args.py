@@ -250,6 +250,12 @@ def test_quoll_flags_are_stripped():
     assert "--on-user-error" in a.wallaroo_args
 
 
+def test_tls_flags_are_stripped():
+    a = parse("--tls-cert", "c.pem", "--tls-key=k.pem", "--tls-ca", "a.pem", "--x")
+    assert a.app_args == ["machida3", "--x"]
+    assert (a.tls_cert, a.tls_key, a.tls_ca) == ("c.pem", "k.pem", "a.pem")
+
+
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
@@ -305,6 +311,9 @@ def test_missing_application_module():
     (["-l", "0"], ["--event-log-file-size/-l"]),
     (["-u", "-5"], ["--stop-pause/-u", "requires a value"]),
     (["-u=-5"], ["--stop-pause/-u", ">= 0"]),
+    (["--tls-cert", "c.pem", "--tls-key", "k.pem"], ["--tls-ca is missing", "all three"]),
+    (["--tls-ca", "a.pem"], ["--tls-cert is missing", "or none"]),
+    (["--tls-cert", "c.pem", "--tls-ca", "a.pem"], ["--tls-key is missing"]),
 ])
 def test_errors(args, fragments):
     expect_error(BASE + args, *fragments)

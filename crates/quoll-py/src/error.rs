@@ -32,6 +32,9 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Cookie(#[from] crate::cookie::CookieError),
+    /// `--tls-cert`, `--tls-key` or `--tls-ca` (the error names the file).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("can't start the I/O runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error("{label}: can't open {path}: {source}", path = .path.display())]

@@ -34,6 +34,7 @@ mod logging;
 mod router;
 mod sinks;
 mod sources;
+mod tls;
 mod user_errors;
 mod worker;
 

@@ -24,15 +24,24 @@
 //! (more are closed at once), so silent, slow or garbage-sending
 //! connections never hold up formation, recovery or anyone else.
 //!
+//! With `--tls-cert`, `--tls-key` and `--tls-ca`, every connection first
+//! runs TLS (see [`crate::tls`]), and the handshake and everything after
+//! go inside it; the TLS handshake counts within the same timeout and cap.
+//! Links are [`LinkRead`] and [`LinkWrite`] halves either way, so readers
+//! and writers don't know whether TLS is on.
+//!
 //! Data links carry batches and barriers; each begins (after the handshake)
 //! with `DataHello` naming the sender and the formation's generation, and a
 //! link of another generation or from a stranger is refused. Their readers
 //! stamp what they read with that generation.
 
 use crate::event::Event;
+use crate::tls::{self, LinkRead, LinkWrite, OpenError, Tls, TlsFailure};
 use futures_util::StreamExt;
 use quoll_core::frame::ReadError;
-use quoll_core::handshake::{Acceptor, AuthError, Initiator, Nonce, Purpose, Step, NONCE_LEN};
+use quoll_core::handshake::{
+    Acceptor, AuthError, AuthMessage, Initiator, Nonce, Purpose, Step, NONCE_LEN,
+};
 use quoll_core::membership::{Generation, LinkId};
 use quoll_core::node::NodeEvent;
 use quoll_core::wire::{self, AuthCodec, Control, Member, WireCodec, WireError, WireFrame};
@@ -41,8 +50,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Semaphore};
@@ -72,6 +80,14 @@ pub const MAX_PENDING_HANDSHAKES: usize = 64;
 /// The cluster secret links are authenticated with.
 pub type Secret = Arc<[u8]>;
 
+/// What every link of a worker proves and checks: the cluster secret and,
+/// if configured, TLS certificates.
+#[derive(Clone)]
+pub struct Credentials {
+    pub secret: Secret,
+    pub tls: Option<Tls>,
+}
+
 /// How a link's handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -85,17 +101,37 @@ pub enum HandshakeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] TlsFailure),
 }
 
 impl HandshakeError {
-    /// True if trying again can't help (the secrets or versions differ).
+    /// True if trying again can't help (the secrets, versions or TLS
+    /// settings differ).
     fn is_final(&self) -> bool {
-        matches!(self, HandshakeError::Auth(_))
+        match self {
+            HandshakeError::Auth(_) => true,
+            HandshakeError::Tls(t) => t.is_final(),
+            _ => false,
+        }
+    }
+
+    /// An I/O error inside TLS (a certificate refused after the TLS
+    /// handshake, say) is a TLS failure, and is told as one.
+    fn tls_first(self) -> HandshakeError {
+        let io = match &self {
+            HandshakeError::Io(e) | HandshakeError::Read(ReadError::Io(e)) => e,
+            _ => return self,
+        };
+        match TlsFailure::from_io(io) {
+            Some(t) => HandshakeError::Tls(t),
+            None => self,
+        }
     }
 }
 
 /// An authenticated connection: its frames and its write half.
-type Authenticated = (FramedRead<OwnedReadHalf, WireCodec>, OwnedWriteHalf);
+type Authenticated = (FramedRead<LinkRead, WireCodec>, LinkWrite);
 
 fn nonce() -> Result<Nonce, HandshakeError> {
     let mut n = [0u8; NONCE_LEN];
@@ -104,22 +140,48 @@ fn nonce() -> Result<Nonce, HandshakeError> {
     Ok(n)
 }
 
-/// Runs the handshake on a new connection (as the side that connected, or
-/// the side that accepted); on success the link reads wire frames.
+/// Runs TLS (if configured) and the handshake on a new connection to or
+/// from `peer` (as the side that connected, or the side that accepted);
+/// on success the link reads wire frames.
 pub async fn authenticate(
     stream: TcpStream,
-    secret: &[u8],
+    peer: SocketAddr,
+    creds: &Credentials,
     purpose: Purpose,
     initiator: bool,
 ) -> Result<Authenticated, HandshakeError> {
-    let (read, mut write) = stream.into_split();
-    let mut frames = FramedRead::new(read, AuthCodec::default());
     let run = async {
+        let (read, mut write) = match tls::open(stream, creds.tls.as_ref(), peer.ip(), initiator)
+            .await
+        {
+            Ok(halves) => halves,
+            Err(OpenError::Io(e)) => return Err(HandshakeError::Io(e)),
+            Err(OpenError::Closed) => return Err(HandshakeError::Closed),
+            Err(OpenError::Tls(t)) => return Err(HandshakeError::Tls(t)),
+            Err(OpenError::PlainPeer(mut stream)) => {
+                // Said in the clear, so a worker without TLS can say why.
+                let refusal = AuthMessage::Verdict {
+                    accepted: false,
+                    reason: "it requires TLS (it runs with --tls-cert, --tls-key and --tls-ca): give every worker of the cluster the same three flags".into(),
+                };
+                let _ = stream.write_all(&wire::auth_frame(&refusal)).await;
+                let _ = stream.shutdown().await;
+                // What it sent is read until it closes: closing with
+                // unread bytes would reset the connection, and the reset
+                // could overtake the refusal.
+                let mut unread = [0u8; 512];
+                while matches!(stream.read(&mut unread).await, Ok(n) if n > 0) {}
+                return Err(HandshakeError::Tls(TlsFailure::PlainPeer));
+            }
+        };
+        let mut frames = FramedRead::new(read, AuthCodec::default());
+        let secret = &creds.secret[..];
         let mut acceptor = None;
         let mut connector = None;
         if initiator {
             let (side, hello) = Initiator::start(secret, purpose, nonce()?);
             write.write_all(&wire::auth_frame(&hello)).await?;
+            write.flush().await?;
             connector = Some(side);
         } else {
             acceptor = Some(Acceptor::new(secret, purpose, nonce()?));
@@ -132,18 +194,23 @@ pub async fn authenticate(
                 (None, None) => unreachable!("one side is set above"),
             };
             match step {
-                Ok(Step::Send(m)) => write.write_all(&wire::auth_frame(&m)).await?,
+                Ok(Step::Send(m)) => {
+                    write.write_all(&wire::auth_frame(&m)).await?;
+                    write.flush().await?;
+                }
                 Ok(Step::Done(last)) => {
                     if let Some(m) = last {
                         write.write_all(&wire::auth_frame(&m)).await?;
+                        write.flush().await?;
                     }
-                    return Ok(());
+                    return Ok((frames.map_decoder(|_| WireCodec::default()), write));
                 }
                 Err(e) => {
                     // Tell the other side why, so both can say it.
                     let _ = write
                         .write_all(&wire::auth_frame(&Acceptor::refusal(&e)))
                         .await;
+                    let _ = write.flush().await;
                     return Err(HandshakeError::Auth(e));
                 }
             }
@@ -151,8 +218,7 @@ pub async fn authenticate(
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, run).await {
         Err(_) => Err(HandshakeError::Timeout),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(())) => Ok((frames.map_decoder(|_| WireCodec::default()), write)),
+        Ok(result) => result.map_err(HandshakeError::tls_first),
     }
 }
 
@@ -187,7 +253,7 @@ struct DataLinks {
 pub struct Links {
     rt: Handle,
     events: mpsc::Sender<Event>,
-    secret: Secret,
+    creds: Credentials,
     next_link: Arc<AtomicU64>,
     control: ControlTable,
     /// The initializer's control address (its own, or the one to reach).
@@ -205,18 +271,18 @@ impl Links {
     pub fn initializer(
         rt: Handle,
         events: mpsc::Sender<Event>,
-        secret: Secret,
+        creds: Credentials,
         control: TcpListener,
         data: TcpListener,
         control_addr: String,
     ) -> Links {
-        let mut links = Links::new(rt, events, secret, control_addr, Some(data));
+        let mut links = Links::new(rt, events, creds, control_addr, Some(data));
         let task = links.rt.spawn(accept_control(
             Arc::new(control),
             links.control.clone(),
             links.next_link.clone(),
             links.events.clone(),
-            links.secret.clone(),
+            links.creds.clone(),
         ));
         links.acceptor = Some(task.abort_handle());
         links
@@ -227,24 +293,24 @@ impl Links {
     pub fn joiner(
         rt: Handle,
         events: mpsc::Sender<Event>,
-        secret: Secret,
+        creds: Credentials,
         control: String,
         my_data: Option<TcpListener>,
     ) -> Links {
-        Links::new(rt, events, secret, control, my_data)
+        Links::new(rt, events, creds, control, my_data)
     }
 
     fn new(
         rt: Handle,
         events: mpsc::Sender<Event>,
-        secret: Secret,
+        creds: Credentials,
         control_addr: String,
         data: Option<TcpListener>,
     ) -> Links {
         Links {
             rt,
             events,
-            secret,
+            creds,
             next_link: Arc::new(AtomicU64::new(1)),
             control: Arc::new(Mutex::new(HashMap::new())),
             control_addr,
@@ -288,7 +354,7 @@ impl Links {
             self.control.clone(),
             self.next_link.clone(),
             self.events.clone(),
-            self.secret.clone(),
+            self.creds.clone(),
         ));
         self.connecting = Some(task.abort_handle());
     }
@@ -399,7 +465,7 @@ impl Links {
                 .collect();
             let accept = accept_data(
                 listener,
-                self.secret.clone(),
+                self.creds.clone(),
                 index,
                 generation,
                 up_tx.clone(),
@@ -418,7 +484,7 @@ impl Links {
                 from: me_name.to_string(),
                 generation,
             };
-            let task = write_data(m.clone(), self.secret.clone(), hello, rx, up_tx.clone());
+            let task = write_data(m.clone(), self.creds.clone(), hello, rx, up_tx.clone());
             tasks.push(self.rt.spawn(task).abort_handle());
             out.push(Some(tx));
         }
@@ -485,7 +551,7 @@ fn register(
 async fn accept_authenticated<F, Fut>(
     listener: Arc<TcpListener>,
     what: &'static str,
-    secret: Secret,
+    creds: Credentials,
     purpose: Purpose,
     on_link: F,
 ) where
@@ -513,9 +579,9 @@ async fn accept_authenticated<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (secret, on_link) = (secret.clone(), on_link.clone());
+        let (creds, on_link) = (creds.clone(), on_link.clone());
         tasks.spawn(async move {
-            let result = authenticate(stream, &secret, purpose, false).await;
+            let result = authenticate(stream, peer, &creds, purpose, false).await;
             drop(permit);
             match result {
                 Ok(link) => on_link(link, peer).await,
@@ -532,12 +598,12 @@ async fn accept_control(
     control: ControlTable,
     next_link: Arc<AtomicU64>,
     events: mpsc::Sender<Event>,
-    secret: Secret,
+    creds: Credentials,
 ) {
     accept_authenticated(
         listener,
         "--control",
-        secret,
+        creds,
         Purpose::Control,
         move |link, peer| {
             let id = register(link, peer, &control, &next_link, &events);
@@ -549,7 +615,8 @@ async fn accept_control(
 }
 
 /// A joiner: connects to the initializer, retrying and saying so, and
-/// authenticates; a secret the initializer does not share is final.
+/// authenticates; a secret or TLS settings the initializer does not share
+/// are final.
 async fn connect_control(
     addr: String,
     after: Duration,
@@ -557,23 +624,28 @@ async fn connect_control(
     control: ControlTable,
     next_link: Arc<AtomicU64>,
     events: mpsc::Sender<Event>,
-    secret: Secret,
+    creds: Credentials,
 ) {
     tokio::time::sleep(after).await;
     let mut said = None::<Instant>;
-    let (stream, link) = loop {
+    let (stream, peer, link) = loop {
         let problem = match TcpStream::connect(&addr).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr();
-                match authenticate(stream, &secret, Purpose::Control, true).await {
-                    Ok(link) => break (local, link),
-                    Err(e) if e.is_final() => {
-                        let msg = format!("the initializer at {addr} and this worker can't authenticate each other: {e}");
-                        let _ = events.send(Event::Fatal(msg)).await;
-                        return;
+                match stream.peer_addr() {
+                    Err(e) => e.to_string(),
+                    Ok(peer) => {
+                        match authenticate(stream, peer, &creds, Purpose::Control, true).await {
+                            Ok(link) => break (local, peer, link),
+                            Err(e) if e.is_final() => {
+                                let msg = format!("the initializer at {addr} and this worker can't authenticate each other: {e}");
+                                let _ = events.send(Event::Fatal(msg)).await;
+                                return;
+                            }
+                            Err(e) => format!("the handshake with it failed: {e}"),
+                        }
                     }
-                    Err(e) => format!("the handshake with it failed: {e}"),
                 }
             }
             Err(e) => e.to_string(),
@@ -615,11 +687,6 @@ async fn connect_control(
             }
         }
     }
-    let peer = link
-        .0
-        .get_ref()
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let link = register(link, peer, &control, &next_link, &events);
     let _ = events
         .send(Event::Node(NodeEvent::Connected { link }))
@@ -629,7 +696,7 @@ async fn connect_control(
 /// Reads a control link until it closes, fails or goes silent.
 async fn read_control(
     link: LinkId,
-    mut frames: FramedRead<OwnedReadHalf, WireCodec>,
+    mut frames: FramedRead<LinkRead, WireCodec>,
     events: mpsc::Sender<Event>,
 ) {
     let why = loop {
@@ -662,7 +729,7 @@ async fn read_control(
 }
 
 /// Writes a control link's messages in order, with heartbeats between.
-async fn write_control(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn write_control(mut write: LinkWrite, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         let msg = tokio::select! {
@@ -672,7 +739,9 @@ async fn write_control(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceive
             },
             _ = tick.tick() => Control::Ping,
         };
-        if write.write_all(&wire::control_frame(&msg)).await.is_err() {
+        // The flush sends what TLS holds back (a no-op without TLS).
+        let frame = wire::control_frame(&msg);
+        if write.write_all(&frame).await.is_err() || write.flush().await.is_err() {
             return;
         }
     }
@@ -683,7 +752,7 @@ async fn write_control(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceive
 /// begin with a `DataHello` of this generation from a member not yet linked.
 async fn accept_data(
     listener: Arc<TcpListener>,
-    secret: Secret,
+    creds: Credentials,
     index: HashMap<String, usize>,
     generation: Generation,
     up: mpsc::Sender<()>,
@@ -691,7 +760,7 @@ async fn accept_data(
 ) {
     let index = Arc::new(index);
     let linked = Arc::new(Mutex::new(std::collections::HashSet::new()));
-    accept_authenticated(listener, "--data", secret, Purpose::Data, move |(mut frames, write), peer| {
+    accept_authenticated(listener, "--data", creds, Purpose::Data, move |(mut frames, write), peer| {
         let (index, linked, up, events) = (index.clone(), linked.clone(), up.clone(), events.clone());
         async move {
             let place = format!("data link from {peer}");
@@ -767,31 +836,43 @@ async fn read_data<R: AsyncRead + Unpin>(
 /// authenticates) and writes its queue in order.
 async fn write_data(
     to: Member,
-    secret: Secret,
+    creds: Credentials,
     hello: Control,
     mut rx: mpsc::Receiver<Vec<u8>>,
     up: mpsc::Sender<()>,
 ) {
-    let place = format!("data link to worker '{}'", to.name);
+    let place = format!("data link to worker '{}' at {}", to.name, to.data_addr);
+    // Retried every DATA_RETRY: each different failure is said once.
+    let mut said = String::new();
     let (_frames, mut write) = loop {
-        match TcpStream::connect(&to.data_addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                match authenticate(stream, &secret, Purpose::Data, true).await {
-                    Ok(link) => break link,
-                    Err(e) => warn!(place = %place, "not authenticated: {e}; trying again"),
+        if let Ok(stream) = TcpStream::connect(&to.data_addr).await {
+            let _ = stream.set_nodelay(true);
+            let authenticated = match stream.peer_addr() {
+                Ok(peer) => authenticate(stream, peer, &creds, Purpose::Data, true).await,
+                Err(e) => Err(HandshakeError::Io(e)),
+            };
+            match authenticated {
+                Ok(link) => break link,
+                Err(e) => {
+                    let why = e.to_string();
+                    if why != said {
+                        warn!(place = %place, "not authenticated: {why}; trying again");
+                        said = why;
+                    }
                 }
             }
-            Err(_) => tokio::time::sleep(DATA_RETRY).await,
         }
+        tokio::time::sleep(DATA_RETRY).await;
     };
-    if let Err(e) = write.write_all(&wire::control_frame(&hello)).await {
+    let hello = wire::control_frame(&hello);
+    if let Err(e) = write.write_all(&hello).await.and(write.flush().await) {
         warn!(place = %place, "{e}");
         return;
     }
     let _ = up.send(()).await;
     while let Some(frame) = rx.recv().await {
-        if let Err(e) = write.write_all(&frame).await {
+        // The flush sends what TLS holds back (a no-op without TLS).
+        if let Err(e) = write.write_all(&frame).await.and(write.flush().await) {
             warn!(place = %place, "write failed: {e}");
             return;
         }

@@ -63,6 +63,10 @@ pub struct WorkerConfig {
     pub checkpoint_interval_ns: u64,
     pub log_level: Option<String>,
     pub cookie_file: Option<String>,
+    /// PEM files for TLS on the links (all three or none).
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_ca: Option<String>,
     /// A TCP source connection silent this long is closed (0: never).
     pub in_idle_timeout_s: u64,
 }
@@ -449,7 +453,18 @@ impl Worker {
             "links are authenticated with the cluster secret from {}",
             cookie.source
         );
-        let secret: crate::links::Secret = cookie.secret.into();
+        let tls = crate::tls::Tls::from_flags(
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+            config.tls_ca.as_deref(),
+        )?;
+        if tls.is_some() {
+            info!("links between workers run TLS 1.3 (--tls-cert, --tls-key, --tls-ca)");
+        }
+        let creds = crate::links::Credentials {
+            secret: cookie.secret.into(),
+            tls,
+        };
         let control = config.control.clone().ok_or(WorkerError::Missing {
             what: "--control HOST:PORT",
             hint: "every worker of a cluster names the initializer's control address",
@@ -466,19 +481,13 @@ impl Worker {
                 " (is another initializer running?)",
             )?;
             let d = listen(rt, &data, "--data", "")?;
-            Links::initializer(rt.handle().clone(), events.clone(), secret, c, d, control)
+            Links::initializer(rt.handle().clone(), events.clone(), creds, c, d, control)
         } else {
             let my_data = match &config.my_data {
                 Some(a) => Some(listen(rt, a, "--my-data", "")?),
                 None => None,
             };
-            Links::joiner(
-                rt.handle().clone(),
-                events.clone(),
-                secret,
-                control,
-                my_data,
-            )
+            Links::joiner(rt.handle().clone(), events.clone(), creds, control, my_data)
         };
         Ok(Some(links))
     }
