@@ -214,7 +214,7 @@ def error_lines(text):
     return [l for l in text.splitlines() if l.startswith("quoll: error:")]
 
 
-def word_count_problems(outputs, truth):
+def word_count_problems(outputs, truth=None):
     """What is wrong with word count output (`word => n` lines), empty if
     nothing. `outputs` maps a name (a sink file, a receiver) to its lines
     in the order they were written. Each word's counts must all be in one
@@ -222,7 +222,8 @@ def word_count_problems(outputs, truth):
     word's count in `truth`: a word's outputs come from the one worker that
     owns its key, which processes a word's occurrences in order. So a
     count lost, doubled, or written out of order is a problem, and so is a
-    word in two outputs or one that is not in `truth`."""
+    word in two outputs or one that is not in `truth`. Without `truth`
+    (output still growing), n is however many counts a word has so far."""
     seen = {}
     where = {}
     problems = []
@@ -236,12 +237,13 @@ def word_count_problems(outputs, truth):
                 problems.append(f"{word}: counts in {where[word]} and in {name}")
             where.setdefault(word, name)
             seen.setdefault(word, []).append(int(n))
-    for word, n in sorted(truth.items()):
+    want = truth if truth is not None else {w: len(c) for w, c in seen.items()}
+    for word, n in sorted(want.items()):
         got = seen.get(word, [])
         if got != list(range(1, n + 1)):
             bad = next((i for i, c in enumerate(got) if c != i + 1), len(got))
             problems.append(f"{word}: {len(got)} counts, want 1..{n}; from index {bad}: {got[bad:bad + 4]}")
-    problems += [f"unexpected word {w!r} in {where[w]}" for w in sorted(set(seen) - set(truth))]
+    problems += [f"unexpected word {w!r} in {where[w]}" for w in sorted(set(seen) - set(want))]
     return problems
 
 
