@@ -99,11 +99,11 @@ run_test() {
     local kind=$1 spec=$2 log=$3 rc=0
     echo "=== $kind: $spec" >>"$log"
     if [ "$kind" = pytest ]; then
-        $py -m pytest -q -p no:cacheprovider --timeout 300 -rf "$spec" >>"$log.one" 2>&1 || rc=$?
+        COLUMNS=200 $py -m pytest -q -p no:cacheprovider --timeout 300 -rf "$spec" >>"$log.one" 2>&1 || rc=$?
         cat "$log.one" >>"$log"
         case $rc in
             0) echo passed ;;
-            1) grep -m1 '^FAILED' "$log.one" | cut -c1-400 >>"$log.why" || true
+            1) { echo "$spec:"; grep -m1 '^E ' "$log.one" || true; } | cut -c1-300 >>"$log.why"
                echo failed ;;
             *) echo error ;;
         esac
@@ -114,8 +114,8 @@ run_test() {
         if [ $rc = 0 ]; then
             echo passed
         elif grep -q '^test result: FAILED' "$log.one"; then
-            { grep -m1 -E "panicked at|^---- " "$log.one" || true
-              grep -m1 -A1 "panicked at" "$log.one" | tail -n1 || true; } | cut -c1-400 >>"$log.why"
+            # The first failing test's panic message (the line after "panicked at").
+            { echo "$spec:"; grep -m1 -A1 "panicked at" "$log.one" | tail -n1 || true; } | cut -c1-300 >>"$log.why"
             echo failed
         else
             echo error
