@@ -19,7 +19,8 @@
 # Any pytest line means the wheel is rebuilt and installed into .venv with
 # the mutant (and the clean one again at the end, whatever happens).
 #
-# Logs go to target/hand-mutants/ (never into the work tree). Prints a
+# Logs go to target/hand-mutants/ (never into the work tree; --baseline's
+# to target/hand-mutants/baseline/). Prints a
 # table: mutant, tests, result, seconds. Exit status 1 if any mutant
 # survived (or, with --baseline, any test failed), 2 on a setup problem.
 set -euo pipefail
@@ -53,6 +54,7 @@ else
 fi
 
 logs=target/hand-mutants
+if [ $baseline = 1 ]; then logs=$logs/baseline; fi
 mkdir -p "$logs"
 
 applied=""          # the patch now applied to the work tree, if any
