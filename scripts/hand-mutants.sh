@@ -105,7 +105,7 @@ run_test() {
         cat "$log.one" >>"$log"
         case $rc in
             0) echo passed ;;
-            1) { echo "$spec:"; grep -m1 '^E ' "$log.one" || true; } | cut -c1-300 >>"$log.why"
+            1) { echo "$spec:"; grep -m1 '^E ' "$log.one" | sed 's/^E  *//' || true; } | cut -c1-300 >>"$log.why"
                echo failed ;;
             *) echo error ;;
         esac
