@@ -900,6 +900,50 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_short_string_fits() {
+        let longest = "x".repeat(MAX_SHORT_STRING);
+        let hello = ConnectorMessage::Hello {
+            version: "0.0.1".into(),
+            cookie: longest,
+            program_name: String::new(),
+            instance_name: String::new(),
+        };
+        let mut out = Vec::new();
+        hello
+            .encode_into(&mut out)
+            .expect("65535 bytes fit a short string");
+        assert_eq!(ConnectorMessage::decode(&out).expect("decodes"), hello);
+    }
+
+    #[test]
+    fn the_default_limit_is_16_mib_of_length_field() {
+        let mut codec = ConnectorCodec::default();
+        assert_eq!(codec.max_frame_size(), 16 << 20);
+        // A length field just over the limit fails for good, before any body.
+        let mut buf = BytesMut::from(&((16u32 << 20) + 1).to_be_bytes()[..]);
+        match codec.decode(&mut buf) {
+            Err(crate::frame::ReadError::Protocol(e)) => assert!(e.is_fatal(), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cut_frame_says_how_many_bytes_it_needed() {
+        let whole = frame(8, &7u64.to_be_bytes());
+        for cut in 0..whole.len() {
+            let needed = if cut < 4 { 4 } else { whole.len() };
+            match ConnectorMessage::decode(&whole[..cut]) {
+                Err(ConnectorError::Truncated {
+                    needed: n, left, ..
+                }) => {
+                    assert_eq!((n, left), (needed, cut), "cut at {cut}")
+                }
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn too_long_strings_write_nothing() {
         let mut out = vec![1, 2, 3];
         let long = "x".repeat(70_000);

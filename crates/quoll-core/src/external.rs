@@ -443,6 +443,30 @@ mod tests {
     use tokio_util::codec::Decoder;
 
     #[test]
+    fn each_query_is_answered_with_wallaroos_response_type() {
+        // (query, response) as wire values, as Wallaroo's tools expect them.
+        let pairs = [
+            (4, 5),
+            (7, 8),
+            (9, 10),
+            (12, 13),
+            (14, 15),
+            (17, 18),
+            (19, 20),
+            (21, 22),
+            (23, 24),
+            (25, 26),
+        ];
+        for &t in MessageType::ALL {
+            let want = pairs
+                .iter()
+                .find(|(q, _)| *q == t.as_u16())
+                .map(|&(_, r)| MessageType::from_u16(r).expect("a known type"));
+            assert_eq!(t.response_type(), want, "{}", t.name());
+        }
+    }
+
+    #[test]
     fn frame_layout() {
         let f = encode_frame(MessageType::ClusterStatusQuery, "");
         assert_eq!(f, vec![0, 0, 0, 2, 0, 9]);
