@@ -175,15 +175,11 @@ for patch in "${patches[@]}"; do
     fi
     caught=0 passed=0 errors=0
     if [ -z "$result" ]; then
-        for spec in "${pytests[@]}"; do
-            echo "hand-mutants:   pytest $spec" >&2
-            r=$(run_test pytest "$spec" "$log")
-            echo "hand-mutants:     $r" >&2
-            case $r in failed) caught=$((caught + 1)) ;; passed) passed=$((passed + 1)) ;; *) errors=$((errors + 1)) ;; esac
-        done
-        for spec in "${cargos[@]}"; do
-            echo "hand-mutants:   cargo test --release -p quoll-core $spec" >&2
-            r=$(run_test cargo "$spec" "$log")
+        # Each test as "KIND SPEC" (a pytest node id, or cargo test ARGS).
+        for test in "${pytests[@]/#/pytest }" "${cargos[@]/#/cargo }"; do
+            kind=${test%% *} spec=${test#* }
+            echo "hand-mutants:   $kind $spec" >&2
+            r=$(run_test "$kind" "$spec" "$log")
             echo "hand-mutants:     $r" >&2
             case $r in failed) caught=$((caught + 1)) ;; passed) passed=$((passed + 1)) ;; *) errors=$((errors + 1)) ;; esac
         done

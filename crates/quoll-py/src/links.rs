@@ -180,8 +180,7 @@ pub async fn authenticate(
         let mut connector = None;
         if initiator {
             let (side, hello) = Initiator::start(secret, purpose, nonce()?);
-            write.write_all(&wire::auth_frame(&hello)).await?;
-            write.flush().await?;
+            write.send(&wire::auth_frame(&hello)).await?;
             connector = Some(side);
         } else {
             acceptor = Some(Acceptor::new(secret, purpose, nonce()?));
@@ -194,23 +193,16 @@ pub async fn authenticate(
                 (None, None) => unreachable!("one side is set above"),
             };
             match step {
-                Ok(Step::Send(m)) => {
-                    write.write_all(&wire::auth_frame(&m)).await?;
-                    write.flush().await?;
-                }
+                Ok(Step::Send(m)) => write.send(&wire::auth_frame(&m)).await?,
                 Ok(Step::Done(last)) => {
                     if let Some(m) = last {
-                        write.write_all(&wire::auth_frame(&m)).await?;
-                        write.flush().await?;
+                        write.send(&wire::auth_frame(&m)).await?;
                     }
                     return Ok((frames.map_decoder(|_| WireCodec::default()), write));
                 }
                 Err(e) => {
                     // Tell the other side why, so both can say it.
-                    let _ = write
-                        .write_all(&wire::auth_frame(&Acceptor::refusal(&e)))
-                        .await;
-                    let _ = write.flush().await;
+                    let _ = write.send(&wire::auth_frame(&Acceptor::refusal(&e))).await;
                     return Err(HandshakeError::Auth(e));
                 }
             }
@@ -739,9 +731,7 @@ async fn write_control(mut write: LinkWrite, mut rx: mpsc::UnboundedReceiver<Out
             },
             _ = tick.tick() => Control::Ping,
         };
-        // The flush sends what TLS holds back (a no-op without TLS).
-        let frame = wire::control_frame(&msg);
-        if write.write_all(&frame).await.is_err() || write.flush().await.is_err() {
+        if write.send(&wire::control_frame(&msg)).await.is_err() {
             return;
         }
     }
@@ -864,15 +854,13 @@ async fn write_data(
         }
         tokio::time::sleep(DATA_RETRY).await;
     };
-    let hello = wire::control_frame(&hello);
-    if let Err(e) = write.write_all(&hello).await.and(write.flush().await) {
+    if let Err(e) = write.send(&wire::control_frame(&hello)).await {
         warn!(place = %place, "{e}");
         return;
     }
     let _ = up.send(()).await;
     while let Some(frame) = rx.recv().await {
-        // The flush sends what TLS holds back (a no-op without TLS).
-        if let Err(e) = write.write_all(&frame).await.and(write.flush().await) {
+        if let Err(e) = write.send(&frame).await {
             warn!(place = %place, "write failed: {e}");
             return;
         }

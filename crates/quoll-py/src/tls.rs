@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
@@ -332,6 +332,16 @@ pub enum LinkRead {
 pub enum LinkWrite {
     Plain(OwnedWriteHalf),
     Tls(WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl LinkWrite {
+    /// Writes one whole frame and flushes it: TLS holds written bytes back
+    /// until a flush (without TLS the flush does nothing), and every frame
+    /// on a link is one the peer is waiting for.
+    pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.write_all(frame).await?;
+        self.flush().await
+    }
 }
 
 impl AsyncRead for LinkRead {
