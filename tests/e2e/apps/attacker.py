@@ -8,7 +8,7 @@ replays connections to a worker's ports. Each mode runs until killed (but
         keeps opening connections that send random bytes, then close
     python attacker.py proxy LISTEN_PORT HOST:PORT RECORD
         forwards connections to HOST:PORT both ways; RECORD always holds
-        what the first connection's client has sent so far
+        what the first forwarded connection's client has sent so far
     python attacker.py replay HOST:PORT RECORD
         sends the recorded bytes on a new connection and prints how many
         bytes came back before the other side closed
@@ -92,12 +92,25 @@ def pump(src, dst, record_path=None):
 
 
 def proxy(listen_port, target, record_path):
-    """Forwards every connection; records what the first one's client sent."""
+    """Forwards every connection; records what the first forwarded one's
+    client sent. A client that comes before the target listens waits (up
+    to 2 s) until it does, as over a slow network."""
     server = socket.create_server(("127.0.0.1", listen_port))
     first = True
     while True:
         client, _ = server.accept()
-        upstream = socket.create_connection(target)
+        upstream = None
+        deadline = time.monotonic() + 2
+        while upstream is None:
+            try:
+                upstream = socket.create_connection(target)
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        if upstream is None:
+            client.close()
+            continue
         threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
         threading.Thread(target=pump, args=(client, upstream, record_path if first else None), daemon=True).start()
         first = False
