@@ -14,6 +14,7 @@ import wallaroo
 import wallaroo.experimental as wx
 from wallaroo.experimental import connector_wire_messages as cwm
 from wallaroo.experimental import connectors
+from quoll.ports import free_port
 
 PYTHON_DIR = os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "python"))
@@ -117,10 +118,18 @@ def test_exceptions_and_source_connector():
     for exc in (wx.ConnectorError, wx.ProtocolError,
                 wx.UnexpectedSocketError):
         assert issubclass(exc, Exception)
-    with pytest.raises(Exception, match="AtLeastOnceSourceConnector"):
+    with pytest.raises(Exception, match="AtLeastOnceSourceConnector.*quoll send --connector"):
         wx.SourceConnector()
-    with pytest.raises(NotImplementedError):
-        wx.AtLeastOnceSourceConnector("0.0.1", "c", "p", "i", "h", 1)
+
+
+def test_at_least_once_client_needs_its_hooks_and_names_an_unreachable_worker():
+    # The three stream hooks are required, as in Wallaroo.
+    with pytest.raises(TypeError, match="stream_acked"):
+        wx.AtLeastOnceSourceConnector("0.0.1", "c", "p", "i", "127.0.0.1", 1)
+    port = free_port()
+    client = connectors.MultiSourceConnector("0.0.1", "c", "p", "i", "127.0.0.1", port)
+    with pytest.raises(wx.ConnectorError, match=f"can't reach the worker at 127.0.0.1:{port}"):
+        client.connect()
 
 
 def test_parse_connector_args():
