@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
+mod compact;
 mod keys;
 mod snapshot;
 
@@ -201,6 +202,8 @@ pub struct Executor {
     pub router: Option<Router>,
     /// The worker's one codec: messages to other workers, state to disk.
     pub codec: Codec,
+    /// Puts state objects back into the compact layout after the codec.
+    compactor: compact::Compactor,
     /// Per source: where it stands after the frames processed so far.
     progress: Vec<SourceProgress>,
     /// The worker the message being processed came from (this one for
@@ -350,6 +353,7 @@ impl Executor {
             stages,
             router: None,
             codec,
+            compactor: compact::Compactor::new(py)?,
             progress,
             origin: 0,
             gens_enabled: true,

@@ -69,14 +69,18 @@ impl Executor {
         sink_offsets: &[u64],
     ) -> Result<Snapshot, String> {
         let mut entries = Vec::new();
-        for (id, st) in self.stages.iter().enumerate() {
+        for (id, st) in self.stages.iter_mut().enumerate() {
             let stage = id as u32;
-            let fail = |kb: &[u8], e: String| format!("{}, key {}: {e}", st.place, quote_key(kb));
-            match &st.op {
+            let place = &st.place;
+            let fail = |kb: &[u8], e: String| format!("{place}, key {}: {e}", quote_key(kb));
+            match &mut st.op {
                 Op::State { states, .. } => {
-                    for (kb, e) in states.iter().filter(|(_, e)| full || e.dirty) {
-                        let blob = encode_blob(&self.codec, e.value.bind(py))
-                            .map_err(|err| fail(kb, err))?;
+                    for (kb, e) in states.iter_mut().filter(|(_, e)| full || e.dirty) {
+                        let value = e.value.bind(py);
+                        let blob = encode_blob(&self.codec, value).map_err(|err| fail(kb, err))?;
+                        if let Some(copy) = self.compactor.compact(value) {
+                            e.value = copy.unbind();
+                        }
                         entries.push((stage, kb.to_vec(), blob));
                     }
                 }
@@ -193,10 +197,8 @@ impl Executor {
             };
             match &mut st.op {
                 Op::State { states, .. } => {
-                    let value = codec
-                        .decode(py, blob)
-                        .map_err(|e| fail(e.to_string()))?
-                        .unbind();
+                    let value = codec.decode(py, blob).map_err(|e| fail(e.to_string()))?;
+                    let value = self.compactor.compact(&value).unwrap_or(value).unbind();
                     states.insert(
                         kb.clone().into_boxed_slice(),
                         Keyed {
