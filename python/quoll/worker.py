@@ -133,6 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
         "in_idle_timeout_s": int(args.in_idle_timeout),
+        "metrics_listen": args.metrics_listen,
     }
     try:
         _engine.run_worker(config, topo, codec)

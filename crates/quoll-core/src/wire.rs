@@ -85,6 +85,9 @@ pub enum Control {
         data_addr: String,
         fingerprint: u64,
         has_files: bool,
+        /// Where the worker serves its metrics (`--metrics-listen`), for
+        /// the initializer's dashboard.
+        metrics_addr: Option<String>,
     },
     Welcome {
         members: Vec<Member>,
