@@ -94,11 +94,11 @@ def test_counters_match_what_was_sent_and_prometheus_scrapes_them(make_cluster, 
             lines = inputs[i]
             assert metric(s, "quoll_source_messages_total", source="lines") == len(lines)
             assert metric(s, "quoll_source_bytes_total", source="lines") == sum(len(l.encode()) for l in lines)
-            assert metric(s, "quoll_stage_messages_in_total", stage="split") == len(lines)
-            assert metric(s, "quoll_stage_messages_out_total", stage="split") == sum(len(l.split()) for l in lines)
+            assert metric(s, "quoll_stage_messages_in_total", stage="split into words") == len(lines)
+            assert metric(s, "quoll_stage_messages_out_total", stage="split into words") == sum(len(l.split()) for l in lines)
             assert metric(s, "quoll_worker_state", state="up") == 1
             assert metric(s, "quoll_worker_state", state="recovering") == 0
-            assert metric(s, "quoll_stage_processing_seconds_count", stage="split") > 0
+            assert metric(s, "quoll_stage_processing_seconds_count", stage="split into words") > 0
             assert metric(s, "quoll_end_to_end_latency_seconds_count") > 0
             # The latency histogram's counts are the sampled writes: 1 in 64 of
             # each sink buffer's writes, the first included.
@@ -111,7 +111,7 @@ def test_counters_match_what_was_sent_and_prometheus_scrapes_them(make_cluster, 
             assert metric(s, "quoll_user_errors_total") == 0
             assert metric(s, "process_resident_memory_bytes") > 1 << 20
         # Cluster-wide sums.
-        assert sum(metric(s, "quoll_stage_messages_in_total", stage="count_word") for s in scraped) == total
+        assert sum(metric(s, "quoll_stage_messages_in_total", stage="count word") for s in scraped) == total
         assert sum(metric(s, "quoll_sink_bytes_total") for s in scraped) == len(out.data())
         assert sum(metric(s, "quoll_key_groups") for s in scraped) == 1024
         assert sum(metric(s, "quoll_keys") for s in scraped) == len(words)
@@ -120,10 +120,11 @@ def test_counters_match_what_was_sent_and_prometheus_scrapes_them(make_cluster, 
         for a in range(3):
             for b in range(3):
                 if a != b:
-                    for what in ("frames", "bytes"):
-                        sent = metric(scraped[a], f"quoll_peer_{what}_sent_total", peer=names[b])
-                        got = metric(scraped[b], f"quoll_peer_{what}_received_total", peer=names[a])
-                        assert sent == got > 0, (a, b, what, sent, got)
+                    for sent_name, got_name in (("quoll_peer_frames_sent_total", "quoll_peer_frames_received_total"),
+                                                ("quoll_peer_sent_bytes_total", "quoll_peer_received_bytes_total")):
+                        sent = metric(scraped[a], sent_name, peer=names[b])
+                        got = metric(scraped[b], got_name, peer=names[a])
+                        assert sent == got > 0, (a, b, sent_name, sent, got)
 
         # Prometheus scraped all three and sees the same totals.
         wait_until(lambda: _query(prom_port, "sum(quoll_sink_messages_total)") == total, 30,

@@ -166,7 +166,9 @@ impl Worker {
             } => {
                 if let Some(r) = &self.ex.router {
                     if let Some(peer) = r.names.get(from) {
-                        self.metrics.peer_frame(peer, body.len());
+                        // Counted as sent: the whole frame.
+                        let bytes = body.len() + quoll_core::wire::FRAME_HEADER;
+                        self.metrics.peer_frame(peer, bytes);
                     }
                 }
                 if let Some(body) = self.node.on_data(from, generation, body) {
