@@ -33,7 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-/// One stage call and one sink write in this many is timed.
+/// One stage call and one sink write in this many is timed (a power of
+/// two: the test is a mask).
 pub const SAMPLE_EVERY: u32 = 64;
 const OPEN_METRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -102,7 +103,8 @@ impl ExecMeters {
             *c += 1;
         }
         self.tick = self.tick.wrapping_add(1);
-        (self.tick % SAMPLE_EVERY == 0 && self.stage_time.len() < MAX_SAMPLES).then(Instant::now)
+        (self.tick & (SAMPLE_EVERY - 1) == 0 && self.stage_time.len() < MAX_SAMPLES)
+            .then(Instant::now)
     }
 
     #[inline]
@@ -132,7 +134,7 @@ impl ExecMeters {
     /// [`SAMPLE_EVERY`] is recorded.
     #[inline]
     pub fn written(&mut self, sink: usize, nth: u64, ingest_ns: i64, now_ns: impl FnOnce() -> i64) {
-        if nth % u64::from(SAMPLE_EVERY) == 1 && self.latency.len() < MAX_SAMPLES {
+        if nth & u64::from(SAMPLE_EVERY - 1) == 1 && self.latency.len() < MAX_SAMPLES {
             let seconds = (now_ns() - ingest_ns).max(0) as f64 / 1e9;
             self.latency.push((sink, seconds));
         }
@@ -218,12 +220,10 @@ impl Metrics {
         stages: Vec<String>,
         sinks: Vec<String>,
     ) -> Metrics {
-        let mut registry = Registry::with_labels(
-            [(Cow::Borrowed("worker"), Cow::Owned(worker.to_string()))].into_iter(),
-        );
+        let worker_label = (Cow::Borrowed("worker"), Cow::Owned(worker.to_string()));
         let hist: fn() -> Histogram = seconds_histogram;
-        let m = Metrics {
-            registry: Registry::default(),
+        let mut m = Metrics {
+            registry: Registry::with_labels([worker_label].into_iter()),
             name: worker.to_string(),
             source_messages: Family::default(),
             source_bytes: Family::default(),
@@ -259,7 +259,7 @@ impl Metrics {
             members: Mutex::new(BTreeMap::new()),
             member_metrics: Mutex::new(BTreeMap::new()),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "quoll_source_messages",
             "Messages taken from each source",
@@ -395,8 +395,6 @@ impl Metrics {
             "1 for the worker's current state (forming, up, recovering)",
             m.state.clone(),
         );
-        let mut m = m;
-        m.registry = registry;
         for s in &m.sources {
             m.source_messages
                 .get_or_create(&label("source", s))
