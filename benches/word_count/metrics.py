@@ -11,7 +11,7 @@ worker by default, output checked) on three set-ups, interleaved:
              (--scrape-every) while it runs, as Prometheus would.
 
 Prints words/s and CPU s per million words (the fastest and the lowest of
---repeats runs each) and their ratios to the baseline, with the load
+--repeats runs each, the order of the set-ups turning every round) and their ratios to the baseline, with the load
 average: the machine is shared, so read the ratios within one run, never
 absolute figures across runs. Asserts nothing but the outputs' exactness.
 
@@ -77,7 +77,8 @@ def main():
     load = [os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="quoll-bench-metrics-") as tmp:
         for rep in range(a.repeats):
-            for setup, machida3 in setups:
+            # The order turns each round, so no set-up always runs first.
+            for setup, machida3 in setups[rep % 3:] + setups[:rep % 3]:
                 r = one(setup, machida3, a.workers, input_path, total, Path(tmp) / f"{setup}{rep}", a.scrape_every)
                 runs[setup].append(r)
                 print(f"{setup} #{rep + 1}: {r['words_per_s']:,.0f} words/s, "
