@@ -15,7 +15,7 @@ CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path("/tmp/quoll-dashboard.png")
 
 
-def test_dashboard_shows_load_a_lost_worker_and_its_recovery(make_cluster, tmp_path):
+def test_dashboard_shows_load_a_lost_worker_and_its_recovery(make_cluster, tmp_path, capsys):
     from playwright.sync_api import sync_playwright
     assert Path(CHROMIUM).exists(), "chromium is not installed: scripts/setup.sh installs Debian's chromium"
     names = ["initializer", "worker1", "worker2"]
@@ -79,6 +79,7 @@ def test_dashboard_shows_load_a_lost_worker_and_its_recovery(make_cluster, tmp_p
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             shutil.copy(shot, SCREENSHOT)
-            print(f"dashboard screenshot: {SCREENSHOT} (and {shot})")
+            with capsys.disabled():  # shown in the run's output even when the test passes
+                print(f"\ndashboard screenshot: {SCREENSHOT} (and {shot})")
         finally:
             browser.close()
