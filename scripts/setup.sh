@@ -30,7 +30,22 @@ if [ ! -x .venv/bin/python ]; then
     "$want" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet maturin pytest pytest-timeout hypothesis cryptography
+.venv/bin/python -m pip install --quiet maturin pytest pytest-timeout hypothesis cryptography playwright
+# Servers the metrics tests run for real: Prometheus (and promtool) and a
+# headless Chromium for the dashboard (Playwright drives Debian's chromium;
+# it never downloads a browser of its own).
+missing=""
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing="$missing prometheus"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+if [ -n "$missing" ]; then
+    if ! command -v apt-get >/dev/null || [ "$(id -u)" != 0 ]; then
+        echo "setup: the metrics tests need Debian's$missing: install as root with apt-get" >&2
+        exit 1
+    fi
+    echo "setup: installing$missing (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
 # A wheel built by maturin into target/, so repeated runs are incremental.
 .venv/bin/python -m pip install --quiet --force-reinstall --no-deps .
 echo "setup: quoll installed in .venv ($(.venv/bin/quoll --help >/dev/null && echo ok))"

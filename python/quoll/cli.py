@@ -46,8 +46,8 @@ RUN_USAGE = """usage: quoll run APP.py [--workers N] [worker flags] [app args]
 Imports APP.py as a module (its directory is put on PYTHONPATH) and runs it
 on N local worker processes (default 1), stopping them together.
 
-With N > 1, worker i listens on each --in port plus i (and --external port
-plus i), so `--in lines@127.0.0.1:7010 --workers 3` gives the workers
+With N > 1, worker i listens on each --in port plus i (and --external and
+--metrics-listen port plus i), so `--in lines@127.0.0.1:7010 --workers 3` gives the workers
 7010, 7011 and 7012; --out is shared. Control and data ports are chosen
 free on 127.0.0.1. Other worker flags (--on-user-error, ...) and app args
 are passed to every worker.
@@ -68,7 +68,7 @@ def _per_worker_args(args: list[str], i: int) -> list[str]:
     it = iter(range(len(args)))
     for k in it:
         a = args[k]
-        for flag in ("--in", "-i", "--external", "-e"):
+        for flag in ("--in", "-i", "--external", "-e", "--metrics-listen"):
             if a == flag and k + 1 < len(args):
                 out += [a, _offset_addrs(args[k + 1], i)]
                 next(it, None)

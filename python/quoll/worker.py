@@ -38,7 +38,10 @@ QUOLL_COOKIE, else ~/.quoll/cookie, created on first use),
 with mutual certificate checks on every link between workers; see
 docs/tls.md),
 --in-idle-timeout SECONDS (a TCP source connection silent this long is
-closed; default 300, 0 for never).
+closed; default 300, 0 for never),
+--metrics-listen HOST:PORT (serves GET /metrics in the Prometheus text
+format, and on the initializer the live dashboard at GET /; see
+docs/metrics.md; Wallaroo's -m/--metrics is accepted and ignored).
 
 Everything else (--in, --out, app flags) is passed to application_setup(args).
 """
@@ -133,6 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
         "in_idle_timeout_s": int(args.in_idle_timeout),
+        "metrics_listen": args.metrics_listen,
     }
     try:
         _engine.run_worker(config, topo, codec)

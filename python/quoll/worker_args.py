@@ -16,7 +16,7 @@ Wallaroo's short flags (``-m -c -d -x -y -e -f -w -t -n -r -l -j -u -h``)
 are stripped even when the application meant them for itself, exactly as
 Wallaroo does.  quoll's own flags (``--on-user-error``, ``--max-frame-size``,
 ``--batch-size``, ``--log-level``, ``--cookie-file``, ``--tls-cert``,
-``--tls-key``, ``--tls-ca``, ...) are long-only and stripped as well.
+``--tls-key``, ``--tls-ca``, ``--metrics-listen``, ...) are long-only and stripped as well.
 
 Errors raise :class:`WorkerArgsError` with a message naming the flag and
 what to do.  This module is pure: it touches no files or sockets.
@@ -85,13 +85,14 @@ _WALLAROO_FLAGS = {
     "tls-key": (None, _STR, "tls_key"),
     "tls-ca": (None, _STR, "tls_ca"),
     "in-idle-timeout": (None, _INT, "in_idle_timeout"),
+    "metrics-listen": (None, _STR, "metrics_listen"),
 }
 
 _SHORT_FLAGS = {spec[0]: long for long, spec in _WALLAROO_FLAGS.items()
                 if spec[0] is not None}
 
 _ADDRESS_FLAGS = ("metrics", "control", "data", "my-control", "my-data",
-                  "external", "join")
+                  "external", "join", "metrics-listen")
 
 ON_USER_ERROR_CHOICES = ("skip", "fail")
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
@@ -118,6 +119,7 @@ class WorkerArgs:
     help: bool = False
 
     metrics: Optional[str] = None
+    metrics_listen: Optional[str] = None
     control: Optional[str] = None
     data: Optional[str] = None
     my_control: Optional[str] = None

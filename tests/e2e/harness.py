@@ -327,3 +327,31 @@ class Cluster:
 
 def pytest_report(procs):
     return "\n".join(p.describe() for p in procs)
+
+
+def scrape(port, timeout=5):
+    """GET /metrics of the worker whose --metrics-listen port is `port`:
+    the raw text and its samples as {(name, ((label, value), ...)): float}
+    (labels sorted). The text format is parsed here, independently of the
+    engine's encoder."""
+    import re
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+        text = r.read().decode("utf-8")
+    samples = {}
+    line_re = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+    label_re = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = line_re.match(line)
+        assert m, f"not a sample line: {line!r}"
+        labels = tuple(sorted(label_re.findall(m.group(2) or "")))
+        samples[(m.group(1), labels)] = float(m.group(3))
+    return text, samples
+
+
+def metric(samples, name, **labels):
+    """Sum of the samples named `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))

@@ -2,8 +2,10 @@
 shutdown from any worker, and `quoll run --workers N`."""
 
 import json
+import urllib.request
 
-from harness import EXAMPLES, QUOLL, Proc, READY_LINE, external, free_port, send_lines, wait_until
+from harness import (EXAMPLES, QUOLL, Proc, READY_LINE, external, free_port, metric, scrape, send_lines,
+                     wait_until)
 
 APP = EXAMPLES / "word_count"
 
@@ -83,10 +85,11 @@ def test_a_different_app_is_refused(make_cluster, make_receiver, tmp_path):
 
 def test_quoll_run_workers(make_receiver, tmp_path):
     out = make_receiver()
-    base, ext = free_port(), free_port()
+    base, ext, metrics = free_port(), free_port(), free_port()
     # Worker i listens on base + i; keep base + 1 free too.
     run = Proc([QUOLL, "run", str(APP / "word_count.py"), "--workers", "2", "--in", f"lines@127.0.0.1:{base}",
-                "--out", out.addr, "--external", f"127.0.0.1:{ext}"], tmp_path, "run").start()
+                "--out", out.addr, "--external", f"127.0.0.1:{ext}", "--metrics-listen", f"127.0.0.1:{metrics}"],
+               tmp_path, "run").start()
     try:
         wait_until(lambda: run.stdout().count(READY_LINE) == 2, 30, "both workers to be ready")
         send_lines(base, ["p q"], tmp_path)
@@ -95,6 +98,15 @@ def test_quoll_run_workers(make_receiver, tmp_path):
         assert sorted(out.lines()) == ["p => 1", "q => 1", "q => 2", "r => 1"]
         status = external(ext + 1, "status", "--json")
         assert json.loads(status.stdout)["worker_count"] == 2
+        # --metrics-listen moves up by i too, and the initializer learnt
+        # worker1's address from its join.
+        names = ["initializer", "worker1"]
+        wait_until(lambda: sum(metric(scrape(metrics + i)[1], "quoll_sink_messages_total", worker=name)
+                               for i, name in enumerate(names)) == 4, 10,
+                   f"the 4 outputs counted on ports {metrics} and {metrics} + 1")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/cluster", timeout=5) as r:
+            members = json.loads(r.read())["members"]
+        assert members["worker1"] == {"state": "up", "metrics": f"127.0.0.1:{metrics + 1}"}, members
         external(ext, "shutdown")
         assert run.wait(20) == 0, run.describe()
     finally:

@@ -256,6 +256,15 @@ def test_tls_flags_are_stripped():
     assert (a.tls_cert, a.tls_key, a.tls_ca) == ("c.pem", "k.pem", "a.pem")
 
 
+def test_metrics_flags():
+    """quoll's --metrics-listen is taken and stripped; Wallaroo's --metrics
+    stays accepted (and is not what quoll serves on)."""
+    a = parse("--metrics-listen", "127.0.0.1:9100", "-m", "127.0.0.1:5001", "--x")
+    assert a.app_args == ["machida3", "--x"]
+    assert (a.metrics_listen, a.metrics) == ("127.0.0.1:9100", "127.0.0.1:5001")
+    assert parse("--metrics-listen=h:1").metrics_listen == "h:1"
+
+
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
@@ -314,6 +323,7 @@ def test_missing_application_module():
     (["--tls-cert", "c.pem", "--tls-key", "k.pem"], ["--tls-ca is missing", "all three"]),
     (["--tls-ca", "a.pem"], ["--tls-cert is missing", "or none"]),
     (["--tls-cert", "c.pem", "--tls-ca", "a.pem"], ["--tls-key is missing"]),
+    (["--metrics-listen", "9100"], ["--metrics-listen", "HOST:PORT"]),
 ])
 def test_errors(args, fragments):
     expect_error(BASE + args, *fragments)

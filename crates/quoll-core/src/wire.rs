@@ -45,6 +45,8 @@ use serde::{Deserialize, Serialize};
 use crate::frame::{ByteOrder, FrameCodec, LengthError, LengthPrefixed, Protocol};
 use crate::handshake::AuthMessage;
 
+/// Bytes before a frame's body: its u32 length and its kind.
+pub const FRAME_HEADER: usize = 5;
 pub const KIND_CONTROL: u8 = 1;
 pub const KIND_DATA: u8 = 2;
 pub const KIND_BARRIER: u8 = 3;
@@ -85,6 +87,9 @@ pub enum Control {
         data_addr: String,
         fingerprint: u64,
         has_files: bool,
+        /// Where the worker serves its metrics (`--metrics-listen`), for
+        /// the initializer's dashboard.
+        metrics_addr: Option<String>,
     },
     Welcome {
         members: Vec<Member>,

@@ -303,6 +303,7 @@ impl Sim {
                         data_addr: format!("data-{i}"),
                         fingerprint: 7,
                         has_files,
+                        metrics_addr: None,
                     };
                     self.send(i, link, msg);
                 }

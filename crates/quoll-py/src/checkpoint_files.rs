@@ -55,13 +55,13 @@ impl Files {
     }
 
     /// Writes this worker's part of checkpoint `id`, a delta on `parent` or
-    /// full.
+    /// full; returns the file's size.
     pub fn write(
         &self,
         id: CheckpointId,
         parent: Option<CheckpointId>,
         snapshot: Snapshot,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let kind = match parent {
             Some(parent) => CheckpointKind::Delta { parent },
             None => CheckpointKind::Full,
@@ -76,7 +76,7 @@ impl Files {
         for (i, p) in &snapshot.sinks {
             w.sink(*i, p);
         }
-        w.commit().map(|_| ())
+        w.commit().map(|stats| stats.bytes)
     }
 
     /// Loads checkpoint `id` (None: nothing was ever committed, the empty

@@ -31,6 +31,7 @@ mod executor;
 mod external_channel;
 mod links;
 mod logging;
+mod metrics;
 mod router;
 mod sinks;
 mod sources;

@@ -24,6 +24,8 @@ pub struct Router {
     links: Vec<Option<mpsc::Sender<Vec<u8>>>>,
     pending_bytes: usize,
     pub shipped: u64,
+    /// Per worker: frames and bytes sealed since the metrics last took them.
+    sent: Vec<(u64, u64)>,
 }
 
 /// Frames for one worker are handed to its link once a batch holds this much.
@@ -50,6 +52,7 @@ impl Router {
             links,
             pending_bytes: 0,
             shipped: 0,
+            sent: vec![(0, 0); n],
         }
     }
 
@@ -57,6 +60,8 @@ impl Router {
         if let Some(b) = self.batches[worker].take() {
             let frame = b.finish();
             self.pending_bytes += frame.len();
+            self.sent[worker].0 += 1;
+            self.sent[worker].1 += frame.len() as u64;
             self.pending[worker].push_back(frame);
         }
     }
@@ -101,6 +106,20 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// `(worker name, frames, bytes)` of data sealed for each other worker
+    /// since the last call.
+    pub fn take_sent(&mut self) -> Vec<(String, u64, u64)> {
+        self.sent
+            .iter_mut()
+            .zip(&self.names)
+            .filter(|(s, _)| s.0 > 0)
+            .map(|(s, name)| {
+                let (frames, bytes) = std::mem::take(s);
+                (name.clone(), frames, bytes)
+            })
+            .collect()
     }
 
     pub fn congested(&self) -> bool {

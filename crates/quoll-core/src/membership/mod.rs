@@ -4,7 +4,7 @@
 //! Formation (the same after a failure, under a new generation):
 //!
 //! 1. The initializer listens on its control address. Every other worker
-//!    connects to it and sends `Join { name, data_addr, fingerprint }`.
+//!    connects to it and sends `Join { name, data_addr, fingerprint, .. }`.
 //! 2. The initializer refuses a different application (fingerprint), its
 //!    own name, a name already taken by a live connection, and workers
 //!    beyond the cluster size. With `worker_count - 1` joined it sends each

@@ -24,6 +24,7 @@ use crate::app::{AggregationCalls, AppPlan, SinkPlan, SourceSpec, StageCalls};
 use crate::codec::Codec;
 use crate::event::SourcePosition;
 use crate::logging::{wallaroo_line, WallarooLine};
+use crate::metrics::ExecMeters;
 use crate::router::Router;
 use crate::sinks::{SinkChunk, SinkCommand};
 use crate::user_errors::{Fatal, UserErrors};
@@ -217,6 +218,8 @@ pub struct Executor {
     rt: tokio::runtime::Handle,
     last_event_time: i64,
     pub messages_in: u64,
+    /// Counts and timing samples for the metrics (`crate::metrics`).
+    pub meters: ExecMeters,
 }
 
 /// Wall-clock nanoseconds since the epoch, never decreasing within a worker.
@@ -333,7 +336,7 @@ impl Executor {
                 implicit_key: src.implicit_key,
             });
         }
-        let sinks = sinks
+        let sinks: Vec<SinkOut> = sinks
             .into_iter()
             .zip(sink_txs)
             .map(|(SinkPlan { label, encode, .. }, tx)| SinkOut {
@@ -349,6 +352,7 @@ impl Executor {
         let progress = (0..framed.len())
             .map(|_| SourceProgress::default())
             .collect();
+        let meters = ExecMeters::new(framed.len(), stages.len(), sinks.len());
         let mut ex = Executor {
             stages,
             router: None,
@@ -364,6 +368,7 @@ impl Executor {
             rt,
             last_event_time: 0,
             messages_in: 0,
+            meters,
         };
         ex.errors = errors;
         ex.start_generators(py)
@@ -444,6 +449,8 @@ impl Executor {
     ) -> Result<(), Fatal> {
         self.origin = self.me();
         let et = self.ingest_time();
+        let bytes = frames.iter().map(Bytes::len).sum();
+        self.meters.source_in(source, frames.len(), bytes);
         let src = &self.sources[source];
         let (Some(decode), entry) = (src.decode.as_ref().map(|d| d.clone_ref(py)), src.entry)
         else {
@@ -502,6 +509,7 @@ impl Executor {
                     }
                 }
                 self.messages_in += 1;
+                self.meters.source_in(source, 1, 0);
                 self.push(py, entry, cur, &key, et)?;
             }
         }
@@ -531,16 +539,20 @@ impl Executor {
                 }
             }
         }
+        let timer = self.meters.enter(stage);
         let st = &mut self.stages[stage];
         let next = st.next;
         match &mut st.op {
             Op::Stateless { call, multi } => {
                 let multi = *multi;
                 let result = call.bind(py).call1((&value,));
+                self.meters.timed(stage, timer);
                 self.emit(py, stage, next, result, multi, key, et)
             }
             Op::KeyBy { call } => {
                 let result = call.bind(py).call1((&value,));
+                self.meters.timed(stage, timer);
+                self.meters.passed_on(stage, 1);
                 match result
                     .map_err(KeyError::Raised)
                     .and_then(|k| normalise_key(py, k))
@@ -551,6 +563,7 @@ impl Executor {
             }
             Op::Collect { key } => {
                 let key = key.bind(py).clone();
+                self.meters.passed_on(stage, 1);
                 self.push(py, next.expect("validated"), value, &key, et)
             }
             Op::State {
@@ -589,6 +602,7 @@ impl Executor {
                     },
                 };
                 let result = call.bind(py).call1((&value, &state));
+                self.meters.timed(stage, timer);
                 self.emit(py, stage, next, result, multi, key, et)
             }
             Op::Range {
@@ -630,6 +644,7 @@ impl Executor {
                     .value
                     .on_message(&mut aggregator, kb, &value, et, watermark, &mut out)
                     .map(|_| ());
+                self.meters.timed(stage, timer);
                 self.window_results(py, stage, next, key, r, out)
             }
             Op::Count {
@@ -654,6 +669,7 @@ impl Executor {
                 let r = entry
                     .value
                     .on_message(&mut aggregator, kb, &value, et, &mut out);
+                self.meters.timed(stage, timer);
                 self.window_results(py, stage, next, key, r, out)
             }
             Op::Sinks { sinks } => {
@@ -662,7 +678,7 @@ impl Executor {
                         unreachable!()
                     };
                     let sink = sinks[i];
-                    self.write_sink(py, sink, &value, key)?;
+                    self.write_sink(py, sink, &value, key, et)?;
                 }
                 Ok(())
             }
@@ -811,11 +827,15 @@ impl Executor {
         let next = next.expect("validated: only sinks end a chain");
         match result {
             Ok(out) if out.is_none() => Ok(()),
-            Ok(out) if !multi => self.push(py, next, out, key, et),
+            Ok(out) if !multi => {
+                self.meters.passed_on(stage, 1);
+                self.push(py, next, out, key, et)
+            }
             Ok(out) => match out.cast::<PyList>() {
                 Ok(list) => {
                     for item in list.iter() {
                         if !item.is_none() {
+                            self.meters.passed_on(stage, 1);
                             self.push(py, next, item, key, et)?;
                         }
                     }
@@ -883,6 +903,7 @@ impl Executor {
             )?;
         }
         let next = next.expect("validated");
+        self.meters.passed_on(stage, out.len());
         for o in out {
             self.push(py, next, o.value, key, o.event_time)?;
         }
@@ -895,6 +916,7 @@ impl Executor {
         sink: usize,
         value: &Bound<'py, PyAny>,
         key: &Bound<'py, PyAny>,
+        et: i64,
     ) -> Result<(), Fatal> {
         let s = &mut self.sinks[sink];
         match s.encode.bind(py).call1((value,)) {
@@ -931,6 +953,7 @@ impl Executor {
                     );
                 }
                 s.messages += 1;
+                self.meters.written(sink, s.messages, et, now_ns);
                 if s.buf.len() >= SINK_FLUSH_BYTES {
                     self.flush_sink(py, sink);
                 }
@@ -958,6 +981,8 @@ impl Executor {
         };
         s.messages = 0;
         s.offset += chunk.bytes.len() as u64;
+        self.meters
+            .sink_out(sink, chunk.messages, chunk.bytes.len());
         let chunk = SinkCommand::Write(chunk);
         match s.tx.try_send(chunk) {
             Ok(()) => {}
@@ -976,6 +1001,19 @@ impl Executor {
                 error!(place = %s.label, "writer stopped; output dropped");
             }
         }
+    }
+
+    /// Keys held by state and window stages (for the metrics).
+    pub fn keys_held(&self) -> usize {
+        self.stages
+            .iter()
+            .map(|s| match &s.op {
+                Op::State { states, .. } => states.len(),
+                Op::Range { windows, .. } => windows.len(),
+                Op::Count { windows, .. } => windows.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Hands every sink's buffered output to its writer.

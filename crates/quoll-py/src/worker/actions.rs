@@ -52,6 +52,15 @@ impl Worker {
                 return Ok(());
             }
         }
+        if let NodeEvent::Control {
+            msg: Control::Join {
+                name, metrics_addr, ..
+            },
+            ..
+        } = &event
+        {
+            self.metrics.member_joined(name, metrics_addr.clone());
+        }
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             let mut out = Vec::new();
@@ -97,12 +106,14 @@ impl Worker {
             NodeAction::SendJoin { link, has_files } => {
                 let name = self.config.name.clone();
                 let fingerprint = self.fingerprint;
+                let metrics_addr = self.config.metrics_listen.clone();
                 let links = self.links()?;
                 let msg = Control::Join {
                     name,
                     data_addr: links.data_addr(),
                     fingerprint,
                     has_files,
+                    metrics_addr,
                 };
                 links.send(link, msg);
                 info!(
@@ -142,6 +153,9 @@ impl Worker {
             }
             NodeAction::TearDown { reform } => {
                 self.view.processing.store(false, Ordering::SeqCst);
+                if self.started_up {
+                    self.metrics.rolling_back();
+                }
                 self.ex.router = None;
                 let last = reform.map(|reason| Control::Reform { reason });
                 if let Some(links) = &mut self.links {
@@ -162,6 +176,9 @@ impl Worker {
                 if let Ok(mut n) = self.view.worker_names.lock() {
                     n.clone_from(&names);
                 }
+                let metrics_addr = self.config.metrics_listen.as_deref();
+                self.metrics
+                    .formed(&names, me, !self.started_up, metrics_addr);
                 let data_out = self.links.as_ref().map_or_else(Vec::new, |l| l.data_out());
                 if names.len() > 1 {
                     self.ex.router = Some(Router::new(me, names, generation, data_out));
@@ -172,6 +189,8 @@ impl Worker {
                 checkpoint,
             } => {
                 let files_read = self.restore(py, generation, checkpoint)?;
+                self.metrics
+                    .restored(checkpoint.is_some() || generation > 1);
                 self.started_up = true;
                 return Ok(Some(NodeEvent::Restored {
                     generation,
@@ -181,6 +200,7 @@ impl Worker {
             NodeAction::Running { announce } => {
                 self.view.ready.store(true, Ordering::SeqCst);
                 self.view.processing.store(true, Ordering::SeqCst);
+                self.metrics.running();
                 if announce {
                     if self.config.cluster_initializer {
                         wallaroo_line(WallarooLine::Initialized);
@@ -236,8 +256,12 @@ impl Worker {
             Notice::FormationInterrupted { reason } => {
                 info!("cluster formation interrupted ({reason}); starting over")
             }
-            Notice::WorkerLost { name, why } => error!("lost worker '{name}': {why}"),
+            Notice::WorkerLost { name, why } => {
+                self.metrics.member_lost(&name);
+                error!("lost worker '{name}': {why}")
+            }
             Notice::NoRecovery { name } => {
+                self.metrics.member_lost(&name);
                 // The status shows the loss: the workers left, not processing
                 // everything (the lost worker's keys have no owner).
                 if let Ok(mut names) = self.view.worker_names.lock() {
@@ -252,6 +276,7 @@ impl Worker {
             }
             Notice::RollingBack { reason } => {
                 self.view.processing.store(false, Ordering::SeqCst);
+                self.metrics.rolling_back();
                 info!("rolling back to the last complete checkpoint: {reason}");
             }
             Notice::StartingFresh => info!(
@@ -272,6 +297,7 @@ impl Worker {
         let generation = self.node.generation();
         match step {
             ParticipantAction::SendBarriers { id } => {
+                self.metrics.checkpoint_begun(id);
                 if let Some(r) = &mut self.ex.router {
                     r.send_to_all(wire::barrier_frame(generation, id));
                 }
@@ -284,8 +310,12 @@ impl Worker {
                 id,
                 positions,
                 compact,
-            } => self.committed(id, &positions, compact),
+            } => {
+                self.metrics.checkpoint_committed(id);
+                self.committed(id, &positions, compact)
+            }
             ParticipantAction::Abort { id } => {
+                self.metrics.checkpoint_abandoned();
                 debug!("checkpoint {id} abandoned: nothing pre-committed to undo")
             }
             ParticipantAction::PartDone { id } | ParticipantAction::PartFailed { id, .. } => {
@@ -324,6 +354,7 @@ impl Worker {
         };
         let sinks = self.sinks.clone();
         let events = self.ctl_tx.clone();
+        let metrics = self.metrics.clone();
         self.part_writes.retain(|t| !t.is_finished());
         self.part_writes.push(self.rt.spawn(async move {
             let mut result = Ok(());
@@ -339,7 +370,8 @@ impl Worker {
                 result = tokio::task::spawn_blocking(move || files.write(id, parent, snapshot))
                     .await
                     .map_err(|e| format!("the checkpoint writer failed: {e}"))
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map(|bytes| metrics.checkpoint_written(bytes));
             }
             if let Err(e) = &result {
                 error!("checkpoint {id} could not be written: {e}");

@@ -10,6 +10,7 @@
 use super::{Stop, Worker};
 use crate::error::WorkerError;
 use crate::event::{record_event_cost, Event};
+use crate::metrics::PUBLISH_EVERY;
 use pyo3::prelude::*;
 use quoll_core::external::ReportStatus;
 use quoll_core::node::NodeEvent;
@@ -41,6 +42,7 @@ impl Worker {
     pub(super) fn run(&mut self, py: Python<'_>) -> Result<Stop, WorkerError> {
         let mut next_timer: Option<Instant> = self.ex.on_timers(py)?;
         let mut last_report = Instant::now();
+        let mut last_publish = Instant::now();
         let batch_size = self.config.batch_size.max(1);
         loop {
             if py.check_signals().is_err() {
@@ -95,6 +97,10 @@ impl Worker {
                 next_timer = self.ex.on_timers(py)?;
             }
             self.ex.errors.maybe_summarise();
+            if last_publish.elapsed() >= PUBLISH_EVERY {
+                last_publish = Instant::now();
+                self.publish_metrics();
+            }
             if last_report.elapsed() >= REPORT_EVERY {
                 last_report = Instant::now();
                 self.publish_report();
@@ -158,6 +164,13 @@ impl Worker {
                 generation,
                 body,
             } => {
+                if let Some(r) = &self.ex.router {
+                    if let Some(peer) = r.names.get(from) {
+                        // Counted as sent: the whole frame.
+                        let bytes = body.len() + quoll_core::wire::FRAME_HEADER;
+                        self.metrics.peer_frame(peer, bytes);
+                    }
+                }
                 if let Some(body) = self.node.on_data(from, generation, body) {
                     self.ex.on_peer_data(py, from, &body)?;
                 }
@@ -170,6 +183,18 @@ impl Worker {
             Event::Fatal(reason) => return Err(WorkerError::Fatal(reason)),
         }
         Ok(None)
+    }
+
+    /// Moves the executor's counts into the metrics registry.
+    fn publish_metrics(&mut self) {
+        let keys = self.ex.keys_held();
+        let errors = self.ex.errors.counts();
+        self.metrics.publish(&mut self.ex.meters, errors, keys);
+        if let Some(r) = &mut self.ex.router {
+            for (peer, frames, bytes) in r.take_sent() {
+                self.metrics.peer_frames_sent(&peer, frames, bytes);
+            }
+        }
     }
 
     fn publish_report(&self) {

@@ -26,6 +26,7 @@ use crate::executor::{Executor, SourceProgress};
 use crate::external_channel::{self, ExternalView};
 use crate::links::{Links, CONNECT_RETRY, HEARTBEAT_TIMEOUT};
 use crate::logging::{self, wallaroo_line, WallarooLine};
+use crate::metrics::{Metrics, WorkerState};
 use crate::sinks::{self, SinkCommand};
 use crate::user_errors::{OnUserError, UserErrors};
 use bytes::Bytes;
@@ -69,6 +70,8 @@ pub struct WorkerConfig {
     pub tls_ca: Option<String>,
     /// A TCP source connection silent this long is closed (0: never).
     pub in_idle_timeout_s: u64,
+    /// Where to serve the metrics (and, on the initializer, the dashboard).
+    pub metrics_listen: Option<String>,
 }
 
 /// How long a stopping worker waits for its sinks to write what they hold.
@@ -134,6 +137,7 @@ pub(crate) struct Worker {
     part_writes: Vec<JoinHandle<()>>,
     /// The first restore is done: errors from now on are run-time errors.
     started_up: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs a worker until a clean shutdown. Raises `SystemExit(2)` on an error
@@ -199,7 +203,18 @@ impl Worker {
         app: &Bound<'_, PyAny>,
         codec: Option<(Py<PyAny>, Py<PyAny>)>,
     ) -> Result<Worker, WorkerError> {
+        let started = std::time::Instant::now();
         let plan = build_plan(py, app)?;
+        let metrics = Arc::new(Metrics::new(
+            &config.name,
+            plan.sources.iter().map(|s| s.name.clone()).collect(),
+            plan.topology
+                .stages
+                .iter()
+                .map(|s| s.name.clone())
+                .collect(),
+            plan.sinks.iter().map(|s| s.label.clone()).collect(),
+        ));
         let fingerprint = plan.topology.fingerprint();
         let app_name = plan.topology.app_name.clone();
         let codec = match codec {
@@ -348,6 +363,15 @@ impl Worker {
             ));
         }
 
+        if let Some(addr) = &config.metrics_listen {
+            let listener = listen(&rt, addr, "--metrics-listen", "")?;
+            rt.spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                config.cluster_initializer,
+            ));
+        }
+
         let links = Self::bind_links(&rt, &config, &ctl_tx)?;
         let files = config.resilience.then(|| Files {
             dir: PathBuf::from(&config.resilience_dir),
@@ -363,6 +387,8 @@ impl Worker {
             _ => None,
         };
         if recovered.has_files {
+            metrics.set_state(WorkerState::Recovering);
+            metrics.recovery_began_at(started);
             wallaroo_line(WallarooLine::AttemptingToRecover);
             wallaroo_line(WallarooLine::RecoveringFromFiles);
         }
@@ -434,6 +460,7 @@ impl Worker {
             commit_log,
             part_writes: Vec::new(),
             started_up: false,
+            metrics,
         })
     }
 
