@@ -58,6 +58,17 @@ type Fired<'py> = (
 /// Period of the count-window partial flush: 5 s, as in Wallaroo
 /// (docs/wallaroo-compat.md, "Windows").
 const COUNT_WINDOW_FLUSH: Duration = Duration::from_secs(5);
+/// How long a range-window stage must hear nothing before its input counts
+/// as quiet, and how far behind the wall clock its watermark then runs: a
+/// message stamped at `t` reaches its window stage well within this (the
+/// sending worker flushes its batches every loop round, ~20 ms at worst), so
+/// while the stage hears nothing, every window ending before
+/// `now - IDLE_ALLOWANCE - delay` is complete (docs/wallaroo-compat.md,
+/// "Windows").
+const IDLE_ALLOWANCE: Duration = Duration::from_millis(100);
+/// The closest two idle firings of one stage may be: keys' windows end at
+/// different times (per-key offsets), and each firing looks at every key.
+const IDLE_TICK: Duration = Duration::from_millis(10);
 /// Sink output is handed over once a buffer holds this much, or at the end
 /// of a batch.
 const SINK_FLUSH_BYTES: usize = 256 << 10;
@@ -106,15 +117,27 @@ struct Keyed<T> {
 }
 
 /// Timer state of one range-window stage (docs/wallaroo-compat.md,
-/// "Windows"): a periodic tick of
-/// 2 x (range + delay), and a flush of every key once all input has been
-/// quiet for two ticks.
+/// "Windows").
+///
+/// While input arrives, a periodic tick of 2 x (range + delay) fires what
+/// the upstreams' watermark makes due. Once the stage has heard nothing for
+/// [`IDLE_ALLOWANCE`], its watermark follows the wall clock minus that
+/// allowance, capped per key at the end of the key's data (the windows the
+/// quiet-input flush covers, so no trailing empty windows), and the stage
+/// wakes when the next of those windows becomes due. So after the input
+/// stops at `q`, a window ending at `e` fires by
+/// `max(e + delay, q) + IDLE_ALLOWANCE + IDLE_TICK`, plus however long the
+/// executor is busy.
 struct WindowTimers {
     period: Duration,
     next_tick: Instant,
     last_input: Instant,
     watermark: i64,
+    /// Every window the quiet-input flush covers has fired since the last
+    /// input: nothing to do until the next message.
     flushed_since_input: bool,
+    /// When the idle firing runs next (`None`: as soon as input is quiet).
+    idle_due: Option<Instant>,
     /// Per upstream worker (index): the newest event time heard from it and
     /// when. The stage's watermark is the minimum over upstreams heard
     /// within two timer periods: each upstream's event times only
@@ -274,6 +297,7 @@ impl Executor {
                             last_input: now,
                             watermark: i64::MIN,
                             flushed_since_input: true,
+                            idle_due: None,
                             upstreams: Vec::new(),
                         },
                     }
@@ -600,6 +624,7 @@ impl Executor {
                 let now = Instant::now();
                 timers.last_input = now;
                 timers.flushed_since_input = false;
+                timers.idle_due = None;
                 let watermark = timers.advance(self.origin, et, now);
                 let mut out = Vec::new();
                 let mut aggregator = PyAggregation { py, calls: agg };
@@ -996,34 +1021,74 @@ impl Executor {
                     timers,
                     ..
                 } => {
-                    if now >= timers.next_tick {
-                        timers.next_tick = now + timers.period;
-                        timers.refresh(now);
-                        let quiet = now.duration_since(timers.last_input) >= timers.period * 2;
-                        if !(quiet && timers.flushed_since_input) {
+                    let quiet = now.duration_since(timers.last_input) >= IDLE_ALLOWANCE;
+                    if quiet {
+                        if !timers.flushed_since_input && timers.idle_due.is_none_or(|d| now >= d)
+                        {
+                            // The wall clock stands in for the silent
+                            // upstreams' watermark (see `WindowTimers`).
+                            let wall = now_ns();
+                            let idle_wm = timers
+                                .watermark
+                                .max(wall.saturating_sub(IDLE_ALLOWANCE.as_nanos() as i64));
+                            let mut earliest: Option<i64> = None;
                             let mut aggregator = PyAggregation { py, calls: agg };
                             for (kb, entry) in windows.iter_mut() {
                                 let mut out = Vec::new();
                                 let before = entry.value.next_window_start_ns();
-                                let r = if quiet {
-                                    entry.value.flush(&mut aggregator, kb, &mut out)
-                                } else {
-                                    entry.value.on_timer(
-                                        &mut aggregator,
-                                        kb,
-                                        timers.watermark,
-                                        &mut out,
-                                    )
-                                };
+                                let cap = entry.value.flush_due_watermark_ns();
+                                let r = entry.value.on_timer(
+                                    &mut aggregator,
+                                    kb,
+                                    idle_wm.min(cap),
+                                    &mut out,
+                                );
                                 entry.dirty |= entry.value.next_window_start_ns() != before;
+                                let due = entry.value.next_due_watermark_ns();
+                                if due <= cap {
+                                    earliest = Some(earliest.map_or(due, |e| e.min(due)));
+                                }
                                 if !out.is_empty() || r.is_err() {
                                     fired.push((entry.key.clone_ref(py), out, r));
                                 }
                             }
-                            timers.flushed_since_input = quiet;
+                            match earliest {
+                                Some(due) => {
+                                    let wait = due.saturating_sub(idle_wm).max(0) as u64;
+                                    timers.idle_due =
+                                        Some(now + Duration::from_nanos(wait).max(IDLE_TICK));
+                                }
+                                None => timers.flushed_since_input = true,
+                            }
+                        }
+                    } else if now >= timers.next_tick {
+                        timers.next_tick = now + timers.period;
+                        timers.refresh(now);
+                        let mut aggregator = PyAggregation { py, calls: agg };
+                        for (kb, entry) in windows.iter_mut() {
+                            let mut out = Vec::new();
+                            let before = entry.value.next_window_start_ns();
+                            let r =
+                                entry
+                                    .value
+                                    .on_timer(&mut aggregator, kb, timers.watermark, &mut out);
+                            entry.dirty |= entry.value.next_window_start_ns() != before;
+                            if !out.is_empty() || r.is_err() {
+                                fired.push((entry.key.clone_ref(py), out, r));
+                            }
                         }
                     }
-                    next_due = Some(next_due.map_or(timers.next_tick, |d| d.min(timers.next_tick)));
+                    // Awake for the periodic tick, the idle firing, and the
+                    // moment input turns quiet (or, already quiet, a poll:
+                    // a message may have come since).
+                    let wake = if quiet && !timers.flushed_since_input {
+                        timers.idle_due.unwrap_or(now)
+                    } else if quiet {
+                        now + IDLE_ALLOWANCE
+                    } else {
+                        timers.next_tick.min(timers.last_input + IDLE_ALLOWANCE)
+                    };
+                    next_due = Some(next_due.map_or(wake, |d| d.min(wake)));
                 }
                 Op::Count {
                     agg,
