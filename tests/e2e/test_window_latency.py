@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import EXAMPLES, send_lines, stable_hash
+from harness import EXAMPLES, send_lines, tumbling_window_end_ns
 
 APP_DIR = EXAMPLES / "alerts_windowed"
 RANGE_NS = 1_000_000_000
@@ -26,12 +26,7 @@ ACCOUNTS = [f"acct-{k}" for k in range(8)]
 
 
 def window_end_ns(account, event_time_ns):
-    """End (exclusive) of the tumbling window holding the key's first event."""
-    max_offset = RANGE_NS * 4 // 5
-    offset = (stable_hash(account.encode()) * max_offset) >> 64
-    anchor = event_time_ns - DELAY_NS - offset
-    w = (event_time_ns - anchor) // RANGE_NS
-    return anchor + (w + 1) * RANGE_NS
+    return tumbling_window_end_ns(account.encode(), event_time_ns, RANGE_NS, DELAY_NS)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
