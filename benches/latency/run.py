@@ -34,6 +34,7 @@ part: on a shared machine these figures move with the load).
 
 import argparse
 import datetime
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -53,6 +54,13 @@ sys.path.insert(0, str(REPO / "benches" / "word_count"))
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import gen_input  # noqa: E402
 from harness import Cluster, free_port, tumbling_window_end_ns  # noqa: E402
+
+# The word count benchmark's helpers that say which build ran (a module of
+# the same file name as this one, hence loaded by path).
+_spec = importlib.util.spec_from_file_location("word_count_bench", REPO / "benches" / "word_count" / "run.py")
+assert _spec is not None and _spec.loader is not None
+word_count_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(word_count_bench)
 
 TARGETS = dict(p99_50pct_1w_ms=1.0, p99_50pct_2w_ms=2.0)
 PROBE_TAG = b"qx"
@@ -448,14 +456,6 @@ def evaluate(res):
     return out
 
 
-def git_rev():
-    import subprocess
-    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "crates", "python"],
-                           capture_output=True, text=True).stdout.strip()
-    return r.stdout.strip() + ("+dirty" if dirty else "")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers-list", default="1,2", help="cluster sizes (default 1,2)")
@@ -478,7 +478,8 @@ def main(argv=None):
     inp = Input([line.encode() for line in Path(path).read_text().splitlines()])
 
     res = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               git=git_rev(), python=platform.python_version(), cpus=os.cpu_count(),
+               git=word_count_bench.git_rev(), engine=word_count_bench.engine_build(),
+               python=platform.python_version(), cpus=os.cpu_count(),
                args=dict(seconds=args.seconds, pings=args.pings, lines=args.lines, loads=args.loads,
                          probes_per_s=PROBES_PER_S),
                word_count={}, window_quiet=[])
