@@ -56,6 +56,16 @@ def key_owner(key, workers):
     return (stable_hash(key) % KEY_GROUPS) * workers // KEY_GROUPS
 
 
+def tumbling_window_end_ns(key, event_time_ns, range_ns, delay_ns):
+    """End (exclusive) of the tumbling range window that holds a key's
+    first message, from the documented grid (docs/wallaroo-compat.md,
+    "Windows"): anchor = first event time - delay - an offset in
+    [0, 0.8 x range) taken from the key's hash."""
+    offset = (stable_hash(key) * (range_ns * 4 // 5)) >> 64
+    anchor = event_time_ns - delay_ns - offset
+    return anchor + ((event_time_ns - anchor) // range_ns + 1) * range_ns
+
+
 def wait_until(predicate, timeout, what, interval=0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -595,9 +595,27 @@ impl<Acc> RangeWindows<Acc> {
         key: &[u8],
         out: &mut Vec<WindowOutput<A::Output>>,
     ) -> Result<(), A::Error> {
-        let highest = i128::from(self.highest_event_time) - i128::from(self.anchor);
-        let end = clamp_i64(highest.div_euclid(i128::from(self.spec.slide)) + 1);
+        let end = self.flush_end();
         self.fire_before(agg, key, end, out)
+    }
+
+    /// The watermark at which the last window [`flush`](Self::flush) would
+    /// fire is due: `on_timer` at any watermark up to this one fires a
+    /// prefix of what `flush` fires, and at this one exactly that. Lets a
+    /// caller fire the quiet-input flush's windows one by one as time
+    /// passes, instead of all at once.
+    pub fn flush_due_watermark_ns(&self) -> i64 {
+        clamp_i64(
+            i128::from(self.window_start(self.flush_end().saturating_sub(1)))
+                + i128::from(self.spec.range)
+                + i128::from(self.spec.delay),
+        )
+    }
+
+    /// One past the last window starting at or before the highest event time.
+    fn flush_end(&self) -> i64 {
+        let highest = i128::from(self.highest_event_time) - i128::from(self.anchor);
+        clamp_i64(highest.div_euclid(i128::from(self.spec.slide)) + 1)
     }
 
     // ---- grid arithmetic (i128 inside, so no step can overflow) ----
@@ -1597,6 +1615,41 @@ mod tests {
             prop_assert_eq!(out.iter().map(|o| o.value.count).sum::<usize>(), msgs.len());
             // Outputs come out in window order.
             prop_assert!(out.windows(2).all(|p| p[0].event_time < p[1].event_time));
+        }
+
+        /// The executor's idle timer: `on_timer` at rising watermarks capped
+        /// at `flush_due_watermark_ns` fires exactly what `flush` fires, in
+        /// the same order, and then has nothing left below the cap.
+        #[test]
+        fn timer_capped_at_flush_due_fires_what_flush_fires(
+            slide in 1u64..20,
+            k in 1u64..6,
+            delay in 0u64..60,
+            offset_r in any::<u64>(),
+            deltas in prop::collection::vec(0u64..80, 1..50),
+            steps in prop::collection::vec(1i64..40, 1..80),
+        ) {
+            let s = spec(k * slide, slide, delay, LateDataPolicy::Drop);
+            let mut a = RangeWindows::new(s, 1_000, s.offset_from_random(offset_r));
+            let mut agg = SumAgg::default();
+            let mut sent = Vec::new();
+            let times = in_order_times(1_000, &deltas);
+            for (i, t) in times.iter().enumerate() {
+                a.on_message(&mut agg, KEY, &(i as u64), *t, *t, &mut sent).unwrap();
+            }
+            let mut b = RangeWindows::restore(s, a.snapshot().try_map(|acc| Ok::<_, ()>(acc.clone())).unwrap()).unwrap();
+            let mut by_flush = Vec::new();
+            a.flush(&mut agg, KEY, &mut by_flush).unwrap();
+            let cap = b.flush_due_watermark_ns();
+            let mut by_timer = Vec::new();
+            let mut wm = *times.last().unwrap();
+            for step in steps {
+                wm += step;
+                b.on_timer(&mut agg, KEY, wm.min(cap), &mut by_timer).unwrap();
+            }
+            b.on_timer(&mut agg, KEY, cap, &mut by_timer).unwrap();
+            prop_assert_eq!(&by_timer, &by_flush);
+            prop_assert!(b.next_due_watermark_ns() > b.flush_due_watermark_ns());
         }
 
         #[test]

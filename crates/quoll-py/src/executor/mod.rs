@@ -60,6 +60,17 @@ type Fired<'py> = (
 /// Period of the count-window partial flush: 5 s, as in Wallaroo
 /// (docs/wallaroo-compat.md, "Windows").
 const COUNT_WINDOW_FLUSH: Duration = Duration::from_secs(5);
+/// How long a range-window stage must hear nothing before its input counts
+/// as quiet, and how far behind the wall clock its watermark then runs: a
+/// message stamped at `t` is in this worker's inbox well within this (the
+/// sending worker hands its batches over within a round, ~20 ms at worst),
+/// so once the inboxes were found empty at `d`, every window ending before
+/// `d - IDLE_ALLOWANCE - delay` is complete (docs/wallaroo-compat.md,
+/// "Windows").
+const IDLE_ALLOWANCE: Duration = Duration::from_millis(100);
+/// The closest two idle firings of one stage may be: keys' windows end at
+/// different times (per-key offsets), and each firing looks at every key.
+const IDLE_TICK: Duration = Duration::from_millis(10);
 /// Sink output is handed over once a buffer holds this much, or at the end
 /// of a batch.
 const SINK_FLUSH_BYTES: usize = 256 << 10;
@@ -108,15 +119,35 @@ struct Keyed<T> {
 }
 
 /// Timer state of one range-window stage (docs/wallaroo-compat.md,
-/// "Windows"): a periodic tick of
-/// 2 x (range + delay), and a flush of every key once all input has been
-/// quiet for two ticks.
+/// "Windows").
+///
+/// As in Wallaroo, a periodic tick of 2 x (range + delay) fires what the
+/// upstreams' watermark makes due, and once all input has been quiet for two
+/// ticks every key is flushed. On top of that, the **idle firing**: once the
+/// stage has heard nothing for [`IDLE_ALLOWANCE`], its watermark follows the
+/// wall clock of the last moment the executor found its inboxes empty, minus
+/// that allowance, capped per key at the end of the key's data (exactly the
+/// windows the quiet flush would fire, no trailing empty ones), and the stage
+/// wakes when the next of those windows becomes due. So after the input
+/// stops at `q`, a window ending at `e` fires by
+/// `max(e + delay, q) + IDLE_ALLOWANCE + IDLE_TICK`, plus however long the
+/// executor is busy; a busy executor (inboxes never empty) delays the idle
+/// firing, never makes it fire early.
 struct WindowTimers {
     period: Duration,
     next_tick: Instant,
     last_input: Instant,
     watermark: i64,
+    /// The quiet flush has run since the last input.
     flushed_since_input: bool,
+    /// The idle firing has fired every window up to the cap since the last
+    /// input: nothing to do until the next message.
+    idle_done: bool,
+    /// The earliest watermark at which the idle firing has something to
+    /// fire, as of its last pass (`i64::MIN`: unknown, look at every key).
+    idle_next_wm: i64,
+    /// When the idle firing looks next (`None`: as soon as input is quiet).
+    idle_due: Option<Instant>,
     /// Per upstream worker (index): the newest event time heard from it and
     /// when. The stage's watermark is the minimum over upstreams heard
     /// within two timer periods: each upstream's event times only
@@ -217,6 +248,9 @@ pub struct Executor {
     pub errors: UserErrors,
     rt: tokio::runtime::Handle,
     last_event_time: i64,
+    /// Wall-clock ns when the event loop last found its inboxes empty: every
+    /// message that was in them by then has been processed.
+    drained_ns: i64,
     pub messages_in: u64,
     /// Counts and timing samples for the metrics (`crate::metrics`).
     pub meters: ExecMeters,
@@ -280,6 +314,9 @@ impl Executor {
                             last_input: now,
                             watermark: i64::MIN,
                             flushed_since_input: true,
+                            idle_done: true,
+                            idle_next_wm: i64::MIN,
+                            idle_due: None,
                             upstreams: Vec::new(),
                         },
                     }
@@ -367,6 +404,7 @@ impl Executor {
             errors: UserErrors::new("", crate::user_errors::OnUserError::Skip),
             rt,
             last_event_time: 0,
+            drained_ns: i64::MIN,
             messages_in: 0,
             meters,
         };
@@ -618,6 +656,9 @@ impl Executor {
                 let now = Instant::now();
                 timers.last_input = now;
                 timers.flushed_since_input = false;
+                timers.idle_done = false;
+                timers.idle_next_wm = i64::MIN;
+                timers.idle_due = None;
                 let watermark = timers.advance(self.origin, et, now);
                 let mut out = Vec::new();
                 let mut aggregator = PyAggregation { py, calls: agg };
@@ -1023,9 +1064,17 @@ impl Executor {
         }
     }
 
+    /// The event loop found both inboxes empty (source input not held back):
+    /// everything sent to this worker until now has been processed.
+    pub fn inputs_drained(&mut self) {
+        self.drained_ns = now_ns();
+    }
+
     /// Fires due window timers; returns when the next one is due.
     pub fn on_timers(&mut self, py: Python<'_>) -> Result<Option<Instant>, Fatal> {
         let now = Instant::now();
+        let drained_ns = self.drained_ns;
+        let allowance = IDLE_ALLOWANCE.as_nanos() as i64;
         let mut next_due: Option<Instant> = None;
         for stage in 0..self.stages.len() {
             let st = &mut self.stages[stage];
@@ -1038,12 +1087,12 @@ impl Executor {
                     timers,
                     ..
                 } => {
+                    let mut aggregator = PyAggregation { py, calls: agg };
                     if now >= timers.next_tick {
                         timers.next_tick = now + timers.period;
                         timers.refresh(now);
                         let quiet = now.duration_since(timers.last_input) >= timers.period * 2;
                         if !(quiet && timers.flushed_since_input) {
-                            let mut aggregator = PyAggregation { py, calls: agg };
                             for (kb, entry) in windows.iter_mut() {
                                 let mut out = Vec::new();
                                 let before = entry.value.next_window_start_ns();
@@ -1063,9 +1112,62 @@ impl Executor {
                                 }
                             }
                             timers.flushed_since_input = quiet;
+                            timers.idle_done |= quiet;
                         }
                     }
-                    next_due = Some(next_due.map_or(timers.next_tick, |d| d.min(timers.next_tick)));
+                    let quiet = now.duration_since(timers.last_input) >= IDLE_ALLOWANCE;
+                    if quiet && !timers.idle_done && timers.idle_due.is_none_or(|d| now >= d) {
+                        // The wall clock stands in for the silent upstreams'
+                        // watermark (see `WindowTimers`).
+                        let idle_wm = timers.watermark.max(drained_ns.saturating_sub(allowance));
+                        if idle_wm >= timers.idle_next_wm {
+                            let mut earliest: Option<i64> = None;
+                            for (kb, entry) in windows.iter_mut() {
+                                let mut out = Vec::new();
+                                let before = entry.value.next_window_start_ns();
+                                let cap = entry.value.flush_due_watermark_ns();
+                                let r = entry.value.on_timer(
+                                    &mut aggregator,
+                                    kb,
+                                    idle_wm.min(cap),
+                                    &mut out,
+                                );
+                                entry.dirty |= entry.value.next_window_start_ns() != before;
+                                let due = entry.value.next_due_watermark_ns();
+                                if due <= cap {
+                                    earliest = Some(earliest.map_or(due, |e| e.min(due)));
+                                }
+                                if !out.is_empty() || r.is_err() {
+                                    fired.push((entry.key.clone_ref(py), out, r));
+                                }
+                            }
+                            match earliest {
+                                Some(due) => timers.idle_next_wm = due,
+                                None => timers.idle_done = true,
+                            }
+                        }
+                        if !timers.idle_done {
+                            // Due when the wall clock minus the allowance
+                            // reaches it (if the inboxes are empty then).
+                            let wait = timers
+                                .idle_next_wm
+                                .saturating_sub(now_ns().saturating_sub(allowance))
+                                .max(0) as u64;
+                            timers.idle_due = Some(now + Duration::from_nanos(wait).max(IDLE_TICK));
+                        }
+                    }
+                    // Awake for the periodic tick, the idle firing, and the
+                    // moment input turns quiet (or, already quiet, a poll:
+                    // a message may have come since).
+                    let wake = if !quiet {
+                        timers.last_input + IDLE_ALLOWANCE
+                    } else if !timers.idle_done {
+                        timers.idle_due.unwrap_or(now)
+                    } else {
+                        now + IDLE_ALLOWANCE
+                    };
+                    let wake = wake.min(timers.next_tick);
+                    next_due = Some(next_due.map_or(wake, |d| d.min(wake)));
                 }
                 Op::Count {
                     agg,

@@ -168,6 +168,7 @@ impl Executor {
                     timers.upstreams.clear();
                     timers.last_input = Instant::now();
                     timers.flushed_since_input = true;
+                    timers.idle_done = true;
                 }
                 Op::Count { windows, .. } => windows.clear(),
                 _ => {}
