@@ -33,8 +33,8 @@ use crate::sinks::SinkCommand;
 use bytes::Bytes;
 use quoll_core::checkpoint::CheckpointId;
 use quoll_kafka::{
-    KafkaBatch, KafkaSource, KafkaSourceConfig, KafkaSourceEvent, KafkaSourceHandle,
-    KafkaSinkHandle,
+    KafkaBatch, KafkaSinkHandle, KafkaSource, KafkaSourceConfig, KafkaSourceEvent,
+    KafkaSourceHandle,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -54,7 +54,7 @@ pub struct KafkaSourceRunner {
     /// first restore sets.
     pub config: KafkaSourceConfig,
     /// Commands for the running forwarder (None until the first restore).
-    seeks: Option<mpsc::UnboundedSender<SourceCommand>>,
+    commands: Option<mpsc::UnboundedSender<SourceCommand>>,
 }
 
 enum SourceCommand {
@@ -81,7 +81,14 @@ impl KafkaSourceRunner {
         KafkaSourceRunner {
             index,
             config,
-            seeks: None,
+            commands: None,
+        }
+    }
+
+    /// A checkpoint with these positions committed (see [`offsets`]).
+    pub fn committed(&self, positions: BTreeMap<i32, i64>) {
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(SourceCommand::Committed(positions));
         }
     }
 
@@ -100,9 +107,9 @@ impl KafkaSourceRunner {
         control: mpsc::Sender<Event>,
         stats: Arc<IoStats>,
     ) {
-        let positions = match &self.seeks {
+        let positions = match &self.commands {
             // A forwarder that ended (its source failed) is started anew.
-            Some(seeks) => match seeks.send(SourceCommand::Seek { positions, epoch }) {
+            Some(commands) => match commands.send(SourceCommand::Seek { positions, epoch }) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(SourceCommand::Seek { positions, .. })) => positions,
                 Err(_) => return,
@@ -113,8 +120,8 @@ impl KafkaSourceRunner {
         config.worker_index = me;
         config.worker_count = workers.max(1);
         config.start_offsets = positions;
-        let (seeks, seek_rx) = mpsc::unbounded_channel();
-        self.seeks = Some(seeks);
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        self.commands = Some(commands);
         let place = format!("kafka source '{}' (topic '{}')", config.name, config.topic);
         match KafkaSource::spawn(config, SOURCE_EVENTS) {
             Ok((handle, events)) => {
@@ -127,20 +134,11 @@ impl KafkaSourceRunner {
                     control,
                     stats,
                 };
-                rt.spawn(fwd.run(handle, events, seek_rx));
+                rt.spawn(fwd.run(handle, events, command_rx));
             }
             Err(e) => {
                 let _ = control.try_send(Event::Fatal(e.to_string()));
             }
-        }
-    }
-}
-
-impl KafkaSourceRunner {
-    /// A checkpoint with these positions committed (see [`offsets`]).
-    pub fn committed(&self, positions: BTreeMap<i32, i64>) {
-        if let Some(seeks) = &self.seeks {
-            let _ = seeks.send(SourceCommand::Committed(positions));
         }
     }
 }

@@ -28,7 +28,6 @@ use crate::router::Router;
 use crate::sinks::{SinkChunk, SinkCommand};
 use crate::user_errors::{Fatal, UserErrors};
 use bytes::Bytes;
-use quoll_kafka::KafkaRecord;
 use keys::{key_bytes, normalise_key, quote_key, show_key, KeyError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
@@ -38,6 +37,7 @@ use quoll_core::windows::{
     Aggregator, CountWindowSpec, CountWindows, RangeWindowSpec, RangeWindows, WindowOutput,
 };
 use quoll_core::wire::{self, BatchReader};
+use quoll_kafka::KafkaRecord;
 pub use snapshot::Snapshot;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -342,16 +342,25 @@ impl Executor {
         let sinks = sinks
             .into_iter()
             .zip(sink_txs)
-            .map(|(SinkPlan { label, encode, spec }, tx)| SinkOut {
-                place: format!("{label} (encoder)"),
-                label,
-                encode,
-                records: matches!(spec, SinkSpec::Kafka { .. }).then(Vec::new),
-                buf: Vec::with_capacity(SINK_FLUSH_BYTES * 2),
-                messages: 0,
-                tx,
-                offset: 0,
-            })
+            .map(
+                |(
+                    SinkPlan {
+                        label,
+                        encode,
+                        spec,
+                    },
+                    tx,
+                )| SinkOut {
+                    place: format!("{label} (encoder)"),
+                    label,
+                    encode,
+                    records: matches!(spec, SinkSpec::Kafka { .. }).then(Vec::new),
+                    buf: Vec::with_capacity(SINK_FLUSH_BYTES * 2),
+                    messages: 0,
+                    tx,
+                    offset: 0,
+                },
+            )
             .collect();
         let progress = (0..framed.len())
             .map(|_| SourceProgress::default())

@@ -333,7 +333,8 @@ impl Worker {
         let pre_commits: Vec<_> = (0..self.ex.sink_count())
             .map(|i| {
                 let (reply, done) = oneshot::channel();
-                self.ex.send_to_sink(py, i, SinkCommand::PreCommit(id, reply));
+                self.ex
+                    .send_to_sink(py, i, SinkCommand::PreCommit(id, reply));
                 done
             })
             .collect();
