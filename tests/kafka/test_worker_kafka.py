@@ -137,7 +137,7 @@ def test_word_count_example(broker, tmp_path, clusters, workers):
 
 @pytest.fixture
 def storm_seconds(request):
-    return 90.0 if request.config.getoption("--long", default=False) else 15.0
+    return 90.0 if request.config.getoption("--long") else 15.0
 
 
 def test_word_count_exactly_once_under_sigkill_storm(broker, tmp_path, clusters, storm_seconds):
