@@ -8,6 +8,10 @@
   initializer too, at random moments, each restarted with its command):
   the committed output holds every (word, count) exactly once and the
   final counts are true. 15 s of storm, 90 s with `pytest --long`.
+- A record's Kafka key is its key in a keyed stage without `key_by`;
+  decoder and encoder errors drop the record and are counted by place.
+- With resilience, a clean shutdown commits the output no checkpoint
+  covers yet.
 - A broker address that does not resolve and a topic that does not exist
   stop the worker with an error naming the source or sink, its topic and
   the worker.
@@ -24,24 +28,27 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from committed_reader import read_committed, read_uncommitted
-from harness import EXAMPLES, Cluster, Proc, wait_until, word_count_problems
+from harness import EXAMPLES, Cluster, Proc, report_status, wait_report, wait_until, word_count_problems
 from test_resilience_faults import fault_seed, resilience_flags
 
 KAFKA_EXAMPLES = EXAMPLES / "kafka"
+APPS = Path(__file__).resolve().parent / "apps"
 WORDS = [f"w{i:03d}" for i in range(150)]
 
 
-def produce(broker, topic, values):
-    """Sends `values` (str) to `topic`; every one must be delivered."""
+def produce(broker, topic, values, keys=None):
+    """Sends `values` (str, with `keys` if given) to `topic`; every one must
+    be delivered."""
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": broker.address, "linger.ms": 5})
-    for v in values:
-        p.produce(topic, v.encode("utf-8"))
+    for i, v in enumerate(values):
+        p.produce(topic, v.encode("utf-8"), key=keys[i].encode("utf-8") if keys else None)
         p.poll(0)
     assert p.flush(30) == 0, f"records to {topic} not delivered"
 
@@ -75,8 +82,8 @@ def clusters():
         c.stop()
 
 
-def start(clusters, tmp_path, module, workers, app_args, extra=()):
-    c = Cluster(tmp_path, module, KAFKA_EXAMPLES, workers, app_args, extra_flags=extra)
+def start(clusters, tmp_path, module, workers, app_args, extra=(), pythonpath=KAFKA_EXAMPLES):
+    c = Cluster(tmp_path, module, pythonpath, workers, app_args, extra_flags=extra)
     clusters.append(c)
     return c.start(timeout=60)
 
@@ -133,6 +140,63 @@ def test_word_count_example(broker, tmp_path, clusters, workers):
             for r in read_committed(broker.address, "counts")}
     assert all(k == w for k, w in keys)
     c.shutdown()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kafka_key_is_the_implicit_key_and_user_errors_are_counted(broker, tmp_path, clusters, workers):
+    broker.create_topic("in", 3)
+    broker.create_topic("out", 3)
+    rng = random.Random(workers)
+    keys = [rng.choice("abcdefg") for _ in range(600)]
+    values = [f"{k}:{i}" for i, k in enumerate(keys)]
+    values[10], values[20], values[30] = "bad-in", f"{keys[20]}:bad 1", f"{keys[30]}:bad 2"
+    produce(broker, "in", values, keys)
+    # What each key's outputs must be, in order: the state stage counts
+    # every decoded record of the key; the encoder drops the bad ones.
+    want = collections.defaultdict(list)
+    seen = collections.Counter()
+    for k, v in zip(keys, values):
+        if v == "bad-in":
+            continue
+        seen[k] += 1
+        if ":bad " not in v:
+            want[k].append(f"{v} #{seen[k]}")
+    args = ["--in_topic", "in", "--in_brokers", broker.address, "--out_topic", "out", "--out_brokers", broker.address]
+    c = start(clusters, tmp_path, "kafka_passthrough", workers, lambda c, i: args, pythonpath=APPS)
+    total = sum(len(v) for v in want.values())
+
+    def got():
+        out = collections.defaultdict(list)
+        for r in read_committed(broker.address, "out"):
+            out[r.key.decode()].append(r.value.decode())
+        return out
+
+    wait_until(lambda: sum(len(v) for v in got().values()) >= total, 60, "every good record out", interval=0.3)
+    assert got() == want, c.describe()
+    # Reports are published every 0.5 s.
+    reports = [wait_report(port, lambda r: "dropped_by_place" in r, "a report") for port in c.external_ports]
+    dropped = collections.Counter()
+    for r in reports:
+        dropped.update(r["dropped_by_place"])
+    assert dropped == {"source 'in' (kafka)": 1, "kafka sink 'out' (topic 'out') (encoder)": 2}, dropped
+    c.shutdown()
+
+
+def test_clean_shutdown_commits_output_after_the_last_checkpoint(broker, tmp_path, clusters):
+    broker.create_topic("lines", 1)
+    broker.create_topic("counts", 1)
+    lines = random_lines(random.Random(3), 300)
+    produce(broker, "lines", lines)
+    res_dir = tmp_path / "res"
+    res_dir.mkdir()
+    # A checkpoint a minute: none commits during the run.
+    c = start(clusters, tmp_path, "word_count_kafka", 1, word_count_args(broker),
+              extra=resilience_flags(res_dir, 60_000_000_000))
+    wait_until(lambda: report_status(c.external_ports[0]).get("messages_in", 0) >= len(lines), 30,
+               "every line read")
+    assert read_committed(broker.address, "counts") == []
+    c.shutdown()
+    assert not word_count_problems(outputs_by_partition(broker, "counts"), truth_of(lines))
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ pub struct KafkaSourceRunner {
     pub index: usize,
     /// Everything but the worker's place and the start offsets, which the
     /// first restore sets.
-    pub config: KafkaSourceConfig,
+    config: KafkaSourceConfig,
     /// Commands for the running forwarder (None until the first restore).
     commands: Option<mpsc::UnboundedSender<SourceCommand>>,
 }
@@ -107,15 +107,12 @@ impl KafkaSourceRunner {
         control: mpsc::Sender<Event>,
         stats: Arc<IoStats>,
     ) {
-        let positions = match &self.commands {
-            // A forwarder that ended (its source failed) is started anew.
-            Some(commands) => match commands.send(SourceCommand::Seek { positions, epoch }) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(SourceCommand::Seek { positions, .. })) => positions,
-                Err(_) => return,
-            },
-            None => positions,
-        };
+        // A forwarder that ended (its source failed, which stops the
+        // worker) is not sent to; the source is started anew.
+        if let Some(commands) = self.commands.as_ref().filter(|c| !c.is_closed()) {
+            let _ = commands.send(SourceCommand::Seek { positions, epoch });
+            return;
+        }
         let mut config = self.config.clone();
         config.worker_index = me;
         config.worker_count = workers.max(1);
