@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 /// Source events a Kafka source may queue ahead of its forwarder.
 const SOURCE_EVENTS: usize = 8;
@@ -195,10 +195,10 @@ impl Forwarder {
     /// False once the source or the executor is gone.
     async fn forward(&mut self, event: KafkaSourceEvent) -> bool {
         match event {
+            // Start offsets count as positions (the source logs them): a
+            // checkpoint before the first record still says where each
+            // partition starts.
             KafkaSourceEvent::Assigned { partitions } => {
-                info!(place = %self.place, "reading partitions (partition, offset) {partitions:?}");
-                // Start offsets count as positions: a checkpoint before the
-                // first record still says where each partition starts.
                 self.send(Vec::new(), Vec::new(), partitions).await
             }
             KafkaSourceEvent::Batch(batch) if batch.epoch < self.kafka_epoch => true,
