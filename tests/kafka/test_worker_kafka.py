@@ -12,6 +12,10 @@
   decoder and encoder errors drop the record and are counted by place.
 - With resilience, a clean shutdown commits the output no checkpoint
   covers yet.
+- With resilience, the broker cut off for a few seconds mid-run (a proxy
+  in front of it resets every connection and refuses new ones: tansu's
+  memory storage would lose the topics in a real restart) delays the
+  output and changes nothing in it.
 - A broker address that does not resolve and a topic that does not exist
   stop the worker with an error naming the source or sink, its topic and
   the worker.
@@ -32,8 +36,10 @@ from pathlib import Path
 
 import pytest
 
+from broker import Broker, broker_bin
 from committed_reader import read_committed, read_uncommitted
-from harness import EXAMPLES, Cluster, Proc, report_status, wait_report, wait_until, word_count_problems
+from proxy import Proxy
+from harness import EXAMPLES, Cluster, Proc, free_port, report_status, wait_report, wait_until, word_count_problems
 from test_resilience_faults import fault_seed, resilience_flags
 
 KAFKA_EXAMPLES = EXAMPLES / "kafka"
@@ -285,3 +291,32 @@ def test_setup_errors_name_the_source_or_sink_topic_and_worker(broker, tmp_path,
     err = w.stderr()
     assert rc != 0, w.describe()
     assert all(part in err for part in want), w.describe()
+
+
+def test_word_count_exact_across_a_broker_outage(tmp_path, clusters):
+    bin_path = broker_bin()
+    if bin_path is None:
+        pytest.skip("no Kafka broker binary (see tests/kafka/conftest.py)")
+    front = free_port()
+    with Broker(bin_path, advertised_port=front) as broker, Proxy(front, broker.port) as proxy:
+        broker.create_topic("lines", 3)
+        broker.create_topic("counts", 3)
+        rng = random.Random(11)
+        before, during, after = random_lines(rng, 1500), random_lines(rng, 1500), random_lines(rng, 1500)
+        produce(broker, "lines", before)
+        res_dir = tmp_path / "res"
+        res_dir.mkdir()
+        c = start(clusters, tmp_path, "word_count_kafka", 2, word_count_args(broker),
+                  extra=resilience_flags(res_dir, 200_000_000))
+        wait_until(lambda: read_committed(broker.address, "counts"), 30, "some output committed", interval=0.2)
+        produce(broker, "lines", during)
+        proxy.cut()
+        time.sleep(6)
+        assert all(w.alive() for w in c.workers), c.describe()
+        # The workers noticed (the log says so once per client).
+        assert "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), c.describe()
+        proxy.restore()
+        produce(broker, "lines", after)
+        problems = wait_for_word_counts(broker, truth_of(before + during + after), c, 90)
+        assert not problems, "\n".join(problems[:10]) + "\n" + c.describe()
+        c.shutdown(timeout=30)
