@@ -425,7 +425,7 @@ impl Worker {
             })
         });
         let Some(files) = self.files.clone() else {
-            self.truncate_sinks(py, None, &vec![0; self.sinks.len()])?;
+            self.restore_sinks(py, None, &vec![0; self.sinks.len()])?;
             self.restart_sources(&[]);
             return Ok(0);
         };
@@ -436,7 +436,7 @@ impl Worker {
             .ex
             .restore(py, &image.entries, &image.sources, &image.sinks)
             .map_err(WorkerError::Restore)?;
-        self.truncate_sinks(py, checkpoint, &restored.sink_offsets)?;
+        self.restore_sinks(py, checkpoint, &restored.sink_offsets)?;
         self.restart_sources(&restored.progress);
         self.ex.enable_generators(checkpoint.is_some());
         if checkpoint.is_some() || generation > 1 {
@@ -453,7 +453,7 @@ impl Worker {
 
     /// Puts every sink where `checkpoint` left it: file sinks cut back to
     /// `offsets`, Kafka sinks recovered.
-    fn truncate_sinks(
+    fn restore_sinks(
         &self,
         py: Python<'_>,
         checkpoint: Option<CheckpointId>,
