@@ -39,19 +39,8 @@ IMPLICIT_KEYS = {
     "file": "file-source-key",
 }
 
-SUPPORTED_SOURCES = "TCP, generator, file and connector sources"
-SUPPORTED_SINKS = "TCP and file sinks"
-
-
-def kafka_in_engine() -> bool:
-    """Whether the engine runs Kafka sources and sinks.
-
-    The one switch for Kafka: while it is False, `flatten` refuses Kafka
-    sources and sinks by name (before reading their options). When the
-    worker runs `KafkaSource`/`KafkaSink` (crates/quoll-kafka), make it
-    return True and add Kafka to `SUPPORTED_SOURCES`/`SUPPORTED_SINKS`.
-    """
-    return False
+SUPPORTED_SOURCES = "TCP, generator, file, connector and Kafka sources"
+SUPPORTED_SINKS = "TCP, file and Kafka sinks"
 
 
 # --------------------------------------------------------------------------
@@ -382,9 +371,7 @@ def describe_config(cfg: Any, role: str) -> str:
 
 
 def _unsupported(kind: Any, role: str, supported: str) -> str:
-    if kind in ("kafka", "kafka-internal"):
-        what = f"Kafka {role}s are"
-    elif kind == f"{role}_connector":
+    if kind == f"{role}_connector":
         what = f"connector {role}s are"
     else:
         what = f"the {role} kind {kind!r} is"
@@ -531,7 +518,7 @@ def _source_spec(cfg: Sequence[Any], args: Sequence[str]) -> SourceSpec:
             max_credits=_credits(_item(cfg, 7, "max_credits"), "max_credits"),
             refill_credits=_credits(_item(cfg, 8, "refill_credits"), "refill_credits"),
         )
-    if kind in ("kafka", "kafka-internal") and kafka_in_engine():
+    if kind in ("kafka", "kafka-internal"):
         return kafka_source_spec(cfg, args)
     raise TopologyError(_unsupported(kind, "source", SUPPORTED_SOURCES))
 
@@ -549,7 +536,7 @@ def _sink_spec(cfg: Sequence[Any], index: int, args: Sequence[str]) -> SinkSpec:
             path=str(_item(cfg, 2, "path")),
             encode=_resolve(_item(cfg, 3, "encoder"), "encode", "encoder"),
         )
-    if kind in ("kafka", "kafka-internal") and kafka_in_engine():
+    if kind in ("kafka", "kafka-internal"):
         return kafka_sink_spec(cfg, index, args)
     raise TopologyError(_unsupported(kind, "sink", SUPPORTED_SINKS))
 

@@ -6,11 +6,6 @@ import pytest
 from harness import Cluster, Receiver
 
 
-def pytest_addoption(parser):
-    parser.addoption("--long", action="store_true",
-                     help="long fault runs (the crash storms last 120 s instead of 14 s); not for CI")
-
-
 @pytest.fixture
 def make_cluster(tmp_path):
     """Builds clusters and receivers that are stopped after the test."""

@@ -40,17 +40,21 @@ def broker_bin() -> Optional[str]:
 
 
 class Broker:
-    """A tansu broker on 127.0.0.1:`port` (a context manager)."""
+    """A tansu broker on 127.0.0.1:`port` (a context manager). With
+    `advertised_port`, clients are told to connect there (a proxy.Proxy in
+    front of the broker) after their first request."""
 
-    def __init__(self, bin_path: str, port: Optional[int] = None) -> None:
+    def __init__(self, bin_path: str, port: Optional[int] = None,
+                 advertised_port: Optional[int] = None) -> None:
         self.bin = bin_path
         self.port = port or free_port()
         self.log = tempfile.NamedTemporaryFile(
             prefix=f"tansu-{self.port}-", suffix=".log", delete=False)
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{advertised_port or self.port}"
         self.proc = subprocess.Popen(
             [self.bin, "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+             "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while True:

@@ -1,4 +1,5 @@
-"""Fixtures of the Kafka tests: a tansu broker per test (tests/kafka/broker.py)."""
+"""Fixtures of the Kafka tests: a tansu broker per test (tests/kafka/broker.py).
+Worker tests also use the end-to-end harness (tests/e2e/harness.py)."""
 
 import sys
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from broker import Broker, broker_bin  # noqa: E402
 

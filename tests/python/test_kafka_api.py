@@ -280,8 +280,7 @@ ARGS = ["prog", "--in_topic", "t", "--in_brokers", "h:1", "--audit_topic", "a",
         "--audit_brokers", "h:1"]
 
 
-def test_flatten_builds_kafka_specs_once_the_engine_runs_them(monkeypatch):
-    monkeypatch.setattr(topology, "kafka_in_engine", lambda: True)
+def test_flatten_builds_kafka_specs(monkeypatch):
     topo = topology.flatten(kafka_app(), ARGS)
     (source,) = topo.sources
     assert source.kind == "kafka" and source.spec.topic == "t" and source.name == "in"
@@ -295,12 +294,6 @@ def test_flatten_builds_kafka_specs_once_the_engine_runs_them(monkeypatch):
     with pytest.raises(TopologyError, match=r"source of pipeline 'P' \(kafka source 'in' "
                                             r"configured from the command line\): no topic"):
         topology.flatten(kafka_app())
-
-
-def test_flatten_refuses_kafka_until_the_engine_runs_it(monkeypatch):
-    monkeypatch.setattr(topology, "kafka_in_engine", lambda: False)
-    with pytest.raises(TopologyError, match="Kafka sources are not supported yet by quoll"):
-        topology.flatten(kafka_app(), ARGS)
 
 
 # --------------------------------------------------------------------------
@@ -318,8 +311,7 @@ def load_example(name):
     return module
 
 
-def test_celsius_example_flattens_into_kafka_specs(monkeypatch):
-    monkeypatch.setattr(topology, "kafka_in_engine", lambda: True)
+def test_celsius_example_flattens_into_kafka_specs():
     app = load_example("celsius_kafka.py")
     args = ["prog", "--kafka_source_topic", "celsius", "--kafka_source_brokers", "127.0.0.1:9092",
             "--kafka_sink_topic", "fahrenheit", "--kafka_sink_brokers", "127.0.0.1:9092",
@@ -336,8 +328,7 @@ def test_celsius_example_flattens_into_kafka_specs(monkeypatch):
     assert source.spec.decode(b"warm") is None
 
 
-def test_word_count_example_flattens_into_kafka_specs(monkeypatch):
-    monkeypatch.setattr(topology, "kafka_in_engine", lambda: True)
+def test_word_count_example_flattens_into_kafka_specs():
     app = load_example("word_count_kafka.py")
     args = ["prog", "--lines_topic", "lines", "--lines_brokers", "127.0.0.1:9092",
             "--counts_topic", "counts", "--counts_brokers", "127.0.0.1:9092"]

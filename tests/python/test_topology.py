@@ -301,39 +301,26 @@ def test_connector_sink_is_refused_by_name():
     assert setup_error(app_with_sink(sink, "Celsius Conversion")) == (
         "sink 0 of pipeline 'Celsius Conversion' (connector sink "
         "'fahrenheit_conversion' at 127.0.0.1:7200): connector sinks are not "
-        "supported yet by quoll (supported: TCP and file sinks)")
+        "supported yet by quoll (supported: TCP, file and Kafka sinks)")
 
 
-def test_kafka_sources_are_refused_by_name():
+def test_kafka_sources_and_sinks_are_read_and_their_errors_name_them():
     kafka = wallaroo.KafkaSourceConfig("orders", "topic-a",
                                        [("127.0.0.1", 9092), "h2:9093"],
                                        "Warn", decode)
-    assert setup_error(app_with_source(kafka, "Orders")) == (
-        "source of pipeline 'Orders' (kafka source 'orders' on topic "
-        "'topic-a' at 127.0.0.1:9092,h2:9093): Kafka sources are not "
-        "supported yet by quoll (supported: TCP, generator, file and "
-        "connector sources)")
-    cli = wallaroo.CustomKafkaSourceCLIParser(
-        ["--kafka_source_topic", "t", "--kafka_source_brokers", "k:1"], decode)
-    assert setup_error(app_with_source(cli)).startswith(
-        "source of pipeline 'P' (kafka source 'kafka_source' on topic 't' at "
-        "k:1): Kafka sources are not supported yet by quoll")
+    topo = flatten(app_with_source(kafka, "Orders"))
+    assert topo.sources[0].spec.brokers == [("127.0.0.1", "9092"), ("h2", "9093")]
+    sink = wallaroo.KafkaSinkConfig("out", "k:9092", "Warn", 0, 1000, encode)
+    assert flatten(app_with_sink(sink)).sinks[0].spec.name == "kafka_sink_0"
+    # Without their flags the Default* parsers have no topic.
     default = wallaroo.DefaultKafkaSourceCLIParser(decode)
     assert setup_error(app_with_source(default)).startswith(
         "source of pipeline 'P' (kafka source 'kafka_source' configured from "
-        "the command line): Kafka sources are not supported yet by quoll")
-
-
-def test_kafka_sinks_are_refused_by_name():
-    kafka = wallaroo.KafkaSinkConfig("out", "k:9092", "Warn", 0, 1000, encode)
-    assert setup_error(app_with_sink(kafka)) == (
-        "sink 0 of pipeline 'P' (kafka sink on topic 'out' at k:9092): Kafka "
-        "sinks are not supported yet by quoll (supported: TCP and file "
-        "sinks)")
+        "the command line): no topic")
     default = wallaroo.DefaultKafkaSinkCLIParser(encode)
     assert setup_error(app_with_sink(default)).startswith(
         "sink 0 of pipeline 'P' (kafka sink 'kafka_sink' configured from the "
-        "command line): Kafka sinks are not supported yet by quoll")
+        "command line): no topic")
 
 
 def test_unknown_kinds_and_the_sink_index():
@@ -346,11 +333,12 @@ def test_unknown_kinds_and_the_sink_index():
     p = left.merge(right).to_sinks([tcp_sink(), Queue()])
     assert setup_error(wallaroo.build_application("app", p)) == (
         "sink 1 of pipelines 'A' and 'B' ('mq' sink 'jobs'): the sink kind "
-        "'mq' is not supported yet by quoll (supported: TCP and file sinks)")
+        "'mq' is not supported yet by quoll (supported: TCP, file and Kafka "
+        "sinks)")
     assert setup_error(app_with_source(Queue())) == (
         "source of pipeline 'P' ('mq' source 'jobs'): the source kind 'mq' "
-        "is not supported yet by quoll (supported: TCP, generator, file and "
-        "connector sources)")
+        "is not supported yet by quoll (supported: TCP, generator, file, "
+        "connector and Kafka sources)")
 
 
 def test_decoder_without_length_format_is_named_by_its_source():
@@ -430,7 +418,7 @@ def test_worker_refuses_connector_sink(tmp_path):
         "machida3: error: application 'setup_app': sink 0 of pipeline "
         "'Celsius Conversion' (connector sink 'fahrenheit_conversion' at "
         "127.0.0.1:7200): connector sinks are not supported yet by quoll "
-        "(supported: TCP and file sinks)"]
+        "(supported: TCP, file and Kafka sinks)"]
 
 
 def test_engine_setup_error_names_the_source(tmp_path):

@@ -101,6 +101,13 @@ pub enum SourceSpec {
         max_credits: u32,
         refill_credits: u32,
     },
+    /// This worker's share of a Kafka topic's partitions (crates/quoll-kafka).
+    Kafka {
+        topic: String,
+        brokers: Vec<(String, String)>,
+        log_level: String,
+        decode: Py<PyAny>,
+    },
 }
 
 pub struct SourcePlan {
@@ -111,8 +118,22 @@ pub struct SourcePlan {
 
 /// Where a sink writes.
 pub enum SinkSpec {
-    Tcp { host: String, port: String },
-    File { path: String },
+    Tcp {
+        host: String,
+        port: String,
+    },
+    File {
+        path: String,
+    },
+    /// A Kafka topic; `name` is unique in the app and stable across runs.
+    Kafka {
+        name: String,
+        topic: String,
+        brokers: Vec<(String, String)>,
+        log_level: String,
+        max_produce_buffer_ms: u64,
+        max_message_size: usize,
+    },
 }
 
 pub struct SinkPlan {
@@ -203,6 +224,28 @@ struct ConnectorSourceIn {
     cookie: String,
     max_credits: u32,
     refill_credits: u32,
+}
+
+/// `quoll.topology.KafkaSource`.
+#[derive(FromPyObject)]
+struct KafkaSourceIn {
+    topic: String,
+    brokers: Vec<(String, String)>,
+    log_level: String,
+    decode: Py<PyAny>,
+}
+
+/// `quoll.topology.KafkaSink` (its `encode` already returns
+/// `(payload, key, partition)` or None).
+#[derive(FromPyObject)]
+struct KafkaSinkIn {
+    name: String,
+    topic: String,
+    brokers: Vec<(String, String)>,
+    log_level: String,
+    max_produce_buffer_ms: u64,
+    max_message_size: usize,
+    encode: Py<PyAny>,
 }
 
 /// `quoll.topology.TcpSink`.
@@ -425,6 +468,15 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyAny>) -> Result<AppPlan, App
                     refill_credits: s.refill_credits,
                 }
             }
+            "kafka" => {
+                let s: KafkaSourceIn = read(&src.spec, place)?;
+                SourceSpec::Kafka {
+                    topic: s.topic,
+                    brokers: s.brokers,
+                    log_level: s.log_level,
+                    decode: s.decode,
+                }
+            }
             other => {
                 return Err(invalid(
                     place,
@@ -463,6 +515,20 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyAny>) -> Result<AppPlan, App
                 let s: FileSinkIn = read(&sink.spec, place)?;
                 (SinkSpec::File { path: s.path }, s.encode)
             }
+            "kafka" => {
+                let s: KafkaSinkIn = read(&sink.spec, place)?;
+                (
+                    SinkSpec::Kafka {
+                        name: s.name,
+                        topic: s.topic,
+                        brokers: s.brokers,
+                        log_level: s.log_level,
+                        max_produce_buffer_ms: s.max_produce_buffer_ms,
+                        max_message_size: s.max_message_size,
+                    },
+                    s.encode,
+                )
+            }
             other => {
                 return Err(invalid(
                     place,
@@ -473,6 +539,7 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyAny>) -> Result<AppPlan, App
         let label = match &spec {
             SinkSpec::Tcp { host, port } => format!("tcp sink {host}:{port}"),
             SinkSpec::File { path } => format!("file sink {path}"),
+            SinkSpec::Kafka { name, topic, .. } => format!("kafka sink '{name}' (topic '{topic}')"),
         };
         sinks.push(SinkPlan {
             label,

@@ -46,6 +46,12 @@ pub enum WorkerError {
     },
     #[error("{0}")]
     Sink(String),
+    /// A Kafka source or sink that can't be set up: `place` names it.
+    #[error("{place}: {problem}")]
+    KafkaConfig { place: String, problem: String },
+    /// The error names the Kafka source or sink, topic, brokers and worker.
+    #[error(transparent)]
+    Kafka(#[from] quoll_kafka::KafkaError),
     /// A resilience file or the commit log.
     #[error(transparent)]
     Store(#[from] StoreError),

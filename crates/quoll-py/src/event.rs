@@ -16,9 +16,9 @@ pub enum Event {
     /// (replayable sources only) is where the source stands once these
     /// frames are processed; a checkpoint records it. `epoch` is the
     /// incarnation of a restartable source (0 for others): frames of an
-    /// incarnation stopped by a rollback are dropped. `keys` (connector
-    /// sources) gives each frame's MESSAGE key, empty for none; with no
-    /// keys at all every frame has the source's implicit key.
+    /// incarnation stopped by a rollback are dropped. `keys` (connector and
+    /// Kafka sources) gives each frame's message key, empty for none; with
+    /// no keys at all every frame has the source's implicit key.
     Frames {
         source: usize,
         frames: Vec<Bytes>,
@@ -42,12 +42,15 @@ pub enum Event {
 }
 
 /// A replayable source's position after some frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourcePosition {
     /// File source: the byte offset after the last frame.
     FileOffset(u64),
     /// Connector source: a stream and the message id of its last frame.
     Stream { id: u64, point_of_ref: u64 },
+    /// Kafka source: the next offset of each partition these frames came
+    /// from (or that it starts at).
+    Partitions(Vec<(i32, i64)>),
 }
 
 /// Counters shared by the I/O tasks and the executor.

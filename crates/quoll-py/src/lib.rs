@@ -29,6 +29,7 @@ mod error;
 mod event;
 mod executor;
 mod external_channel;
+mod kafka_io;
 mod links;
 mod logging;
 mod metrics;

@@ -1,11 +1,18 @@
 //! Sink writers on tokio threads: TCP sinks (at-least-once, reconnecting)
 //! and quoll's file sink (exactly-once: cut back to its checkpointed length
-//! on rollback). They receive encoded bytes; nothing here touches Python.
+//! on rollback); the Kafka sink's writer is in `kafka_io`. They receive
+//! encoded output; nothing here touches Python.
+//!
+//! Every sink gets every checkpoint command, in the order the executor
+//! issued them relative to the output: output written before
+//! `PreCommit(N)` belongs to checkpoint N, output after it to a later one.
 //! A sink that can't keep up fills its bounded queue and makes the executor
 //! wait.
 
 use crate::event::IoStats;
 use bytes::Bytes;
+use quoll_core::checkpoint::CheckpointId;
+use quoll_kafka::KafkaRecord;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,12 +36,25 @@ pub struct SinkChunk {
 /// What the executor asks of a sink writer, in order.
 pub enum SinkCommand {
     Write(SinkChunk),
-    /// Make everything written so far durable (a checkpoint's sink
-    /// pre-commit). TCP sinks answer at once: they are at-least-once.
-    Sync(oneshot::Sender<Result<(), String>>),
-    /// Cut the output back to `len` bytes: the start of an exactly-once file
-    /// sink (0, or the checkpointed length after a rollback).
-    Truncate(u64, oneshot::Sender<Result<(), String>>),
+    /// Kafka records (a Kafka sink's output).
+    Records(Vec<KafkaRecord>),
+    /// Make everything written so far durable as part of checkpoint `id`
+    /// (its barrier). TCP sinks answer at once: they are at-least-once.
+    PreCommit(CheckpointId, oneshot::Sender<Result<(), String>>),
+    /// Checkpoint `id` is committed cluster-wide.
+    Commit(CheckpointId),
+    /// Checkpoint `id` was abandoned without a rollback.
+    Abort(CheckpointId),
+    /// Start-up and rollback to `checkpoint` (None: the beginning): a file
+    /// sink is cut back to `len` bytes (0, or the checkpointed length).
+    Restore {
+        checkpoint: Option<CheckpointId>,
+        len: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A clean stop of the whole cluster: no rollback will follow, so
+    /// output not covered by a checkpoint is made final too (Kafka).
+    Finish,
 }
 
 /// Writes a TCP sink: connects (retrying every 250 ms), writes chunks in
@@ -138,9 +158,13 @@ fn tcp_sink_chunks(mut rx: mpsc::Receiver<SinkCommand>) -> mpsc::Receiver<SinkCh
                         return;
                     }
                 }
-                SinkCommand::Sync(reply) | SinkCommand::Truncate(_, reply) => {
+                SinkCommand::PreCommit(_, reply) | SinkCommand::Restore { reply, .. } => {
                     let _ = reply.send(Ok(()));
                 }
+                SinkCommand::Records(_)
+                | SinkCommand::Commit(_)
+                | SinkCommand::Abort(_)
+                | SinkCommand::Finish => {}
             }
         }
     });
@@ -170,9 +194,9 @@ fn hold(
     held.push_back(c);
 }
 
-/// Writes a file sink. The worker starts it with a `Truncate` (to 0 on a
+/// Writes a file sink. The worker starts it with a `Restore` (to 0 on a
 /// fresh start, to the checkpointed length after a rollback); chunks are
-/// appended in order; `Sync` makes them durable.
+/// appended in order; `PreCommit` makes them durable.
 pub async fn run_file_sink(
     label: String,
     mut file: tokio::fs::File,
@@ -190,14 +214,14 @@ pub async fn run_file_sink(
                     failed = true;
                 }
             }
-            SinkCommand::Sync(reply) => {
+            SinkCommand::PreCommit(_, reply) => {
                 let r = match (failed, file.sync_data().await) {
                     (true, _) => Err(format!("{label}: an earlier write failed")),
                     (false, r) => r.map_err(|e| format!("{label}: sync failed: {e}")),
                 };
                 let _ = reply.send(r);
             }
-            SinkCommand::Truncate(len, reply) => {
+            SinkCommand::Restore { len, reply, .. } => {
                 let r = async {
                     file.flush().await?;
                     file.set_len(len).await?;
@@ -209,6 +233,10 @@ pub async fn run_file_sink(
                 failed = r.is_err();
                 let _ = reply.send(r);
             }
+            SinkCommand::Records(_)
+            | SinkCommand::Commit(_)
+            | SinkCommand::Abort(_)
+            | SinkCommand::Finish => {}
         }
     }
     if let Err(e) = file.sync_all().await {

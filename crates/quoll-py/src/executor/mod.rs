@@ -20,7 +20,7 @@
 //! - output for a sink is appended to that sink's buffer in processing order
 //!   and handed to the sink's writer after each batch.
 
-use crate::app::{AggregationCalls, AppPlan, SinkPlan, SourceSpec, StageCalls};
+use crate::app::{AggregationCalls, AppPlan, SinkPlan, SinkSpec, SourceSpec, StageCalls};
 use crate::codec::Codec;
 use crate::event::SourcePosition;
 use crate::logging::{wallaroo_line, WallarooLine};
@@ -38,6 +38,7 @@ use quoll_core::windows::{
     Aggregator, CountWindowSpec, CountWindows, RangeWindowSpec, RangeWindows, WindowOutput,
 };
 use quoll_core::wire::{self, BatchReader};
+use quoll_kafka::KafkaRecord;
 pub use snapshot::Snapshot;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -74,6 +75,8 @@ const IDLE_TICK: Duration = Duration::from_millis(10);
 /// Sink output is handed over once a buffer holds this much, or at the end
 /// of a batch.
 const SINK_FLUSH_BYTES: usize = 256 << 10;
+/// A Kafka sink's records are handed over in lots of at most this many.
+const KAFKA_FLUSH_RECORDS: usize = 1000;
 
 enum Op {
     Stateless {
@@ -197,6 +200,8 @@ struct SinkOut {
     place: String,
     encode: Py<PyAny>,
     buf: Vec<u8>,
+    /// A Kafka sink's records (None for byte sinks, which fill `buf`).
+    records: Option<Vec<KafkaRecord>>,
     messages: u64,
     tx: mpsc::Sender<SinkCommand>,
     /// Bytes handed to the writer since the sink (re)started at `base`.
@@ -218,6 +223,9 @@ struct GenSource {
 #[derive(Default, Clone)]
 pub struct SourceProgress {
     pub file_offset: u64,
+    /// Connector source: stream id to the last message id. Kafka source:
+    /// partition to its next offset (both never negative), so the
+    /// checkpoint format holds either.
     pub streams: std::collections::BTreeMap<u64, u64>,
 }
 
@@ -349,7 +357,8 @@ impl Executor {
             let decode = match src.spec {
                 SourceSpec::Tcp { decode, .. }
                 | SourceSpec::File { decode, .. }
-                | SourceSpec::Connector { decode, .. } => Some(decode),
+                | SourceSpec::Connector { decode, .. }
+                | SourceSpec::Kafka { decode, .. } => Some(decode),
                 SourceSpec::Gen {
                     initial_value,
                     apply,
@@ -376,15 +385,25 @@ impl Executor {
         let sinks: Vec<SinkOut> = sinks
             .into_iter()
             .zip(sink_txs)
-            .map(|(SinkPlan { label, encode, .. }, tx)| SinkOut {
-                place: format!("{label} (encoder)"),
-                label,
-                encode,
-                buf: Vec::with_capacity(SINK_FLUSH_BYTES * 2),
-                messages: 0,
-                tx,
-                offset: 0,
-            })
+            .map(
+                |(
+                    SinkPlan {
+                        label,
+                        encode,
+                        spec,
+                    },
+                    tx,
+                )| SinkOut {
+                    place: format!("{label} (encoder)"),
+                    label,
+                    encode,
+                    records: matches!(spec, SinkSpec::Kafka { .. }).then(Vec::new),
+                    buf: Vec::with_capacity(SINK_FLUSH_BYTES * 2),
+                    messages: 0,
+                    tx,
+                    offset: 0,
+                },
+            )
             .collect();
         let progress = (0..framed.len())
             .map(|_| SourceProgress::default())
@@ -469,6 +488,12 @@ impl Executor {
             Some(SourcePosition::FileOffset(o)) => self.progress[source].file_offset = o,
             Some(SourcePosition::Stream { id, point_of_ref }) => {
                 self.progress[source].streams.insert(id, point_of_ref);
+            }
+            Some(SourcePosition::Partitions(next)) => {
+                let streams = &mut self.progress[source].streams;
+                for (partition, offset) in next {
+                    streams.insert(partition as u64, offset as u64);
+                }
             }
             None => {}
         }
@@ -961,6 +986,34 @@ impl Executor {
     ) -> Result<(), Fatal> {
         let s = &mut self.sinks[sink];
         match s.encode.bind(py).call1((value,)) {
+            Ok(b) if s.records.is_some() => {
+                if b.is_none() {
+                    return Ok(());
+                }
+                let record = match b.extract::<(Vec<u8>, Option<Vec<u8>>, Option<i32>)>() {
+                    Ok((payload, key, partition)) => KafkaRecord {
+                        payload: payload.into(),
+                        key: key.map(Bytes::from),
+                        partition,
+                    },
+                    Err(e) => {
+                        let place = s.place.clone();
+                        return self.errors.report(
+                            &place,
+                            &format!("key {}", show_key(key)),
+                            &format!("encoder result is not (payload, key, partition): {e}"),
+                            None,
+                        );
+                    }
+                };
+                let records = s.records.get_or_insert_with(Vec::new);
+                records.push(record);
+                s.messages += 1;
+                if records.len() >= KAFKA_FLUSH_RECORDS {
+                    self.flush_sink(py, sink);
+                }
+                Ok(())
+            }
             Ok(b) => {
                 if let Ok(bytes) = b.cast::<PyBytes>() {
                     s.buf.extend_from_slice(bytes.as_bytes());
@@ -1010,30 +1063,45 @@ impl Executor {
 
     fn flush_sink(&mut self, py: Python<'_>, sink: usize) {
         let s = &mut self.sinks[sink];
-        if s.buf.is_empty() {
-            return;
-        }
-        let chunk = SinkChunk {
-            bytes: Bytes::from(std::mem::replace(
-                &mut s.buf,
-                Vec::with_capacity(SINK_FLUSH_BYTES * 2),
-            )),
-            messages: s.messages,
+        let chunk = match &mut s.records {
+            Some(records) if records.is_empty() => return,
+            Some(records) => {
+                let bytes = records.iter().map(|r| r.payload.len()).sum();
+                self.meters.sink_out(sink, records.len() as u64, bytes);
+                SinkCommand::Records(std::mem::take(records))
+            }
+            None if s.buf.is_empty() => return,
+            None => {
+                let chunk = SinkChunk {
+                    bytes: Bytes::from(std::mem::replace(
+                        &mut s.buf,
+                        Vec::with_capacity(SINK_FLUSH_BYTES * 2),
+                    )),
+                    messages: s.messages,
+                };
+                s.offset += chunk.bytes.len() as u64;
+                self.meters
+                    .sink_out(sink, chunk.messages, chunk.bytes.len());
+                SinkCommand::Write(chunk)
+            }
         };
         s.messages = 0;
-        s.offset += chunk.bytes.len() as u64;
-        self.meters
-            .sink_out(sink, chunk.messages, chunk.bytes.len());
-        let chunk = SinkCommand::Write(chunk);
-        match s.tx.try_send(chunk) {
+        self.send_to_sink(py, sink, chunk);
+    }
+
+    /// Hands `command` to sink `sink`'s writer after everything handed to
+    /// it before (waiting, without the GIL, while its queue is full).
+    pub fn send_to_sink(&self, py: Python<'_>, sink: usize, command: SinkCommand) {
+        let s = &self.sinks[sink];
+        match s.tx.try_send(command) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(chunk)) => {
+            Err(mpsc::error::TrySendError::Full(command)) => {
                 // Back-pressure: wait for the writer without holding the GIL.
                 let tx = s.tx.clone();
                 let rt = self.rt.clone();
                 let label = s.label.clone();
                 py.detach(move || {
-                    if rt.block_on(tx.send(chunk)).is_err() {
+                    if rt.block_on(tx.send(command)).is_err() {
                         error!(place = %label, "writer stopped; output dropped");
                     }
                 });
@@ -1055,6 +1123,10 @@ impl Executor {
                 _ => 0,
             })
             .sum()
+    }
+
+    pub fn sink_count(&self) -> usize {
+        self.sinks.len()
     }
 
     /// Hands every sink's buffered output to its writer.

@@ -179,6 +179,7 @@ impl Worker {
                 let metrics_addr = self.config.metrics_listen.as_deref();
                 self.metrics
                     .formed(&names, me, !self.started_up, metrics_addr);
+                self.place = (me, names.len());
                 let data_out = self.links.as_ref().map_or_else(Vec::new, |l| l.data_out());
                 if names.len() > 1 {
                     self.ex.router = Some(Router::new(me, names, generation, data_out));
@@ -312,11 +313,16 @@ impl Worker {
                 compact,
             } => {
                 self.metrics.checkpoint_committed(id);
-                self.committed(id, &positions, compact)
+                self.committed(py, id, &positions, compact)
             }
             ParticipantAction::Abort { id } => {
                 self.metrics.checkpoint_abandoned();
-                debug!("checkpoint {id} abandoned: nothing pre-committed to undo")
+                // Kafka sinks keep the output in the open transaction, for
+                // the next checkpoint that commits; other sinks ignore it.
+                debug!("checkpoint {id} abandoned");
+                for i in 0..self.ex.sink_count() {
+                    self.ex.send_to_sink(py, i, SinkCommand::Abort(id));
+                }
             }
             ParticipantAction::PartDone { id } | ParticipantAction::PartFailed { id, .. } => {
                 debug!("checkpoint {id}: part report handled by the node")
@@ -352,18 +358,24 @@ impl Worker {
                 });
             }
         };
-        let sinks = self.sinks.clone();
+        // Queued now, behind the output before the barrier and ahead of
+        // any after it.
+        let pre_commits: Vec<_> = (0..self.ex.sink_count())
+            .map(|i| {
+                let (reply, done) = oneshot::channel();
+                self.ex
+                    .send_to_sink(py, i, SinkCommand::PreCommit(id, reply));
+                done
+            })
+            .collect();
         let events = self.ctl_tx.clone();
         let metrics = self.metrics.clone();
         self.part_writes.retain(|t| !t.is_finished());
         self.part_writes.push(self.rt.spawn(async move {
             let mut result = Ok(());
-            for tx in sinks {
-                let (reply, done) = oneshot::channel();
-                if tx.send(SinkCommand::Sync(reply)).await.is_ok() {
-                    if let Ok(Err(e)) = done.await {
-                        result = Err(e);
-                    }
+            for done in pre_commits {
+                if let Ok(Err(e)) = done.await {
+                    result = Err(e);
                 }
             }
             if result.is_ok() {
@@ -386,10 +398,25 @@ impl Worker {
         None
     }
 
-    /// Checkpoint `id` is complete cluster-wide: connector clients may
-    /// forget what it covers, generators may run, older files go.
-    fn committed(&mut self, id: CheckpointId, positions: &[SourceProgress], compact: bool) {
+    /// Checkpoint `id` is complete cluster-wide: Kafka sinks commit its
+    /// transactions, connector clients may forget what it covers,
+    /// generators may run, older files go.
+    fn committed(
+        &mut self,
+        py: Python<'_>,
+        id: CheckpointId,
+        positions: &[SourceProgress],
+        compact: bool,
+    ) {
         debug!("checkpoint {id} committed");
+        for i in 0..self.ex.sink_count() {
+            self.ex.send_to_sink(py, i, SinkCommand::Commit(id));
+        }
+        for k in &self.kafka_sources {
+            if let Some(p) = positions.get(k.index) {
+                k.committed(crate::kafka_io::offsets(&p.streams));
+            }
+        }
         for c in &self.connectors {
             let positions = positions
                 .get(c.index)
@@ -430,7 +457,7 @@ impl Worker {
             })
         });
         let Some(files) = self.files.clone() else {
-            self.truncate_sinks(py, &vec![0; self.sinks.len()])?;
+            self.restore_sinks(py, None, &vec![0; self.sinks.len()])?;
             self.restart_sources(&[]);
             return Ok(0);
         };
@@ -441,7 +468,7 @@ impl Worker {
             .ex
             .restore(py, &image.entries, &image.sources, &image.sinks)
             .map_err(WorkerError::Restore)?;
-        self.truncate_sinks(py, &restored.sink_offsets)?;
+        self.restore_sinks(py, checkpoint, &restored.sink_offsets)?;
         self.restart_sources(&restored.progress);
         self.ex.enable_generators(checkpoint.is_some());
         if checkpoint.is_some() || generation > 1 {
@@ -456,13 +483,25 @@ impl Worker {
         Ok(image.files_read)
     }
 
-    fn truncate_sinks(&self, py: Python<'_>, offsets: &[u64]) -> Result<(), WorkerError> {
+    /// Puts every sink where `checkpoint` left it: file sinks cut back to
+    /// `offsets`, Kafka sinks recovered.
+    fn restore_sinks(
+        &self,
+        py: Python<'_>,
+        checkpoint: Option<CheckpointId>,
+        offsets: &[u64],
+    ) -> Result<(), WorkerError> {
         let (rt, sinks) = (&self.rt, &self.sinks);
         py.detach(|| {
             rt.block_on(async {
                 for (tx, &len) in sinks.iter().zip(offsets) {
                     let (reply, done) = oneshot::channel();
-                    if tx.send(SinkCommand::Truncate(len, reply)).await.is_ok() {
+                    let restore = SinkCommand::Restore {
+                        checkpoint,
+                        len,
+                        reply,
+                    };
+                    if tx.send(restore).await.is_ok() {
                         if let Ok(Err(e)) = done.await {
                             return Err(WorkerError::Sink(e));
                         }
@@ -507,6 +546,23 @@ impl Worker {
             if c.commands.try_send(restart).is_err() {
                 error!("connector source {} did not take its restart", c.index);
             }
+        }
+        let (me, workers) = self.place;
+        for k in self.kafka_sources.iter_mut() {
+            let positions = progress
+                .get(k.index)
+                .map(|p| crate::kafka_io::offsets(&p.streams))
+                .unwrap_or_default();
+            k.restart(
+                &self.rt,
+                positions,
+                self.source_epoch,
+                me,
+                workers,
+                self.src_tx.clone(),
+                self.ctl_tx.clone(),
+                self.stats.clone(),
+            );
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::error::WorkerError;
 use crate::event::{Event, IoStats};
 use crate::executor::{Executor, SourceProgress};
 use crate::external_channel::{self, ExternalView};
+use crate::kafka_io::{self, KafkaSourceRunner};
 use crate::links::{Links, CONNECT_RETRY, HEARTBEAT_TIMEOUT};
 use crate::logging::{self, wallaroo_line, WallarooLine};
 use crate::metrics::{Metrics, WorkerState};
@@ -124,6 +125,10 @@ pub(crate) struct Worker {
     ctl_rx: mpsc::Receiver<Event>,
     file_sources: Vec<FileSource>,
     connectors: Vec<ConnectorHandle>,
+    kafka_sources: Vec<KafkaSourceRunner>,
+    /// This worker's index among the members, and their number (for the
+    /// Kafka partitions it reads); set when the cluster forms.
+    place: (usize, usize),
     /// Incarnation of the replayable sources: frames of older ones are dropped.
     source_epoch: u32,
     sinks: Vec<mpsc::Sender<SinkCommand>>,
@@ -246,6 +251,7 @@ impl Worker {
         let mut source_ids = Vec::new();
         let mut file_sources = Vec::new();
         let mut connectors = Vec::new();
+        let mut kafka_sources = Vec::new();
         let first_epoch = 1;
         for (index, src) in plan.sources.iter().enumerate() {
             source_ids.push(src.name.clone());
@@ -313,6 +319,29 @@ impl Worker {
                     ));
                     connectors.push(ConnectorHandle { index, commands });
                 }
+                SourceSpec::Kafka {
+                    topic,
+                    brokers,
+                    log_level,
+                    ..
+                } => {
+                    let place = format!("kafka source '{}' (topic '{topic}')", src.name);
+                    let bad = |problem| WorkerError::KafkaConfig {
+                        place: place.clone(),
+                        problem,
+                    };
+                    let mut cfg = quoll_kafka::KafkaSourceConfig::new(
+                        &app_name,
+                        &src.name,
+                        &config.name,
+                        topic,
+                        quoll_kafka::Brokers::from_pairs(brokers).map_err(bad)?,
+                        0,
+                        1,
+                    );
+                    cfg.log_level = quoll_kafka::LogLevel::parse(log_level).map_err(bad)?;
+                    kafka_sources.push(KafkaSourceRunner::new(index, cfg));
+                }
                 SourceSpec::Gen { .. } => {}
             }
         }
@@ -343,6 +372,45 @@ impl Worker {
                         }
                     })?;
                     PendingSink::File { label, file, rx }
+                }
+                SinkSpec::Kafka {
+                    name,
+                    topic,
+                    brokers,
+                    log_level,
+                    max_produce_buffer_ms,
+                    max_message_size,
+                } => {
+                    let bad = |problem| WorkerError::KafkaConfig {
+                        place: sink.label.clone(),
+                        problem,
+                    };
+                    let delivery = if config.resilience {
+                        quoll_kafka::Delivery::ExactlyOnce {
+                            resilience_dir: PathBuf::from(&config.resilience_dir),
+                        }
+                    } else {
+                        quoll_kafka::Delivery::AtLeastOnce
+                    };
+                    let mut cfg = quoll_kafka::KafkaSinkConfig::new(
+                        &app_name,
+                        &config.name,
+                        name,
+                        topic,
+                        quoll_kafka::Brokers::from_pairs(brokers).map_err(bad)?,
+                        delivery,
+                    );
+                    cfg.log_level = quoll_kafka::LogLevel::parse(log_level).map_err(bad)?;
+                    cfg.max_produce_buffer = Duration::from_millis(*max_produce_buffer_ms);
+                    cfg.max_message_size = *max_message_size;
+                    // Started now (its thread only waits for commands): the
+                    // first restore's `recover` connects.
+                    let handle = quoll_kafka::KafkaSink::spawn(cfg)?;
+                    PendingSink::Kafka {
+                        label: sink.label.clone(),
+                        handle,
+                        rx,
+                    }
                 }
             });
         }
@@ -435,6 +503,13 @@ impl Worker {
                 PendingSink::File { label, file, rx } => {
                     rt.spawn(sinks::run_file_sink(label, file, rx))
                 }
+                PendingSink::Kafka { label, handle, rx } => rt.spawn(kafka_io::run_kafka_sink(
+                    label,
+                    handle,
+                    rx,
+                    ctl_tx.clone(),
+                    stats.clone(),
+                )),
             })
             .collect();
         Ok(Worker {
@@ -453,6 +528,8 @@ impl Worker {
             ctl_rx,
             file_sources,
             connectors,
+            kafka_sources,
+            place: (0, 1),
             source_epoch: first_epoch,
             sinks: sink_txs,
             sink_tasks,
@@ -547,6 +624,14 @@ impl Worker {
             ..
         } = self;
         drop(ex);
+        if clean {
+            // A clean stop: no rollback will follow.
+            rt.block_on(async {
+                for tx in &sinks {
+                    let _ = tx.send(SinkCommand::Finish).await;
+                }
+            });
+        }
         drop(sinks);
         let reason = match result {
             Ok(Stop::Clean(reason)) => Some(reason.clone()),
@@ -594,6 +679,11 @@ enum PendingSink {
     File {
         label: String,
         file: tokio::fs::File,
+        rx: mpsc::Receiver<SinkCommand>,
+    },
+    Kafka {
+        label: String,
+        handle: quoll_kafka::KafkaSinkHandle,
         rx: mpsc::Receiver<SinkCommand>,
     },
 }

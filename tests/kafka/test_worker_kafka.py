@@ -1,0 +1,322 @@
+"""Workers reading and writing Kafka, against a real broker (tansu on
+127.0.0.1, one per test).
+
+- The Kafka examples (examples/kafka/) run unmodified on 1 and 3 workers
+  and their output is exact.
+- Word count from a 3-partition topic to a 3-partition topic on 3 workers
+  with resilience, under a storm of SIGKILLs (random workers, the
+  initializer too, at random moments, each restarted with its command):
+  the committed output holds every (word, count) exactly once and the
+  final counts are true. 15 s of storm, 90 s with `pytest --long`.
+- A record's Kafka key is its key in a keyed stage without `key_by`;
+  decoder and encoder errors drop the record and are counted by place.
+- With resilience, a clean shutdown commits the output no checkpoint
+  covers yet.
+- With resilience, the broker cut off for a few seconds mid-run (a proxy
+  in front of it resets every connection and refuses new ones: tansu's
+  memory storage would lose the topics in a real restart) delays the
+  output and changes nothing in it.
+- A broker address that does not resolve and a topic that does not exist
+  stop the worker with an error naming the source or sink, its topic and
+  the worker.
+
+Output is read with `committed_reader.py` (the read_committed rule applied
+by the test itself: tansu hands aborted records to read_committed
+consumers, see docs/kafka.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from broker import Broker, broker_bin
+from committed_reader import read_committed, read_uncommitted
+from proxy import Proxy
+from harness import EXAMPLES, Cluster, Proc, free_port, report_status, wait_report, wait_until, word_count_problems
+from test_resilience_faults import fault_seed, resilience_flags
+
+KAFKA_EXAMPLES = EXAMPLES / "kafka"
+APPS = Path(__file__).resolve().parent / "apps"
+WORDS = [f"w{i:03d}" for i in range(150)]
+
+
+def produce(broker, topic, values, keys=None):
+    """Sends `values` (str, with `keys` if given) to `topic`; every one must
+    be delivered."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": broker.address, "linger.ms": 5})
+    for i, v in enumerate(values):
+        p.produce(topic, v.encode("utf-8"), key=keys[i].encode("utf-8") if keys else None)
+        p.poll(0)
+    assert p.flush(30) == 0, f"records to {topic} not delivered"
+
+
+def outputs_by_partition(broker, topic):
+    """Committed values of `topic` as text, per partition in offset order."""
+    out = collections.defaultdict(list)
+    for r in read_committed(broker.address, topic):
+        out[f"partition {r.partition}"].append(r.value.decode("utf-8"))
+    return dict(out)
+
+
+def word_count_args(broker, lines="lines", counts="counts"):
+    return lambda c, i: ["--lines_topic", lines, "--lines_brokers", broker.address,
+                         "--counts_topic", counts, "--counts_brokers", broker.address]
+
+
+def random_lines(rng, n):
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))) for _ in range(n)]
+
+
+def truth_of(lines):
+    return collections.Counter(w for line in lines for w in line.split())
+
+
+@pytest.fixture
+def clusters():
+    made = []
+    yield made
+    for c in made:
+        c.stop()
+
+
+def start(clusters, tmp_path, module, workers, app_args, extra=(), pythonpath=KAFKA_EXAMPLES):
+    c = Cluster(tmp_path, module, pythonpath, workers, app_args, extra_flags=extra)
+    clusters.append(c)
+    return c.start(timeout=60)
+
+
+def wait_for_word_counts(broker, truth, cluster, timeout):
+    """Waits until the committed counts are complete; returns the problems
+    of the last look (empty once they are exact)."""
+    problems = ["nothing read yet"]
+
+    def done():
+        nonlocal problems
+        problems = word_count_problems(outputs_by_partition(broker, "counts"), truth)
+        return not problems
+
+    try:
+        wait_until(done, timeout, "the committed word counts to be complete", interval=0.5)
+    except AssertionError:
+        pass
+    return problems
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_celsius_example(broker, tmp_path, clusters, workers):
+    broker.create_topic("celsius", 3)
+    broker.create_topic("fahrenheit", 1)
+    readings = [f"{c / 4:.2f}" for c in range(-400, 400)] + ["warm", "cold"]
+    produce(broker, "celsius", readings)
+    args = ["--kafka_source_topic", "celsius", "--kafka_source_brokers", broker.address,
+            "--kafka_sink_topic", "fahrenheit", "--kafka_sink_brokers", broker.address,
+            "--kafka_sink_max_message_size", "100000", "--kafka_sink_max_produce_buffer_ms", "10"]
+    c = start(clusters, tmp_path, "celsius_kafka", workers, lambda c, i: args)
+    want = sorted(f"{float(r) * 1.8 + 32:.2f}" for r in readings[:-2])
+
+    def got():
+        return sorted(v for vs in outputs_by_partition(broker, "fahrenheit").values() for v in vs)
+
+    wait_until(lambda: len(got()) >= len(want), 60, "every reading converted", interval=0.3)
+    time.sleep(1)
+    assert got() == want, c.describe()
+    c.shutdown()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_word_count_example(broker, tmp_path, clusters, workers):
+    broker.create_topic("lines", 3)
+    broker.create_topic("counts", 3)
+    lines = random_lines(random.Random(workers), 2000)
+    produce(broker, "lines", lines)
+    c = start(clusters, tmp_path, "word_count_kafka", workers, word_count_args(broker))
+    problems = wait_for_word_counts(broker, truth_of(lines), c, 60)
+    assert not problems, "\n".join(problems[:10]) + "\n" + c.describe()
+    # Every count is keyed by its word.
+    keys = {(r.key, r.value.decode().rpartition(" => ")[0].encode())
+            for r in read_committed(broker.address, "counts")}
+    assert all(k == w for k, w in keys)
+    c.shutdown()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kafka_key_is_the_implicit_key_and_user_errors_are_counted(broker, tmp_path, clusters, workers):
+    broker.create_topic("in", 3)
+    broker.create_topic("out", 3)
+    rng = random.Random(workers)
+    keys = [rng.choice("abcdefg") for _ in range(600)]
+    values = [f"{k}:{i}" for i, k in enumerate(keys)]
+    values[10], values[20], values[30] = "bad-in", f"{keys[20]}:bad 1", f"{keys[30]}:bad 2"
+    produce(broker, "in", values, keys)
+    # What each key's outputs must be, in order: the state stage counts
+    # every decoded record of the key; the encoder drops the bad ones.
+    want = collections.defaultdict(list)
+    seen = collections.Counter()
+    for k, v in zip(keys, values):
+        if v == "bad-in":
+            continue
+        seen[k] += 1
+        if ":bad " not in v:
+            want[k].append(f"{v} #{seen[k]}")
+    args = ["--in_topic", "in", "--in_brokers", broker.address, "--out_topic", "out", "--out_brokers", broker.address]
+    c = start(clusters, tmp_path, "kafka_passthrough", workers, lambda c, i: args, pythonpath=APPS)
+    total = sum(len(v) for v in want.values())
+
+    def got():
+        out = collections.defaultdict(list)
+        for r in read_committed(broker.address, "out"):
+            out[r.key.decode()].append(r.value.decode())
+        return out
+
+    wait_until(lambda: sum(len(v) for v in got().values()) >= total, 60, "every good record out", interval=0.3)
+    assert got() == want, c.describe()
+    # Reports are published every 0.5 s.
+    reports = [wait_report(port, lambda r: "dropped_by_place" in r, "a report") for port in c.external_ports]
+    dropped = collections.Counter()
+    for r in reports:
+        dropped.update(r["dropped_by_place"])
+    assert dropped == {"source 'in' (kafka)": 1, "kafka sink 'out' (topic 'out') (encoder)": 2}, dropped
+    c.shutdown()
+
+
+def test_clean_shutdown_commits_output_after_the_last_checkpoint(broker, tmp_path, clusters):
+    broker.create_topic("lines", 1)
+    broker.create_topic("counts", 1)
+    lines = random_lines(random.Random(3), 300)
+    produce(broker, "lines", lines)
+    res_dir = tmp_path / "res"
+    res_dir.mkdir()
+    # A checkpoint a minute: none commits during the run.
+    c = start(clusters, tmp_path, "word_count_kafka", 1, word_count_args(broker),
+              extra=resilience_flags(res_dir, 60_000_000_000))
+    wait_until(lambda: report_status(c.external_ports[0]).get("messages_in", 0) >= len(lines), 30,
+               "every line read")
+    assert read_committed(broker.address, "counts") == []
+    c.shutdown()
+    assert not word_count_problems(outputs_by_partition(broker, "counts"), truth_of(lines))
+
+
+@pytest.fixture
+def storm_seconds(request):
+    return 90.0 if request.config.getoption("--long") else 15.0
+
+
+def test_word_count_exactly_once_under_sigkill_storm(broker, tmp_path, clusters, storm_seconds):
+    seed = fault_seed()
+    rng = random.Random(seed)
+    broker.create_topic("lines", 3)
+    broker.create_topic("counts", 3)
+    res_dir = tmp_path / "res"
+    res_dir.mkdir()
+    c = start(clusters, tmp_path, "word_count_kafka", 3, word_count_args(broker),
+              extra=resilience_flags(res_dir, 200_000_000))
+
+    # Input keeps coming for the whole storm, so kills land mid-stream.
+    lines = random_lines(rng, int(storm_seconds * 400))
+    feeder_error = []
+
+    def feed():
+        try:
+            step = 40
+            pause = storm_seconds / (len(lines) / step)
+            for i in range(0, len(lines), step):
+                produce(broker, "lines", lines[i:i + step])
+                time.sleep(pause)
+        except Exception as e:  # noqa: BLE001 (reported by the test)
+            feeder_error.append(e)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    kills = []
+    end = time.monotonic() + storm_seconds
+    while time.monotonic() < end or len(kills) < 10:
+        time.sleep(rng.uniform(0.3, 1.5))
+        # Random workers, and the initializer at least once.
+        i = 0 if len(kills) == 5 and "worker0" not in kills else rng.randrange(3)
+        w = c.workers[i]
+        w.signal(signal.SIGKILL)
+        w.wait(10)
+        kills.append(w.label)
+        time.sleep(rng.uniform(0.0, 0.3))
+        c.workers[i] = Proc(c.command(i), tmp_path, w.label, env=c.env).start()
+    feeder.join(storm_seconds + 60)
+    assert not feeder_error, feeder_error
+    print(f"{len(kills)} SIGKILLs: {collections.Counter(kills)}")
+    assert len(kills) >= 10 and "worker0" in kills
+
+    problems = wait_for_word_counts(broker, truth_of(lines), c, 90)
+    assert not problems, (f"seed {seed}: {len(problems)} problems, e.g.\n  " + "\n  ".join(problems[:10])
+                          + "\n" + c.describe())
+    # What the kills did: records of aborted transactions (visible to a
+    # raw reader) and output that restarted workers committed from their
+    # write-ahead files.
+    written = len(read_uncommitted(broker.address, "counts"))
+    logs = "".join(w.stderr() for w in c.workers)
+    print(f"{sum(truth_of(lines).values())} counts committed once each; {written} records written in all; "
+          f"{logs.count('left in doubt')} in-doubt recoveries")
+    c.shutdown(timeout=30)
+
+
+@pytest.mark.parametrize("case", ["bad address", "missing source topic", "missing sink topic"])
+def test_setup_errors_name_the_source_or_sink_topic_and_worker(broker, tmp_path, case):
+    broker.create_topic("lines", 1)
+    broker.create_topic("counts", 1)
+    args = {"--lines_topic": "lines", "--lines_brokers": broker.address,
+            "--counts_topic": "counts", "--counts_brokers": broker.address}
+    if case == "bad address":
+        args["--counts_brokers"] = "no-such-host.invalid:9092"
+        want = ["sink 'counts'", "topic 'counts'", "worker 'initializer'", "no-such-host.invalid"]
+    elif case == "missing source topic":
+        args["--lines_topic"] = "nosuch"
+        want = ["source 'lines'", "topic 'nosuch'", "worker 'initializer'", "does not exist"]
+    else:
+        args["--counts_topic"] = "nosuch"
+        want = ["sink 'counts'", "topic 'nosuch'", "worker 'initializer'", "does not exist"]
+    c = Cluster(tmp_path, "word_count_kafka", KAFKA_EXAMPLES, 1,
+                lambda c, i: [a for kv in args.items() for a in kv])
+    w = Proc(c.command(0), tmp_path, "worker0", env=c.env).start()
+    try:
+        rc = w.wait(60)
+    finally:
+        w.stop()
+    err = w.stderr()
+    assert rc != 0, w.describe()
+    assert all(part in err for part in want), w.describe()
+
+
+def test_word_count_exact_across_a_broker_outage(tmp_path, clusters):
+    bin_path = broker_bin()
+    if bin_path is None:
+        pytest.skip("no Kafka broker binary (see tests/kafka/conftest.py)")
+    front = free_port()
+    with Broker(bin_path, advertised_port=front) as broker, Proxy(front, broker.port) as proxy:
+        broker.create_topic("lines", 3)
+        broker.create_topic("counts", 3)
+        rng = random.Random(11)
+        before, during, after = random_lines(rng, 1500), random_lines(rng, 1500), random_lines(rng, 1500)
+        produce(broker, "lines", before)
+        res_dir = tmp_path / "res"
+        res_dir.mkdir()
+        c = start(clusters, tmp_path, "word_count_kafka", 2, word_count_args(broker),
+                  extra=resilience_flags(res_dir, 200_000_000))
+        wait_until(lambda: read_committed(broker.address, "counts"), 30, "some output committed", interval=0.2)
+        produce(broker, "lines", during)
+        proxy.cut()
+        time.sleep(6)
+        assert all(w.alive() for w in c.workers), c.describe()
+        # The workers noticed (the log says so once per client).
+        assert "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), c.describe()
+        proxy.restore()
+        produce(broker, "lines", after)
+        problems = wait_for_word_counts(broker, truth_of(before + during + after), c, 90)
+        assert not problems, "\n".join(problems[:10]) + "\n" + c.describe()
+        c.shutdown(timeout=30)
