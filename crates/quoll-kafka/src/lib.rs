@@ -37,7 +37,8 @@
 //!    the broker), fsync the write-ahead file and seal it as `wal-N`.
 //! 3. Commit N (the checkpoint is durably committed cluster-wide): add the
 //!    marker "offset N on partition 0 of the topic" for the sink's own
-//!    consumer group to the transaction (`send_offsets_to_transaction`),
+//!    consumer group (named by app, worker, sink and the run id kept with
+//!    the write-ahead files) to the transaction (`send_offsets_to_transaction`),
 //!    commit it, delete `wal-N`. The marker becomes visible exactly when
 //!    the transaction commits.
 //! 4. Abort N (the checkpoint was abandoned and the worker does *not* roll

@@ -132,9 +132,10 @@ impl KafkaSinkConfig {
     }
 
     /// The consumer group whose committed offset on partition 0 of the
-    /// topic is the last checkpoint whose transaction committed.
-    pub fn marker_group(&self) -> String {
-        derived_name(&[&self.app, &self.worker, &self.name, "commits"])
+    /// topic is the last checkpoint of run `run` (the write-ahead
+    /// directory's run id) whose transaction committed.
+    pub fn marker_group(&self, run: &str) -> String {
+        derived_name(&[&self.app, &self.worker, &self.name, "commits", run])
     }
 }
 
@@ -355,7 +356,8 @@ impl Driver {
                     &cfg.topic,
                     who.to_string(),
                 ),
-                marker_group: cfg.marker_group(),
+                // Named by `recover`, which comes before any transaction.
+                marker_group: String::new(),
                 marker: None,
                 open: None,
                 txn_open: false,
@@ -586,6 +588,9 @@ impl Driver {
         eos.unresolved.clear();
         eos.held.clear();
         eos.wal.remove(&eos.wal.open_path())?;
+        let run = eos.wal.run_id()?;
+        eos.marker_group = self.cfg.marker_group(&run);
+        eos.marker = None;
         let mut report = Recovered::default();
         let sealed = eos.wal.sealed()?;
         let (keep, later): (Vec<_>, Vec<_>) = sealed

@@ -13,6 +13,12 @@
 //! |---|---|
 //! | `<stem>.wal-open` | records of the current checkpoint interval, being written |
 //! | `<stem>.wal-<N:020>` | records sealed at checkpoint `N`'s barrier (pre-commit) |
+//! | `<stem>.run` | this run's id: 16 hex digits, made when the directory has none |
+//!
+//! The run id names the sink's marker group. Checkpoint ids start again at
+//! 1 when a resilience directory is emptied for a fresh run; a marker left
+//! in Kafka by an earlier run with the same app, worker and sink names must
+//! not make the new run's write-ahead files look committed.
 //!
 //! # Records
 //!
@@ -85,6 +91,38 @@ impl WalDir {
             owner: [app, worker, sink, topic].map(str::to_string),
             who,
         }
+    }
+
+    /// This run's id (see the module doc): read from `<stem>.run`, or made
+    /// and written durably (temp file, fsync, rename, directory fsync).
+    pub fn run_id(&self) -> Result<String, KafkaError> {
+        let path = self.dir.join(format!("{}.run", self.stem));
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let id = text.trim();
+                if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Ok(id.to_string());
+                }
+                return Err(self.corrupt(&path, format!("not a run id: {id:?}")));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.err(&path, "read the run id", e)),
+        }
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| self.err(&path, "make a run id", io::Error::other(e.to_string())))?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = path.with_extension("run-tmp");
+        let write = || -> io::Result<()> {
+            fs::create_dir_all(&self.dir)?;
+            let mut f = File::create(&tmp)?;
+            f.write_all(id.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| self.err(&path, "write the run id", e))?;
+        self.sync_dir()?;
+        Ok(id)
     }
 
     pub fn open_path(&self) -> PathBuf {

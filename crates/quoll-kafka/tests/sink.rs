@@ -57,10 +57,12 @@ async fn write(h: &KafkaSinkHandle, vs: &[&str]) {
     assert_eq!(out.accepted, vs.len());
 }
 
+/// The write-ahead files in `dir` (not the run id file).
 fn wal_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.contains(".wal-"))
         .collect();
     v.sort();
     v
@@ -216,6 +218,38 @@ async fn a_crash_after_the_barrier_resends_a_committed_checkpoint_once() {
     let r = b.recover(Some(2)).await.unwrap();
     assert_eq!(r.resent_records, 0);
     assert_eq!(broker.committed_values("out"), vec!["x", "a", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_resilience_directory_is_not_fooled_by_an_earlier_runs_marker() {
+    let broker = broker_or_skip!();
+    broker.create_topic("out", 1);
+    let old = tempfile::tempdir().unwrap();
+    let (a, _) = started(config(&broker.addr(), "out", Some(old.path())), None).await;
+    for (id, v) in [(1, "old1"), (2, "old2"), (3, "old3")] {
+        write(&a, &[v]).await;
+        a.pre_commit(id).await.unwrap();
+        a.commit(id).await.unwrap();
+    }
+    drop(a);
+    // A new run with the same names in an emptied directory: ids start at
+    // 1 again, and the worker dies after checkpoint 1 committed
+    // cluster-wide but before its Kafka transaction did.
+    let new = tempfile::tempdir().unwrap();
+    let (b, _) = started(config(&broker.addr(), "out", Some(new.path())), None).await;
+    write(&b, &["new1"]).await;
+    b.pre_commit(1).await.unwrap();
+    drop(b);
+    let (_c, r) = started(config(&broker.addr(), "out", Some(new.path())), Some(1)).await;
+    assert_eq!(
+        r.marker, None,
+        "the earlier run's marker (3) is not this run's"
+    );
+    assert_eq!(r.resent_checkpoints, vec![1]);
+    assert_eq!(
+        broker.committed_values("out"),
+        vec!["old1", "old2", "old3", "new1"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
