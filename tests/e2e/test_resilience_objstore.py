@@ -4,7 +4,8 @@ started once for this module and stopped by its PID.
 
 The word count of test_resilience_files (replayable file source,
 exactly-once file sink) runs on 3 workers with
-`--resilience-dir s3://BUCKET/run`. What is checked:
+`--resilience-dir s3://quoll-test/runN` (one bucket, a prefix per test:
+each SeaweedFS bucket takes volumes of its own). What is checked:
 
 - a worker killed with SIGKILL whose local working copy is deleted, then
   restarted with the same command from another directory (an empty disk),
@@ -29,8 +30,7 @@ from harness import Proc, wait_until
 from seaweed import SeaweedFS, weed_bin
 from test_resilience_files import SLOW_INTERVAL_NS, STEM, Run, out_lines
 
-PREFIX = "run"
-COMMIT = re.compile(rf"^{PREFIX}/{STEM}-initializer\.commit-(\d{{20}})$")
+BUCKET = "quoll-test"
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +39,25 @@ def store(tmp_path_factory):
     if path is None:
         pytest.skip("no SeaweedFS binary: set QUOLL_WEED or run scripts/seaweedfs.sh")
     s = SeaweedFS(path, tmp_path_factory.mktemp("seaweedfs")).start()
+    s.create_bucket(BUCKET)
     yield s
     s.kill()
 
 
-_buckets = iter(range(1, 1000))
+_prefixes = iter(range(1, 1000))
 
 
 class StoreRun(Run):
-    """A `Run` whose checkpoints go to a fresh bucket of `store`; the
-    committed checkpoint is read from the store's commit marker."""
+    """A `Run` whose checkpoints go to a fresh prefix of the store's
+    bucket; the committed checkpoint is read from the store's commit
+    marker."""
 
     def __init__(self, store, make_cluster, tmp_path, lines, line_delay):
         self.store = store
-        self.bucket = f"quoll-{next(_buckets)}"
-        store.create_bucket(self.bucket)
-        self.url = f"s3://{self.bucket}/{PREFIX}"
+        self.bucket = BUCKET
+        self.prefix = f"run{next(_prefixes)}"
+        self.commit = re.compile(rf"^{self.prefix}/{STEM}-initializer\.commit-(\d{{20}})$")
+        self.url = f"s3://{self.bucket}/{self.prefix}"
         flags = ["--run-with-resilience", "--resilience-dir", self.url,
                  "--time-between-checkpoints", str(SLOW_INTERVAL_NS)]
 
@@ -66,11 +69,11 @@ class StoreRun(Run):
         self.last_seen = None
 
     def objects(self):
-        return self.store.objects(self.bucket)
+        return [k for k in self.store.objects(self.bucket) if k.startswith(self.prefix + "/")]
 
     def committed(self):
         try:
-            ids = [int(m.group(1)) for k in self.objects() if (m := COMMIT.match(k))]
+            ids = [int(m.group(1)) for k in self.objects() if (m := self.commit.match(k))]
         except OSError:
             return self.last_seen  # the store is down
         if ids:
@@ -78,7 +81,7 @@ class StoreRun(Run):
         return self.last_seen
 
     def cache(self, workdir, name):
-        return Path(workdir) / ".quoll-cache" / self.bucket / PREFIX / name
+        return Path(workdir) / ".quoll-cache" / self.bucket / self.prefix / name
 
     def describe(self):
         return self.cluster.describe() + f"\nobjects: {self.objects_or_error()}"
@@ -121,8 +124,8 @@ class StoreRun(Run):
         return out_lines(self.tmp)
 
 
-def part_objects(objects, name):
-    return sorted(k for k in objects if k.startswith(f"{PREFIX}/{STEM}-{name}.ckpt-"))
+def part_objects(run, name):
+    return sorted(k for k in run.objects() if k.startswith(f"{run.prefix}/{STEM}-{name}.ckpt-"))
 
 
 def test_a_worker_on_an_empty_disk_recovers_from_the_store(store, make_cluster, tmp_path):
@@ -130,19 +133,18 @@ def test_a_worker_on_an_empty_disk_recovers_from_the_store(store, make_cluster, 
     run.kill_and_recover_from_the_store(1, at_least=3)
     run.assert_exact()
     objects = run.objects()
-    commits = [k for k in objects if COMMIT.match(k)]
+    commits = [k for k in objects if run.commit.match(k)]
     assert len(commits) == 1, objects
     for name in run.names:
         # A full part and at most the deltas on it (compaction every 8).
-        assert 1 <= len(part_objects(objects, name)) <= 10, objects
-    # Nothing outside the prefix, no temporary files.
-    assert all(k.startswith(PREFIX + "/") and not k.endswith(".tmp") for k in objects), objects
+        assert 1 <= len(part_objects(run, name)) <= 10, objects
+    assert not any(k.endswith(".tmp") for k in objects), objects
     run.shutdown()
     assert run.objects() == [], "a clean shutdown leaves the store empty"
 
 
 def test_checkpoints_survive_a_store_outage(store, make_cluster, tmp_path):
-    run = StoreRun(store, make_cluster, tmp_path, lines=30000, line_delay=0.0006).start()
+    run = StoreRun(store, make_cluster, tmp_path, lines=30000, line_delay=0.001).start()
     run.wait_committed(3, timeout=30)
     store.kill()
     down_at = len(run.output_now())
@@ -153,7 +155,7 @@ def test_checkpoints_survive_a_store_outage(store, make_cluster, tmp_path):
     store.start()
     run.wait_committed(before + 1, timeout=30)
     failed = re.compile(r"checkpoint \d+ could not be written: worker '(\w+)': object "
-                        rf"s3://{run.bucket}/{PREFIX}/{STEM}-\w+\.ckpt-\d{{20}}: can't upload checkpoint \d+'s part")
+                        rf"s3://{run.bucket}/{run.prefix}/{STEM}-\w+\.ckpt-\d{{20}}: can't upload checkpoint \d+'s part")
     named = {m.group(1) for w in run.workers for m in failed.finditer(w.stderr())}
     assert named, "no error named the object of a failed checkpoint\n" + run.describe()
     run.kill_and_recover_from_the_store(2, at_least=before + 1)
@@ -166,7 +168,7 @@ def test_a_corrupt_object_is_named(store, make_cluster, tmp_path):
     run.wait_committed(2, timeout=30)
     run.kill_all()
     k = run.committed()
-    key = f"{PREFIX}/{STEM}-worker1.ckpt-{k:020d}"
+    key = f"{run.prefix}/{STEM}-worker1.ckpt-{k:020d}"
     # The part worker1 needs for checkpoint k: its last byte flipped.
     body = bytearray(store.get(run.bucket, key))
     body[-1] ^= 0x01

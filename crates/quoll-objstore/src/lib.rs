@@ -97,16 +97,15 @@ pub enum Error {
         object: String,
         action: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A file downloaded from the store is bad; `source` says how.
-    #[error("worker '{worker}': object {object} (local copy {}): {source}", .local.display())]
+    #[error("worker '{worker}': object {object} (local copy {}): {source}", .source.path().display())]
     Object {
         worker: String,
         object: String,
-        local: PathBuf,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// A commit or generation marker that is not ours already exists.
     #[error(
@@ -272,7 +271,7 @@ impl Mirror {
             worker: self.worker.clone(),
             object: self.object_url(name),
             action: action.into(),
-            source: e,
+            source: Box::new(e),
         }
     }
 
@@ -287,8 +286,7 @@ impl Mirror {
             Some(name) if !matches!(e, StoreError::Io { .. }) => Error::Object {
                 worker: self.worker.clone(),
                 object: self.object_url(&name),
-                local: e.path().to_path_buf(),
-                source: e,
+                source: Box::new(e),
             },
             _ => Error::Local(e),
         }
@@ -353,7 +351,9 @@ impl Mirror {
     /// so) while the store can't be reached. Returns the number of part
     /// objects downloaded.
     pub fn hydrate(&self, dir: &Path, initializer: bool) -> Result<usize, Error> {
-        self.wait_for_store("load the checkpoints", || self.hydrate_once(dir, initializer))
+        self.wait_for_store("load the checkpoints", || {
+            self.hydrate_once(dir, initializer)
+        })
     }
 
     fn hydrate_once(&self, dir: &Path, initializer: bool) -> Result<usize, Error> {
@@ -378,7 +378,12 @@ impl Mirror {
                 generation = *g;
             }
             // Older markers say nothing the newest do not.
-            for (_, name) in commits.iter().rev().skip(1).chain(generations.iter().rev().skip(1)) {
+            for (_, name) in commits
+                .iter()
+                .rev()
+                .skip(1)
+                .chain(generations.iter().rev().skip(1))
+            {
                 self.delete(name, "an older marker")?;
             }
         }

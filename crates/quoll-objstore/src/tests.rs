@@ -55,7 +55,9 @@ fn an_empty_disk_recovers_from_the_store_alone() {
     let second = tempfile::tempdir().expect("tmp");
     let fresh = mirror(&store, W);
     assert_eq!(fresh.hydrate(second.path(), true).expect("hydrate"), 3);
-    let state = CommitLog::read(second.path(), APP).expect("log").expect("a log");
+    let state = CommitLog::read(second.path(), APP)
+        .expect("log")
+        .expect("a log");
     assert_eq!(state.last_committed, Some(2));
     assert_eq!(state.generation, 1);
     fresh.discard_later(Some(2)).expect("discard");
@@ -64,7 +66,12 @@ fn an_empty_disk_recovers_from_the_store_alone() {
     assert_eq!(image.entries.get(&(1, b"b".to_vec())), Some(&b"1".to_vec()));
     assert_eq!(image.sources.get(&0), Some(&b"offset 2".to_vec()));
     let left = names(&store);
-    assert!(!left.iter().any(|n| n.ends_with("ckpt-00000000000000000003")), "{left:?}");
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.ends_with("ckpt-00000000000000000003")),
+        "{left:?}"
+    );
     // Only the newest commit marker is kept.
     let commits: Vec<_> = left.iter().filter(|n| n.contains(COMMIT_INFIX)).collect();
     assert_eq!(commits.len(), 1, "{left:?}");
@@ -78,7 +85,9 @@ fn hydrate_drops_local_files_the_store_lacks() {
     write_part(dir.path(), W, 4, None, &[("x", "1")]);
     let m = mirror(&store, W);
     assert_eq!(m.hydrate(dir.path(), true).expect("hydrate"), 0);
-    assert!(checkpoint_store::list(dir.path(), APP, W).expect("list").is_empty());
+    assert!(checkpoint_store::list(dir.path(), APP, W)
+        .expect("list")
+        .is_empty());
     assert!(CommitLog::read(dir.path(), APP).expect("log").is_none());
 }
 
@@ -93,7 +102,10 @@ fn two_coordinators_cannot_commit_the_same_checkpoint() {
     let err = b.record_commit(7, 2, None).expect_err("second coordinator");
     assert!(matches!(err, Error::Claimed { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("s3://bucket/run/word_count-initializer.commit-00000000000000000007"), "{text}");
+    assert!(
+        text.contains("s3://bucket/run/word_count-initializer.commit-00000000000000000007"),
+        "{text}"
+    );
     a.record_generation(3).expect("generation");
     let err = b.record_generation(3).expect_err("same generation");
     assert!(err.to_string().contains("already exists"), "{err}");
@@ -113,7 +125,8 @@ fn compaction_and_pruning_carry_over_to_the_store() {
         .is_some();
     assert!(compacted);
     checkpoint_store::remove_older_than(dir.path(), APP, W, 2).expect("prune");
-    m.after_commit(dir.path(), 2, compacted).expect("after commit");
+    m.after_commit(dir.path(), 2, compacted)
+        .expect("after commit");
     let left = names(&store);
     assert_eq!(left, vec![m.part_name(2)]);
     // The store's copy of 2 is the full file: it loads alone.
@@ -141,7 +154,10 @@ fn corrupt_objects_are_named() {
     let err = m.object_error(err);
     let text = err.to_string();
     assert!(matches!(err, Error::Object { .. }), "{text}");
-    assert!(text.contains("s3://bucket/run/word_count-worker1.ckpt-00000000000000000001"), "{text}");
+    assert!(
+        text.contains("s3://bucket/run/word_count-worker1.ckpt-00000000000000000001"),
+        "{text}"
+    );
     assert!(text.contains("worker 'worker1'"), "{text}");
 
     let marker = m.marker_name(COMMIT_INFIX, 1);

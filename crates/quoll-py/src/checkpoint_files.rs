@@ -145,11 +145,12 @@ impl Files {
                 sinks: BTreeMap::new(),
             });
         };
-        let image = checkpoint_store::load(&self.dir, &self.app, &self.worker, id)
-            .map_err(|e| match &self.mirror {
+        let image = checkpoint_store::load(&self.dir, &self.app, &self.worker, id).map_err(
+            |e| match &self.mirror {
                 Some(m) => m.object_error(e),
                 None => Error::Local(e),
-            })?;
+            },
+        )?;
         Ok(Image {
             files_read: image.files_read.len(),
             entries: image.entries,
@@ -161,8 +162,8 @@ impl Files {
     /// After checkpoint `id` committed: compact if asked, then delete what
     /// no longer matters.
     pub fn after_commit(&self, id: CheckpointId, compact: bool) -> Result<(), Error> {
-        let compacted = compact
-            && checkpoint_store::compact(&self.dir, &self.app, &self.worker, id)?.is_some();
+        let compacted =
+            compact && checkpoint_store::compact(&self.dir, &self.app, &self.worker, id)?.is_some();
         checkpoint_store::remove_older_than(&self.dir, &self.app, &self.worker, id)?;
         if let Some(m) = &self.mirror {
             m.after_commit(&self.dir, id, compacted)?;
