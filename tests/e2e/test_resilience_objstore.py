@@ -16,6 +16,8 @@ each SeaweedFS bucket takes volumes of its own). What is checked:
   failed checkpoints are reported naming the worker, the checkpoint and the
   object, checkpoints commit again once the store is back, and a worker
   killed afterwards recovers from it with exact output;
+- workers restarted on empty disks while the store is down wait for it,
+  saying why, and recover exactly once it is back;
 - a corrupt part object is named when a restarted worker refuses it.
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Proc, wait_until
+from harness import READY_LINE, Proc, wait_until
 from seaweed import SeaweedFS, weed_bin
 from test_resilience_files import SLOW_INTERVAL_NS, STEM, Run, out_lines
 
@@ -159,6 +161,24 @@ def test_checkpoints_survive_a_store_outage(store, make_cluster, tmp_path):
     named = {m.group(1) for w in run.workers for m in failed.finditer(w.stderr())}
     assert named, "no error named the object of a failed checkpoint\n" + run.describe()
     run.kill_and_recover_from_the_store(2, at_least=before + 1)
+    run.assert_exact()
+    run.shutdown()
+
+
+def test_a_restart_waits_for_the_store(store, make_cluster, tmp_path):
+    run = StoreRun(store, make_cluster, tmp_path, lines=10000, line_delay=0.0005).start()
+    run.wait_committed(2, timeout=30)
+    run.kill_all()
+    store.kill()
+    for i in range(3):
+        run.restart_elsewhere(i, tmp_path / f"new-disk-{i}")
+    waiting = "can't load the checkpoints from the object store s3://"
+    for w in run.workers:
+        wait_until(lambda: waiting in w.stderr() or not w.alive(), 20, f"{w.label} to say it waits")
+        assert w.alive() and "waiting for it, retrying every 2 s" in w.stderr(), run.describe()
+    assert not any(READY_LINE in w.stdout() for w in run.workers), run.describe()
+    store.start()
+    run.wait_ready(timeout=40)
     run.assert_exact()
     run.shutdown()
 

@@ -99,8 +99,9 @@ pub enum Error {
         #[source]
         source: Box<object_store::Error>,
     },
-    /// A file downloaded from the store is bad; `source` says how.
-    #[error("worker '{worker}': object {object} (local copy {}): {source}", .source.path().display())]
+    /// A file downloaded from the store is bad; `source` says how and
+    /// names its local copy.
+    #[error("worker '{worker}': object {object}: {source}")]
     Object {
         worker: String,
         object: String,
