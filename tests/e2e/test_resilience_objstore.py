@@ -133,6 +133,7 @@ def part_objects(run, name):
 def test_a_worker_on_an_empty_disk_recovers_from_the_store(store, make_cluster, tmp_path):
     run = StoreRun(store, make_cluster, tmp_path, lines=30000, line_delay=0.0002).start()
     run.kill_and_recover_from_the_store(1, at_least=3)
+    run.wait_output(timeout=60)
     run.assert_exact()
     objects = run.objects()
     commits = [k for k in objects if run.commit.match(k)]
@@ -146,7 +147,7 @@ def test_a_worker_on_an_empty_disk_recovers_from_the_store(store, make_cluster, 
 
 
 def test_checkpoints_survive_a_store_outage(store, make_cluster, tmp_path):
-    run = StoreRun(store, make_cluster, tmp_path, lines=30000, line_delay=0.001).start()
+    run = StoreRun(store, make_cluster, tmp_path, lines=45000, line_delay=0.001).start()
     run.wait_committed(3, timeout=30)
     store.kill()
     down_at = len(run.output_now())
@@ -161,6 +162,7 @@ def test_checkpoints_survive_a_store_outage(store, make_cluster, tmp_path):
     named = {m.group(1) for w in run.workers for m in failed.finditer(w.stderr())}
     assert named, "no error named the object of a failed checkpoint\n" + run.describe()
     run.kill_and_recover_from_the_store(2, at_least=before + 1)
+    run.wait_output(timeout=60)
     run.assert_exact()
     run.shutdown()
 
@@ -179,6 +181,7 @@ def test_a_restart_waits_for_the_store(store, make_cluster, tmp_path):
     assert not any(READY_LINE in w.stdout() for w in run.workers), run.describe()
     store.start()
     run.wait_ready(timeout=40)
+    run.wait_output(timeout=60)
     run.assert_exact()
     run.shutdown()
 
