@@ -51,18 +51,15 @@ class SeaweedFS:
         self.bin = bin_path
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # weed also listens on each port + 10000 (gRPC): keep both free.
-        self.s3_port, self.master_port, self.volume_port, self.filer_port = (
-            self._port() for _ in range(4))
+        # Every listener on a free port: weed's gRPC ports would default to
+        # each port + 10000, and its Iceberg and Lance servers (disabled
+        # below) to fixed ports.
+        self.ports = {name: free_port() for name in (
+            "s3.port", "s3.port.grpc", "master.port", "master.port.grpc",
+            "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc")}
+        self.s3_port = self.ports["s3.port"]
         self.log_path = self.data_dir / "weed.log"
         self.proc: Optional[subprocess.Popen] = None
-
-    @staticmethod
-    def _port() -> int:
-        while True:
-            p = free_port()
-            if p + 10000 < 65536:
-                return p
 
     @property
     def endpoint(self) -> str:
@@ -80,9 +77,8 @@ class SeaweedFS:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [self.bin, "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             "-s3", f"-s3.port={self.s3_port}", f"-master.port={self.master_port}",
-             f"-volume.port={self.volume_port}", f"-filer.port={self.filer_port}",
-             "-volume.max=5"],
+             "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=5",
+             *(f"-{name}={port}" for name, port in self.ports.items())],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout
