@@ -37,6 +37,11 @@ QUOLL_COOKIE, else ~/.quoll/cookie, created on first use),
 --tls-cert PATH --tls-key PATH --tls-ca PATH (all three or none: TLS 1.3
 with mutual certificate checks on every link between workers; see
 docs/tls.md),
+-r/--resilience-dir also takes s3://BUCKET[/PREFIX]: checkpoints go to
+S3-compatible object storage (endpoint and credentials from AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP), with a
+local working copy under $QUOLL_CACHE_DIR or ./.quoll-cache (see
+docs/object-storage.md),
 --in-idle-timeout SECONDS (a TCP source connection silent this long is
 closed; default 300, 0 for never),
 --metrics-listen HOST:PORT (serves GET /metrics in the Prometheus text
@@ -90,7 +95,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         return _fail(problem)
 
-    if args.run_with_resilience and not os.path.isdir(args.resilience_dir):
+    # s3://bucket/prefix: object storage; the engine checks it (docs/object-storage.md).
+    if (args.run_with_resilience and not args.resilience_dir.startswith("s3://")
+            and not os.path.isdir(args.resilience_dir)):
         return _fail(f"--resilience-dir {args.resilience_dir}: no such directory; create it first")
 
     import wallaroo  # the module apps import (sys.modules["wallaroo"]), even if the app doesn't

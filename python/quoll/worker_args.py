@@ -367,6 +367,10 @@ def _validate(a: WorkerArgs) -> None:
         raise WorkerArgsError(
             "--resilience-dir/-r must not end in '/' (got {!r}); write {!r}"
             .format(a.resilience_dir, a.resilience_dir.rstrip("/")))
+    if a.resilience_dir.startswith("s3://") and not a.resilience_dir[5:].split("/")[0]:
+        raise WorkerArgsError(
+            "--resilience-dir/-r s3://BUCKET[/PREFIX] needs a bucket name "
+            "(got {!r})".format(a.resilience_dir))
     if a.resilience_dir == "" or a.resilience_dir == "/":
         raise WorkerArgsError(
             "--resilience-dir/-r must name a directory other than '/' "

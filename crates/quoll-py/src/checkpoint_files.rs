@@ -2,9 +2,13 @@
 //! its part files and, on the initializer, the commit log.
 //!
 //! A thin layer over [`quoll_core::checkpoint_store`] (formats, checksums,
-//! atomic writes), bound to one worker's directory, app and name. The
-//! calls block; the worker makes them on I/O threads or with the GIL
-//! released. Errors keep their type ([`StoreError`]).
+//! atomic writes), bound to one worker's directory, app and name. With
+//! `--resilience-dir s3://bucket/prefix` the directory is a local working
+//! copy mirrored to object storage by [`quoll_objstore::Mirror`]: every
+//! step is done locally first, then in the store, and a step counts only
+//! once the store has it. The calls block; the worker makes them on I/O
+//! threads or with the GIL released. Errors keep their type
+//! ([`quoll_objstore::Error`], wrapping the core's `StoreError`).
 
 use crate::executor::Snapshot;
 use quoll_core::checkpoint::CheckpointId;
@@ -13,15 +17,21 @@ use quoll_core::checkpoint_store::{
 };
 use quoll_core::membership::Generation;
 use quoll_core::node::Recovered;
+use quoll_objstore::{Error, Mirror};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::warn;
 
 /// This worker's resilience files.
 #[derive(Clone)]
 pub struct Files {
+    /// The resilience directory, or the working copy of the object store.
     pub dir: PathBuf,
     pub app: String,
     pub worker: String,
+    /// With `--resilience-dir s3://...`: the store `dir` is mirrored to.
+    mirror: Option<Arc<Mirror>>,
 }
 
 /// What recovery loads: the image of one checkpoint.
@@ -34,9 +44,32 @@ pub struct Image {
 }
 
 impl Files {
+    /// The files of `worker` under `--resilience-dir` `resilience_dir`: a
+    /// directory, or `s3://bucket/prefix` (credentials from `AWS_*`).
+    pub fn open(resilience_dir: &str, app: String, worker: String) -> Result<Self, Error> {
+        let (dir, mirror) = match quoll_objstore::parse_url(resilience_dir) {
+            Some(_) => (
+                quoll_objstore::local_dir(resilience_dir, &worker),
+                Some(Arc::new(Mirror::s3(resilience_dir, &app, &worker)?)),
+            ),
+            None => (PathBuf::from(resilience_dir), None),
+        };
+        Ok(Files {
+            dir,
+            app,
+            worker,
+            mirror,
+        })
+    }
+
     /// What this worker finds of an earlier run: its own part files and, on
-    /// the initializer, the commit log's last commit and generation.
-    pub fn recovered(&self, initializer: bool) -> Result<Recovered, StoreError> {
+    /// the initializer, the commit log's last commit and generation. With
+    /// object storage the working copy is first made what the store holds
+    /// (waiting while the store is out of reach).
+    pub fn recovered(&self, initializer: bool) -> Result<Recovered, Error> {
+        if let Some(m) = &self.mirror {
+            m.hydrate(&self.dir, initializer)?;
+        }
         let parts = checkpoint_store::list(&self.dir, &self.app, &self.worker)?;
         let mut recovered = Recovered {
             has_files: !parts.is_empty(),
@@ -61,7 +94,7 @@ impl Files {
         id: CheckpointId,
         parent: Option<CheckpointId>,
         snapshot: Snapshot,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, Error> {
         let kind = match parent {
             Some(parent) => CheckpointKind::Delta { parent },
             None => CheckpointKind::Full,
@@ -76,13 +109,17 @@ impl Files {
         for (i, p) in &snapshot.sinks {
             w.sink(*i, p);
         }
-        w.commit().map(|stats| stats.bytes)
+        let stats = w.commit()?;
+        if let Some(m) = &self.mirror {
+            m.upload_part(&self.dir, id)?;
+        }
+        Ok(stats.bytes)
     }
 
     /// Loads checkpoint `id` (None: nothing was ever committed, the empty
     /// image) and removes the files of later checkpoints, which never
     /// completed.
-    pub fn load(&self, id: Option<CheckpointId>) -> Result<Image, StoreError> {
+    pub fn load(&self, id: Option<CheckpointId>) -> Result<Image, Error> {
         for later in checkpoint_store::list(&self.dir, &self.app, &self.worker)? {
             if id.is_none_or(|id| later > id) {
                 let path =
@@ -94,6 +131,12 @@ impl Files {
                 })?;
             }
         }
+        if let Some(m) = &self.mirror {
+            // Left behind, they would only be downloaded and removed again.
+            if let Err(e) = m.discard_later(id) {
+                warn!("rollback: {e}");
+            }
+        }
         let Some(id) = id else {
             return Ok(Image {
                 files_read: 0,
@@ -102,7 +145,12 @@ impl Files {
                 sinks: BTreeMap::new(),
             });
         };
-        let image = checkpoint_store::load(&self.dir, &self.app, &self.worker, id)?;
+        let image = checkpoint_store::load(&self.dir, &self.app, &self.worker, id).map_err(
+            |e| match &self.mirror {
+                Some(m) => m.object_error(e),
+                None => Error::Local(e),
+            },
+        )?;
         Ok(Image {
             files_read: image.files_read.len(),
             entries: image.entries,
@@ -113,41 +161,61 @@ impl Files {
 
     /// After checkpoint `id` committed: compact if asked, then delete what
     /// no longer matters.
-    pub fn after_commit(&self, id: CheckpointId, compact: bool) -> Result<(), StoreError> {
-        if compact {
-            checkpoint_store::compact(&self.dir, &self.app, &self.worker, id)?;
+    pub fn after_commit(&self, id: CheckpointId, compact: bool) -> Result<(), Error> {
+        let compacted =
+            compact && checkpoint_store::compact(&self.dir, &self.app, &self.worker, id)?.is_some();
+        checkpoint_store::remove_older_than(&self.dir, &self.app, &self.worker, id)?;
+        if let Some(m) = &self.mirror {
+            m.after_commit(&self.dir, id, compacted)?;
         }
-        checkpoint_store::remove_older_than(&self.dir, &self.app, &self.worker, id).map(|_| ())
+        Ok(())
     }
 
     /// Clean shutdown: the files are no longer needed.
-    pub fn remove_all(&self, initializer: bool) -> Result<(), StoreError> {
+    pub fn remove_all(&self, initializer: bool) -> Result<(), Error> {
         checkpoint_store::remove_all(&self.dir, &self.app, &self.worker)?;
         if initializer {
             CommitLog::remove(&self.dir, &self.app)?;
+        }
+        if let Some(m) = &self.mirror {
+            m.remove_all(initializer)?;
         }
         Ok(())
     }
 
     /// The initializer's commit log, opened for appending.
-    pub fn commit_log(&self) -> Result<CommitLog, StoreError> {
-        CommitLog::open_or_create(&self.dir, &self.app)
+    pub fn commit_log(&self) -> Result<CommitLog, Error> {
+        Ok(CommitLog::open_or_create(&self.dir, &self.app)?)
     }
-}
 
-/// Durably records that `generation` is in use.
-pub fn record_generation(log: &mut CommitLog, generation: Generation) -> Result<(), StoreError> {
-    log.append(CommitRecord::Generation { generation })
-}
+    /// Durably records that `generation` is in use (in the store first,
+    /// create-only, waiting for the store if it is out of reach).
+    pub fn record_generation(
+        &self,
+        log: &mut CommitLog,
+        generation: Generation,
+    ) -> Result<(), Error> {
+        if let Some(m) = &self.mirror {
+            m.record_generation(generation)?;
+        }
+        Ok(log.append(CommitRecord::Generation { generation })?)
+    }
 
-/// Durably records checkpoint `id` as committed.
-pub fn record_commit(
-    log: &mut CommitLog,
-    id: CheckpointId,
-    generation: Generation,
-) -> Result<(), StoreError> {
-    log.append(CommitRecord::Committed {
-        checkpoint: id,
-        generation,
-    })
+    /// Durably records checkpoint `id` as committed: with object storage
+    /// its create-only marker decides, so two coordinators can't both
+    /// commit it.
+    pub fn record_commit(
+        &self,
+        log: &mut CommitLog,
+        id: CheckpointId,
+        generation: Generation,
+    ) -> Result<(), Error> {
+        if let Some(m) = &self.mirror {
+            m.record_commit(id, generation, log.state().last_committed)?;
+        }
+        Ok(log.append(CommitRecord::Committed {
+            checkpoint: id,
+            generation,
+        })?)
+    }
 }

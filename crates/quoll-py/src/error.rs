@@ -1,13 +1,13 @@
 //! Why a worker stops, as a type.
 //!
 //! Every fatal error of the binding is a [`WorkerError`]: the core's errors
-//! keep their type (a corrupt checkpoint file is a [`StoreError::Corrupt`],
-//! not a string), so callers can tell them apart, and every message names
+//! keep their type (a corrupt checkpoint file is a `StoreError::Corrupt`
+//! inside a [`quoll_objstore::Error`], not a string), so callers can tell
+//! them apart, and every message names
 //! the thing as the user named it (the flag, the source, the file).
 
 use crate::app::AppError;
 use crate::user_errors::Fatal;
-use quoll_core::checkpoint_store::StoreError;
 use quoll_core::node::NodeFatal;
 use std::io;
 use std::path::PathBuf;
@@ -52,16 +52,16 @@ pub enum WorkerError {
     /// The error names the Kafka source or sink, topic, brokers and worker.
     #[error(transparent)]
     Kafka(#[from] quoll_kafka::KafkaError),
-    /// A resilience file or the commit log.
+    /// A resilience file, the commit log, or their object storage.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] quoll_objstore::Error),
     #[error("cluster formation: {0}")]
     Cluster(#[from] NodeFatal),
     #[error("{fatal} in {dir}; restart it with the same --resilience-dir it ran with", dir = .dir.display())]
     NoFiles { fatal: NodeFatal, dir: PathBuf },
     /// The checkpoint to roll back to could not be loaded.
     #[error("recovery: {0}")]
-    Load(#[source] StoreError),
+    Load(#[source] quoll_objstore::Error),
     #[error("recovery: {0}")]
     Restore(String),
     /// A user error under `--on-user-error fail`, or data the engine can't go on with.

@@ -97,10 +97,17 @@ pub fn level_from_flag(value: &str) -> Option<LevelFilter> {
 /// Starts logging for worker `worker` at `level` (unless `QUOLL_LOG` says
 /// otherwise). Only the first call in a process takes effect.
 pub fn init(worker: &str, level: LevelFilter) {
-    let filter = EnvFilter::builder()
+    let mut filter = EnvFilter::builder()
         .with_default_directive(level.into())
         .with_env_var("QUOLL_LOG")
         .from_env_lossy();
+    // The object store client logs every retried request at info; the
+    // worker reports a step that failed itself, naming the object.
+    if level > LevelFilter::WARN && std::env::var_os("QUOLL_LOG").is_none() {
+        if let Ok(quiet) = "object_store=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let writer = std::io::stderr
         .with_max_level(Level::WARN)
         .or_else(std::io::stdout);

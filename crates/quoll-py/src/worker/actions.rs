@@ -8,7 +8,6 @@
 //! node's next event, handled in the same call.
 
 use super::Worker;
-use crate::checkpoint_files::{record_commit, record_generation};
 use crate::connector_source::ConnectorCommand;
 use crate::error::WorkerError;
 use crate::event::Event;
@@ -139,8 +138,8 @@ impl Worker {
             }
             NodeAction::Close { link } => self.links()?.close(link),
             NodeAction::RecordGeneration { generation } => {
-                if let Some(log) = &mut self.commit_log {
-                    py.detach(|| record_generation(log, generation))?;
+                if let (Some(log), Some(files)) = (&mut self.commit_log, &self.files) {
+                    py.detach(|| files.record_generation(log, generation))?;
                 }
             }
             NodeAction::OpenDataLinks {
@@ -212,9 +211,11 @@ impl Worker {
             NodeAction::Release { from, data } => self.ex.on_peer_data(py, from, &data)?,
             NodeAction::Checkpoint(step) => return self.checkpoint_step(py, step),
             NodeAction::RecordCommit { id, generation } => {
-                let result = match &mut self.commit_log {
-                    Some(log) => py.detach(|| record_commit(log, id, generation)),
-                    None => Ok(()),
+                let result = match (&mut self.commit_log, &self.files) {
+                    (Some(log), Some(files)) => {
+                        py.detach(|| files.record_commit(log, id, generation))
+                    }
+                    _ => Ok(()),
                 };
                 if let Err(e) = &result {
                     error!("checkpoint {id} could not be marked complete: {e}");

@@ -441,11 +441,14 @@ impl Worker {
         }
 
         let links = Self::bind_links(&rt, &config, &ctl_tx)?;
-        let files = config.resilience.then(|| Files {
-            dir: PathBuf::from(&config.resilience_dir),
-            app: app_name,
-            worker: config.name.clone(),
-        });
+        let files = match config.resilience {
+            true => Some(Files::open(
+                &config.resilience_dir,
+                app_name,
+                config.name.clone(),
+            )?),
+            false => None,
+        };
         let recovered = match &files {
             Some(f) => f.recovered(config.cluster_initializer)?,
             None => Default::default(),
