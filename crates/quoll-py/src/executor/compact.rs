@@ -10,10 +10,13 @@
 //! 117 → 244 ns on 3.12, 106 → 186 ns on 3.13; a copy made by setting the
 //! attributes one by one is back at 68, 109 and 95 ns.
 //!
-//! So after a state object is encoded or decoded, [`Compactor::compact`]
+//! So after a checkpoint encodes a state object, [`Compactor::compact`]
 //! makes a new object of the same type with the same attributes, in the
 //! same order, set through the generic setattr (which fills the compact
-//! layout), and the executor keeps it in place of the old one.
+//! layout), and the executor keeps it in place of the old one. Objects
+//! decoded by a recovery (pickle leaves them with a real dict too) are
+//! left as they are: copying every key would lengthen each recovery, and
+//! the ones updated afterwards are copied at the next checkpoint anyway.
 //!
 //! Invariant: the copy is made only when it is exact, that is when the
 //! object's whole state is its `__dict__`: every class of its MRO but
@@ -24,10 +27,10 @@
 //! else, or any error on the way, keeps the object as it is: this is an
 //! optimisation and never changes what a state holds.
 //!
-//! What a user can see: a state object's identity changes at checkpoints
-//! and recovery. Wallaroo's API hands a state object only to the call that
-//! updates it, so only code that keeps its own reference between calls
-//! would notice (docs/wallaroo-compat.md, "State").
+//! What a user can see: a state object's identity changes at checkpoints.
+//! Wallaroo's API hands a state object only to the call that updates it,
+//! so only code that keeps its own reference between calls would notice
+//! (docs/wallaroo-compat.md, "State").
 
 use pyo3::ffi;
 use pyo3::intern;

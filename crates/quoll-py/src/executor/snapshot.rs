@@ -198,8 +198,13 @@ impl Executor {
             };
             match &mut st.op {
                 Op::State { states, .. } => {
-                    let value = codec.decode(py, blob).map_err(|e| fail(e.to_string()))?;
-                    let value = self.compactor.compact(&value).unwrap_or(value).unbind();
+                    // Not compacted here (see compact.rs): that would cost
+                    // recovery time for every key, and a key updated after
+                    // the recovery is compacted at the next checkpoint.
+                    let value = codec
+                        .decode(py, blob)
+                        .map_err(|e| fail(e.to_string()))?
+                        .unbind();
                     states.insert(
                         kb.clone().into_boxed_slice(),
                         Keyed {
