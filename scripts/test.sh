@@ -10,9 +10,13 @@ QUOLL_KAFKA_BROKER=$(bash scripts/kafka-broker.sh)
 export QUOLL_KAFKA_BROKER
 QUOLL_WEED=$(bash scripts/seaweedfs.sh)
 export QUOLL_WEED
-# QUOLL_LINT=0 skips the static checks (CI runs them once, not per Python).
-if [ "${QUOLL_LINT:-1}" != 0 ]; then
+# QUOLL_ONCE=0 skips what does not depend on the Python version: the
+# static checks and the Rust tests of the crates without Python (CI runs
+# them once, with the last Python; the binding's tests run every time).
+if [ "${QUOLL_ONCE:-1}" != 0 ]; then
     bash scripts/lint.sh
+    cargo test --release --workspace
+else
+    cargo test --release -p quoll-py
 fi
-cargo test --release --workspace
 .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 300 tests/python tests/kafka tests/e2e

@@ -11,10 +11,10 @@ the workers sign with dummy ones.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,23 +23,15 @@ from typing import Optional
 
 from quoll.ports import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for server_bin
+from server_bin import installed_bin  # noqa: E402
+
 GRACE = 1.0
 
 
-@functools.lru_cache(maxsize=None)
 def weed_bin() -> Optional[str]:
     """The `weed` binary, or None."""
-    env = os.environ.get("QUOLL_WEED")
-    if env:
-        return env
-    try:
-        out = subprocess.run(["bash", str(REPO / "scripts" / "seaweedfs.sh")],
-                             capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    path = out.stdout.strip()
-    return path if out.returncode == 0 and path else None
+    return installed_bin("QUOLL_WEED", "seaweedfs.sh")
 
 
 class SeaweedFS:

@@ -9,11 +9,11 @@ None when neither works; the tests then skip, saying why.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,22 +21,13 @@ from typing import Optional
 
 from quoll.ports import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for server_bin
+from server_bin import installed_bin  # noqa: E402
 
 
-@functools.lru_cache(maxsize=None)
 def broker_bin() -> Optional[str]:
     """The tansu binary, or None."""
-    env = os.environ.get("QUOLL_KAFKA_BROKER")
-    if env:
-        return env
-    try:
-        out = subprocess.run(["bash", str(REPO / "scripts" / "kafka-broker.sh")],
-                             capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    path = out.stdout.strip()
-    return path if out.returncode == 0 and path else None
+    return installed_bin("QUOLL_KAFKA_BROKER", "kafka-broker.sh")
 
 
 class Broker:
