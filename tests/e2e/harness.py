@@ -184,22 +184,34 @@ def send_lines(port, lines, workdir, framing="framed", label="input"):
     return send(port, path, framing)
 
 
-def report_status(port, timeout=5):
-    """A worker's report-status (external type 16) reply, parsed as JSON.
-    quoll's CLI has no command for it, so the frame is spoken here:
-    u32 BE length (2 + payload), u16 BE type, payload."""
+def external_query(port, request, reply, timeout=5):
+    """A worker's reply to an external-channel request of type `request`
+    (empty payload), which must be of type `reply`; the payload parsed as
+    JSON. quoll's CLI has no command for these, so the frame is spoken
+    here: u32 BE length (2 + payload), u16 BE type, payload."""
     import json
     import struct
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(struct.pack(">IH", 2, 16))
+        s.sendall(struct.pack(">IH", 2, request))
         data = b""
         while len(data) < 6 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
             chunk = s.recv(65536)
             assert chunk, "external channel closed before replying"
             data += chunk
     length, msg_type = struct.unpack(">IH", data[:6])
-    assert msg_type == 16, (msg_type, data)
+    assert msg_type == reply, (msg_type, data)
     return json.loads(data[6:4 + length].decode("utf-8"))
+
+
+def report_status(port, timeout=5):
+    """A worker's report-status (external type 16) reply: its counters."""
+    return external_query(port, 16, 16, timeout)
+
+
+def state_entities(port, timeout=5):
+    """A worker's state-entity (external type 17/18) reply: stage index
+    (a decimal string) -> the keys its state or windows hold there."""
+    return external_query(port, 17, 18, timeout)
 
 
 def wait_report(port, predicate, what, timeout=10):

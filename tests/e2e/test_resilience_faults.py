@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import EXAMPLES, Proc, key_owner, wait_until, word_count_problems
+from harness import EXAMPLES, Proc, key_owner, state_entities, wait_until, word_count_problems
 from test_resilience_files import last_committed, sink_offsets
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -299,6 +299,21 @@ def check_word_counts(paths, truth, describe):
                           f"e.g.\n  " + "\n  ".join(problems[:10]) + f"\n{describe()}")
 
 
+def check_state_placement(cluster, truth, describe):
+    """Asks every worker which keys its state holds (external state-entity
+    query): each word's state is on exactly one worker, the owner of its
+    key group, and every word has state somewhere."""
+    held = collections.defaultdict(list)
+    for name, port in zip(NAMES, cluster.external_ports):
+        for stage, keys in state_entities(port).items():
+            for k in keys:
+                held[k].append((name, stage))
+    problems = [f"{w}: held by {where}" for w, where in held.items()
+                if len(where) != 1 or where[0][0] != NAMES[key_owner(w.encode(), len(NAMES))]]
+    problems += [f"{w}: no state anywhere" for w in set(truth) - set(held)]
+    assert not problems, f"{len(problems)} misplaced keys, e.g. {problems[:5]}\n{describe()}"
+
+
 def start_cluster(make_cluster, workdir, module, pythonpath, flags, app_args, env=None):
     """A 3-worker cluster whose logs go to `workdir` (several clusters of a
     test must not share log files)."""
@@ -382,6 +397,7 @@ def test_repeated_kills_word_count(make_cluster, tmp_path):
     assert kills >= 10 and f.kills[0] >= 2, f.report()
     assert mid_stream >= 6, f"only {mid_stream} kills came before the output was complete\n{f.report()}"
     check_word_counts(paths, truth, f.describe)
+    check_state_placement(cluster, truth, f.describe)
     for name, p in zip(NAMES, paths):
         got = sorted(p.read_text().splitlines())
         if got != expected[name]:

@@ -6,10 +6,12 @@
 //! a heartbeat's verdict or a shutdown.
 
 use bytes::Bytes;
+use quoll_core::external::StateEntities;
 use quoll_core::membership::Generation;
 use quoll_core::node::NodeEvent;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 pub enum Event {
     /// Frames read from one connection of a source, in order. `position`
@@ -39,6 +41,9 @@ pub enum Event {
     Shutdown { reason: String },
     /// An I/O task can't go on and the worker must stop.
     Fatal(String),
+    /// The external channel asks which keys this worker's state and window
+    /// stages hold (its state-entity query).
+    StateEntities(oneshot::Sender<StateEntities>),
 }
 
 /// A replayable source's position after some frames.

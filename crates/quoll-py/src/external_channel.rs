@@ -7,7 +7,8 @@
 //! report-status reply naming it; a bad length closes the connection (the
 //! stream can't be re-synchronised). Replies: cluster status (or "not
 //! initialized" until the worker is ready), source ids, the report-status
-//! counters; a clean-shutdown request is passed to the worker as
+//! counters, the keys held (state-entity query, answered by the executor
+//! through [`Event::StateEntities`]); a clean-shutdown request is passed to the worker as
 //! [`Event::Shutdown`]; other known types are answered as unsupported.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,7 @@ use quoll_core::external::{self, ExternalCodec, FrameError, MessageType};
 use quoll_core::frame::ReadError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::FramedRead;
 
 use crate::event::Event;
@@ -40,6 +41,8 @@ pub struct ExternalView {
 const MAX_CONNECTIONS: usize = 64;
 /// A connection that sends no request this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a query the executor answers (state entities) may wait for it.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the external channel: one task per connection, one reply per
 /// request frame. Wallaroo's tools speak it without credentials, so it
@@ -141,6 +144,20 @@ async fn serve_external(
                     .unwrap_or_default()
                     .into_bytes(),
             )),
+            MessageType::StateEntityQuery => {
+                let (reply, answer) = oneshot::channel();
+                let entities = match tx.send(Event::StateEntities(reply)).await {
+                    Ok(()) => tokio::time::timeout(QUERY_TIMEOUT, answer)
+                        .await
+                        .map_err(|_| ServeError::Busy)?
+                        .map_err(|_| ServeError::Stopped)?,
+                    Err(_) => return Err(ServeError::Stopped),
+                };
+                Some((
+                    MessageType::StateEntityQueryResponse,
+                    serde_json::to_vec(&entities)?,
+                ))
+            }
             other => Some((
                 MessageType::ReportStatus,
                 format!("quoll: request type {other:?} is not supported").into_bytes(),
@@ -168,4 +185,8 @@ enum ServeError {
     Json(#[from] serde_json::Error),
     #[error("no request for {} s; closed", IDLE_TIMEOUT.as_secs())]
     Idle,
+    #[error("the worker did not answer the query within {} s; closed", QUERY_TIMEOUT.as_secs())]
+    Busy,
+    #[error("the worker is stopping; closed")]
+    Stopped,
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use clap::Args;
 use quoll_core::external::{
-    try_encode_frame, ClusterStatus, ExternalCodec, Frame, FrameError, MessageType,
+    try_encode_frame, ClusterStatus, ExternalCodec, Frame, FrameError, MessageType, StateEntities,
 };
 use quoll_core::frame::{BlockingFramedRead, ReadError};
 
@@ -38,6 +38,10 @@ pub struct StatusArgs {
     /// Print the JSON payload exactly as the worker sent it.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the cluster status, print the keys whose state this
+    /// worker holds, per state or window stage (the state-entity query).
+    #[arg(long)]
+    pub keys: bool,
     /// Seconds to wait for the connection and for the reply.
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_seconds)]
     pub timeout: f64,
@@ -188,6 +192,33 @@ impl ExternalClient {
         }
     }
 
+    /// Asks for the keys held per state or window stage (type 17); returns
+    /// them and the payload as sent.
+    pub fn state_entities(&mut self) -> Result<(StateEntities, String), ToolError> {
+        let reply = self.request(MessageType::StateEntityQuery, b"")?;
+        if reply.message_type() != Some(MessageType::StateEntityQueryResponse) {
+            return Err(ToolError::new(format!(
+                "{} answered the state-entity query with message type {} ({}); is that address a quoll worker's --external channel?",
+                self.addr,
+                reply.msg_type,
+                reply.payload_lossy()
+            )));
+        }
+        let text = reply.payload_str().map_err(|_| {
+            ToolError::new(format!(
+                "{} sent a state-entity payload that is not UTF-8",
+                self.addr
+            ))
+        })?;
+        let entities = serde_json::from_str(text).map_err(|e| {
+            ToolError::new(format!(
+                "{} sent an invalid state-entity payload ({e}): {text}",
+                self.addr
+            ))
+        })?;
+        Ok((entities, text.to_string()))
+    }
+
     /// Sends a clean shutdown (type 3) and waits up to `wait` for the
     /// worker to close the connection or reply.
     pub fn shutdown(
@@ -224,6 +255,22 @@ pub fn run_status(
     _err: &mut dyn Write,
 ) -> Result<i32, ToolError> {
     let mut client = ExternalClient::connect(&args.address, secs(args.timeout))?;
+    if args.keys {
+        let (entities, text) = client.state_entities()?;
+        if args.json {
+            let _ = writeln!(out, "{text}");
+        } else {
+            for (stage, keys) in &entities.by_stage {
+                let _ = writeln!(
+                    out,
+                    "stage {stage}: {} keys: {}",
+                    keys.len(),
+                    keys.join(", ")
+                );
+            }
+        }
+        return Ok(EXIT_OK);
+    }
     match client.cluster_status()? {
         StatusReply::Ready(status, text) => {
             if args.json {

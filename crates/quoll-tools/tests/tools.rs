@@ -552,6 +552,32 @@ fn status_ready() {
 }
 
 #[test]
+fn status_keys_prints_the_state_entities() {
+    let json = r#"{"2":["apple","pear"],"5":[]}"#;
+    let (addr, h) = fake_external(Some((MessageType::StateEntityQueryResponse, json.into())));
+    let (code, out, err) = run_tool(&["status", &addr, "--keys"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "stage 2: 2 keys: apple, pear\nstage 5: 0 keys: \n");
+    assert_eq!(h.join().unwrap(), vec![(17u16, vec![])]);
+
+    let (addr, h) = fake_external(Some((MessageType::StateEntityQueryResponse, json.into())));
+    let (code, out, err) = run_tool(&["status", &addr, "--keys", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), json);
+    h.join().unwrap();
+
+    // A reply of another type is named.
+    let (addr, h) = fake_external(Some((MessageType::ReportStatus, "unsupported".into())));
+    let (code, _, err) = run_tool(&["status", &addr, "--keys"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("answered the state-entity query with message type 16"),
+        "{err}"
+    );
+    h.join().unwrap();
+}
+
+#[test]
 fn status_not_initialized_and_bad_replies() {
     let (addr, h) = fake_external(Some((
         MessageType::ClusterStatusNotInitialized,

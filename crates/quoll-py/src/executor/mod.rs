@@ -1112,6 +1112,29 @@ impl Executor {
         }
     }
 
+    /// The keys each state and window stage holds on this worker, by stage
+    /// index (the same on every worker), for the external channel's
+    /// state-entity query. A key is its bytes as text (`str` keys exactly;
+    /// `bytes` keys that aren't UTF-8 lossily), in byte order.
+    pub fn state_entities(&self) -> quoll_core::external::StateEntities {
+        let mut by_stage = std::collections::BTreeMap::new();
+        for (index, stage) in self.stages.iter().enumerate() {
+            let mut keys: Vec<&[u8]> = match &stage.op {
+                Op::State { states, .. } => states.keys().map(|k| &k[..]).collect(),
+                Op::Range { windows, .. } => windows.keys().map(|k| &k[..]).collect(),
+                Op::Count { windows, .. } => windows.keys().map(|k| &k[..]).collect(),
+                _ => continue,
+            };
+            keys.sort_unstable();
+            let keys = keys
+                .into_iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            by_stage.insert(index.to_string(), keys);
+        }
+        quoll_core::external::StateEntities { by_stage }
+    }
+
     /// Keys held by state and window stages (for the metrics).
     pub fn keys_held(&self) -> usize {
         self.stages

@@ -212,6 +212,10 @@ impl Worker {
                 return Ok(Some(Stop::Clean(reason)));
             }
             Event::Fatal(reason) => return Err(WorkerError::Fatal(reason)),
+            Event::StateEntities(reply) => {
+                // The asker may have given up (its connection closed).
+                let _ = reply.send(self.ex.state_entities());
+            }
         }
         Ok(None)
     }
