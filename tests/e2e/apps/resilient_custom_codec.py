@@ -13,7 +13,9 @@ Every blob `serialize` makes starts with `MAGIC` (the test looks for it in
 the checkpoint files). If the environment variable `RESILIENT_CODEC_LOG`
 names a file, every `deserialize` of a `SensorTotal` (that is: state being
 restored from a checkpoint; state never crosses workers otherwise) appends
-`D <pid>\\n` to it with one unbuffered write.
+`D <pid>\\n` to it with one unbuffered write. If `RESILIENT_CODEC_REFUSE_STATE`
+is set, `deserialize` refuses every `SensorTotal` (state that can't be
+restored).
 """
 
 import argparse
@@ -99,6 +101,8 @@ def deserialize(data):
         (value,) = struct.unpack(">q", fields[:8])
         return Reading(fields[8:].decode("utf-8"), value)
     if tag == TAG_TOTAL:
+        if os.environ.get("RESILIENT_CODEC_REFUSE_STATE"):
+            raise ValueError("refusing to restore a SensorTotal (RESILIENT_CODEC_REFUSE_STATE is set)")
         t = SensorTotal()
         t.count, t.total = struct.unpack(">qq", fields)
         _log_restore()

@@ -94,6 +94,11 @@ enum Op {
         multi: bool,
         initial_state: Py<PyAny>,
         states: KeyMap<Keyed<Py<PyAny>>>,
+        /// State restored from a checkpoint and not touched since: the
+        /// codec blob, decoded on the key's first message (see
+        /// snapshot.rs, `Executor::restore`). A key is in `states` or here,
+        /// never both.
+        restored: KeyMap<Vec<u8>>,
     },
     Range {
         agg: AggregationCalls,
@@ -308,6 +313,7 @@ impl Executor {
                     multi: *multi,
                     initial_state,
                     states: KeyMap::default(),
+                    restored: KeyMap::default(),
                 },
                 (StageKind::RangeWindows(spec), StageCalls::Windows { aggregation }) => {
                     let period =
@@ -634,12 +640,37 @@ impl Executor {
                 multi,
                 initial_state,
                 states,
+                restored,
             } => {
                 let multi = *multi;
                 let kb = match key_bytes(key) {
                     Ok(kb) => kb,
                     Err(e) => return self.key_error(py, stage, e),
                 };
+                if let Some(blob) = restored.remove(kb) {
+                    match self.codec.decode(py, &blob) {
+                        Ok(value) => {
+                            states.insert(
+                                kb.into(),
+                                Keyed {
+                                    key: key.clone().unbind(),
+                                    value: value.unbind(),
+                                    dirty: false,
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            // Kept for a later message (or checkpoint): the
+                            // key's state is never replaced by a new one.
+                            restored.insert(kb.into(), blob);
+                            let place = st.place.clone();
+                            let detail = format!("key {}, restoring its state", show_key(key));
+                            return self
+                                .errors
+                                .report(&place, &detail, &e.to_string(), None);
+                        }
+                    }
+                }
                 let state = match states.get_mut(kb) {
                     Some(s) => {
                         s.dirty = true;
@@ -1120,7 +1151,9 @@ impl Executor {
         let mut by_stage = std::collections::BTreeMap::new();
         for (index, stage) in self.stages.iter().enumerate() {
             let mut keys: Vec<&[u8]> = match &stage.op {
-                Op::State { states, .. } => states.keys().map(|k| &k[..]).collect(),
+                Op::State {
+                    states, restored, ..
+                } => states.keys().chain(restored.keys()).map(|k| &k[..]).collect(),
                 Op::Range { windows, .. } => windows.keys().map(|k| &k[..]).collect(),
                 Op::Count { windows, .. } => windows.keys().map(|k| &k[..]).collect(),
                 _ => continue,
@@ -1140,7 +1173,9 @@ impl Executor {
         self.stages
             .iter()
             .map(|s| match &s.op {
-                Op::State { states, .. } => states.len(),
+                Op::State {
+                    states, restored, ..
+                } => states.len() + restored.len(),
                 Op::Range { windows, .. } => windows.len(),
                 Op::Count { windows, .. } => windows.len(),
                 _ => 0,

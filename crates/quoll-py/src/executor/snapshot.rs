@@ -74,7 +74,15 @@ impl Executor {
             let place = &st.place;
             let fail = |kb: &[u8], e: String| format!("{place}, key {}: {e}", quote_key(kb));
             match &mut st.op {
-                Op::State { states, .. } => {
+                Op::State {
+                    states, restored, ..
+                } => {
+                    if full {
+                        // Untouched since the restore: the blob it came as.
+                        for (kb, blob) in restored.iter() {
+                            entries.push((stage, kb.to_vec(), blob.clone()));
+                        }
+                    }
                     for (kb, e) in states.iter_mut().filter(|(_, e)| full || e.dirty) {
                         let value = e.value.bind(py);
                         let blob = encode_blob(&self.codec, value).map_err(|err| fail(kb, err))?;
@@ -153,13 +161,18 @@ impl Executor {
     pub fn restore(
         &mut self,
         py: Python<'_>,
-        entries: &std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>>,
+        entries: std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>>,
         sources: &std::collections::BTreeMap<u32, Vec<u8>>,
         sinks: &std::collections::BTreeMap<u32, Vec<u8>>,
     ) -> Result<Restored, String> {
         for st in self.stages.iter_mut() {
             match &mut st.op {
-                Op::State { states, .. } => states.clear(),
+                Op::State {
+                    states, restored, ..
+                } => {
+                    states.clear();
+                    restored.clear();
+                }
                 Op::Range {
                     windows, timers, ..
                 } => {
@@ -177,18 +190,18 @@ impl Executor {
         if let Some(r) = &mut self.router {
             r.reset();
         }
+        let restored_entries = entries.len();
         for ((stage, kb), blob) in entries {
-            let st = self.stages.get_mut(*stage as usize).ok_or_else(|| {
+            let st = self.stages.get_mut(stage as usize).ok_or_else(|| {
                 format!("checkpoint names stage {stage}, which this app does not have")
             })?;
             let fail = |e: String| {
                 format!(
                     "{}, key {}: can't restore its state: {e}",
                     st.place,
-                    quote_key(kb)
+                    quote_key(&kb)
                 )
             };
-            let key = key_object(py, kb).unbind();
             let codec = &self.codec;
             let decode = |b: Vec<u8>| {
                 codec
@@ -197,30 +210,23 @@ impl Executor {
                     .map_err(|e| e.to_string())
             };
             match &mut st.op {
-                Op::State { states, .. } => {
-                    // Not compacted here (see compact.rs): that would cost
-                    // recovery time for every key, and a key updated after
-                    // the recovery is compacted at the next checkpoint.
-                    let value = codec
-                        .decode(py, blob)
-                        .map_err(|e| fail(e.to_string()))?
-                        .unbind();
-                    states.insert(
-                        kb.clone().into_boxed_slice(),
-                        Keyed {
-                            key,
-                            value,
-                            dirty: false,
-                        },
-                    );
+                Op::State { restored, .. } => {
+                    // Decoded on the key's first message, not here: a
+                    // recovery then costs no Python call per key, and keys
+                    // that see no more input are never decoded (their blob
+                    // goes into full snapshots as it is). A blob that does
+                    // not decode is reported on that message, as a data
+                    // error of the stage and key.
+                    restored.insert(kb.into_boxed_slice(), blob);
                 }
                 Op::Range { windows, spec, .. } => {
+                    let key = key_object(py, &kb).unbind();
                     let snap: quoll_core::windows::RangeWindowsSnapshot<Vec<u8>> =
-                        postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
+                        postcard::from_bytes(&blob).map_err(|e| fail(e.to_string()))?;
                     let snap = snap.try_map(decode).map_err(fail)?;
                     let w = RangeWindows::restore(*spec, snap).map_err(|e| fail(e.to_string()))?;
                     windows.insert(
-                        kb.clone().into_boxed_slice(),
+                        kb.into_boxed_slice(),
                         Keyed {
                             key,
                             value: w,
@@ -229,12 +235,13 @@ impl Executor {
                     );
                 }
                 Op::Count { windows, spec, .. } => {
+                    let key = key_object(py, &kb).unbind();
                     let snap: quoll_core::windows::CountWindowsSnapshot<Vec<u8>> =
-                        postcard::from_bytes(blob).map_err(|e| fail(e.to_string()))?;
+                        postcard::from_bytes(&blob).map_err(|e| fail(e.to_string()))?;
                     let snap = snap.try_map(decode).map_err(fail)?;
                     let w = CountWindows::restore(*spec, snap).map_err(|e| fail(e.to_string()))?;
                     windows.insert(
-                        kb.clone().into_boxed_slice(),
+                        kb.into_boxed_slice(),
                         Keyed {
                             key,
                             value: w,
@@ -304,7 +311,7 @@ impl Executor {
             s.offset = *o;
         }
         Ok(Restored {
-            entries: entries.len(),
+            entries: restored_entries,
             progress,
             sink_offsets,
         })

@@ -462,12 +462,13 @@ impl Worker {
             self.restart_sources(&[]);
             return Ok(0);
         };
-        let image = py
+        let mut image = py
             .detach(|| files.load(checkpoint))
             .map_err(WorkerError::Load)?;
+        let entries = std::mem::take(&mut image.entries);
         let restored = self
             .ex
-            .restore(py, &image.entries, &image.sources, &image.sinks)
+            .restore(py, entries, &image.sources, &image.sinks)
             .map_err(WorkerError::Restore)?;
         self.restore_sinks(py, checkpoint, &restored.sink_offsets)?;
         self.restart_sources(&restored.progress);
