@@ -462,15 +462,26 @@ impl Worker {
             self.restart_sources(&[]);
             return Ok(0);
         };
+        let started = Instant::now();
         let mut image = py
             .detach(|| files.load(checkpoint))
             .map_err(WorkerError::Load)?;
+        let loaded = started.elapsed();
         let entries = std::mem::take(&mut image.entries);
         let restored = self
             .ex
             .restore(py, entries, &image.sources, &image.sinks)
             .map_err(WorkerError::Restore)?;
         self.restore_sinks(py, checkpoint, &restored.sink_offsets)?;
+        if let Some(id) = checkpoint {
+            info!(
+                "restored checkpoint {id}: {} entries from {} file(s), loaded in {:.1} ms, restored in {:.1} ms",
+                restored.entries,
+                image.files_read,
+                loaded.as_secs_f64() * 1e3,
+                (started.elapsed() - loaded).as_secs_f64() * 1e3
+            );
+        }
         self.restart_sources(&restored.progress);
         self.ex.enable_generators(checkpoint.is_some());
         if checkpoint.is_some() || generation > 1 {
