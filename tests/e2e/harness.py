@@ -184,23 +184,30 @@ def send_lines(port, lines, workdir, framing="framed", label="input"):
     return send(port, path, framing)
 
 
-def external_query(port, request, reply, timeout=5):
-    """A worker's reply to an external-channel request of type `request`
-    (empty payload), which must be of type `reply`; the payload parsed as
-    JSON. quoll's CLI has no command for these, so the frame is spoken
-    here: u32 BE length (2 + payload), u16 BE type, payload."""
-    import json
+def external_frame(port, request, payload=b"", timeout=5):
+    """Sends one external-channel request of type `request` and returns the
+    reply as (type, payload bytes). quoll's CLI has no command for most of
+    these, so the frame is spoken here: u32 BE length (2 + payload), u16 BE
+    type, payload."""
     import struct
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(struct.pack(">IH", 2, request))
+        s.sendall(struct.pack(">IH", 2 + len(payload), request) + payload)
         data = b""
         while len(data) < 6 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
             chunk = s.recv(65536)
             assert chunk, "external channel closed before replying"
             data += chunk
     length, msg_type = struct.unpack(">IH", data[:6])
-    assert msg_type == reply, (msg_type, data)
-    return json.loads(data[6:4 + length].decode("utf-8"))
+    return msg_type, data[6:4 + length]
+
+
+def external_query(port, request, reply, timeout=5):
+    """A worker's reply to a request of type `request`, which must be of
+    type `reply`, its payload parsed as JSON."""
+    import json
+    msg_type, payload = external_frame(port, request, timeout=timeout)
+    assert msg_type == reply, (msg_type, payload)
+    return json.loads(payload.decode("utf-8"))
 
 
 def report_status(port, timeout=5):

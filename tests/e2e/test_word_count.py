@@ -6,7 +6,8 @@ import string
 
 import pytest
 
-from harness import EXAMPLES, assert_word_counts, error_lines, key_owner, send_lines, wait_until
+from harness import (EXAMPLES, assert_word_counts, error_lines, external_frame, key_owner, send_lines, state_entities,
+                     wait_until)
 
 APP_DIR = EXAMPLES / "word_count"
 
@@ -42,6 +43,38 @@ def test_word_count_exact(workers, make_cluster, make_receiver, tmp_path):
     out.wait_for_lines(sum(expected.values()), timeout=60)
     cluster.shutdown()
     # Every word's counts are exactly 1..n, in order (one owner per key, per-key order kept).
+    assert_word_counts({"receiver": out.lines()}, expected, cluster.describe)
+
+
+def test_external_channel_shows_where_state_lives_and_refuses_shrink(make_cluster, make_receiver, tmp_path):
+    out = make_receiver()
+    cluster = make_cluster(
+        "word_count", APP_DIR, 2,
+        app_args=lambda c, i: ["--in", f"lines@127.0.0.1:{c.in_ports[i]}", "--out", out.addr],
+    )
+    lines = make_lines(200, seed=5)
+    send_lines(cluster.in_ports[0], lines, tmp_path)
+    expected = reference_counts(lines)
+    out.wait_for_lines(sum(expected.values()), timeout=60)
+    # State entities (17 -> 18): each word's state on exactly the worker
+    # that owns its key group.
+    held = {}
+    for i, port in enumerate(cluster.external_ports):
+        for stage, keys in state_entities(port).items():
+            for k in keys:
+                assert k not in held, f"{k!r} held by workers {held[k]} and {i}"
+                held[k] = i
+    assert set(held) == set(expected), (sorted(held), sorted(expected))
+    assert all(i == key_owner(k.encode(), 2) for k, i in held.items()), held
+    # A shrink request (4) gets a shrink error (6) and changes nothing.
+    ty, payload = external_frame(cluster.external_ports[1], 4,
+                                 b'{"query": false, "node_names": ["worker1"], "node_count": 0}')
+    assert ty == 6 and b"can't shrink a running cluster" in payload, (ty, payload)
+    more = make_lines(50, seed=6)
+    send_lines(cluster.in_ports[1], more, tmp_path)
+    expected.update(reference_counts(more))
+    out.wait_for_lines(sum(expected.values()), timeout=60)
+    cluster.shutdown()
     assert_word_counts({"receiver": out.lines()}, expected, cluster.describe)
 
 

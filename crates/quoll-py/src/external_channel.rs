@@ -8,7 +8,8 @@
 //! stream can't be re-synchronised). Replies: cluster status (or "not
 //! initialized" until the worker is ready), source ids, the report-status
 //! counters, the keys held (state-entity query, answered by the executor
-//! through [`Event::StateEntities`]); a clean-shutdown request is passed to the worker as
+//! through [`Event::StateEntities`]), a shrink error for a shrink request;
+//! a clean-shutdown request is passed to the worker as
 //! [`Event::Shutdown`]; other known types are answered as unsupported.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,6 +144,10 @@ async fn serve_external(
                     .map(|r| r.clone())
                     .unwrap_or_default()
                     .into_bytes(),
+            )),
+            MessageType::ShrinkRequest => Some((
+                MessageType::ShrinkError,
+                b"quoll can't shrink a running cluster yet; the request changed nothing".to_vec(),
             )),
             MessageType::StateEntityQuery => {
                 let (reply, answer) = oneshot::channel();
