@@ -665,9 +665,7 @@ impl Executor {
                             restored.insert(kb.into(), blob);
                             let place = st.place.clone();
                             let detail = format!("key {}, restoring its state", show_key(key));
-                            return self
-                                .errors
-                                .report(&place, &detail, &e.to_string(), None);
+                            return self.errors.report(&place, &detail, &e.to_string(), None);
                         }
                     }
                 }
@@ -1153,7 +1151,11 @@ impl Executor {
             let mut keys: Vec<&[u8]> = match &stage.op {
                 Op::State {
                     states, restored, ..
-                } => states.keys().chain(restored.keys()).map(|k| &k[..]).collect(),
+                } => states
+                    .keys()
+                    .chain(restored.keys())
+                    .map(|k| &k[..])
+                    .collect(),
                 Op::Range { windows, .. } => windows.keys().map(|k| &k[..]).collect(),
                 Op::Count { windows, .. } => windows.keys().map(|k| &k[..]).collect(),
                 _ => continue,
