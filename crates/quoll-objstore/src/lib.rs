@@ -101,7 +101,11 @@ pub enum Error {
     },
     /// A file downloaded from the store is bad; `source` says how and
     /// names its local copy.
-    #[error("worker '{worker}': object {object}: {source}")]
+    #[error(
+        "worker '{worker}': object {object}: {source} (with an object store, the resilience \
+         directory is the app's objects under the --resilience-dir prefix together with the \
+         local working copy in $QUOLL_CACHE_DIR)"
+    )]
     Object {
         worker: String,
         object: String,
