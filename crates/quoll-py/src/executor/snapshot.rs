@@ -191,6 +191,21 @@ impl Executor {
             r.reset();
         }
         let restored_entries = entries.len();
+        // One allocation per map instead of a rehash at every doubling.
+        let mut per_stage = vec![0usize; self.stages.len()];
+        for (stage, _) in entries.keys() {
+            if let Some(n) = per_stage.get_mut(*stage as usize) {
+                *n += 1;
+            }
+        }
+        for (st, n) in self.stages.iter_mut().zip(per_stage) {
+            match &mut st.op {
+                Op::State { restored, .. } => restored.reserve(n),
+                Op::Range { windows, .. } => windows.reserve(n),
+                Op::Count { windows, .. } => windows.reserve(n),
+                _ => {}
+            }
+        }
         for ((stage, kb), blob) in entries {
             let st = self.stages.get_mut(stage as usize).ok_or_else(|| {
                 format!("checkpoint names stage {stage}, which this app does not have")
