@@ -62,8 +62,8 @@ fn an_empty_disk_recovers_from_the_store_alone() {
     assert_eq!(state.generation, 1);
     fresh.discard_later(Some(2)).expect("discard");
     let image = checkpoint_store::load(second.path(), APP, W, 2).expect("load 2");
-    assert_eq!(image.entries.get(&(1, b"a".to_vec())), Some(&b"2".to_vec()));
-    assert_eq!(image.entries.get(&(1, b"b".to_vec())), Some(&b"1".to_vec()));
+    assert_eq!(image.get(1, b"a"), Some(&b"2".to_vec()));
+    assert_eq!(image.get(1, b"b"), Some(&b"1".to_vec()));
     assert_eq!(image.sources.get(&0), Some(&b"offset 2".to_vec()));
     let left = names(&store);
     assert!(
@@ -134,7 +134,7 @@ fn compaction_and_pruning_carry_over_to_the_store() {
     m.hydrate(other.path(), false).expect("hydrate");
     let image = checkpoint_store::load(other.path(), APP, W, 2).expect("load");
     assert_eq!(image.files_read.len(), 1);
-    assert_eq!(image.entries.len(), 2);
+    assert_eq!(image.len(), 2);
 }
 
 #[test]

@@ -38,7 +38,8 @@ pub struct Files {
 pub struct Image {
     /// Files read to rebuild it: the full file and the deltas after it.
     pub files_read: usize,
-    pub entries: BTreeMap<(u32, Vec<u8>), Vec<u8>>,
+    /// Stage -> its entries.
+    pub entries: BTreeMap<u32, checkpoint_store::StageEntries>,
     pub sources: BTreeMap<u32, Vec<u8>>,
     pub sinks: BTreeMap<u32, Vec<u8>>,
 }

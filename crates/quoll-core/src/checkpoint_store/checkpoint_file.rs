@@ -14,12 +14,14 @@
 //! Trailer { records: u64 }                     number of records before it, header included
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::key_group::KeyHashBuilder;
 
 use super::records::{check_version, decode, frame_into, Payload, RecordReader};
 use super::{
@@ -289,18 +291,39 @@ impl Drop for CheckpointWriter {
     }
 }
 
+/// One stage's entries in a [`CheckpointImage`]: key -> value, hashed as
+/// a worker's in-memory state maps are, so that a restore can take a
+/// stage's map over whole instead of inserting key by key.
+pub type StageEntries = HashMap<Box<[u8]>, Vec<u8>, KeyHashBuilder>;
+
 /// One worker's state at one checkpoint, as [`load`] assembles it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CheckpointImage {
     pub checkpoint: u64,
-    /// `(stage, key) -> value`.
-    pub entries: BTreeMap<(u32, Vec<u8>), Vec<u8>>,
+    /// Stage -> its entries (a stage whose keys were all removed has none).
+    pub entries: BTreeMap<u32, StageEntries>,
     /// Source index -> replay position.
     pub sources: BTreeMap<u32, Vec<u8>>,
     /// Sink index -> committed position.
     pub sinks: BTreeMap<u32, Vec<u8>>,
     /// The files applied, oldest first (the last is checkpoint's own file).
     pub files_read: Vec<PathBuf>,
+}
+
+impl CheckpointImage {
+    /// The number of entries, over all stages.
+    pub fn len(&self) -> usize {
+        self.entries.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value of `key` in `stage`.
+    pub fn get(&self, stage: u32, key: &[u8]) -> Option<&Vec<u8>> {
+        self.entries.get(&stage)?.get(key)
+    }
 }
 
 /// Opens a checkpoint file and checks its header; `needed_by` is the delta
@@ -457,10 +480,15 @@ pub fn load(
         } = &mut image;
         read_body(&mut reader, |record| match *record {
             Record::Entry { stage, key, value } => {
-                entries.insert((stage, key.to_vec()), value.to_vec());
+                entries
+                    .entry(stage)
+                    .or_default()
+                    .insert(key.into(), value.to_vec());
             }
             Record::Remove { stage, key } => {
-                entries.remove(&(stage, key.to_vec()));
+                if let Some(stage_entries) = entries.get_mut(&stage) {
+                    stage_entries.remove(key);
+                }
             }
             Record::Source { index, position } if newest => {
                 sources.insert(index, position.to_vec());
@@ -472,6 +500,9 @@ pub fn load(
         })?;
         image.files_read.push(reader.path);
     }
+    image
+        .entries
+        .retain(|_, stage_entries| !stage_entries.is_empty());
     Ok(image)
 }
 
@@ -490,8 +521,10 @@ pub fn compact(
         return Ok(None);
     }
     let mut writer = CheckpointWriter::create(dir, app, worker, checkpoint, CheckpointKind::Full)?;
-    for ((stage, key), value) in &image.entries {
-        writer.entry(*stage, key, value);
+    for (stage, stage_entries) in &image.entries {
+        for (key, value) in stage_entries {
+            writer.entry(*stage, key, value);
+        }
     }
     for (index, position) in &image.sources {
         writer.source(*index, position);
@@ -618,6 +651,15 @@ mod tests {
         w.commit().unwrap()
     }
 
+    /// An image's entries in key order, to compare with a model.
+    fn flat(image: &CheckpointImage) -> Entries {
+        image
+            .entries
+            .iter()
+            .flat_map(|(s, m)| m.iter().map(|(k, v)| ((*s, k.to_vec()), v.clone())))
+            .collect()
+    }
+
     fn map(items: &[(u32, &[u8], &[u8])]) -> Entries {
         items
             .iter()
@@ -729,14 +771,14 @@ mod tests {
         let one = load(d.path(), APP, W, 1).unwrap();
         assert_eq!(one.checkpoint, 1);
         assert_eq!(
-            one.entries,
+            flat(&one),
             map(&[(0, b"a", b"1"), (0, b"b", b"2"), (1, b"a", b"x")])
         );
         assert_eq!(one.files_read, vec![path(d.path(), 1)]);
 
         let two = load(d.path(), APP, W, 2).unwrap();
         assert_eq!(
-            two.entries,
+            flat(&two),
             map(&[(0, b"b", b"20"), (0, b"c", b"3"), (1, b"a", b"x")])
         );
         assert_eq!(two.sources, positions(&[(0, b"src@2"), (1, b"other@2")]));
@@ -744,7 +786,7 @@ mod tests {
 
         let three = load(d.path(), APP, W, 3).unwrap();
         let (entries, sources, sinks) = sample_image_3();
-        assert_eq!(three.entries, entries);
+        assert_eq!(flat(&three), entries);
         // Sources and sinks come from the newest file only.
         assert_eq!(three.sources, sources);
         assert_eq!(three.sinks, sinks);
@@ -774,7 +816,7 @@ mod tests {
         assert_eq!(stats.path, path(d.path(), 4));
         assert_eq!(stats.bytes, fs::metadata(&stats.path).unwrap().len());
         let image = load(d.path(), APP, W, 4).unwrap();
-        assert_eq!(image.entries, map(&[(2, b"k", b"new")]));
+        assert_eq!(flat(&image), map(&[(2, b"k", b"new")]));
         assert_eq!(image.sources, positions(&[(0, b"p2")]));
         assert!(image.sinks.is_empty());
     }
@@ -787,7 +829,7 @@ mod tests {
         let stats = compact(d.path(), APP, W, 3)
             .unwrap()
             .expect("3 was a delta");
-        assert_eq!(stats.entries, before.entries.len() as u64);
+        assert_eq!(stats.entries, before.len() as u64);
         let after = load(d.path(), APP, W, 3).unwrap();
         assert_eq!(after.files_read, vec![path(d.path(), 3)]);
         assert_eq!(
@@ -811,7 +853,7 @@ mod tests {
         );
         let four = load(d.path(), APP, W, 4).unwrap();
         assert_eq!(four.files_read.len(), 2);
-        assert_eq!(four.entries.len(), 4);
+        assert_eq!(four.len(), 4);
     }
 
     #[test]
@@ -846,10 +888,10 @@ mod tests {
         assert!(dir.join("other-app.ckpt-00000000000000000001").exists());
         let six = load(dir, APP, W, 6).unwrap();
         assert_eq!(
-            six.entries,
+            flat(&six),
             map(&[(0, b"a", b"3"), (0, b"c", b"5"), (0, b"d", b"6")])
         );
-        assert_eq!(load(dir, APP, W, 8).unwrap().entries.len(), 4);
+        assert_eq!(load(dir, APP, W, 8).unwrap().len(), 4);
         assert_eq!(
             remove_older_than(dir, APP, W, 6).unwrap(),
             Vec::<PathBuf>::new()
@@ -1287,7 +1329,7 @@ mod tests {
             }
             for (id, entries, sources, sinks, files) in &expected {
                 let image = load(dir, APP, W, *id).unwrap();
-                prop_assert_eq!(&image.entries, entries);
+                prop_assert_eq!(&flat(&image), entries);
                 prop_assert_eq!(&image.sources, sources);
                 prop_assert_eq!(&image.sinks, sinks);
                 prop_assert_eq!(image.files_read.len(), *files);
@@ -1297,14 +1339,14 @@ mod tests {
             prop_assert_eq!(load(dir, APP, W, k).unwrap().files_read.len(), 1);
             for (id, entries, sources, sinks, _) in &expected {
                 let image = load(dir, APP, W, *id).unwrap();
-                prop_assert_eq!(&image.entries, entries);
+                prop_assert_eq!(&flat(&image), entries);
                 prop_assert_eq!(&image.sources, sources);
                 prop_assert_eq!(&image.sinks, sinks);
             }
             let (last, entries, ..) = expected.last().unwrap().clone();
             remove_older_than(dir, APP, W, last).unwrap();
             let image = load(dir, APP, W, last).unwrap();
-            prop_assert_eq!(&image.entries, &entries);
+            prop_assert_eq!(&flat(&image), &entries);
             let kept: Vec<u64> = image.files_read.iter().map(|p| {
                 let name = p.file_name().unwrap().to_str().unwrap();
                 parse_id(name, &format!("{}{CKPT_INFIX}", stem(APP, W))).unwrap()
@@ -1371,7 +1413,7 @@ mod tests {
             delta.push(t.elapsed());
 
             let t = Instant::now();
-            assert_eq!(load(dir, APP, W, base).unwrap().entries.len(), 100_000);
+            assert_eq!(load(dir, APP, W, base).unwrap().len(), 100_000);
             load_full.push(t.elapsed());
             let t = Instant::now();
             assert_eq!(load(dir, APP, W, base + 1).unwrap().files_read.len(), 2);

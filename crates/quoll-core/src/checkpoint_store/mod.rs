@@ -123,7 +123,7 @@ mod records;
 
 pub use checkpoint_file::{
     compact, list, load, remove_all, remove_older_than, CheckpointImage, CheckpointKind,
-    CheckpointWriter, FileStats,
+    CheckpointWriter, FileStats, StageEntries,
 };
 pub use commit_log::{CommitLog, CommitRecord, CommitState};
 pub use membership::{read_membership, write_membership};

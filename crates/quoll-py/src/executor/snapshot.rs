@@ -161,7 +161,7 @@ impl Executor {
     pub fn restore(
         &mut self,
         py: Python<'_>,
-        entries: std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>>,
+        entries: std::collections::BTreeMap<u32, quoll_core::checkpoint_store::StageEntries>,
         sources: &std::collections::BTreeMap<u32, Vec<u8>>,
         sinks: &std::collections::BTreeMap<u32, Vec<u8>>,
     ) -> Result<Restored, String> {
@@ -190,31 +190,16 @@ impl Executor {
         if let Some(r) = &mut self.router {
             r.reset();
         }
-        let restored_entries = entries.len();
-        // One allocation per map instead of a rehash at every doubling.
-        let mut per_stage = vec![0usize; self.stages.len()];
-        for (stage, _) in entries.keys() {
-            if let Some(n) = per_stage.get_mut(*stage as usize) {
-                *n += 1;
-            }
-        }
-        for (st, n) in self.stages.iter_mut().zip(per_stage) {
-            match &mut st.op {
-                Op::State { restored, .. } => restored.reserve(n),
-                Op::Range { windows, .. } => windows.reserve(n),
-                Op::Count { windows, .. } => windows.reserve(n),
-                _ => {}
-            }
-        }
-        for ((stage, kb), blob) in entries {
+        let restored_entries = entries.values().map(|m| m.len()).sum();
+        for (stage, stage_entries) in entries {
             let st = self.stages.get_mut(stage as usize).ok_or_else(|| {
                 format!("checkpoint names stage {stage}, which this app does not have")
             })?;
-            let fail = |e: String| {
+            let place = &st.place;
+            let fail = |kb: &[u8], e: String| {
                 format!(
-                    "{}, key {}: can't restore its state: {e}",
-                    st.place,
-                    quote_key(&kb)
+                    "{place}, key {}: can't restore its state: {e}",
+                    quote_key(kb)
                 )
             };
             let codec = &self.codec;
@@ -226,43 +211,52 @@ impl Executor {
             };
             match &mut st.op {
                 Op::State { restored, .. } => {
-                    // Decoded on the key's first message, not here: a
+                    // The stage's map taken over whole; each state is
+                    // decoded on its key's first message, not here: a
                     // recovery then costs no Python call per key, and keys
                     // that see no more input are never decoded (their blob
                     // goes into full snapshots as it is). A blob that does
                     // not decode is reported on that message, as a data
                     // error of the stage and key.
-                    restored.insert(kb.into_boxed_slice(), blob);
+                    *restored = stage_entries;
                 }
                 Op::Range { windows, spec, .. } => {
-                    let key = key_object(py, &kb).unbind();
-                    let snap: quoll_core::windows::RangeWindowsSnapshot<Vec<u8>> =
-                        postcard::from_bytes(&blob).map_err(|e| fail(e.to_string()))?;
-                    let snap = snap.try_map(decode).map_err(fail)?;
-                    let w = RangeWindows::restore(*spec, snap).map_err(|e| fail(e.to_string()))?;
-                    windows.insert(
-                        kb.into_boxed_slice(),
-                        Keyed {
-                            key,
-                            value: w,
-                            dirty: false,
-                        },
-                    );
+                    windows.reserve(stage_entries.len());
+                    for (kb, blob) in stage_entries {
+                        let snap: quoll_core::windows::RangeWindowsSnapshot<Vec<u8>> =
+                            postcard::from_bytes(&blob).map_err(|e| fail(&kb, e.to_string()))?;
+                        let snap = snap.try_map(decode).map_err(|e| fail(&kb, e))?;
+                        let w = RangeWindows::restore(*spec, snap)
+                            .map_err(|e| fail(&kb, e.to_string()))?;
+                        let key = key_object(py, &kb).unbind();
+                        windows.insert(
+                            kb,
+                            Keyed {
+                                key,
+                                value: w,
+                                dirty: false,
+                            },
+                        );
+                    }
                 }
                 Op::Count { windows, spec, .. } => {
-                    let key = key_object(py, &kb).unbind();
-                    let snap: quoll_core::windows::CountWindowsSnapshot<Vec<u8>> =
-                        postcard::from_bytes(&blob).map_err(|e| fail(e.to_string()))?;
-                    let snap = snap.try_map(decode).map_err(fail)?;
-                    let w = CountWindows::restore(*spec, snap).map_err(|e| fail(e.to_string()))?;
-                    windows.insert(
-                        kb.into_boxed_slice(),
-                        Keyed {
-                            key,
-                            value: w,
-                            dirty: false,
-                        },
-                    );
+                    windows.reserve(stage_entries.len());
+                    for (kb, blob) in stage_entries {
+                        let snap: quoll_core::windows::CountWindowsSnapshot<Vec<u8>> =
+                            postcard::from_bytes(&blob).map_err(|e| fail(&kb, e.to_string()))?;
+                        let snap = snap.try_map(decode).map_err(|e| fail(&kb, e))?;
+                        let w = CountWindows::restore(*spec, snap)
+                            .map_err(|e| fail(&kb, e.to_string()))?;
+                        let key = key_object(py, &kb).unbind();
+                        windows.insert(
+                            kb,
+                            Keyed {
+                                key,
+                                value: w,
+                                dirty: false,
+                            },
+                        );
+                    }
                 }
                 _ => {
                     return Err(format!(
