@@ -399,8 +399,9 @@ def run_one(engine: str, n: int, mode: str, broker: Broker, partitions: int, in_
 # --------------------------------------------------------------------------- report
 
 def span(values: List[float], spec: str) -> str:
+    """`low-high` of the values, formatted (`low to high` if low < 0)."""
     lo, hi = format(min(values), spec), format(max(values), spec)
-    return lo if lo == hi else f"{lo}-{hi}"
+    return lo if lo == hi else f"{lo}{' to ' if min(values) < 0 else '-'}{hi}"
 
 
 def paired(runs: List[Dict[str, Any]], num: Tuple[str, int, str], den: Tuple[str, int, str],
