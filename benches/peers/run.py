@@ -25,7 +25,6 @@ and how to read them: docs/performance.md.
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -39,46 +38,23 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from common import BYTEWAX_VERSION, bytewax_version, ensure_bytewax, load_word_count_bench
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WC_DIR = REPO / "benches" / "word_count"
 APP_DIR = REPO / "examples" / "word_count"
 APP_MODULE = "word_count"
-BYTEWAX_VERSION = "0.21.1"
-BYTEWAX_VENV = HERE / ".venv-bytewax"
 CACHE = HERE / ".cache"
 CHECKPOINT_NS = 1_000_000_000
 
 
-def _load_wc() -> Any:
-    """benches/word_count/run.py as a module: its input, output check and
-    process helpers (it puts benches/word_count and tests/e2e on sys.path)."""
-    spec = importlib.util.spec_from_file_location("wc_run", WC_DIR / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-wc = _load_wc()
+wc = load_word_count_bench()
 import gen_input  # noqa: E402  (on sys.path through wc)
 from harness import Cluster, Proc, external, free_port  # noqa: E402
 
 
 # --------------------------------------------------------------------------- set-up
-
-def ensure_bytewax(base_python: str) -> str:
-    """The Bytewax venv (created and filled on first use); its python."""
-    py = BYTEWAX_VENV / "bin" / "python"
-    if not py.exists():
-        print(f"peers: creating {BYTEWAX_VENV} with {base_python} ...", file=sys.stderr)
-        subprocess.run([base_python, "-m", "venv", str(BYTEWAX_VENV)], check=True)
-    r = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('bytewax'))"],
-                       capture_output=True, text=True)
-    if r.stdout.strip() != BYTEWAX_VERSION:
-        print(f"peers: installing bytewax=={BYTEWAX_VERSION} into {BYTEWAX_VENV} ...", file=sys.stderr)
-        subprocess.run([str(py), "-m", "pip", "install", "--quiet", f"bytewax=={BYTEWAX_VERSION}"], check=True)
-    return str(py)
-
 
 def framed(text_part: Path) -> Path:
     """The part as quoll's file source reads it: each line (without its
@@ -554,8 +530,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             framed(part)
     bw_version = None
     if bytewax_python:
-        bw_version = subprocess.run([bytewax_python, "-c", "import importlib.metadata as m; print(m.version('bytewax'))"],
-                                    capture_output=True, text=True).stdout.strip()
+        bw_version = bytewax_version(bytewax_python)
     res = dict(meta=dict(
         lines=a.lines, total_words=meta["total_words"], distinct_words=len(counts), output_bytes=expected,
         input=str(input_path), procs=procs, repeats=a.repeats, kill_at=a.kill_at, kill_after_s=a.kill_after, checkpoint_s=CHECKPOINT_NS / 1e9,
