@@ -376,13 +376,19 @@ fn open_checkpoint(
 }
 
 /// Reads the records after the header up to and including the trailer,
-/// passing each content record to `on`.
-fn read_body(reader: &mut RecordReader, mut on: impl FnMut(&Record<'_>)) -> Result<(), StoreError> {
+/// passing each content record to `on` with the bytes of the file from that
+/// record on.
+fn read_body(
+    reader: &mut RecordReader,
+    mut on: impl FnMut(&Record<'_>, u64),
+) -> Result<(), StoreError> {
     let path = reader.path.clone();
+    let len = reader.len;
     loop {
         let Some((record, offset, payload)) = reader.next_good()? else {
             return Err(truncated(&path, "has no trailer"));
         };
+        let rest = len.saturating_sub(offset);
         let trailer = match decode::<Record<'_>>(&path, record, offset, payload)? {
             Record::Header { .. } => {
                 return Err(corrupt(
@@ -392,7 +398,7 @@ fn read_body(reader: &mut RecordReader, mut on: impl FnMut(&Record<'_>)) -> Resu
             }
             Record::Trailer { records } => records,
             content => {
-                on(&content);
+                on(&content, rest);
                 continue;
             }
         };
@@ -478,12 +484,18 @@ pub fn load(
             sinks,
             ..
         } = &mut image;
-        read_body(&mut reader, |record| match *record {
+        read_body(&mut reader, |record, rest| match *record {
             Record::Entry { stage, key, value } => {
-                entries
-                    .entry(stage)
-                    .or_default()
-                    .insert(key.into(), value.to_vec());
+                let stage_entries = entries.entry(stage).or_insert_with(|| {
+                    // Room for the rest of the file if its records are
+                    // about this size (a full file's usually are), so the
+                    // map is not rehashed at every doubling; capped so an
+                    // odd first record can't reserve much.
+                    let size = (key.len() + value.len() + 16) as u64;
+                    let expect = (rest / size).min(rest / 64).min(1 << 24);
+                    StageEntries::with_capacity_and_hasher(expect as usize, KeyHashBuilder)
+                });
+                stage_entries.insert(key.into(), value.to_vec());
             }
             Record::Remove { stage, key } => {
                 if let Some(stage_entries) = entries.get_mut(&stage) {
