@@ -1,7 +1,7 @@
 """Word count for the resilience tests, fed by quoll's replayable file
 source or by a source connector, written through the exactly-once file sink.
 
-    machida3 --application-module wc_app --out-file OUT
+    machida3 --application-module wc_app (--out-file OUT | --sink-connector HOST:PORT)
         (--in-file IN | --in lines@HOST:PORT [--cookie COOKIE] [--decoder stream|plain])
         [--app-name NAME] [--line-delay SECONDS] [worker flags]
 
@@ -12,7 +12,9 @@ own address and each MESSAGE payload is one line, decoded by a
 `wallaroo.experimental.stream_message_decoder` (`--decoder stream`, the
 default) or a plain `@wallaroo.decoder` (`--decoder plain`): the worker calls
 only `decode(payload)` either way. Each word is counted by its own key and
-`word => count` goes out. `--app-name` sets the application name (and so the
+`word => count` goes out, to the file sink, or with `--sink-connector` to
+a connector sink named "counts" (`SinkConnectorConfig`, cookie from
+`--cookie`) whose sink connector process listens there. `--app-name` sets the application name (and so the
 names of the resilience files; default "wc app"); `--line-delay` makes each
 line take that long on average, so that a test can kill workers mid-stream
 (it sleeps once a millisecond is owed: shorter sleeps overshoot a lot).
@@ -47,7 +49,14 @@ def application_setup(args):
         source = wallaroo.experimental.SourceConnectorConfig(
             name, encoder=encode_line, decoder=decoder, port=port, cookie=_arg(args, "--cookie", "cookie"),
             max_credits=67, refill_credits=10, host=host)
-    sink = wallaroo.FileSinkConfig(_arg(args, "--out-file", None), encode_count)
+    connector = _arg(args, "--sink-connector", None)
+    if connector is not None:
+        host, port = connector.rsplit(":", 1)
+        sink = wallaroo.experimental.SinkConnectorConfig(
+            "counts", encoder=encode_count, decoder=stream_decoder, port=port,
+            cookie=_arg(args, "--cookie", "cookie"), host=host)
+    else:
+        sink = wallaroo.FileSinkConfig(_arg(args, "--out-file", None), encode_count)
     pipeline = (wallaroo.source("Split and Count", source)
                 .to(split)
                 .key_by(extract_word)
