@@ -28,6 +28,7 @@ import socket
 import struct
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -202,32 +203,43 @@ def test_an_abort_vote_keeps_that_checkpoint_from_committing(sink_run, tmp_path)
         run.describe()
 
 
-def fake_sink(port, answer):
-    """A listener that answers HELLO with OK, then NOTIFY with `answer`
-    (bytes of a frame), and keeps the connection until the peer closes it."""
-    import threading
-    lst = socket.socket()
-    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.bind(("127.0.0.1", port))
-    lst.listen(8)
+class FakeSink:
+    """A listener that answers each connection with OK and `answer` (the
+    bytes of a frame) and reads until the worker closes it."""
 
-    def serve():
-        while True:
+    def __init__(self, port, answer):
+        self.answer = answer
+        self.lst = socket.socket()
+        self.lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lst.bind(("127.0.0.1", port))
+        self.lst.listen(8)
+        self.lst.settimeout(0.1)
+        self.running = True
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while self.running:
             try:
-                conn, _ = lst.accept()
+                conn, _ = self.lst.accept()
             except OSError:
-                return
-            conn.sendall(struct.pack(">IBI", 5, 1, 100) + answer)
-            conn.settimeout(5)
-            try:
-                while conn.recv(4096):
-                    pass
-            except OSError:
-                pass
+                continue
+            conn.sendall(struct.pack(">IBI", 5, 1, 100) + self.answer)
+            conn.settimeout(0.1)
+            while self.running:
+                try:
+                    if not conn.recv(4096):
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
             conn.close()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return lst
+    def close(self):
+        self.running = False
+        self.thread.join()
+        self.lst.close()
 
 
 NOTIFY_REFUSED = struct.pack(">IBBQQ", 18, 4, 0, 1, 0)
@@ -241,7 +253,7 @@ ERROR_FRAME = struct.pack(">IBH", 3 + 9, 2, 9) + b"disk full"
 @pytest.mark.timeout(300)
 def test_a_refusing_sink_is_named_and_the_worker_goes_on(answer, said, make_cluster, tmp_path):
     port = free_port()
-    fake = fake_sink(port, answer)
+    fake = FakeSink(port, answer)
     in_dir = tmp_path / "in"
     in_dir.mkdir()
     res = tmp_path / "res"
