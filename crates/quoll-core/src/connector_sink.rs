@@ -112,7 +112,11 @@ impl TwoPc {
                 out.push(LIST_UNCOMMITTED);
                 out.extend_from_slice(&rtag.to_be_bytes());
             }
-            TwoPc::ReplyUncommitted { rtag, txn_ids } | TwoPc::WorkersLeft { rtag, workers: txn_ids } => {
+            TwoPc::ReplyUncommitted { rtag, txn_ids }
+            | TwoPc::WorkersLeft {
+                rtag,
+                workers: txn_ids,
+            } => {
                 let (tag, field) = if matches!(self, TwoPc::ReplyUncommitted { .. }) {
                     (REPLY_UNCOMMITTED, "txn_id")
                 } else {
@@ -238,7 +242,10 @@ pub fn txn_id(stream: &str, id: CheckpointId) -> String {
 /// The checkpoint of a transaction id of `stream` (None: another stream's,
 /// or not of that form).
 pub fn txn_checkpoint(stream: &str, txn: &str) -> Option<CheckpointId> {
-    txn.strip_prefix(stream)?.strip_prefix(":c_id=")?.parse().ok()
+    txn.strip_prefix(stream)?
+        .strip_prefix(":c_id=")?
+        .parse()
+        .ok()
 }
 
 /// What the session asks of its socket task.
@@ -273,9 +280,15 @@ enum Conn {
 enum Txn {
     None,
     /// PHASE1 sent, the vote not in yet.
-    Voting { id: CheckpointId, end: u64 },
+    Voting {
+        id: CheckpointId,
+        end: u64,
+    },
     /// Voted commit; waiting for the checkpoint's outcome.
-    Voted { id: CheckpointId, end: u64 },
+    Voted {
+        id: CheckpointId,
+        end: u64,
+    },
 }
 
 /// Decisions remembered for in-doubt transactions after a reconnect.
@@ -389,7 +402,9 @@ impl SinkSession {
                 self.txn = Txn::None;
                 vec![SinkAction::Vote {
                     id,
-                    vote: Err("the connection to the sink connector was lost before its vote".into()),
+                    vote: Err(
+                        "the connection to the sink connector was lost before its vote".into(),
+                    ),
                 }]
             }
             _ => Vec::new(),
@@ -399,13 +414,21 @@ impl SinkSession {
     /// A frame from the sink connector.
     pub fn on_frame(&mut self, msg: ConnectorMessage) -> Vec<SinkAction> {
         match (self.conn, msg) {
-            (_, ConnectorMessage::Error { message }) => self.close_on(format!("the sink connector sent ERROR: {message}"), false),
+            (_, ConnectorMessage::Error { message }) => {
+                self.close_on(format!("the sink connector sent ERROR: {message}"), false)
+            }
             (_, ConnectorMessage::Restart { .. }) => {
                 let mut out = self.disconnected();
                 out.push(SinkAction::Reconnect { reason: None });
                 out
             }
-            (Conn::Handshake { ok: false, notified }, ConnectorMessage::Ok { initial_credits }) => {
+            (
+                Conn::Handshake {
+                    ok: false,
+                    notified,
+                },
+                ConnectorMessage::Ok { initial_credits },
+            ) => {
                 if initial_credits < MIN_CREDITS {
                     return self.close_on(
                         format!("the sink connector granted {initial_credits} credits in OK; at least {MIN_CREDITS} are needed"),
@@ -415,30 +438,67 @@ impl SinkSession {
                 self.conn = Conn::Handshake { ok: true, notified };
                 self.up_without_2pc()
             }
-            (Conn::Handshake { ok, notified: false }, ConnectorMessage::NotifyAck { success, stream_id, .. }) => {
+            (
+                Conn::Handshake {
+                    ok,
+                    notified: false,
+                },
+                ConnectorMessage::NotifyAck {
+                    success, stream_id, ..
+                },
+            ) => {
                 if !success || stream_id != DATA_STREAM {
                     return self.close_on(
-                        format!("the sink connector refused stream {stream_id} ('{}') in NOTIFY_ACK", self.stream),
+                        format!(
+                            "the sink connector refused stream {stream_id} ('{}') in NOTIFY_ACK",
+                            self.stream
+                        ),
                         true,
                     );
                 }
                 self.conn = Conn::Handshake { ok, notified: true };
                 self.up_without_2pc()
             }
-            (Conn::Handshake { ok: true, notified: true }, ConnectorMessage::Message { stream_id: CONTROL_STREAM, payload, .. }) => {
-                match TwoPc::decode(&payload) {
-                    Ok(TwoPc::ReplyUncommitted { rtag, txn_ids }) if rtag == self.rtag => self.resolve(txn_ids),
-                    Ok(other) => self.close_on(format!("expected REPLY_UNCOMMITTED (rtag {}), got {other:?}", self.rtag), true),
-                    Err(e) => self.close_on(format!("bad 2PC message: {e}"), true),
+            (
+                Conn::Handshake {
+                    ok: true,
+                    notified: true,
+                },
+                ConnectorMessage::Message {
+                    stream_id: CONTROL_STREAM,
+                    payload,
+                    ..
+                },
+            ) => match TwoPc::decode(&payload) {
+                Ok(TwoPc::ReplyUncommitted { rtag, txn_ids }) if rtag == self.rtag => {
+                    self.resolve(txn_ids)
                 }
-            }
-            (Conn::Up, ConnectorMessage::Message { stream_id: CONTROL_STREAM, payload, .. }) => match TwoPc::decode(&payload) {
+                Ok(other) => self.close_on(
+                    format!(
+                        "expected REPLY_UNCOMMITTED (rtag {}), got {other:?}",
+                        self.rtag
+                    ),
+                    true,
+                ),
+                Err(e) => self.close_on(format!("bad 2PC message: {e}"), true),
+            },
+            (
+                Conn::Up,
+                ConnectorMessage::Message {
+                    stream_id: CONTROL_STREAM,
+                    payload,
+                    ..
+                },
+            ) => match TwoPc::decode(&payload) {
                 Ok(TwoPc::Reply { txn_id, commit }) => self.on_vote(&txn_id, commit),
                 Ok(other) => self.close_on(format!("unexpected 2PC message {other:?}"), true),
                 Err(e) => self.close_on(format!("bad 2PC message: {e}"), true),
             },
             (Conn::Down, _) => Vec::new(),
-            (_, other) => self.close_on(format!("unexpected {} frame", other.frame_type().name()), true),
+            (_, other) => self.close_on(
+                format!("unexpected {} frame", other.frame_type().name()),
+                true,
+            ),
         }
     }
 
@@ -459,7 +519,12 @@ impl SinkSession {
         if !self.resilient {
             return vec![SinkAction::Vote { id, vote: Ok(()) }];
         }
-        let refuse = |why: &str| vec![SinkAction::Vote { id, vote: Err(why.into()) }];
+        let refuse = |why: &str| {
+            vec![SinkAction::Vote {
+                id,
+                vote: Err(why.into()),
+            }]
+        };
         if self.conn != Conn::Up {
             return refuse("not connected to the sink connector");
         }
@@ -498,7 +563,9 @@ impl SinkSession {
     pub fn abort(&mut self, id: CheckpointId) -> Vec<SinkAction> {
         self.remember(id, false);
         match self.txn {
-            Txn::Voting { id: t, .. } | Txn::Voted { id: t, .. } if t == id => self.decide(id, false),
+            Txn::Voting { id: t, .. } | Txn::Voted { id: t, .. } if t == id => {
+                self.decide(id, false)
+            }
             _ => Vec::new(),
         }
     }
@@ -603,7 +670,11 @@ impl SinkSession {
             vec![SinkAction::Send(frames)]
         };
         if self.txn == Txn::None {
-            self.sent = if self.resilient { self.committed } else { self.sent };
+            self.sent = if self.resilient {
+                self.committed
+            } else {
+                self.sent
+            };
             out.extend(self.send_data());
         }
         out
@@ -611,7 +682,13 @@ impl SinkSession {
 
     /// Without resilience the handshake ends with OK and NOTIFY_ACK.
     fn up_without_2pc(&mut self) -> Vec<SinkAction> {
-        if self.resilient || self.conn != (Conn::Handshake { ok: true, notified: true }) {
+        if self.resilient
+            || self.conn
+                != (Conn::Handshake {
+                    ok: true,
+                    notified: true,
+                })
+        {
             return Vec::new();
         }
         self.resolve(Vec::new())
@@ -645,10 +722,14 @@ impl SinkSession {
     fn close_on(&mut self, reason: String, answer: bool) -> Vec<SinkAction> {
         let mut out = Vec::new();
         if answer {
-            out.push(SinkAction::Send(vec![ConnectorMessage::error(reason.clone())]));
+            out.push(SinkAction::Send(vec![ConnectorMessage::error(
+                reason.clone(),
+            )]));
         }
         out.extend(self.disconnected());
-        out.push(SinkAction::Reconnect { reason: Some(reason) });
+        out.push(SinkAction::Reconnect {
+            reason: Some(reason),
+        });
         out
     }
 }

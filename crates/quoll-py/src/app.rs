@@ -570,7 +570,9 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyAny>) -> Result<AppPlan, App
             SinkSpec::Tcp { host, port } => format!("tcp sink {host}:{port}"),
             SinkSpec::File { path } => format!("file sink {path}"),
             SinkSpec::Kafka { name, topic, .. } => format!("kafka sink '{name}' (topic '{topic}')"),
-            SinkSpec::Connector { name, host, port, .. } => {
+            SinkSpec::Connector {
+                name, host, port, ..
+            } => {
                 format!("connector sink '{name}' at {host}:{port}")
             }
         };

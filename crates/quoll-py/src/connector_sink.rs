@@ -182,11 +182,19 @@ async fn sleep_until(at: Option<Instant>) {
 impl Task {
     async fn connect(&mut self) {
         self.retry_at = Some(Instant::now() + RETRY);
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.problem(format!("can't connect to {}: {e}; retrying every 250 ms", self.addr)),
-            Err(_) => return self.problem(format!("connecting to {} timed out; retrying", self.addr)),
-        };
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return self.problem(format!(
+                        "can't connect to {}: {e}; retrying every 250 ms",
+                        self.addr
+                    ))
+                }
+                Err(_) => {
+                    return self.problem(format!("connecting to {} timed out; retrying", self.addr))
+                }
+            };
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         self.reader = Some(FramedRead::new(r, ConnectorCodec::default()));
@@ -215,7 +223,9 @@ impl Task {
         while let Some(a) = queue.pop_front() {
             match a {
                 SinkAction::Send(frames) => {
-                    let Some(w) = self.writer.as_mut() else { continue };
+                    let Some(w) = self.writer.as_mut() else {
+                        continue;
+                    };
                     let mut buf = Vec::new();
                     for f in &frames {
                         if let Err(e) = f.encode_into(&mut buf) {
@@ -271,7 +281,8 @@ impl Task {
                     let a = self.session.on_frame(msg);
                     self.apply(a).await;
                 } else {
-                    self.lost("the sink connector closed the connection".into()).await;
+                    self.lost("the sink connector closed the connection".into())
+                        .await;
                 }
             }
             let a = self.session.pre_commit(id);
@@ -299,7 +310,9 @@ impl Task {
                     let _ = w.shutdown().await;
                 }
             }
-            Ok(Err(e)) => error!(place = %self.label, "the output since the last checkpoint was not committed: {e}"),
+            Ok(Err(e)) => {
+                error!(place = %self.label, "the output since the last checkpoint was not committed: {e}")
+            }
             Err(_) => error!(
                 place = %self.label,
                 "the output since the last checkpoint was not committed: no vote from the sink connector within 5 s"

@@ -39,7 +39,9 @@ impl ModelSink {
         match msg {
             ConnectorMessage::Hello { version, .. } => {
                 assert_eq!(version, SINK_PROTOCOL_VERSION);
-                vec![ConnectorMessage::Ok { initial_credits: 100 }]
+                vec![ConnectorMessage::Ok {
+                    initial_credits: 100,
+                }]
             }
             ConnectorMessage::Notify { stream_id, .. } => vec![ConnectorMessage::NotifyAck {
                 success: true,
@@ -75,9 +77,11 @@ impl ModelSink {
                         let ok = !self.broken
                             && !std::mem::take(&mut self.refuse_next)
                             && self.prepared.is_none()
-                            && where_list == vec![(DATA_STREAM, base, base + self.pending.len() as u64)];
+                            && where_list
+                                == vec![(DATA_STREAM, base, base + self.pending.len() as u64)];
                         if ok {
-                            self.prepared = Some((txn_id.clone(), std::mem::take(&mut self.pending)));
+                            self.prepared =
+                                Some((txn_id.clone(), std::mem::take(&mut self.pending)));
                         }
                         TwoPc::Reply { txn_id, commit: ok }
                     }
@@ -105,7 +109,10 @@ impl ModelSink {
 enum Op {
     Write(u8, u8),
     /// A checkpoint; `commit_anyway` is whether the other workers vote yes.
-    Checkpoint { others_ok: bool, refuse: bool },
+    Checkpoint {
+        others_ok: bool,
+        refuse: bool,
+    },
     LoseConnection,
     RestartSink,
     Connect,
@@ -182,7 +189,11 @@ impl World {
         let end = self.session.end();
         let a = self.session.pre_commit(id);
         self.run(a);
-        let ours = self.votes.iter().find(|(v, _)| *v == id).map(|(_, r)| r.is_ok());
+        let ours = self
+            .votes
+            .iter()
+            .find(|(v, _)| *v == id)
+            .map(|(_, r)| r.is_ok());
         if ours == Some(true) && others_ok {
             self.last_commit = Some((id, end));
             let a = self.session.commit(id);
@@ -195,9 +206,16 @@ impl World {
 
     fn check_prefix(&self) {
         let c = &self.sink.committed;
-        assert_eq!(c.as_slice(), &output(0, c.len() as u64)[..], "sink holds wrong bytes");
+        assert_eq!(
+            c.as_slice(),
+            &output(0, c.len() as u64)[..],
+            "sink holds wrong bytes"
+        );
         let covered = self.last_commit.map_or(0, |(_, o)| o);
-        assert!(c.len() as u64 <= covered, "sink committed more than any checkpoint covers");
+        assert!(
+            c.len() as u64 <= covered,
+            "sink committed more than any checkpoint covers"
+        );
     }
 }
 
@@ -292,7 +310,10 @@ fn two_pc_layouts_round_trip_and_match_the_spec() {
     }
     assert_eq!(TwoPc::decode(&[]), Err(TwoPcError::Empty));
     assert_eq!(TwoPc::decode(&[9]), Err(TwoPcError::UnknownTag(9)));
-    assert!(matches!(TwoPc::decode(&[204, 0, 1, b'x', 1, 0]), Err(TwoPcError::Layout(_))));
+    assert!(matches!(
+        TwoPc::decode(&[204, 0, 1, b'x', 1, 0]),
+        Err(TwoPcError::Layout(_))
+    ));
     assert_eq!(txn_checkpoint("a-w-b-id-c", "a-w-b-id-c:c_id=12"), Some(12));
     assert_eq!(txn_checkpoint("a-w-b-id-c", "other:c_id=12"), None);
 }
@@ -301,14 +322,18 @@ fn two_pc_layouts_round_trip_and_match_the_spec() {
 fn a_refused_notify_or_an_error_closes_with_a_reason() {
     let mut s = SinkSession::new(true, "c", "app", "w1", "out");
     s.connected();
-    s.on_frame(ConnectorMessage::Ok { initial_credits: 10 });
+    s.on_frame(ConnectorMessage::Ok {
+        initial_credits: 10,
+    });
     let a = s.on_frame(ConnectorMessage::NotifyAck {
         success: false,
         stream_id: 1,
         point_of_ref: 0,
     });
     assert!(matches!(&a[0], SinkAction::Send(f) if matches!(f[0], ConnectorMessage::Error { .. })));
-    assert!(matches!(a.last(), Some(SinkAction::Reconnect { reason: Some(r) }) if r.contains("refused stream 1 ('app-w-w1-id-out')")));
+    assert!(
+        matches!(a.last(), Some(SinkAction::Reconnect { reason: Some(r) }) if r.contains("refused stream 1 ('app-w-w1-id-out')"))
+    );
     s.connected();
     let a = s.on_frame(ConnectorMessage::error("disk full"));
     assert_eq!(
@@ -318,7 +343,13 @@ fn a_refused_notify_or_an_error_closes_with_a_reason() {
         }]
     );
     // A checkpoint while not connected is an abort vote, at once.
-    assert!(matches!(&s.pre_commit(4)[..], [SinkAction::Vote { id: 4, vote: Err(_) }]));
+    assert!(matches!(
+        &s.pre_commit(4)[..],
+        [SinkAction::Vote {
+            id: 4,
+            vote: Err(_)
+        }]
+    ));
 }
 
 #[test]
@@ -326,16 +357,26 @@ fn without_resilience_outputs_flow_after_ok_and_notify_ack() {
     let mut s = SinkSession::new(false, "c", "app", "w1", "out");
     s.restore(None, 0);
     let held = s.write([Bytes::from_static(b"ab")]);
-    assert!(held.is_empty(), "nothing is sent before the connection is up");
+    assert!(
+        held.is_empty(),
+        "nothing is sent before the connection is up"
+    );
     let hello = s.connected();
-    assert!(matches!(&hello[..], [SinkAction::Send(f)] if f.len() == 2), "no LIST_UNCOMMITTED");
-    assert!(s.on_frame(ConnectorMessage::Ok { initial_credits: 5 }).is_empty());
+    assert!(
+        matches!(&hello[..], [SinkAction::Send(f)] if f.len() == 2),
+        "no LIST_UNCOMMITTED"
+    );
+    assert!(s
+        .on_frame(ConnectorMessage::Ok { initial_credits: 5 })
+        .is_empty());
     let a = s.on_frame(ConnectorMessage::NotifyAck {
         success: true,
         stream_id: 1,
         point_of_ref: 0,
     });
-    assert!(matches!(&a[..], [SinkAction::Send(f)] if matches!(&f[0], ConnectorMessage::Message { message_id: 0, .. })));
+    assert!(
+        matches!(&a[..], [SinkAction::Send(f)] if matches!(&f[0], ConnectorMessage::Message { message_id: 0, .. }))
+    );
     let a = s.write([Bytes::from_static(b"cde"), Bytes::from_static(b"f")]);
     let ids: Vec<u64> = match &a[..] {
         [SinkAction::Send(f)] => f
@@ -349,5 +390,11 @@ fn without_resilience_outputs_flow_after_ok_and_notify_ack() {
     };
     assert_eq!(ids, vec![2, 5], "message ids are byte offsets");
     assert_eq!(s.kept_bytes(), 0);
-    assert!(matches!(&s.pre_commit(1)[..], [SinkAction::Vote { id: 1, vote: Ok(()) }]));
+    assert!(matches!(
+        &s.pre_commit(1)[..],
+        [SinkAction::Vote {
+            id: 1,
+            vote: Ok(())
+        }]
+    ));
 }
