@@ -108,10 +108,15 @@ impl ModelSink {
 #[derive(Debug, Clone)]
 enum Op {
     Write(u8, u8),
-    /// A checkpoint; `commit_anyway` is whether the other workers vote yes.
+    /// A checkpoint's barrier: PHASE1 and the vote (`refuse`: the sink
+    /// votes abort).
     Checkpoint {
-        others_ok: bool,
         refuse: bool,
+    },
+    /// The open checkpoint's outcome (`others_ok`: the other workers' parts
+    /// were good).
+    Decide {
+        others_ok: bool,
     },
     LoseConnection,
     RestartSink,
@@ -122,8 +127,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (1u8..5, 1u8..20).prop_map(|(n, len)| Op::Write(n, len)),
-        3 => (prop::bool::weighted(0.8), prop::bool::weighted(0.1))
-            .prop_map(|(others_ok, refuse)| Op::Checkpoint { others_ok, refuse }),
+        3 => prop::bool::weighted(0.1).prop_map(|refuse| Op::Checkpoint { refuse }),
+        3 => prop::bool::weighted(0.8).prop_map(|others_ok| Op::Decide { others_ok }),
         1 => Just(Op::LoseConnection),
         1 => Just(Op::RestartSink),
         3 => Just(Op::Connect),
@@ -139,6 +144,8 @@ struct World {
     /// The last committed checkpoint and its offset.
     last_commit: Option<(CheckpointId, u64)>,
     votes: Vec<(CheckpointId, Result<(), String>)>,
+    /// The checkpoint in flight: its id, the offset it covers, its vote.
+    open: Option<(CheckpointId, u64, bool)>,
 }
 
 impl World {
@@ -181,7 +188,10 @@ impl World {
         }
     }
 
-    fn checkpoint(&mut self, others_ok: bool, refuse: bool) {
+    fn checkpoint(&mut self, refuse: bool) {
+        if self.open.is_some() {
+            return; // one checkpoint in flight at a time
+        }
         self.next_id += 1;
         let id = self.next_id;
         self.sink.refuse_next = refuse;
@@ -189,12 +199,16 @@ impl World {
         let end = self.session.end();
         let a = self.session.pre_commit(id);
         self.run(a);
-        let ours = self
-            .votes
-            .iter()
-            .find(|(v, _)| *v == id)
-            .map(|(_, r)| r.is_ok());
-        if ours == Some(true) && others_ok {
+        // A vote not in (the connection went) counts as an abort vote.
+        let ok = self.votes.iter().any(|(v, r)| *v == id && r.is_ok());
+        self.open = Some((id, end, ok));
+    }
+
+    fn decide(&mut self, others_ok: bool) {
+        let Some((id, end, ok)) = self.open.take() else {
+            return;
+        };
+        if ok && others_ok {
             self.last_commit = Some((id, end));
             let a = self.session.commit(id);
             self.run(a);
@@ -231,6 +245,7 @@ proptest! {
             next_id: 0,
             last_commit: None,
             votes: Vec::new(),
+            open: None,
         };
         let a = w.session.restore(None, 0);
         w.run(a);
@@ -246,7 +261,8 @@ proptest! {
                     let a = w.session.write(msgs);
                     w.run(a);
                 }
-                Op::Checkpoint { others_ok, refuse } => w.checkpoint(others_ok, refuse),
+                Op::Checkpoint { refuse } => w.checkpoint(refuse),
+                Op::Decide { others_ok } => w.decide(others_ok),
                 Op::LoseConnection => w.lose(),
                 Op::RestartSink => {
                     w.lose();
@@ -254,6 +270,8 @@ proptest! {
                 }
                 Op::Connect => w.connect(),
                 Op::Rollback => {
+                    // The checkpoint in flight never commits.
+                    w.open = None;
                     let (c, off) = w.last_commit.map_or((None, 0), |(c, o)| (Some(c), o));
                     let a = w.session.restore(c, off);
                     w.run(a);
@@ -262,9 +280,12 @@ proptest! {
             }
             w.check_prefix();
         }
-        // Settle: connected, one checkpoint that everyone votes for.
+        // Settle: the open checkpoint decided, then connected, one
+        // checkpoint that everyone votes for.
+        w.decide(true);
         w.connect();
-        w.checkpoint(true, false);
+        w.checkpoint(false);
+        w.decide(true);
         let end = w.session.end();
         prop_assert_eq!(w.last_commit.map(|(_, o)| o), Some(end));
         prop_assert_eq!(w.sink.committed.len() as u64, end);
