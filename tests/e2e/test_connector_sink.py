@@ -16,6 +16,8 @@ What is checked:
 - a sink connector that votes abort on some transactions: those checkpoints
   are not in the coordinator's commit log, their PHASE2 is an abort, the
   worker says which sink refused, and the output is still exact;
+- a Wallaroo-style `SinkConnector` script (apps/sink_script.py), unmodified
+  API, prints each output exactly once through a SIGKILL of the worker;
 - a sink that refuses the stream in NOTIFY_ACK or answers ERROR: an error
   line naming the worker and the sink, the worker keeps running, and once a
   working sink connector listens there the output arrives, exact.
@@ -298,3 +300,34 @@ def word_count_lines(path):
             lines.append(f"{word} => {counts[word]}")
         i += 4 + n
     return lines
+
+
+@pytest.mark.timeout(300)
+def test_a_sink_connector_script_reads_each_output_once(make_cluster, tmp_path):
+    port = free_port()
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    res = tmp_path / "res"
+    res.mkdir()
+    make_word_input(in_dir, 15_000)
+    app_args = ["--in-file", str(in_dir / "in-{worker}.bin"), "--sink-connector", f"127.0.0.1:{port}",
+                "--cookie", "sekrit", "--sink-framed", "--line-delay", LINE_DELAY]
+    env = dict(os.environ, PYTHONPATH=str(APPS))
+    script = Proc([sys.executable, str(APPS / "sink_script.py"), "--application-module", "wc_app",
+                   "--connector", "counts"] + app_args, tmp_path, "sink-script", env=env).start()
+    try:
+        wait_until(lambda: "listening" in script.stdout() or not script.alive(), 20, "the script to listen")
+        cluster = make_cluster("wc_app", APPS, 1, extra_flags=resilience_flags(res), app_args=lambda c, i: app_args)
+        expected = word_count_lines(in_dir / f"in-{NAMES[0]}.bin")
+        printed = lambda: script.stdout().count(" => ")  # noqa: E731
+        wait_until(lambda: printed() >= len(expected) // 3, 60, "a third of the output")
+        f = Faults(cluster, fault_seed())
+        assert printed() < len(expected), "the input went by too fast to kill mid-stream"
+        f.kill_and_restart(0)
+        f.wait_recovered(0)
+        wait_until(lambda: printed() >= len(expected), 60, "all the output")
+        time.sleep(1.0)
+        got = [l for l in script.stdout().splitlines() if " => " in l]
+        assert sorted(got) == sorted(expected), f"{len(got)} lines, want {len(expected)}\n{f.describe()}"
+    finally:
+        script.stop()
