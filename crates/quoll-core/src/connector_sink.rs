@@ -32,7 +32,11 @@
 //!   only when the session knows its checkpoint committed (a commit it saw,
 //!   or the checkpoint the worker restored); anything else is aborted.
 //! - Nothing here blocks: a vote that can't be given (not connected, a
-//!   transaction already open) is an abort vote at once.
+//!   transaction already open) is an abort vote at once, and every
+//!   `pre_commit` gets exactly one [`SinkAction::Vote`] (the worker waits
+//!   for it before a rollback): from the sink's REPLY, or an abort vote
+//!   when the connection goes, the checkpoint is abandoned or the worker
+//!   rolls back first.
 //!
 //! Without resilience there are no transactions: outputs are sent once, in
 //! order, and held only while the sink is not connected (at-least-once as
@@ -563,9 +567,20 @@ impl SinkSession {
     pub fn abort(&mut self, id: CheckpointId) -> Vec<SinkAction> {
         self.remember(id, false);
         match self.txn {
-            Txn::Voting { id: t, .. } | Txn::Voted { id: t, .. } if t == id => {
-                self.decide(id, false)
+            Txn::Voting { id: t, .. } if t == id => {
+                // Abandoned before the sink voted: the vote is still owed
+                // (the worker waits for it before it can restore), and the
+                // sink's late REPLY is ignored.
+                let mut out = vec![SinkAction::Vote {
+                    id,
+                    vote: Err(
+                        "the checkpoint was abandoned before the sink connector voted".into(),
+                    ),
+                }];
+                out.extend(self.decide(id, false));
+                out
             }
+            Txn::Voted { id: t, .. } if t == id => self.decide(id, false),
             _ => Vec::new(),
         }
     }

@@ -122,6 +122,8 @@ enum Op {
     RestartSink,
     Connect,
     Rollback,
+    /// The sink's answers so far reach the worker.
+    Deliver,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -132,6 +134,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::LoseConnection),
         1 => Just(Op::RestartSink),
         3 => Just(Op::Connect),
+        6 => Just(Op::Deliver),
         1 => Just(Op::Rollback),
     ]
 }
@@ -144,8 +147,12 @@ struct World {
     /// The last committed checkpoint and its offset.
     last_commit: Option<(CheckpointId, u64)>,
     votes: Vec<(CheckpointId, Result<(), String>)>,
-    /// The checkpoint in flight: its id, the offset it covers, its vote.
-    open: Option<(CheckpointId, u64, bool)>,
+    /// The checkpoint in flight: its id and the offset it covers.
+    open: Option<(CheckpointId, u64)>,
+    /// Frames from the sink not yet read by the session.
+    inbox: VecDeque<ConnectorMessage>,
+    /// Checkpoints whose vote the session still owes.
+    owed: std::collections::BTreeSet<CheckpointId>,
 }
 
 impl World {
@@ -158,16 +165,30 @@ impl World {
                         if !self.up {
                             break;
                         }
-                        for reply in self.sink.handle(f) {
-                            queue.extend(self.session.on_frame(reply));
-                        }
+                        // The sink's answers are in flight until `deliver`.
+                        self.inbox.extend(self.sink.handle(f));
                     }
                 }
-                SinkAction::Vote { id, vote } => self.votes.push((id, vote)),
+                SinkAction::Vote { id, vote } => {
+                    assert!(
+                        self.owed.remove(&id),
+                        "a vote on {id} nobody asked for, or a second one"
+                    );
+                    self.votes.push((id, vote));
+                }
                 SinkAction::Reconnect { .. } => {
                     self.up = false;
+                    self.inbox.clear();
                 }
             }
+        }
+    }
+
+    /// The sink's answers reach the session.
+    fn deliver(&mut self) {
+        while let Some(m) = self.inbox.pop_front() {
+            let a = self.session.on_frame(m);
+            self.run(a);
         }
     }
 
@@ -183,6 +204,7 @@ impl World {
     fn lose(&mut self) {
         if self.up {
             self.up = false;
+            self.inbox.clear();
             let a = self.session.disconnected();
             self.run(a);
         }
@@ -197,17 +219,19 @@ impl World {
         self.sink.refuse_next = refuse;
         self.votes.clear();
         let end = self.session.end();
+        self.owed.insert(id);
         let a = self.session.pre_commit(id);
         self.run(a);
-        // A vote not in (the connection went) counts as an abort vote.
-        let ok = self.votes.iter().any(|(v, r)| *v == id && r.is_ok());
-        self.open = Some((id, end, ok));
+        self.open = Some((id, end));
     }
 
     fn decide(&mut self, others_ok: bool) {
-        let Some((id, end, ok)) = self.open.take() else {
+        let Some((id, end)) = self.open.take() else {
             return;
         };
+        // A vote not in yet: the coordinator can't commit without it and
+        // abandons the checkpoint (a timeout, another worker's failure).
+        let ok = self.votes.iter().any(|(v, r)| *v == id && r.is_ok());
         if ok && others_ok {
             self.last_commit = Some((id, end));
             let a = self.session.commit(id);
@@ -216,6 +240,7 @@ impl World {
             let a = self.session.abort(id);
             self.run(a);
         }
+        assert!(self.owed.is_empty(), "votes never given: {:?}", self.owed);
     }
 
     fn check_prefix(&self) {
@@ -246,6 +271,8 @@ proptest! {
             last_commit: None,
             votes: Vec::new(),
             open: None,
+            owed: Default::default(),
+            inbox: VecDeque::new(),
         };
         let a = w.session.restore(None, 0);
         w.run(a);
@@ -269,12 +296,14 @@ proptest! {
                     w.sink.pending.clear();
                 }
                 Op::Connect => w.connect(),
+                Op::Deliver => w.deliver(),
                 Op::Rollback => {
                     // The checkpoint in flight never commits.
                     w.open = None;
                     let (c, off) = w.last_commit.map_or((None, 0), |(c, o)| (Some(c), o));
                     let a = w.session.restore(c, off);
                     w.run(a);
+                    assert!(w.owed.is_empty(), "votes never given: {:?}", w.owed);
                     w.lose();
                 }
             }
@@ -284,7 +313,9 @@ proptest! {
         // checkpoint that everyone votes for.
         w.decide(true);
         w.connect();
+        w.deliver();
         w.checkpoint(false);
+        w.deliver();
         w.decide(true);
         let end = w.session.end();
         prop_assert_eq!(w.last_commit.map(|(_, o)| o), Some(end));
