@@ -40,7 +40,7 @@ IMPLICIT_KEYS = {
 }
 
 SUPPORTED_SOURCES = "TCP, generator, file, connector and Kafka sources"
-SUPPORTED_SINKS = "TCP, file and Kafka sinks"
+SUPPORTED_SINKS = "TCP, file, Kafka and connector sinks"
 
 
 # --------------------------------------------------------------------------
@@ -189,7 +189,22 @@ class KafkaSink:
     encode: Callable[[Any], Optional[tuple[bytes, Optional[bytes], Optional[int]]]]
 
 
-SinkSpec = Union[TcpSink, FileSink, KafkaSink]
+@dataclass(frozen=True)
+class ConnectorSink:
+    """`wallaroo.experimental.SinkConnectorConfig`: each worker connects to
+    the sink connector process at `host:port` and speaks connector protocol
+    v3 to it, with two-phase commit under resilience (docs/connectors.md).
+    `name` is unique in the app and names the sink's stream."""
+
+    kind: ClassVar[str] = "sink_connector"
+    name: str
+    host: str
+    port: str
+    encode: Callable[[Any], Any]
+    cookie: str
+
+
+SinkSpec = Union[TcpSink, FileSink, KafkaSink, ConnectorSink]
 
 
 @dataclass(frozen=True)
@@ -538,6 +553,16 @@ def _sink_spec(cfg: Sequence[Any], index: int, args: Sequence[str]) -> SinkSpec:
         )
     if kind in ("kafka", "kafka-internal"):
         return kafka_sink_spec(cfg, index, args)
+    if kind == "sink_connector":
+        # ("sink_connector", name, host, port, encoder, decoder, cookie); the
+        # decoder is the external sink process's.
+        return ConnectorSink(
+            name=str(_item(cfg, 1, "name")) or f"sink_connector_{index}",
+            host=str(_item(cfg, 2, "host")),
+            port=str(_item(cfg, 3, "port")),
+            encode=_resolve(_item(cfg, 4, "encoder"), "encode", "encoder"),
+            cookie=str(_item(cfg, 6, "cookie")),
+        )
     raise TopologyError(_unsupported(kind, "sink", SUPPORTED_SINKS))
 
 

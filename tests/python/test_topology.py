@@ -295,13 +295,13 @@ def test_range_windows_and_collect_stages():
 # Set-up errors name the pipeline and the source or sink
 # --------------------------------------------------------------------------
 
-def test_connector_sink_is_refused_by_name():
+def test_connector_sink_is_read():
     sink = wx.SinkConnectorConfig("fahrenheit_conversion", encode, decode,
-                                  7200, "cookie")
-    assert setup_error(app_with_sink(sink, "Celsius Conversion")) == (
-        "sink 0 of pipeline 'Celsius Conversion' (connector sink "
-        "'fahrenheit_conversion' at 127.0.0.1:7200): connector sinks are not "
-        "supported yet by quoll (supported: TCP, file and Kafka sinks)")
+                                  7200, "cookie", host="127.0.0.2")
+    spec = flatten(app_with_sink(sink, "Celsius Conversion")).sinks[0].spec
+    assert isinstance(spec, topology.ConnectorSink)
+    assert (spec.name, spec.host, spec.port, spec.cookie) == (
+        "fahrenheit_conversion", "127.0.0.2", "7200", "cookie")
 
 
 def test_kafka_sources_and_sinks_are_read_and_their_errors_name_them():
@@ -333,8 +333,8 @@ def test_unknown_kinds_and_the_sink_index():
     p = left.merge(right).to_sinks([tcp_sink(), Queue()])
     assert setup_error(wallaroo.build_application("app", p)) == (
         "sink 1 of pipelines 'A' and 'B' ('mq' sink 'jobs'): the sink kind "
-        "'mq' is not supported yet by quoll (supported: TCP, file and Kafka "
-        "sinks)")
+        "'mq' is not supported yet by quoll (supported: TCP, file, Kafka and "
+        "connector sinks)")
     assert setup_error(app_with_source(Queue())) == (
         "source of pipeline 'P' ('mq' source 'jobs'): the source kind 'mq' "
         "is not supported yet by quoll (supported: TCP, generator, file, "
@@ -392,33 +392,6 @@ def run_worker(tmp_path, app_source):
         [sys.executable, "-m", "quoll.worker", "--application-module",
          "setup_app"], cwd=tmp_path, capture_output=True, text=True,
         timeout=60)
-
-
-def test_worker_refuses_connector_sink(tmp_path):
-    proc = run_worker(tmp_path, """
-        import wallaroo, wallaroo.experimental as wx
-
-        @wallaroo.decoder(header_length=4, length_fmt=">I")
-        def dec(bs):
-            return bs
-
-        @wx.stream_message_encoder
-        def enc(x):
-            return x
-
-        def application_setup(args):
-            p = wallaroo.source("Celsius Conversion", wallaroo.TCPSourceConfig(
-                "in", "127.0.0.1", 7999, dec))
-            p = p.to_sink(wx.SinkConnectorConfig(
-                "fahrenheit_conversion", enc, dec, 7200, "cookie"))
-            return wallaroo.build_application("C", p)
-    """)
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.splitlines() == [
-        "machida3: error: application 'setup_app': sink 0 of pipeline "
-        "'Celsius Conversion' (connector sink 'fahrenheit_conversion' at "
-        "127.0.0.1:7200): connector sinks are not supported yet by quoll "
-        "(supported: TCP, file and Kafka sinks)"]
 
 
 def test_engine_setup_error_names_the_source(tmp_path):

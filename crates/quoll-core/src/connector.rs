@@ -313,7 +313,7 @@ pub enum ConnectorMessage {
     },
 }
 
-fn put_short(
+pub(crate) fn put_short(
     out: &mut Vec<u8>,
     s: &[u8],
     frame: &'static str,
@@ -605,13 +605,13 @@ fn frame_len_needed(frame: &[u8]) -> usize {
     }
 }
 
-struct Reader {
-    frame: &'static str,
-    buf: Bytes,
+pub(crate) struct Reader {
+    pub(crate) frame: &'static str,
+    pub(crate) buf: Bytes,
 }
 
 impl Reader {
-    fn take(&mut self, field: &'static str, n: usize) -> Result<Bytes, ConnectorError> {
+    pub(crate) fn take(&mut self, field: &'static str, n: usize) -> Result<Bytes, ConnectorError> {
         if self.buf.len() < n {
             return Err(ConnectorError::Truncated {
                 frame: self.frame,
@@ -623,20 +623,20 @@ impl Reader {
         Ok(self.buf.split_to(n))
     }
 
-    fn u32(&mut self, field: &'static str) -> Result<u32, ConnectorError> {
+    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, ConnectorError> {
         Ok(self.take(field, 4)?.get_u32())
     }
 
-    fn u64(&mut self, field: &'static str) -> Result<u64, ConnectorError> {
+    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, ConnectorError> {
         Ok(self.take(field, 8)?.get_u64())
     }
 
-    fn short_bytes(&mut self, field: &'static str) -> Result<Bytes, ConnectorError> {
+    pub(crate) fn short_bytes(&mut self, field: &'static str) -> Result<Bytes, ConnectorError> {
         let n = self.take(field, 2)?.get_u16() as usize;
         self.take(field, n)
     }
 
-    fn short_string(&mut self, field: &'static str) -> Result<String, ConnectorError> {
+    pub(crate) fn short_string(&mut self, field: &'static str) -> Result<String, ConnectorError> {
         let b = self.short_bytes(field)?;
         Ok(String::from_utf8_lossy(&b).into_owned())
     }

@@ -22,6 +22,7 @@
 pub mod checkpoint;
 pub mod checkpoint_store;
 pub mod connector;
+pub mod connector_sink;
 pub mod external;
 pub mod frame;
 pub mod handshake;

@@ -134,6 +134,14 @@ pub enum SinkSpec {
         max_produce_buffer_ms: u64,
         max_message_size: usize,
     },
+    /// A sink connector process (`wallaroo.experimental.SinkConnectorConfig`);
+    /// `name` is unique in the app and names the worker's stream.
+    Connector {
+        name: String,
+        host: String,
+        port: String,
+        cookie: String,
+    },
 }
 
 pub struct SinkPlan {
@@ -246,6 +254,16 @@ struct KafkaSinkIn {
     max_produce_buffer_ms: u64,
     max_message_size: usize,
     encode: Py<PyAny>,
+}
+
+/// `quoll.topology.ConnectorSink`.
+#[derive(FromPyObject)]
+struct ConnectorSinkIn {
+    name: String,
+    host: String,
+    port: String,
+    encode: Py<PyAny>,
+    cookie: String,
 }
 
 /// `quoll.topology.TcpSink`.
@@ -529,6 +547,18 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyAny>) -> Result<AppPlan, App
                     s.encode,
                 )
             }
+            "sink_connector" => {
+                let s: ConnectorSinkIn = read(&sink.spec, place)?;
+                (
+                    SinkSpec::Connector {
+                        name: s.name,
+                        host: s.host,
+                        port: s.port,
+                        cookie: s.cookie,
+                    },
+                    s.encode,
+                )
+            }
             other => {
                 return Err(invalid(
                     place,
@@ -540,6 +570,11 @@ pub fn build_plan(py: Python<'_>, app: &Bound<'_, PyAny>) -> Result<AppPlan, App
             SinkSpec::Tcp { host, port } => format!("tcp sink {host}:{port}"),
             SinkSpec::File { path } => format!("file sink {path}"),
             SinkSpec::Kafka { name, topic, .. } => format!("kafka sink '{name}' (topic '{topic}')"),
+            SinkSpec::Connector {
+                name, host, port, ..
+            } => {
+                format!("connector sink '{name}' at {host}:{port}")
+            }
         };
         sinks.push(SinkPlan {
             label,

@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 mod app;
 mod checkpoint_files;
 mod codec;
+mod connector_sink;
 mod connector_source;
 mod cookie;
 mod error;

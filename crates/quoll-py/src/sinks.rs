@@ -1,6 +1,7 @@
 //! Sink writers on tokio threads: TCP sinks (at-least-once, reconnecting)
 //! and quoll's file sink (exactly-once: cut back to its checkpointed length
-//! on rollback); the Kafka sink's writer is in `kafka_io`. They receive
+//! on rollback); the Kafka sink's writer is in `kafka_io`, the connector
+//! sink's in `connector_sink`. They receive
 //! encoded output; nothing here touches Python.
 //!
 //! Every sink gets every checkpoint command, in the order the executor
@@ -25,7 +26,7 @@ use tracing::{error, warn};
 /// How long a sink waits between connection attempts (as Wallaroo: 250 ms).
 const SINK_RETRY: Duration = Duration::from_millis(250);
 /// How much output a disconnected sink holds before it drops messages.
-const SINK_HOLD_BYTES: usize = 64 << 20;
+pub(crate) const SINK_HOLD_BYTES: usize = 64 << 20;
 
 /// Encoded output for one sink, and how many messages it holds.
 pub struct SinkChunk {

@@ -27,6 +27,7 @@ from wallaroo import dt_to_timestamp  # noqa: F401  (re-exported, as in Wallaroo
 
 from . import connector_wire_messages  # noqa: F401
 from . import connector_wire_messages as cwm  # noqa: F401
+from . import _sink
 
 
 class ConnectorError(Exception):
@@ -608,9 +609,14 @@ class AtLeastOnceSourceConnector(metaclass=ABCMeta):
 
 
 class SinkConnector(object):
-    """A simple sink connector endpoint: listens where the application's
-    ``SinkConnectorConfig`` named ``--connector`` points and decodes framed
-    data with that config's decoder.  (Legacy framing; no protocol v3.)"""
+    """A sink connector endpoint: listens where the application's
+    ``SinkConnectorConfig`` named ``--connector`` points, speaks connector
+    protocol v3 with the workers (two-phase commit when they run with
+    resilience, see ``_sink``), and ``read()`` returns the committed output,
+    cut and decoded with that config's decoder (``header_length``,
+    ``payload_length``, ``decode``), each message once while this process
+    lives. Streams are read one after the other, in the order their bytes
+    were committed."""
 
     def __init__(self, args: Optional[Sequence[str]] = None,
                  required_params: Sequence[str] = (),
@@ -633,76 +639,41 @@ class SinkConnector(object):
         self._host = host
         self._port = port
         self._cookie = cookie
-        self._acceptor: Optional[socket.socket] = None
-        self._connections: list[socket.socket] = []
-        self._buffers: dict[socket.socket, bytes] = {}
-        self._pending: list[socket.socket] = []
+        self._server: Optional[_sink.SinkServer] = None
+        # Committed bytes not yet cut into messages, per stream.
+        self._buffers: dict[str, bytes] = {}
 
     def listen(self, host: Optional[str] = None,
                port: Union[str, int, None] = None, backlog: int = 0) -> None:
-        acceptor = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        acceptor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        acceptor.bind((host or self._host, int(port or self._port)))
-        acceptor.listen(backlog)
-        self._acceptor = acceptor
-        self._connections.append(acceptor)
+        self._server = _sink.SinkServer(
+            host or self._host, int(port or self._port), str(self._cookie),
+            _sink.MemoryStore(), self._committed,
+            log=lambda s: logging.getLogger(__name__).warning(s))
+
+    def _committed(self, stream: str, data: bytes) -> None:
+        self._buffers[stream] = self._buffers.get(stream, b"") + data
 
     def read(self, timeout: Optional[float] = None) -> Any:
-        """Return the next decoded message from any connection (blocking)."""
+        """Return the next decoded message (blocking)."""
+        if self._server is None:
+            raise ConnectorError("call listen() before read()")
         while True:
-            for conn in list(self._pending):
-                ok, message = self._read_one(conn)
+            for stream, buffered in self._buffers.items():
+                ok, message = self._read_one(stream, buffered)
                 if ok:
                     return message
-            self._select_any(timeout)
+            self._server.poll(timeout)
 
-    def _select_any(self, timeout: Optional[float] = None) -> None:
-        readable, _, exceptional = _select.select(
-            self._connections, [], self._connections, timeout)
-        for conn in exceptional:
-            if conn is self._acceptor:
-                conn.close()
-                raise UnexpectedSocketError()
-            self._teardown_connection(conn)
-        for conn in readable:
-            if conn is self._acceptor:
-                new_conn, _addr = conn.accept()
-                self._setup_connection(new_conn)
-            elif conn in self._buffers:
-                data = conn.recv(4096)
-                if not data:
-                    self._teardown_connection(conn)
-                    continue
-                self._buffers[conn] += data
-                if conn not in self._pending:
-                    self._pending.append(conn)
-
-    def _read_one(self, conn: socket.socket) -> tuple[bool, Any]:
-        buffered = self._buffers.get(conn, b"")
+    def _read_one(self, stream: str, buffered: bytes) -> tuple[bool, Any]:
         header_len = self._decoder.header_length()
         if len(buffered) < header_len:
-            self._pending.remove(conn)
             return (False, None)
         expected = self._decoder.payload_length(buffered[:header_len])
         if len(buffered) < header_len + expected:
-            self._pending.remove(conn)
             return (False, None)
         data = buffered[header_len:header_len + expected]
-        self._buffers[conn] = buffered[header_len + expected:]
+        self._buffers[stream] = buffered[header_len + expected:]
         return (True, self._decoder.decode(data))
-
-    def _setup_connection(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
-        self._connections.append(conn)
-        self._buffers[conn] = b""
-
-    def _teardown_connection(self, conn: socket.socket) -> None:
-        if conn in self._connections:
-            self._connections.remove(conn)
-        self._buffers.pop(conn, None)
-        if conn in self._pending:
-            self._pending.remove(conn)
-        conn.close()
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,7 +1,7 @@
 """Word count for the resilience tests, fed by quoll's replayable file
 source or by a source connector, written through the exactly-once file sink.
 
-    machida3 --application-module wc_app --out-file OUT
+    machida3 --application-module wc_app (--out-file OUT | --sink-connector HOST:PORT)
         (--in-file IN | --in lines@HOST:PORT [--cookie COOKIE] [--decoder stream|plain])
         [--app-name NAME] [--line-delay SECONDS] [worker flags]
 
@@ -12,7 +12,12 @@ own address and each MESSAGE payload is one line, decoded by a
 `wallaroo.experimental.stream_message_decoder` (`--decoder stream`, the
 default) or a plain `@wallaroo.decoder` (`--decoder plain`): the worker calls
 only `decode(payload)` either way. Each word is counted by its own key and
-`word => count` goes out. `--app-name` sets the application name (and so the
+`word => count` goes out, to the file sink, or with `--sink-connector` to
+a connector sink named "counts" (`SinkConnectorConfig`, cookie from
+`--cookie`) whose sink connector process listens there; with
+`--sink-framed` each output is framed (4-byte big-endian length + line), the
+framing a `SinkConnector` script's `read()` cuts with the sink's decoder.
+`--app-name` sets the application name (and so the
 names of the resilience files; default "wc app"); `--line-delay` makes each
 line take that long on average, so that a test can kill workers mid-stream
 (it sleeps once a millisecond is owed: shorter sleeps overshoot a lot).
@@ -21,6 +26,7 @@ examples/word_count is the word count users see; this one has the test
 knobs above and no text clean-up (the tests' words are plain).
 """
 
+import struct
 import time
 
 import wallaroo
@@ -47,7 +53,16 @@ def application_setup(args):
         source = wallaroo.experimental.SourceConnectorConfig(
             name, encoder=encode_line, decoder=decoder, port=port, cookie=_arg(args, "--cookie", "cookie"),
             max_credits=67, refill_credits=10, host=host)
-    sink = wallaroo.FileSinkConfig(_arg(args, "--out-file", None), encode_count)
+    connector = _arg(args, "--sink-connector", None)
+    if connector is not None:
+        host, port = connector.rsplit(":", 1)
+        framed = "--sink-framed" in args
+        sink = wallaroo.experimental.SinkConnectorConfig(
+            "counts", encoder=encode_framed_count if framed else encode_count,
+            decoder=plain_decoder, port=port,
+            cookie=_arg(args, "--cookie", "cookie"), host=host)
+    else:
+        sink = wallaroo.FileSinkConfig(_arg(args, "--out-file", None), encode_count)
     pipeline = (wallaroo.source("Split and Count", source)
                 .to(split)
                 .key_by(extract_word)
@@ -102,3 +117,9 @@ def count_word(word, total):
 @wallaroo.encoder
 def encode_count(pair):
     return "%s => %d\n" % pair
+
+
+@wallaroo.encoder
+def encode_framed_count(pair):
+    line = ("%s => %d\n" % pair).encode("utf-8")
+    return struct.pack(">I", len(line)) + line

@@ -207,10 +207,24 @@ struct SinkOut {
     buf: Vec<u8>,
     /// A Kafka sink's records (None for byte sinks, which fill `buf`).
     records: Option<Vec<KafkaRecord>>,
+    /// A connector sink: each output in `buf` is preceded by its length
+    /// (`u32` BE) so that its writer can send it as one MESSAGE; `offset`
+    /// counts payload bytes only, the stream offset the sink connector sees.
+    framed: bool,
     messages: u64,
     tx: mpsc::Sender<SinkCommand>,
     /// Bytes handed to the writer since the sink (re)started at `base`.
     offset: u64,
+}
+
+/// Appends one output to a sink's buffer, behind its length if `framed`.
+fn put_output(buf: &mut Vec<u8>, framed: bool, out: &[u8]) {
+    if framed {
+        // Outputs over 4 GiB can't be framed; the length field wraps like
+        // any u32, and the sink connector rejects the frame.
+        buf.extend_from_slice(&(out.len() as u32).to_be_bytes());
+    }
+    buf.extend_from_slice(out);
 }
 
 /// A generator source, driven on the executor thread.
@@ -404,6 +418,7 @@ impl Executor {
                     label,
                     encode,
                     records: matches!(spec, SinkSpec::Kafka { .. }).then(Vec::new),
+                    framed: matches!(spec, SinkSpec::Connector { .. }),
                     buf: Vec::with_capacity(SINK_FLUSH_BYTES * 2),
                     messages: 0,
                     tx,
@@ -1045,10 +1060,10 @@ impl Executor {
             }
             Ok(b) => {
                 if let Ok(bytes) = b.cast::<PyBytes>() {
-                    s.buf.extend_from_slice(bytes.as_bytes());
+                    put_output(&mut s.buf, s.framed, bytes.as_bytes());
                 } else if let Ok(text) = b.cast::<PyString>() {
                     match text.to_str() {
-                        Ok(t) => s.buf.extend_from_slice(t.as_bytes()),
+                        Ok(t) => put_output(&mut s.buf, s.framed, t.as_bytes()),
                         Err(e) => {
                             let place = s.place.clone();
                             return self.errors.report(
@@ -1108,7 +1123,8 @@ impl Executor {
                     )),
                     messages: s.messages,
                 };
-                s.offset += chunk.bytes.len() as u64;
+                let framing = if s.framed { 4 * chunk.messages } else { 0 };
+                s.offset += chunk.bytes.len() as u64 - framing;
                 self.meters
                     .sink_out(sink, chunk.messages, chunk.bytes.len());
                 SinkCommand::Write(chunk)

@@ -412,6 +412,23 @@ impl Worker {
                         rx,
                     }
                 }
+                SinkSpec::Connector {
+                    name,
+                    host,
+                    port,
+                    cookie,
+                } => PendingSink::Connector {
+                    label: sink.label.clone(),
+                    addr: format!("{host}:{port}"),
+                    session: quoll_core::connector_sink::SinkSession::new(
+                        config.resilience,
+                        cookie,
+                        &app_name,
+                        &config.name,
+                        name,
+                    ),
+                    rx,
+                },
             });
         }
 
@@ -506,6 +523,18 @@ impl Worker {
                 PendingSink::File { label, file, rx } => {
                     rt.spawn(sinks::run_file_sink(label, file, rx))
                 }
+                PendingSink::Connector {
+                    label,
+                    addr,
+                    session,
+                    rx,
+                } => rt.spawn(crate::connector_sink::run_connector_sink(
+                    label,
+                    addr,
+                    session,
+                    rx,
+                    stats.clone(),
+                )),
                 PendingSink::Kafka { label, handle, rx } => rt.spawn(kafka_io::run_kafka_sink(
                     label,
                     handle,
@@ -687,6 +716,12 @@ enum PendingSink {
     Kafka {
         label: String,
         handle: quoll_kafka::KafkaSinkHandle,
+        rx: mpsc::Receiver<SinkCommand>,
+    },
+    Connector {
+        label: String,
+        addr: String,
+        session: quoll_core::connector_sink::SinkSession,
         rx: mpsc::Receiver<SinkCommand>,
     },
 }
