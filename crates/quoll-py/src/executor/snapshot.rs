@@ -50,6 +50,31 @@ fn blob_u64(b: &[u8]) -> Result<u64, String> {
         .map_err(|_| format!("expected 8 bytes, found {}", b.len()))
 }
 
+/// Restores one window stage's keys from their blobs (`build` decodes
+/// one); the first that fails is named by `fail`.
+fn restore_windows<W>(
+    py: Python<'_>,
+    windows: &mut super::KeyMap<Keyed<W>>,
+    entries: quoll_core::checkpoint_store::StageEntries,
+    fail: impl Fn(&[u8], String) -> String,
+    mut build: impl FnMut(&[u8]) -> Result<W, String>,
+) -> Result<(), String> {
+    windows.reserve(entries.len());
+    for (kb, blob) in entries {
+        let value = build(&blob).map_err(|e| fail(&kb, e))?;
+        let key = key_object(py, &kb).unbind();
+        windows.insert(
+            kb,
+            Keyed {
+                key,
+                value,
+                dirty: false,
+            },
+        );
+    }
+    Ok(())
+}
+
 impl Executor {
     /// Hands buffered output to the sinks and returns each sink's length:
     /// the output produced before a barrier.
@@ -221,42 +246,20 @@ impl Executor {
                     *restored = stage_entries;
                 }
                 Op::Range { windows, spec, .. } => {
-                    windows.reserve(stage_entries.len());
-                    for (kb, blob) in stage_entries {
+                    restore_windows(py, windows, stage_entries, fail, |blob| {
                         let snap: quoll_core::windows::RangeWindowsSnapshot<Vec<u8>> =
-                            postcard::from_bytes(&blob).map_err(|e| fail(&kb, e.to_string()))?;
-                        let snap = snap.try_map(decode).map_err(|e| fail(&kb, e))?;
-                        let w = RangeWindows::restore(*spec, snap)
-                            .map_err(|e| fail(&kb, e.to_string()))?;
-                        let key = key_object(py, &kb).unbind();
-                        windows.insert(
-                            kb,
-                            Keyed {
-                                key,
-                                value: w,
-                                dirty: false,
-                            },
-                        );
-                    }
+                            postcard::from_bytes(blob).map_err(|e| e.to_string())?;
+                        RangeWindows::restore(*spec, snap.try_map(decode)?)
+                            .map_err(|e| e.to_string())
+                    })?;
                 }
                 Op::Count { windows, spec, .. } => {
-                    windows.reserve(stage_entries.len());
-                    for (kb, blob) in stage_entries {
+                    restore_windows(py, windows, stage_entries, fail, |blob| {
                         let snap: quoll_core::windows::CountWindowsSnapshot<Vec<u8>> =
-                            postcard::from_bytes(&blob).map_err(|e| fail(&kb, e.to_string()))?;
-                        let snap = snap.try_map(decode).map_err(|e| fail(&kb, e))?;
-                        let w = CountWindows::restore(*spec, snap)
-                            .map_err(|e| fail(&kb, e.to_string()))?;
-                        let key = key_object(py, &kb).unbind();
-                        windows.insert(
-                            kb,
-                            Keyed {
-                                key,
-                                value: w,
-                                dirty: false,
-                            },
-                        );
-                    }
+                            postcard::from_bytes(blob).map_err(|e| e.to_string())?;
+                        CountWindows::restore(*spec, snap.try_map(decode)?)
+                            .map_err(|e| e.to_string())
+                    })?;
                 }
                 _ => {
                     return Err(format!(
