@@ -70,10 +70,21 @@ READY_LINE = "|~~ INIT PHASE III: Application is ready to work! ~~|"
 COMPLETE_LINE = "|~~ - Recovery COMPLETE - ~~|"
 
 TARGETS = dict(
-    overhead_max_pct=10.0,   # resilience ON words/s >= 90 % of OFF, on 1 and 2 workers
-    recovery_max_s=2.0,      # restart command -> processing again, 100,000 keys of state
+    overhead_max_pct=5.0,    # resilience ON words/s >= 95 % of OFF, on 1 and 2 workers
+    # restart command -> processing again: 0.15 s for 100,000 keys of state,
+    # 1 s for 1,000,000; other sizes get the bound of the next size up
+    recovery_max_s={100_000: 0.15, 1_000_000: 1.0},
     bytes_per_key_spread_max=0.25,  # delta bytes per changed key within +-25 % across K
 )
+
+
+# How often part 1 lists the resilience directory. Polling it every 20 ms
+# from this process raised the measured ON cost of 1-worker word count from
+# 0-2.5 % to 3-7 % of CPU per word, reproducibly, alternated on an idle
+# machine (Dec 6); a separate process polling every 20 ms did not. The cause
+# was not found, so part 1 polls rarely: files living under 2 s may be missed
+# in the file count, which is not one of the targets.
+OVERHEAD_WATCH_S = 2.0
 
 
 def resilience_flags(res_dir, interval_ns=INTERVAL_NS):
@@ -122,7 +133,7 @@ def part_overhead(a, workdir):
                     res = wd / "resilience"
                     res.mkdir(parents=True)
                     flags = resilience_flags(res)
-                    watcher = ckpt_files.DirWatcher(res, interval=0.02)
+                    watcher = ckpt_files.DirWatcher(res, interval=OVERHEAD_WATCH_S)
                     watcher.start()
                 log(f"overhead: {n} worker(s), {variant}, resilience {mode.upper()} (repeat {rep + 1}/{a.repeats}) ...")
                 wc.APP_DIR = apps[variant]
@@ -786,6 +797,12 @@ def fmt(v, spec=",.0f"):
     return "-" if v is None else format(v, spec)
 
 
+def recovery_bound(keys):
+    """The recovery target for `keys` keys of state (seconds)."""
+    bounds = TARGETS["recovery_max_s"]
+    return next((bounds[k] for k in sorted(bounds) if keys <= k), max(bounds.values()))
+
+
 def evaluate(res):
     t = {}
     ov = res.get("overhead")
@@ -802,11 +819,12 @@ def evaluate(res):
         if "complete_s" in r:
             worst_c = r["complete_s"]["max"]
             worst_o = r["first_output_s"]["max"]
+            bound = recovery_bound(r["keys"])
             t[f"recovery_{r['workers']}w"] = dict(
-                what=f"{r['workers']}w: restart -> Recovery COMPLETE and -> next sink output < {TARGETS['recovery_max_s']:.0f} s "
+                what=f"{r['workers']}w: restart -> Recovery COMPLETE and -> next sink output <= {bound:g} s "
                      f"({r['keys']:,} keys, worst of {len(r['cycles'])})",
                 value=f"COMPLETE {worst_c:.2f} s, output {worst_o:.2f} s",
-                ok=max(worst_c, worst_o) < TARGETS["recovery_max_s"])
+                ok=max(worst_c, worst_o) <= bound)
     for d in res.get("deltas", []):
         bpk = [x["bytes_per_changed_key"] for x in d.get("by_k", [])]
         entries_ok = all(all(e == x["k"] for e in x["entries"]) for x in d.get("by_k", []))
