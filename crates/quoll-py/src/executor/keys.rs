@@ -32,6 +32,27 @@ pub(super) fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a [u8], KeyEr
     ))
 }
 
+/// The key of a message that came from another worker, as a Python object:
+/// the value itself when it is a `str` of exactly those bytes (a message
+/// keyed by its own text, as word count's words are: one string made
+/// instead of two), else a new `str` of the bytes, or `bytes` if they are
+/// not UTF-8.
+pub(super) fn arrived_key<'py>(
+    py: Python<'py>,
+    value: &Bound<'py, PyAny>,
+    kb: &[u8],
+) -> Bound<'py, PyAny> {
+    if let Ok(s) = value.cast::<PyString>() {
+        if s.to_str().is_ok_and(|text| text.as_bytes() == kb) {
+            return value.clone();
+        }
+    }
+    match std::str::from_utf8(kb) {
+        Ok(text) => PyString::new(py, text).into_any(),
+        Err(_) => PyBytes::new(py, kb).into_any(),
+    }
+}
+
 /// A key extractor's result as a key: `str` and `bytes` as they are, an
 /// `int` (including `bool`) as `chr(n)`, like wallaroo's decorator does.
 pub(super) fn normalise_key<'py>(
@@ -94,5 +115,31 @@ pub(super) fn key_object<'py>(py: Python<'py>, kb: &[u8]) -> Bound<'py, PyAny> {
     match std::str::from_utf8(kb) {
         Ok(s) => PyString::new(py, s).into_any(),
         Err(_) => PyBytes::new(py, kb).into_any(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arrived_key_is_the_value_only_when_the_bytes_match() {
+        Python::initialize();
+        Python::attach(|py| {
+            let word = PyString::new(py, "quoll").into_any();
+            let same = arrived_key(py, &word, b"quoll");
+            assert!(same.is(&word), "a value equal to its key is the key");
+
+            let other = arrived_key(py, &word, b"numbat");
+            assert!(!other.is(&word));
+            assert_eq!(other.extract::<String>().unwrap(), "numbat");
+
+            let number = 7i64.into_pyobject(py).unwrap().into_any();
+            let from_int = arrived_key(py, &number, "é".as_bytes());
+            assert_eq!(from_int.extract::<String>().unwrap(), "é");
+
+            let raw = arrived_key(py, &word, &[0xff, 0x00]);
+            assert_eq!(raw.cast::<PyBytes>().unwrap().as_bytes(), &[0xff, 0x00]);
+        });
     }
 }

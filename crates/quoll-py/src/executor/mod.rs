@@ -29,7 +29,7 @@ use crate::router::Router;
 use crate::sinks::{SinkChunk, SinkCommand};
 use crate::user_errors::{Fatal, UserErrors};
 use bytes::Bytes;
-use keys::{key_bytes, normalise_key, quote_key, show_key, KeyError};
+use keys::{arrived_key, key_bytes, normalise_key, quote_key, show_key, KeyError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 use quoll_core::key_group::KeyHashBuilder;
@@ -898,10 +898,7 @@ impl Executor {
                     continue;
                 }
             };
-            let key = match std::str::from_utf8(msg.key) {
-                Ok(s) => PyString::new(py, s).into_any(),
-                Err(_) => PyBytes::new(py, msg.key).into_any(),
-            };
+            let key = arrived_key(py, &value, msg.key);
             self.messages_in += 1;
             self.push(py, stage, value, &key, msg.event_time)?;
         }
