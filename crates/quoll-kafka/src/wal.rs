@@ -211,13 +211,14 @@ impl WalDir {
             buf: Vec::new(),
             records: 0,
         };
-        let mut body = vec![TAG_HEADER];
-        body.extend_from_slice(&VERSION.to_le_bytes());
-        for s in &self.owner {
-            put_bytes(&mut body, s.as_bytes());
-        }
-        wal.frame(&body)
-            .map_err(|e| self.err(&wal.path, "write its header", e))?;
+        wal.frame(|body| {
+            body.push(TAG_HEADER);
+            body.extend_from_slice(&VERSION.to_le_bytes());
+            for s in &self.owner {
+                put_bytes(body, s.as_bytes());
+            }
+        })
+        .map_err(|e| self.err(&wal.path, "write its header", e))?;
         Ok(wal)
     }
 
@@ -316,10 +317,12 @@ pub(crate) struct OpenWal {
 }
 
 impl OpenWal {
-    fn frame(&mut self, body: &[u8]) -> io::Result<()> {
+    /// Writes one checksummed frame whose body `body` puts in the reused
+    /// buffer (no allocation per record).
+    fn frame(&mut self, body: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         self.buf.clear();
         let start = FRAMING.begin(&mut self.buf);
-        self.buf.extend_from_slice(body);
+        body(&mut self.buf);
         FRAMING
             .finish(&mut self.buf, start)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -329,24 +332,24 @@ impl OpenWal {
     }
 
     pub fn append(&mut self, wal: &WalDir, record: &KafkaRecord) -> Result<(), KafkaError> {
-        let mut body = Vec::with_capacity(16 + record.payload.len());
-        body.push(TAG_RECORD);
-        let flags = if record.key.is_some() { HAS_KEY } else { 0 }
-            | if record.partition.is_some() {
-                HAS_PARTITION
-            } else {
-                0
-            };
-        body.push(flags);
-        if let Some(p) = record.partition {
-            body.extend_from_slice(&p.to_le_bytes());
-        }
-        if let Some(k) = &record.key {
-            put_bytes(&mut body, k);
-        }
-        body.extend_from_slice(&record.payload);
-        self.frame(&body)
-            .map_err(|e| wal.err(&self.path, "append a record", e))?;
+        self.frame(|body| {
+            body.push(TAG_RECORD);
+            let flags = if record.key.is_some() { HAS_KEY } else { 0 }
+                | if record.partition.is_some() {
+                    HAS_PARTITION
+                } else {
+                    0
+                };
+            body.push(flags);
+            if let Some(p) = record.partition {
+                body.extend_from_slice(&p.to_le_bytes());
+            }
+            if let Some(k) = &record.key {
+                put_bytes(body, k);
+            }
+            body.extend_from_slice(&record.payload);
+        })
+        .map_err(|e| wal.err(&self.path, "append a record", e))?;
         self.records += 1;
         Ok(())
     }
