@@ -35,8 +35,7 @@ pub(super) fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a [u8], KeyEr
 /// The key of a message that came from another worker, as a Python object:
 /// the value itself when it is a `str` of exactly those bytes (a message
 /// keyed by its own text, as word count's words are: one string made
-/// instead of two), else a new `str` of the bytes, or `bytes` if they are
-/// not UTF-8.
+/// instead of two), else [`key_object`] of the bytes.
 pub(super) fn arrived_key<'py>(
     py: Python<'py>,
     value: &Bound<'py, PyAny>,
@@ -47,10 +46,7 @@ pub(super) fn arrived_key<'py>(
             return value.clone();
         }
     }
-    match std::str::from_utf8(kb) {
-        Ok(text) => PyString::new(py, text).into_any(),
-        Err(_) => PyBytes::new(py, kb).into_any(),
-    }
+    key_object(py, kb)
 }
 
 /// A key extractor's result as a key: `str` and `bytes` as they are, an
