@@ -10,6 +10,8 @@ QUOLL_KAFKA_BROKER=$(bash scripts/kafka-broker.sh)
 export QUOLL_KAFKA_BROKER
 QUOLL_WEED=$(bash scripts/seaweedfs.sh)
 export QUOLL_WEED
+QUOLL_MOTO=$(bash scripts/moto-server.sh)
+export QUOLL_MOTO
 # QUOLL_ONCE=0 skips what does not depend on the Python version: the
 # static checks and the Rust tests of the crates without Python (CI runs
 # them once, with the last Python; the binding's tests run every time).

@@ -16,6 +16,9 @@
   in front of it resets every connection and refuses new ones: tansu's
   memory storage would lose the topics in a real restart) delays the
   output and changes nothing in it.
+- With resilience, the broker SIGKILLed mid-run and started again with
+  its command (its data in S3 storage, a moto server, so the restarted
+  broker has its topics, offsets and transactions back): the same.
 - A broker address that does not resolve and a topic that does not exist
   stop the worker with an error naming the source or sink, its topic and
   the worker.
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import Broker, broker_bin
+from broker import Broker, S3Store, broker_bin, moto_bin
 from committed_reader import read_committed, read_uncommitted
 from proxy import Proxy
 from harness import EXAMPLES, Cluster, Proc, free_port, report_status, wait_report, wait_until, word_count_problems
@@ -319,4 +322,34 @@ def test_word_count_exact_across_a_broker_outage(tmp_path, clusters):
         produce(broker, "lines", after)
         problems = wait_for_word_counts(broker, truth_of(before + during + after), c, 90)
         assert not problems, "\n".join(problems[:10]) + "\n" + c.describe()
+        c.shutdown(timeout=30)
+
+
+def test_word_count_exact_across_a_broker_restart(tmp_path, clusters):
+    """The broker itself SIGKILLed mid-run and started again with its
+    command, its data in S3 (moto), while input keeps coming: the workers
+    wait for it and the committed output is exact."""
+    bin_path, moto = broker_bin(), moto_bin()
+    if bin_path is None or moto is None:
+        pytest.skip("no Kafka broker or moto binary: run scripts/kafka-broker.sh and "
+                    "scripts/moto-server.sh (or set QUOLL_KAFKA_BROKER and QUOLL_MOTO)")
+    with S3Store(moto) as store, Broker(bin_path, store=store) as broker:
+        broker.create_topic("lines", 3)
+        broker.create_topic("counts", 3)
+        rng = random.Random(13)
+        before, during, after = random_lines(rng, 1500), random_lines(rng, 1500), random_lines(rng, 1500)
+        produce(broker, "lines", before)
+        res_dir = tmp_path / "res"
+        res_dir.mkdir()
+        c = start(clusters, tmp_path, "word_count_kafka", 2, word_count_args(broker),
+                  extra=resilience_flags(res_dir, 200_000_000))
+        wait_until(lambda: read_committed(broker.address, "counts"), 30, "some output committed", interval=0.2)
+        produce(broker, "lines", during)
+        broker.restart(down_s=3.0)
+        assert all(w.alive() for w in c.workers), c.describe()
+        produce(broker, "lines", after)
+        problems = wait_for_word_counts(broker, truth_of(before + during + after), c, 120)
+        assert not problems, "\n".join(problems[:10]) + "\n" + c.describe() + "\n" + broker.log_text()
+        assert all(w.alive() for w in c.workers), c.describe()
+        assert "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), c.describe()
         c.shutdown(timeout=30)

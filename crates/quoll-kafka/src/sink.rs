@@ -59,8 +59,11 @@ use crate::wal::{OpenWal, WalDir};
 /// batch them. With no lingering (Wallaroo's default buffer time, 0) every
 /// record wakes the producer's thread and batches stay small: on the Kafka
 /// benchmark that took about twice the CPU per record in the worker and
-/// three times in the broker.
-pub const EXACTLY_ONCE_MIN_LINGER: Duration = Duration::from_millis(50);
+/// three times in the broker. Much longer is not better: at 50 ms
+/// librdkafka's broker thread spent about twice as long per record
+/// building requests and settling replies as at 5 ms, and the benchmark's
+/// worker CPU per word went up 10-15 % (docs/kafka.md, "Cost").
+pub const EXACTLY_ONCE_MIN_LINGER: Duration = Duration::from_millis(10);
 
 /// One output message: what a Wallaroo Kafka encoder returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,7 +520,12 @@ impl Driver {
         match &self.eos {
             Some(_) => {
                 let t = self.cfg.transaction_timeout.as_millis().to_string();
+                // Only failures need a delivery report: a flush at every
+                // pre-commit vouches for the rest, and says the brokers
+                // are reachable. A report per record cost a thread's
+                // wake-ups and frees (docs/kafka.md, "Cost").
                 c.set("transactional.id", self.cfg.transactional_id())
+                    .set("delivery.report.only.error", "true")
                     .set("transaction.timeout.ms", &t)
                     .set("message.timeout.ms", &t);
             }
