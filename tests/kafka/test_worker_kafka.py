@@ -341,7 +341,7 @@ def test_word_count_exact_across_a_broker_restart(tmp_path, clusters):
         produce(broker, "lines", before)
         res_dir = tmp_path / "res"
         res_dir.mkdir()
-        c = start(clusters, tmp_path, "word_count_kafka", 2, word_count_args(broker),
+        c = start(clusters, tmp_path, "word_count_kafka", 3, word_count_args(broker),
                   extra=resilience_flags(res_dir, 200_000_000))
         wait_until(lambda: read_committed(broker.address, "counts"), 30, "some output committed", interval=0.2)
         produce(broker, "lines", during)
