@@ -296,33 +296,45 @@ def test_setup_errors_name_the_source_or_sink_topic_and_worker(broker, tmp_path,
     assert all(part in err for part in want), w.describe()
 
 
+def word_count_across(broker, tmp_path, clusters, workers, seed, disrupt):
+    """Word count with resilience on `workers` workers: lines before, then
+    lines during `disrupt()` (which must leave every worker alive and
+    having said the brokers are unreachable), then lines after; the
+    committed counts must come out exact."""
+    broker.create_topic("lines", 3)
+    broker.create_topic("counts", 3)
+    rng = random.Random(seed)
+    before, during, after = random_lines(rng, 1500), random_lines(rng, 1500), random_lines(rng, 1500)
+    produce(broker, "lines", before)
+    res_dir = tmp_path / "res"
+    res_dir.mkdir()
+    c = start(clusters, tmp_path, "word_count_kafka", workers, word_count_args(broker),
+              extra=resilience_flags(res_dir, 200_000_000))
+    wait_until(lambda: read_committed(broker.address, "counts"), 30, "some output committed", interval=0.2)
+    produce(broker, "lines", during)
+    disrupt(c)
+    produce(broker, "lines", after)
+    problems = wait_for_word_counts(broker, truth_of(before + during + after), c, 120)
+    assert not problems, "\n".join(problems[:10]) + "\n" + c.describe() + "\n" + broker.log_text()
+    assert all(w.alive() for w in c.workers), c.describe()
+    # The workers noticed (the log says so once per client).
+    assert "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), c.describe()
+    c.shutdown(timeout=30)
+
+
 def test_word_count_exact_across_a_broker_outage(tmp_path, clusters):
     bin_path = broker_bin()
     if bin_path is None:
         pytest.skip("no Kafka broker binary (see tests/kafka/conftest.py)")
     front = free_port()
     with Broker(bin_path, advertised_port=front) as broker, Proxy(front, broker.port) as proxy:
-        broker.create_topic("lines", 3)
-        broker.create_topic("counts", 3)
-        rng = random.Random(11)
-        before, during, after = random_lines(rng, 1500), random_lines(rng, 1500), random_lines(rng, 1500)
-        produce(broker, "lines", before)
-        res_dir = tmp_path / "res"
-        res_dir.mkdir()
-        c = start(clusters, tmp_path, "word_count_kafka", 2, word_count_args(broker),
-                  extra=resilience_flags(res_dir, 200_000_000))
-        wait_until(lambda: read_committed(broker.address, "counts"), 30, "some output committed", interval=0.2)
-        produce(broker, "lines", during)
-        proxy.cut()
-        time.sleep(6)
-        assert all(w.alive() for w in c.workers), c.describe()
-        # The workers noticed (the log says so once per client).
-        assert "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), c.describe()
-        proxy.restore()
-        produce(broker, "lines", after)
-        problems = wait_for_word_counts(broker, truth_of(before + during + after), c, 90)
-        assert not problems, "\n".join(problems[:10]) + "\n" + c.describe()
-        c.shutdown(timeout=30)
+        def outage(c):
+            proxy.cut()
+            time.sleep(6)
+            assert all(w.alive() for w in c.workers), c.describe()
+            proxy.restore()
+
+        word_count_across(broker, tmp_path, clusters, 2, 11, outage)
 
 
 def test_word_count_exact_across_a_broker_restart(tmp_path, clusters):
@@ -334,22 +346,8 @@ def test_word_count_exact_across_a_broker_restart(tmp_path, clusters):
         pytest.skip("no Kafka broker or moto binary: run scripts/kafka-broker.sh and "
                     "scripts/moto-server.sh (or set QUOLL_KAFKA_BROKER and QUOLL_MOTO)")
     with S3Store(moto) as store, Broker(bin_path, store=store) as broker:
-        broker.create_topic("lines", 3)
-        broker.create_topic("counts", 3)
-        rng = random.Random(13)
-        before, during, after = random_lines(rng, 1500), random_lines(rng, 1500), random_lines(rng, 1500)
-        produce(broker, "lines", before)
-        res_dir = tmp_path / "res"
-        res_dir.mkdir()
-        c = start(clusters, tmp_path, "word_count_kafka", 3, word_count_args(broker),
-                  extra=resilience_flags(res_dir, 200_000_000))
-        wait_until(lambda: read_committed(broker.address, "counts"), 30, "some output committed", interval=0.2)
-        produce(broker, "lines", during)
-        broker.restart(down_s=3.0)
-        assert all(w.alive() for w in c.workers), c.describe()
-        produce(broker, "lines", after)
-        problems = wait_for_word_counts(broker, truth_of(before + during + after), c, 120)
-        assert not problems, "\n".join(problems[:10]) + "\n" + c.describe() + "\n" + broker.log_text()
-        assert all(w.alive() for w in c.workers), c.describe()
-        assert "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), c.describe()
-        c.shutdown(timeout=30)
+        def restart(c):
+            broker.restart(down_s=3.0)
+            assert all(w.alive() for w in c.workers), c.describe()
+
+        word_count_across(broker, tmp_path, clusters, 3, 13, restart)
