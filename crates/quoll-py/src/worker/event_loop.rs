@@ -1,11 +1,12 @@
 //! The executor thread's event loop.
 //!
 //! It serves two inboxes: peers and the control plane first (and again
-//! after every source event), then source input. It takes no source input while the node says not to (forming,
-//! restoring, aligning a barrier), nor while frames for a slow worker pile
-//! up beyond `router::CONGESTED_BYTES`; it keeps serving peers meanwhile, so
-//! a cycle of workers waiting on each other drains. It holds the GIL while
-//! it works and releases it only to wait.
+//! after every source event), then source input. It takes no source input
+//! while the node says not to (forming, restoring, aligning a barrier), nor
+//! while frames for a slow worker pile up beyond `router::CONGESTED_BYTES`;
+//! it keeps serving peers meanwhile, so a cycle of workers waiting on each
+//! other drains. It holds the GIL while it works and releases it only to
+//! wait.
 //!
 //! Output (sink buffers, batches for other workers) is handed over at the
 //! end of every round and, within a round, once [`FLUSH_EVERY`] has passed
