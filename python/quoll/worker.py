@@ -57,13 +57,6 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _not_yet(args: WorkerArgs) -> Optional[str]:
-    """Flags that belong to capabilities not built yet: refuse them clearly."""
-    if args.join:
-        return "--join (growing a running cluster) is not supported yet by quoll"
-    return None
-
-
 def import_app(module_name: str) -> ModuleType:
     """Imports the app by module name, as Wallaroo does (never as __main__)."""
     cwd = os.getcwd()
@@ -91,10 +84,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parse_worker_argv(argv)
     except WorkerArgsError as e:
         return _fail(str(e))
-    problem = _not_yet(args)
-    if problem:
-        return _fail(problem)
-
     # s3://bucket/prefix: object storage; the engine checks it (docs/object-storage.md).
     if (args.run_with_resilience and not args.resilience_dir.startswith("s3://")
             and not os.path.isdir(args.resilience_dir)):
@@ -129,9 +118,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "on_user_error": args.on_user_error,
         "max_frame_size": args.max_frame_size,
         "batch_size": args.batch_size,
-        "cluster_initializer": bool(args.cluster_initializer) or not args.control,
+        "cluster_initializer": bool(args.cluster_initializer) or not (args.control or args.join),
         "worker_count": int(args.worker_count or 1),
-        "control": args.control,
+        # A joiner reaches the cluster through the initializer's control
+        # address, given as --join.
+        "join": bool(args.join),
+        "control": args.join or args.control,
         "data": args.data,
         "my_data": args.my_data,
         "resilience": bool(args.run_with_resilience),

@@ -23,6 +23,31 @@
 //! and the ready lines the first time) once every worker restored; only then
 //! do checkpoints begin again.
 //!
+//! # Restore
+//!
+//! Every formation restores the same way, whether the membership changed
+//! or not. Each worker loads its own part of `rollback_to` (if it wrote
+//! one: a worker that joined after that checkpoint did not), keeps the
+//! entries of the key groups it owns under the new membership and hands
+//! every other entry to its owner over the data links, then says "done"
+//! to every peer ([`NodeAction::Load`], [`NodeEvent::Loaded`]). Once its
+//! own image is loaded and every peer's handoff is done
+//! ([`NodeEvent::HandoffDone`]), it installs the result
+//! ([`NodeAction::Restore`]). Each key's state therefore comes from the
+//! one worker whose part held it and ends on the one worker that owns it.
+//! A restore that moved state makes the next part a full one, so no part
+//! chain mixes key groups of two memberships.
+//!
+//! # Growing
+//!
+//! A worker started with `--join` becomes a member (see
+//! [`crate::membership::initializer`]); the initializer records the
+//! workers that joined, with the checkpoint each first formation of theirs
+//! rolled back to, durably ([`NodeAction::RecordMembership`]) before
+//! welcoming them. A joined worker wrote a part of every checkpoint after
+//! that one, and of none before: `Welcome` tells each worker whether it
+//! holds a part of `rollback_to`.
+//!
 //! # Invariants
 //!
 //! - Generations only grow, on every node, across restarts of the
@@ -59,6 +84,8 @@ pub struct NodeConfig {
     pub data_addr: String,
     pub checkpoint_interval: Duration,
     pub checkpoint_timeout: Duration,
+    /// Initializer: why a worker may not join (`--join`), if it may not.
+    pub grow_refusal: Option<String>,
     /// How long a formation step may wait on peers before starting over.
     pub step_timeout: Duration,
     /// How long a joiner waits before connecting again after a failed attempt.
@@ -69,7 +96,7 @@ pub struct NodeConfig {
 }
 
 /// What a starting worker found on disk.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Recovered {
     /// The initializer's commit log: the last committed checkpoint.
     pub last_committed: Option<CheckpointId>,
@@ -77,6 +104,24 @@ pub struct Recovered {
     pub generation: Generation,
     /// This worker found resilience files of its own.
     pub has_files: bool,
+    /// The initializer's membership record: the workers that joined.
+    pub joined: Vec<JoinedMember>,
+}
+
+/// A worker that joined the cluster after it first formed, as the
+/// initializer records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JoinedMember {
+    pub name: String,
+    /// The checkpoint its first formation rolled back to: it wrote a part
+    /// of every later checkpoint, of none up to this one.
+    pub after: Option<CheckpointId>,
+}
+
+impl JoinedMember {
+    fn wrote(&self, checkpoint: CheckpointId) -> bool {
+        self.after.is_none_or(|a| a < checkpoint)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,12 +143,23 @@ pub enum NodeEvent {
         generation: Generation,
         id: CheckpointId,
     },
-    /// The binding restored what [`NodeAction::Restore`] asked for, from
-    /// `files_read` part files.
-    Restored {
+    /// The binding loaded what [`NodeAction::Load`] asked for, from
+    /// `files_read` part files, and handed the entries it does not own to
+    /// their owners (`moved`: there were some).
+    Loaded {
         generation: Generation,
         files_read: usize,
+        moved: bool,
     },
+    /// Member `from` has handed over everything of its image that this
+    /// worker owns (`moved`: something).
+    HandoffDone {
+        from: usize,
+        generation: Generation,
+        moved: bool,
+    },
+    /// The binding restored what [`NodeAction::Restore`] asked for.
+    Restored { generation: Generation },
     /// This worker's part of `id` is durable, or failed.
     PartWritten {
         generation: Generation,
@@ -160,6 +216,10 @@ pub enum Notice {
     RollingBack {
         reason: String,
     },
+    /// A worker joins the running cluster.
+    Growing {
+        name: String,
+    },
     /// Files were found, but no checkpoint was ever committed.
     StartingFresh,
     CheckpointAbandoned {
@@ -197,6 +257,10 @@ pub enum NodeAction<P, D> {
     RecordGeneration {
         generation: Generation,
     },
+    /// Durably record the workers that joined, before anyone hears of it.
+    RecordMembership {
+        joined: Vec<JoinedMember>,
+    },
     /// Open a data link to every other member and accept one from each;
     /// report [`NodeEvent::DataLinksUp`].
     OpenDataLinks {
@@ -215,8 +279,16 @@ pub enum NodeAction<P, D> {
         me: usize,
         generation: Generation,
     },
-    /// Restore state, sinks and sources to `checkpoint` (None: the
-    /// beginning); report [`NodeEvent::Restored`].
+    /// Load this worker's part of `checkpoint` (None: the empty image),
+    /// send every entry of a key group another member owns to it, and then
+    /// an end of handoff to every member; report [`NodeEvent::Loaded`].
+    Load {
+        generation: Generation,
+        checkpoint: Option<CheckpointId>,
+    },
+    /// Restore state (the loaded image and what was handed over), sinks
+    /// and sources to `checkpoint` (None: the beginning); report
+    /// [`NodeEvent::Restored`].
     Restore {
         generation: Generation,
         checkpoint: Option<CheckpointId>,
@@ -284,6 +356,19 @@ pub struct Node<P, D> {
     awaiting_restored: BTreeSet<usize>,
     /// Initializer: a formation waits for the commit record under way.
     awaiting_record: bool,
+    /// This worker wrote a part of `rollback_to`.
+    has_part: bool,
+    /// Restoring: the own image is loaded (`files_read`, `moved`).
+    loaded: Option<(usize, bool)>,
+    /// Restoring (and before, in this generation): the members whose
+    /// handoff is done.
+    handed: BTreeSet<usize>,
+    /// Some handoff to this worker carried state.
+    moved_in: bool,
+    /// Initializer: the workers that joined, with their first rollback
+    /// point; and those whose first formation has not begun yet.
+    joined: Vec<JoinedMember>,
+    unplaced: Vec<String>,
 }
 
 type Out<P, D> = Vec<NodeAction<P, D>>;
@@ -291,14 +376,18 @@ type Out<P, D> = Vec<NodeAction<P, D>>;
 impl<P, D> Node<P, D> {
     pub fn new(config: NodeConfig, recovered: Recovered) -> Self {
         let role = if config.initializer {
-            Role::Initializer(InitializerMembership::new(FormationRules {
-                name: config.name.clone(),
-                data_addr: config.data_addr.clone(),
-                worker_count: config.worker_count.max(1),
-                fingerprint: config.fingerprint,
-                resilient: config.resilient,
-                step_timeout: config.step_timeout,
-            }))
+            Role::Initializer(InitializerMembership::new(
+                FormationRules {
+                    name: config.name.clone(),
+                    data_addr: config.data_addr.clone(),
+                    worker_count: config.worker_count.max(1),
+                    fingerprint: config.fingerprint,
+                    resilient: config.resilient,
+                    step_timeout: config.step_timeout,
+                    grow_refusal: config.grow_refusal.clone(),
+                },
+                recovered.joined.iter().map(|j| j.name.clone()).collect(),
+            ))
         } else {
             Role::Joiner(JoinerMembership::new(
                 config.name.clone(),
@@ -315,6 +404,7 @@ impl<P, D> Node<P, D> {
             )
         });
         let participant = config.resilient.then(Participant::new);
+        let joined = recovered.joined.clone();
         Node {
             config,
             role,
@@ -332,6 +422,12 @@ impl<P, D> Node<P, D> {
             early: Vec::new(),
             awaiting_restored: BTreeSet::new(),
             awaiting_record: false,
+            has_part: false,
+            loaded: None,
+            handed: BTreeSet::new(),
+            moved_in: false,
+            joined,
+            unplaced: Vec::new(),
         }
     }
 
@@ -444,12 +540,30 @@ impl<P, D> Node<P, D> {
                     Phase::Stopped => {}
                 }
             }
-            NodeEvent::Restored {
+            NodeEvent::Loaded {
                 generation,
                 files_read,
+                moved,
             } => {
                 if generation == self.generation && self.phase == Phase::Restoring {
-                    self.restored(files_read, now, positions, out);
+                    self.loaded = Some((files_read, moved));
+                    self.maybe_restore(out);
+                }
+            }
+            NodeEvent::HandoffDone {
+                from,
+                generation,
+                moved,
+            } => {
+                if generation == self.generation && self.phase != Phase::Running {
+                    self.handed.insert(from);
+                    self.moved_in |= moved;
+                    self.maybe_restore(out);
+                }
+            }
+            NodeEvent::Restored { generation } => {
+                if generation == self.generation && self.phase == Phase::Restoring {
+                    self.restored(now, positions, out);
                 }
             }
             NodeEvent::PartWritten {
@@ -492,6 +606,7 @@ impl<P, D> Node<P, D> {
     fn form(&mut self, now: Instant, out: &mut Out<P, D>) {
         self.phase = Phase::Forming;
         self.early.clear();
+        self.clear_handoffs();
         match &mut self.role {
             Role::Initializer(m) => {
                 if self.coordinator.as_ref().is_some_and(|c| c.recording()) {
@@ -507,6 +622,17 @@ impl<P, D> Node<P, D> {
                     });
                 }
                 self.rollback_to = self.coordinator.as_ref().and_then(|c| c.last_committed());
+                if !self.unplaced.is_empty() {
+                    let after = self.rollback_to;
+                    self.joined.extend(
+                        self.unplaced
+                            .drain(..)
+                            .map(|name| JoinedMember { name, after }),
+                    );
+                    out.push(NodeAction::RecordMembership {
+                        joined: self.joined.clone(),
+                    });
+                }
                 let mut actions = Vec::new();
                 m.gather(self.generation, now, &mut actions);
                 self.initializer_actions(actions, now, out);
@@ -532,17 +658,34 @@ impl<P, D> Node<P, D> {
         self.form(now, out);
     }
 
+    fn clear_handoffs(&mut self) {
+        self.loaded = None;
+        self.handed.clear();
+        self.moved_in = false;
+    }
+
+    /// Does member `name` hold a part of `checkpoint`?
+    fn wrote(&self, name: &str, checkpoint: Option<CheckpointId>) -> bool {
+        checkpoint.is_some_and(|c| {
+            self.joined
+                .iter()
+                .find(|j| j.name == name)
+                .is_none_or(|j| j.wrote(c))
+        })
+    }
+
     fn formed(
         &mut self,
         members: Vec<Member>,
         me: usize,
         generation: Generation,
         rollback_to: Option<CheckpointId>,
+        has_part: bool,
         out: &mut Out<P, D>,
     ) {
         if self.config.resilient {
             let has_files = self.recovered.has_files || !self.first_formation;
-            if let (Some(checkpoint), false) = (rollback_to, has_files) {
+            if let (Some(checkpoint), true, false) = (rollback_to, has_part, has_files) {
                 self.fail(NodeFatal::NoFilesForRollback { checkpoint }, out);
                 return;
             }
@@ -552,6 +695,10 @@ impl<P, D> Node<P, D> {
         }
         self.generation = generation;
         self.rollback_to = rollback_to;
+        self.has_part = has_part;
+        // The others may restore before this worker: their handoffs to it
+        // are done before its own is.
+        self.awaiting_restored = (1..members.len()).collect();
         self.members = members.clone();
         self.me = me;
         self.first_formation = false;
@@ -561,21 +708,38 @@ impl<P, D> Node<P, D> {
             me,
             generation,
         });
-        out.push(NodeAction::Restore {
+        out.push(NodeAction::Load {
             generation,
-            checkpoint: rollback_to,
+            checkpoint: rollback_to.filter(|_| has_part),
         });
     }
 
-    fn restored(
-        &mut self,
-        files_read: usize,
-        now: Instant,
-        positions: &mut dyn FnMut() -> P,
-        out: &mut Out<P, D>,
-    ) {
+    /// With the own image loaded and every peer's handoff done: restore.
+    fn maybe_restore(&mut self, out: &mut Out<P, D>) {
+        if self.phase != Phase::Restoring || self.loaded.is_none() {
+            return;
+        }
+        if self.handed.len() + 1 < self.members.len() {
+            return;
+        }
+        out.push(NodeAction::Restore {
+            generation: self.generation,
+            checkpoint: self.rollback_to,
+        });
+    }
+
+    fn restored(&mut self, now: Instant, positions: &mut dyn FnMut() -> P, out: &mut Out<P, D>) {
+        let (files_read, moved_out) = self.loaded.unwrap_or((0, false));
+        let moved = moved_out || self.moved_in;
+        self.clear_handoffs();
         if let Some(p) = &mut self.participant {
-            p.restored(self.me, self.members.len(), self.rollback_to, files_read);
+            p.restored(
+                self.me,
+                self.members.len(),
+                self.rollback_to,
+                files_read,
+                moved,
+            );
         }
         self.phase = Phase::Running;
         for early in std::mem::take(&mut self.early) {
@@ -608,10 +772,7 @@ impl<P, D> Node<P, D> {
                 }
                 self.announce(out);
             }
-            Role::Initializer(_) => {
-                self.awaiting_restored = (1..self.members.len()).collect();
-                self.maybe_all_restored(now, out);
-            }
+            Role::Initializer(_) => self.maybe_all_restored(now, out),
         }
     }
 
@@ -686,6 +847,7 @@ impl<P, D> Node<P, D> {
                 name,
                 data_addr,
                 fingerprint,
+                grow,
                 ..
             } => {
                 let e = InitializerEvent::Join {
@@ -693,6 +855,7 @@ impl<P, D> Node<P, D> {
                     name,
                     data_addr,
                     fingerprint,
+                    grow,
                 };
                 self.membership_event(MembershipEvent::Initializer(e), now, out);
             }
@@ -818,13 +981,16 @@ impl<P, D> Node<P, D> {
                 InitializerAction::Close { link } => out.push(NodeAction::Close { link }),
                 InitializerAction::Welcome {
                     link,
+                    name,
                     members,
                     generation,
                 } => {
+                    let has_part = self.wrote(&name, self.rollback_to);
                     let msg = Control::Welcome {
                         members,
                         generation,
                         rollback_to: self.rollback_to,
+                        has_part,
                         resilient: self.config.resilient,
                     };
                     out.push(NodeAction::Send { link, msg });
@@ -851,7 +1017,10 @@ impl<P, D> Node<P, D> {
                     generation,
                 } => {
                     self.member_links = std::iter::once(LinkId(u64::MAX)).chain(links).collect();
-                    self.formed(members, 0, generation, self.rollback_to, out);
+                    // The initializer formed every cluster: it wrote a part
+                    // of every committed checkpoint.
+                    let has_part = self.rollback_to.is_some();
+                    self.formed(members, 0, generation, self.rollback_to, has_part, out);
                 }
                 InitializerAction::Interrupted { reason } => {
                     out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));
@@ -869,6 +1038,27 @@ impl<P, D> Node<P, D> {
                         return;
                     }
                     out.push(NodeAction::Notice(Notice::NoRecovery { name }));
+                }
+                InitializerAction::Grow { name, formed } => {
+                    out.push(NodeAction::Notice(Notice::Growing { name: name.clone() }));
+                    if self.phase == Phase::Forming && !self.awaiting_record {
+                        // The formation under way takes it: its rollback
+                        // point is known.
+                        self.joined.push(JoinedMember {
+                            name: name.clone(),
+                            after: self.rollback_to,
+                        });
+                        out.push(NodeAction::RecordMembership {
+                            joined: self.joined.clone(),
+                        });
+                    } else {
+                        // Placed when the next formation begins (`form`).
+                        self.unplaced.push(name.clone());
+                    }
+                    if formed {
+                        self.recover(format!("worker '{name}' joins"), now, out);
+                        return;
+                    }
                 }
             }
         }
@@ -893,6 +1083,7 @@ impl<P, D> Node<P, D> {
                     // generation (sent before the rollback) goes.
                     if generation != self.generation {
                         self.early.clear();
+                        self.clear_handoffs();
                     }
                     self.generation = generation;
                     out.push(NodeAction::OpenDataLinks {
@@ -913,6 +1104,7 @@ impl<P, D> Node<P, D> {
                     me,
                     generation,
                     rollback_to,
+                    has_part,
                     resilient,
                     ..
                 } => {
@@ -925,7 +1117,7 @@ impl<P, D> Node<P, D> {
                         );
                         return;
                     }
-                    self.formed(members, me, generation, rollback_to, out);
+                    self.formed(members, me, generation, rollback_to, has_part, out);
                 }
                 JoinerAction::Interrupted { reason } => {
                     out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));

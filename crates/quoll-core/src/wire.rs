@@ -19,6 +19,7 @@
 //! | [`KIND_DATA`] | a data batch (below) |
 //! | [`KIND_BARRIER`] | u64 LE generation, u64 LE checkpoint id |
 //! | [`KIND_AUTH`] | postcard-encoded [`AuthMessage`] (the first frames of every link, see [`crate::handshake`]) |
+//! | [`KIND_HANDOFF`] | a data batch of checkpointed state entries during a restore (below) |
 //!
 //! A data batch carries messages for keyed stages owned by the receiver:
 //!
@@ -27,6 +28,12 @@
 //! message = u32 LE stage | u16 LE key length | key bytes
 //!         | i64 LE event time | u32 LE value length | value bytes (a codec blob)
 //! ```
+//!
+//! A handoff batch has the data batch's layout; each message is one entry
+//! of keyed state (stage, key, event time 0, the entry's checkpoint blob)
+//! that the sender restored and the receiver owns under the current
+//! key-group map. The sender's last handoff batch of a restore is empty: it
+//! says "nothing more from me" (see [`crate::node`], "Restore").
 //!
 //! Readers use [`WireCodec`] with `tokio_util::codec::FramedRead` on a
 //! socket.
@@ -51,6 +58,7 @@ pub const KIND_CONTROL: u8 = 1;
 pub const KIND_DATA: u8 = 2;
 pub const KIND_BARRIER: u8 = 3;
 pub const KIND_AUTH: u8 = 4;
+pub const KIND_HANDOFF: u8 = 5;
 /// Handshake frames are small; a peer not yet authenticated can't make a
 /// worker buffer more than this.
 pub const MAX_AUTH_FRAME: u32 = 4 << 10;
@@ -87,6 +95,8 @@ pub enum Control {
         data_addr: String,
         fingerprint: u64,
         has_files: bool,
+        /// Started with `--join`: a worker that may grow the cluster.
+        grow: bool,
         /// Where the worker serves its metrics (`--metrics-listen`), for
         /// the initializer's dashboard.
         metrics_addr: Option<String>,
@@ -95,6 +105,9 @@ pub enum Control {
         members: Vec<Member>,
         generation: u64,
         rollback_to: Option<u64>,
+        /// The welcomed worker wrote a part of `rollback_to` (false for a
+        /// worker that joined the cluster after it).
+        has_part: bool,
         resilient: bool,
     },
     /// The initializer refuses the join; `retry`: the reason may pass
@@ -170,6 +183,8 @@ pub enum WireFrame {
     Control(Control),
     /// The body of a data batch, parsed lazily with [`BatchReader`].
     Data(bytes::Bytes),
+    /// The body of a handoff batch (same layout), empty to end a handoff.
+    Handoff(bytes::Bytes),
     Barrier {
         generation: u64,
         checkpoint: u64,
@@ -234,6 +249,7 @@ impl Protocol for WireProtocol {
                 .map(WireFrame::Control)
                 .map_err(|e| WireError::BadControl(e.to_string())),
             KIND_DATA => Ok(WireFrame::Data(body.freeze())),
+            KIND_HANDOFF => Ok(WireFrame::Handoff(body.freeze())),
             KIND_BARRIER if body.len() == 16 => Ok(WireFrame::Barrier {
                 generation: body.get_u64_le(),
                 checkpoint: body.get_u64_le(),
@@ -297,10 +313,20 @@ const BATCH_HEADER: usize = 4 + 1 + 8 + 4;
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
 impl BatchWriter {
+    /// A data batch.
     pub fn new(generation: u64) -> BatchWriter {
-        let mut buf = Vec::with_capacity(64 << 10);
+        BatchWriter::of_kind(KIND_DATA, generation, 64 << 10)
+    }
+
+    /// A handoff batch (see the module doc).
+    pub fn handoff(generation: u64) -> BatchWriter {
+        BatchWriter::of_kind(KIND_HANDOFF, generation, 1 << 10)
+    }
+
+    fn of_kind(kind: u8, generation: u64, capacity: usize) -> BatchWriter {
+        let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(&[0; 4]);
-        buf.push(KIND_DATA);
+        buf.push(kind);
         buf.extend_from_slice(&generation.to_le_bytes());
         buf.extend_from_slice(&0u32.to_le_bytes());
         BatchWriter { buf, count: 0 }

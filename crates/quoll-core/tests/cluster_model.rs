@@ -12,19 +12,23 @@
 //! which appends it to its state and to an exactly-once sink file (cut back
 //! to the checkpointed length on restore).
 //!
+//! Some workers may start later, with `--join`: the cluster grows to take
+//! them in, and restores move state to the new owners of its items.
+//!
 //! Checked at every step: a commit record is written only when every member
 //! of that generation has its part durable; committed ids grow; a restore
 //! lands on a committed checkpoint; generations never go back on a running
 //! process or on the initializer's disk; applied data is of the node's
 //! current generation. Checked at the end (after the last crash the cluster
 //! must finish on its own): every source read to its end, a committed
-//! checkpoint covers all input, and the sinks hold every item exactly once.
+//! checkpoint covers all input, the sinks hold every item exactly once,
+//! and so does the state, each item on the worker that owns it.
 
 use proptest::prelude::*;
 use quoll_core::checkpoint::participant::ParticipantAction;
 use quoll_core::checkpoint::CheckpointId;
 use quoll_core::membership::{Generation, LinkId};
-use quoll_core::node::{Node, NodeAction, NodeConfig, NodeEvent, Recovered};
+use quoll_core::node::{JoinedMember, Node, NodeAction, NodeConfig, NodeEvent, Recovered};
 use quoll_core::wire::{Control, Member};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -73,6 +77,8 @@ struct Disk {
     log_exists: bool,
     /// The exactly-once sink file.
     sink: Vec<Item>,
+    /// The initializer's membership record.
+    joined: Vec<JoinedMember>,
 }
 
 #[derive(Debug)]
@@ -85,12 +91,21 @@ enum Msg {
 enum DataMsg {
     Item(Item),
     Barrier(CheckpointId),
+    /// Restored state the receiver owns, then the end of the handoff.
+    Handoff(Vec<Item>),
+    HandoffDone {
+        moved: bool,
+    },
 }
 
 struct Proc {
     node: Node<Positions, Item>,
     state: Vec<Item>,
     source_pos: u64,
+    /// Restoring: the own image loaded (the state kept, the checkpoint's
+    /// source position and sink length) and the state handed over.
+    loaded: Option<Snapshot>,
+    handed_in: Vec<(Generation, Item)>,
     /// Part writes in progress: (generation, id, snapshot).
     writing: Vec<(Generation, CheckpointId, Snapshot)>,
     /// The commit record in progress (initializer).
@@ -111,6 +126,10 @@ struct Link {
 struct Sim {
     rng: Rng,
     n: usize,
+    /// Workers `0..founding` form the cluster; the others join it later,
+    /// in name order, as workers started with `--join`.
+    founding: usize,
+    started: Vec<bool>,
     items: u64,
     now: Instant,
     procs: Vec<Option<Proc>>,
@@ -121,6 +140,10 @@ struct Sim {
     control: BTreeMap<(LinkId, usize), VecDeque<Msg>>,
     /// Data per (from, to, generation) link, in order.
     data: BTreeMap<(usize, usize, Generation), VecDeque<DataMsg>>,
+    /// Items of restored state handed to another worker.
+    moved: usize,
+    /// Workers may join before the first commit.
+    seed_joins_early: bool,
     trace: Vec<String>,
 }
 
@@ -132,11 +155,11 @@ fn name(i: usize) -> String {
     }
 }
 
-fn config(i: usize, n: usize) -> NodeConfig {
+fn config(i: usize, founding: usize) -> NodeConfig {
     NodeConfig {
         name: name(i),
         initializer: i == 0,
-        worker_count: n,
+        worker_count: founding,
         fingerprint: 7,
         resilient: true,
         data_addr: format!("data-{i}"),
@@ -145,14 +168,17 @@ fn config(i: usize, n: usize) -> NodeConfig {
         step_timeout: Duration::from_secs(3),
         retry_after: Duration::from_millis(100),
         refusal_patience: Duration::from_secs(6),
+        grow_refusal: None,
     }
 }
 
 impl Sim {
-    fn new(seed: u64, n: usize, items: u64) -> Sim {
+    fn new(seed: u64, n: usize, founding: usize, items: u64) -> Sim {
         let mut sim = Sim {
             rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             n,
+            founding,
+            started: vec![false; n],
             items,
             now: Instant::now(),
             procs: (0..n).map(|_| None).collect(),
@@ -161,9 +187,11 @@ impl Sim {
             next_link: 1,
             control: BTreeMap::new(),
             data: BTreeMap::new(),
+            moved: 0,
+            seed_joins_early: seed.is_multiple_of(2),
             trace: Vec::new(),
         };
-        for i in 0..n {
+        for i in 0..founding {
             sim.start(i);
         }
         sim
@@ -182,13 +210,17 @@ impl Sim {
             last_committed: disk.commits.last().copied(),
             generation: disk.generation,
             has_files: !disk.parts.is_empty() || (i == 0 && disk.log_exists),
+            joined: disk.joined.clone(),
         };
         self.trace.push(format!("start {i} {recovered:?}"));
-        let node = Node::new(config(i, self.n), recovered);
+        self.started[i] = true;
+        let node = Node::new(config(i, self.founding), recovered);
         self.procs[i] = Some(Proc {
             node,
             state: Vec::new(),
             source_pos: 0,
+            loaded: None,
+            handed_in: Vec::new(),
             writing: Vec::new(),
             recording: None,
             connect_at: None,
@@ -303,6 +335,7 @@ impl Sim {
                         data_addr: format!("data-{i}"),
                         fingerprint: 7,
                         has_files,
+                        grow: i >= self.founding,
                         metrics_addr: None,
                     };
                     self.send(i, link, msg);
@@ -366,10 +399,30 @@ impl Sim {
                     self.procs[i].as_mut().unwrap().formed = Some((members, me, generation));
                     self.check_generation(i);
                 }
-                NodeAction::Restore {
+                NodeAction::RecordMembership { joined } => {
+                    if i != 0 {
+                        self.fail(format!("worker {i} records the membership"));
+                    }
+                    self.disks[0].joined = joined;
+                }
+                NodeAction::Load {
                     generation,
                     checkpoint,
-                } => self.restore(i, generation, checkpoint),
+                } => self.load(i, generation, checkpoint),
+                NodeAction::Restore { generation, .. } => {
+                    let p = self.procs[i].as_mut().unwrap();
+                    let snap = p.loaded.take().expect("loaded before restore");
+                    p.state = snap.state;
+                    let handed = std::mem::take(&mut p.handed_in);
+                    p.state.extend(
+                        handed
+                            .into_iter()
+                            .filter(|(g, _)| *g == generation)
+                            .map(|(_, item)| item),
+                    );
+                    p.source_pos = snap.source_pos;
+                    self.event(i, NodeEvent::Restored { generation });
+                }
                 NodeAction::Running { .. } => {}
                 NodeAction::Release { from, data } => self.apply_item(i, from, data),
                 NodeAction::Checkpoint(c) => self.checkpoint(i, c),
@@ -400,7 +453,8 @@ impl Sim {
         }
     }
 
-    fn restore(&mut self, i: usize, generation: Generation, checkpoint: Option<CheckpointId>) {
+    /// Loads worker `i`'s part and hands what others own to them.
+    fn load(&mut self, i: usize, generation: Generation, checkpoint: Option<CheckpointId>) {
         if let Some(id) = checkpoint {
             if !self.disks[0].commits.contains(&id) {
                 self.fail(format!(
@@ -434,13 +488,38 @@ impl Sim {
             .retain(|id, _| checkpoint.is_some_and(|c| *id <= c));
         disk.sink.truncate(snap.sink_len);
         let p = self.procs[i].as_mut().unwrap();
-        p.state = snap.state;
-        p.source_pos = snap.source_pos;
+        let (members, me, _) = p.formed.clone().expect("formed before loading");
+        let mut moved = false;
+        let mut kept = Vec::new();
+        let mut away: Vec<Vec<Item>> = vec![Vec::new(); members.len()];
+        for item in snap.state {
+            let to = owner(item, members.len());
+            if to == me {
+                kept.push(item);
+            } else {
+                moved = true;
+                away[to].push(item);
+            }
+        }
+        p.loaded = Some(Snapshot {
+            state: kept,
+            ..snap
+        });
+        for (to, items) in away.into_iter().enumerate().filter(|(to, _)| *to != me) {
+            let q = self.data.entry((i, to, generation)).or_default();
+            let moved = !items.is_empty();
+            self.moved += items.len();
+            if moved {
+                q.push_back(DataMsg::Handoff(items));
+            }
+            q.push_back(DataMsg::HandoffDone { moved });
+        }
         self.event(
             i,
-            NodeEvent::Restored {
+            NodeEvent::Loaded {
                 generation,
                 files_read: 1,
+                moved,
             },
         );
     }
@@ -529,8 +608,13 @@ impl Sim {
         if may_crash {
             choices.push(5);
         }
-        if self.procs.iter().any(|p| p.is_none()) {
+        if (0..self.n).any(|i| self.started[i] && self.procs[i].is_none()) {
             choices.push(6);
+        }
+        // Joining after a commit makes the restore move state.
+        let may_join = self.seed_joins_early || !self.disks[0].commits.is_empty();
+        if self.started.contains(&false) && may_join {
+            choices.push(7);
         }
         self.connect_and_link_up();
         match choices[self.rng.below(choices.len())] {
@@ -595,6 +679,21 @@ impl Sim {
                             from,
                             generation,
                             id,
+                        },
+                    ),
+                    DataMsg::Handoff(items) => {
+                        let Some(p) = self.procs[to].as_mut() else {
+                            return true;
+                        };
+                        p.handed_in
+                            .extend(items.into_iter().map(|item| (generation, item)));
+                    }
+                    DataMsg::HandoffDone { moved } => self.event(
+                        to,
+                        NodeEvent::HandoffDone {
+                            from,
+                            generation,
+                            moved,
                         },
                     ),
                 }
@@ -676,10 +775,19 @@ impl Sim {
                 let i = self.rng.below(self.n);
                 self.crash(i);
             }
-            _ => {
-                let down: Vec<usize> = (0..self.n).filter(|i| self.procs[*i].is_none()).collect();
+            6 => {
+                let down: Vec<usize> = (0..self.n)
+                    .filter(|i| self.started[*i] && self.procs[*i].is_none())
+                    .collect();
                 let i = down[self.rng.below(down.len())];
                 self.start(i);
+            }
+            _ => {
+                // The next worker joins the running cluster.
+                if let Some(i) = self.started.iter().position(|s| !s) {
+                    self.trace.push(format!("JOIN {i}"));
+                    self.start(i);
+                }
             }
         }
         true
@@ -762,11 +870,33 @@ impl Sim {
                 "sinks are not exactly once: doubled {doubled:?}, missing {missing:?}"
             ));
         }
+        // The state too: each item once, on the worker that owns it now.
+        let mut held: BTreeMap<Item, usize> = BTreeMap::new();
+        for p in self.procs.iter().flatten() {
+            let (members, me, _) = p.formed.as_ref().expect("formed at the end");
+            for it in &p.state {
+                if owner(*it, members.len()) != *me {
+                    self.fail(format!(
+                        "worker {me} holds state of {it:?}, which it does not own"
+                    ));
+                }
+                *held.entry(*it).or_default() += 1;
+            }
+        }
+        let doubled: Vec<_> = held.iter().filter(|(_, c)| **c > 1).collect();
+        let missing: Vec<_> = want.iter().filter(|k| !held.contains_key(k)).collect();
+        if !doubled.is_empty() || !missing.is_empty() {
+            self.fail(format!(
+                "state is not exactly once: doubled {doubled:?}, missing {missing:?}"
+            ));
+        }
     }
 }
 
-fn run(seed: u64, n: usize, items: u64, crashes: usize) {
-    let mut sim = Sim::new(seed, n, items);
+/// Runs one cluster to the end; returns how many items of restored state
+/// moved between workers.
+fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> usize {
+    let mut sim = Sim::new(seed, n, founding, items);
     let mut left = crashes;
     let mut steps = 0;
     while left > 0 {
@@ -787,21 +917,28 @@ fn run(seed: u64, n: usize, items: u64, crashes: usize) {
         quiet_steps += 1;
         if quiet_steps > 200_000 {
             sim.fail(format!(
-                "no progress after the last crash (seed {seed}, {n} workers, {crashes} crashes)"
+                "no progress after the last crash (seed {seed}, {n} workers, {founding} founding, {crashes} crashes)"
             ));
         }
     }
     sim.check_exactly_once();
+    sim.moved
 }
 
 #[test]
 fn one_worker_without_crashes() {
-    run(1, 1, 50, 0);
+    run(1, 1, 1, 50, 0);
 }
 
 #[test]
 fn three_workers_without_crashes() {
-    run(2, 3, 60, 0);
+    run(2, 3, 3, 60, 0);
+}
+
+#[test]
+fn one_worker_grows_to_three_without_crashes() {
+    let moved: usize = (1..20).map(|seed| run(seed, 3, 1, 60, 0)).sum();
+    assert!(moved > 0, "no run moved state to a joined worker");
 }
 
 proptest! {
@@ -815,13 +952,21 @@ proptest! {
     /// every step and the cluster ends exactly once.
     #[test]
     fn clusters_survive_random_crashes(seed in any::<u64>(), n in 1usize..5, items in 5u64..60, crashes in 0usize..6) {
-        run(seed, n, items, crashes);
+        run(seed, n, n, items, crashes);
+    }
+
+    /// The same while workers join: state moves to its new owners, and
+    /// still every item ends in the sinks exactly once.
+    #[test]
+    fn growing_clusters_survive_random_crashes(seed in any::<u64>(), n in 2usize..5, grow in 1usize..3, items in 5u64..60, crashes in 0usize..6) {
+        run(seed, n, n.saturating_sub(grow).max(1), items, crashes);
     }
 }
 
-/// A debugging aid, not part of the suite: with `QUOLL_MODEL_REPLAY=seed,n,items,crashes`
-/// it replays one run (add `QUOLL_TRACE=1` for the whole trace); without it, it
-/// searches for the smallest failing run and names it.
+/// A debugging aid, not part of the suite: with
+/// `QUOLL_MODEL_REPLAY=seed,n,founding,items,crashes` it replays one run (add
+/// `QUOLL_TRACE=1` for the whole trace); without it, it searches for the
+/// smallest failing run and names it.
 /// `cargo test --release -p quoll-core --test cluster_model hunt -- --ignored`
 #[test]
 #[ignore]
@@ -831,15 +976,20 @@ fn hunt() {
             .split(',')
             .map(|x| x.trim().parse().expect("numbers"))
             .collect();
-        run(v[0], v[1] as usize, v[2], v[3] as usize);
+        let moved = run(v[0], v[1] as usize, v[2] as usize, v[3], v[4] as usize);
+        println!("{moved} items of state moved");
         return;
     }
     for n in 2..5 {
-        for crashes in 1..5 {
-            for items in [5u64, 10, 20] {
-                for seed in 1..3000u64 {
-                    if std::panic::catch_unwind(|| run(seed, n, items, crashes)).is_err() {
-                        panic!("smallest failure found: QUOLL_MODEL_REPLAY={seed},{n},{items},{crashes}");
+        for founding in 1..=n {
+            for crashes in 0..5 {
+                for items in [5u64, 10, 20] {
+                    for seed in 1..3000u64 {
+                        if std::panic::catch_unwind(|| run(seed, n, founding, items, crashes))
+                            .is_err()
+                        {
+                            panic!("smallest failure found: QUOLL_MODEL_REPLAY={seed},{n},{founding},{items},{crashes}");
+                        }
                     }
                 }
             }

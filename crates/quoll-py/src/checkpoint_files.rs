@@ -16,7 +16,7 @@ use quoll_core::checkpoint_store::{
     self, CheckpointKind, CheckpointWriter, CommitLog, CommitRecord, StoreError,
 };
 use quoll_core::membership::Generation;
-use quoll_core::node::Recovered;
+use quoll_core::node::{JoinedMember, Recovered};
 use quoll_objstore::{Error, Mirror};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +35,7 @@ pub struct Files {
 }
 
 /// What recovery loads: the image of one checkpoint.
+#[derive(Default)]
 pub struct Image {
     /// Files read to rebuild it: the full file and the deltas after it.
     pub files_read: usize,
@@ -84,8 +85,41 @@ impl Files {
             } else if CommitLog::path(&self.dir, &self.app).exists() {
                 recovered.has_files = true;
             }
+            recovered.joined = self.joined()?;
         }
         Ok(recovered)
+    }
+
+    /// The initializer's membership record: the workers that joined the
+    /// cluster after it first formed (none if there is no record).
+    fn joined(&self) -> Result<Vec<JoinedMember>, Error> {
+        let Some(bytes) = checkpoint_store::read_membership(&self.dir, &self.app, &self.worker)?
+        else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Local(StoreError::Invalid {
+                path: checkpoint_store::membership_path(&self.dir, &self.app, &self.worker),
+                problem: format!("not a list of joined workers: {e}"),
+            })
+        })
+    }
+
+    /// Durably records the workers that joined (the initializer's
+    /// membership record), replacing the previous record.
+    pub fn record_membership(&self, joined: &[JoinedMember]) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(joined).map_err(|e| {
+            Error::Local(StoreError::Invalid {
+                path: checkpoint_store::membership_path(&self.dir, &self.app, &self.worker),
+                problem: e.to_string(),
+            })
+        })?;
+        Ok(checkpoint_store::write_membership(
+            &self.dir,
+            &self.app,
+            &self.worker,
+            &bytes,
+        )?)
     }
 
     /// Writes this worker's part of checkpoint `id`, a delta on `parent` or
@@ -139,12 +173,7 @@ impl Files {
             }
         }
         let Some(id) = id else {
-            return Ok(Image {
-                files_read: 0,
-                entries: BTreeMap::new(),
-                sources: BTreeMap::new(),
-                sinks: BTreeMap::new(),
-            });
+            return Ok(Image::default());
         };
         let image = checkpoint_store::load(&self.dir, &self.app, &self.worker, id).map_err(
             |e| match &self.mirror {

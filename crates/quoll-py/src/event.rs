@@ -34,6 +34,13 @@ pub enum Event {
         generation: Generation,
         body: Bytes,
     },
+    /// A handoff batch from member `from` (restored state this worker
+    /// owns; empty: the end of its handoff), on a data link of `generation`.
+    Handoff {
+        from: usize,
+        generation: Generation,
+        body: Bytes,
+    },
     /// An event for this worker's coordination state machine.
     Node(NodeEvent),
     /// A clean shutdown, requested here (external channel) or by another

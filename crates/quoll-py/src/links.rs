@@ -795,6 +795,11 @@ async fn read_data<R: AsyncRead + Unpin>(
                 generation,
                 body,
             },
+            Some(Ok(WireFrame::Handoff(body))) => Event::Handoff {
+                from,
+                generation,
+                body,
+            },
             Some(Ok(WireFrame::Barrier {
                 generation: g,
                 checkpoint,

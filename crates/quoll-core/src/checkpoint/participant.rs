@@ -133,14 +133,16 @@ impl<P, D> Participant<P, D> {
 
     /// State was restored to `checkpoint` (None: the beginning) in a cluster
     /// where this worker is member `me` of `members`; `files_read` part files
-    /// made that image (a full one and the deltas on it). Whatever was in
-    /// progress belonged to the old generation and is dropped.
+    /// made that image (a full one and the deltas on it); `moved`: state
+    /// moved between workers, so the next part must be full. Whatever was
+    /// in progress belonged to the old generation and is dropped.
     pub fn restored(
         &mut self,
         me: usize,
         members: usize,
         checkpoint: Option<CheckpointId>,
         files_read: usize,
+        moved: bool,
     ) {
         self.me = me;
         self.members = members;
@@ -149,7 +151,7 @@ impl<P, D> Participant<P, D> {
         self.last_begun = checkpoint.unwrap_or(0);
         self.last_committed = checkpoint;
         self.chain = Chain {
-            tip: checkpoint,
+            tip: checkpoint.filter(|_| !moved),
             writing: None,
             deltas: files_read.saturating_sub(1) as u32,
         };
@@ -331,7 +333,7 @@ mod tests {
     #[test]
     fn aligns_holds_snapshots_then_releases_in_order() {
         let mut p = Participant::new();
-        p.restored(1, 3, None, 0);
+        p.restored(1, 3, None, 0, false);
         assert_eq!(p.on_data(0, "a"), Some("a"));
         let out = step(&mut p, ParticipantEvent::Barrier { from: 0, id: 1 }, 10);
         assert_eq!(out, vec![ParticipantAction::SendBarriers { id: 1 }]);
@@ -379,9 +381,24 @@ mod tests {
     }
 
     #[test]
+    fn after_state_moved_the_next_part_is_full() {
+        let mut p: Participant<u64, &str> = Participant::new();
+        p.restored(0, 1, Some(4), 3, true);
+        let out = step(&mut p, ParticipantEvent::Begin { id: 5 }, 0);
+        assert_eq!(
+            out[1],
+            ParticipantAction::TakeSnapshot {
+                id: 5,
+                parent: None
+            },
+            "a delta on 4 would keep key groups this worker no longer owns"
+        );
+    }
+
+    #[test]
     fn deltas_build_on_durable_parts_only() {
         let mut p: Participant<u64, &str> = Participant::new();
-        p.restored(0, 1, Some(4), 3);
+        p.restored(0, 1, Some(4), 3, false);
         let out = step(&mut p, ParticipantEvent::Begin { id: 5 }, 0);
         assert_eq!(
             out[1],
@@ -438,7 +455,7 @@ mod tests {
     #[test]
     fn compacts_after_enough_deltas() {
         let mut p: Participant<u64, &str> = Participant::new();
-        p.restored(0, 1, Some(1), 1);
+        p.restored(0, 1, Some(1), 1, false);
         for id in 2..=(2 + COMPACT_AFTER as u64) {
             step(&mut p, ParticipantEvent::Begin { id }, id);
             step(
@@ -463,7 +480,7 @@ mod tests {
     #[test]
     fn a_newer_begin_abandons_an_unfinished_alignment() {
         let mut p = Participant::new();
-        p.restored(0, 2, None, 0);
+        p.restored(0, 2, None, 0, false);
         step(&mut p, ParticipantEvent::Begin { id: 1 }, 0);
         assert_eq!(
             p.on_data(1, "early"),
@@ -498,7 +515,7 @@ mod tests {
         ) {
             let me = 0;
             let mut p: Participant<(), (usize, u32, bool)> = Participant::new();
-            p.restored(me, members, None, 0);
+            p.restored(me, members, None, 0, false);
             let mut seq = vec![0u32; members];
             let mut barrier_sent = vec![false; members];
             let mut seen: Vec<Vec<(u32, bool)>> = vec![Vec::new(); members];

@@ -1,6 +1,18 @@
 //! The initializer's side of membership: gathering joins, welcoming,
 //! waiting for every data link, starting, then watching the members.
 //!
+//! # Growing
+//!
+//! A worker started with `--join` sends `Join` with `grow`. If its name is
+//! not a member's, it becomes one: the machine adds it to the members that
+//! joined after formation ([`InitializerMembership::joined`], which the
+//! caller records durably before anything else happens). A formed cluster
+//! then re-forms ([`InitializerAction::Grow`]) and a formation still
+//! linking starts over, and the joiner is told to connect again for the
+//! new formation; one still gathering just takes it. Growing needs
+//! resilience: the new formation restores the last checkpoint with key
+//! groups moved to their new owners (see [`crate::node`]).
+//!
 //! # States
 //!
 //! ```text
@@ -14,7 +26,8 @@
 //!
 //! - No two members share a name, and none has the initializer's name or
 //!   another application's fingerprint.
-//! - `Welcome` goes out only with exactly `worker_count` members, the
+//! - `Welcome` goes out only with exactly `worker_count` members (the
+//!   command line's count plus the workers that joined since), the
 //!   initializer first and the others sorted by name; `Start` only once
 //!   every member confirmed its data links and the initializer's own are up.
 //! - Once formed, a stranger (a name not in the cluster) is refused and
@@ -41,16 +54,20 @@ pub struct FormationRules {
     pub resilient: bool,
     /// How long a formation step may wait on peers.
     pub step_timeout: Duration,
+    /// Why a worker may not join this cluster (`--join`), if it may not.
+    pub grow_refusal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum InitializerEvent {
-    /// The first message on a new control connection.
+    /// The first message on a new control connection; `grow`: the worker
+    /// was started with `--join`.
     Join {
         link: LinkId,
         name: String,
         data_addr: String,
         fingerprint: u64,
+        grow: bool,
     },
     /// A control connection closed, failed or went silent.
     LinkClosed {
@@ -92,6 +109,8 @@ pub enum InitializerAction {
     Close { link: LinkId },
     Welcome {
         link: LinkId,
+        /// The welcomed worker's name.
+        name: String,
         members: Vec<Member>,
         generation: Generation,
     },
@@ -114,6 +133,13 @@ pub enum InitializerAction {
     /// The formation failed and must start over under a new generation
     /// (the caller records it, then calls [`InitializerMembership::gather`]).
     Interrupted { reason: String },
+    /// `name` joins the cluster (it is now in [`InitializerMembership::joined`]):
+    /// record that durably before the actions that follow; if the cluster
+    /// was `formed`, re-form it (the caller tears down and calls
+    /// [`InitializerMembership::gather`]). The joiner is told to connect
+    /// again (a `Refuse` that may pass) unless the formation under way
+    /// takes it at once.
+    Grow { name: String, formed: bool },
     /// A member of the formed cluster is gone.
     MemberLost {
         index: usize,
@@ -157,15 +183,41 @@ pub struct InitializerMembership {
     rules: FormationRules,
     generation: Generation,
     phase: Phase,
+    /// Workers that joined after the cluster first formed, in joining order.
+    joined: Vec<String>,
 }
 
 impl InitializerMembership {
-    pub fn new(rules: FormationRules) -> Self {
+    /// The machine of a cluster of `rules.worker_count` workers plus the
+    /// `joined` ones (recorded by an earlier run).
+    pub fn new(rules: FormationRules, joined: Vec<String>) -> Self {
         InitializerMembership {
             rules,
             generation: 0,
             phase: Phase::Idle,
+            joined,
         }
+    }
+
+    /// The workers that joined after the cluster first formed.
+    pub fn joined(&self) -> &[String] {
+        &self.joined
+    }
+
+    /// How many workers a formation waits for.
+    pub fn worker_count(&self) -> usize {
+        self.rules.worker_count + self.joined.len()
+    }
+
+    /// Is `name` a worker the cluster knows (formed with, or joined)?
+    fn is_known(&self, name: &str) -> bool {
+        let member = match &self.phase {
+            Phase::Linking { members, .. } | Phase::Formed { members, .. } => {
+                members.iter().any(|m| m.name == name)
+            }
+            _ => false,
+        };
+        member || self.joined.iter().any(|j| j == name)
     }
 
     pub fn generation(&self) -> Generation {
@@ -213,9 +265,9 @@ impl InitializerMembership {
         self.phase = Phase::Gathering {
             candidates: Vec::new(),
         };
-        if self.rules.worker_count > 1 {
+        if self.worker_count() > 1 {
             out.push(InitializerAction::Waiting {
-                more: self.rules.worker_count - 1,
+                more: self.worker_count() - 1,
             });
         }
         self.maybe_welcome(now, out);
@@ -233,16 +285,19 @@ impl InitializerMembership {
                 name,
                 data_addr,
                 fingerprint,
-            } => self.on_join(
-                Candidate {
+                grow,
+            } => {
+                let c = Candidate {
                     link,
                     name,
                     data_addr,
-                },
-                fingerprint,
-                now,
-                out,
-            ),
+                };
+                if grow && self.refusal(&c, fingerprint).is_none() && !self.is_known(&c.name) {
+                    self.on_grow(c, now, out);
+                } else {
+                    self.on_join(c, fingerprint, now, out);
+                }
+            }
             InitializerEvent::LinkClosed { link, why } => self.on_closed(link, why, out),
             InitializerEvent::LinksUp { link } => {
                 if let Phase::Linking { awaiting, .. } = &mut self.phase {
@@ -321,7 +376,7 @@ impl InitializerMembership {
             reason,
             retry: true,
         };
-        let expected = self.rules.worker_count;
+        let expected = self.worker_count();
         match &mut self.phase {
             Phase::Idle => out.push(InitializerAction::Close { link: c.link }),
             Phase::Gathering { candidates } => {
@@ -366,6 +421,58 @@ impl InitializerMembership {
         }
     }
 
+    /// A worker that is not a member asks to join (`--join`): it becomes
+    /// one, and is told to connect again for the formation that takes it in.
+    fn on_grow(&mut self, c: Candidate, now: Instant, out: &mut Vec<InitializerAction>) {
+        if let Some(why) = &self.rules.grow_refusal {
+            let reason = format!("worker '{}' can't join: {why}", c.name);
+            out.push(InitializerAction::Refuse {
+                link: c.link,
+                reason,
+                retry: false,
+            });
+            return;
+        }
+        self.joined.push(c.name.clone());
+        let name = c.name.clone();
+        let again = InitializerAction::Refuse {
+            link: c.link,
+            reason: format!("the cluster re-forms to take in '{name}'"),
+            retry: true,
+        };
+        match &self.phase {
+            // Still gathering: it is simply one more candidate.
+            Phase::Gathering { .. } => {
+                out.push(InitializerAction::Grow {
+                    name,
+                    formed: false,
+                });
+                self.on_join(c, self.rules.fingerprint, now, out);
+            }
+            Phase::Linking { .. } => {
+                out.push(InitializerAction::Grow {
+                    name: name.clone(),
+                    formed: false,
+                });
+                out.push(again);
+                self.interrupt(format!("worker '{name}' joins"), out);
+            }
+            Phase::Formed { .. } => {
+                // The caller re-forms; the members' links close with it.
+                self.phase = Phase::Idle;
+                out.push(again);
+                out.push(InitializerAction::Grow { name, formed: true });
+            }
+            Phase::Idle => {
+                out.push(InitializerAction::Grow {
+                    name,
+                    formed: false,
+                });
+                out.push(again);
+            }
+        }
+    }
+
     fn full(&self, name: &str) -> String {
         let names: Vec<&str> = match &self.phase {
             Phase::Linking { members, .. } | Phase::Formed { members, .. } => {
@@ -375,7 +482,7 @@ impl InitializerMembership {
         };
         format!(
             "the cluster already has its {} workers ({}); a worker named '{name}' can't join: restart a member with \
-             its original command, or start a new cluster with a larger --worker-count",
+             its original command, or start the new worker with --join (and --run-with-resilience) to grow the cluster",
             names.len(),
             names.join(", ")
         )
@@ -425,7 +532,7 @@ impl InitializerMembership {
         let Phase::Gathering { candidates } = &mut self.phase else {
             return;
         };
-        if candidates.len() + 1 < self.rules.worker_count {
+        if candidates.len() + 1 < self.rules.worker_count + self.joined.len() {
             return;
         }
         let mut candidates = std::mem::take(candidates);
@@ -440,9 +547,10 @@ impl InitializerMembership {
         }));
         let links: Vec<LinkId> = candidates.iter().map(|c| c.link).collect();
         let generation = self.generation;
-        for &link in &links {
+        for c in &candidates {
             out.push(InitializerAction::Welcome {
-                link,
+                link: c.link,
+                name: c.name.clone(),
                 members: members.clone(),
                 generation,
             });
@@ -502,14 +610,18 @@ mod tests {
     const FP: u64 = 0xfeed;
 
     fn machine(worker_count: usize, resilient: bool) -> InitializerMembership {
-        InitializerMembership::new(FormationRules {
-            name: "initializer".into(),
-            data_addr: "127.0.0.1:1".into(),
-            worker_count,
-            fingerprint: FP,
-            resilient,
-            step_timeout: Duration::from_secs(20),
-        })
+        InitializerMembership::new(
+            FormationRules {
+                name: "initializer".into(),
+                data_addr: "127.0.0.1:1".into(),
+                worker_count,
+                fingerprint: FP,
+                resilient,
+                step_timeout: Duration::from_secs(20),
+                grow_refusal: (!resilient).then(|| "no resilience".to_string()),
+            },
+            Vec::new(),
+        )
     }
 
     fn join(
@@ -524,6 +636,7 @@ mod tests {
             name: name.into(),
             data_addr: format!("d{link}"),
             fingerprint: FP,
+            grow: false,
         };
         m.handle(e, now, &mut out);
         out
@@ -571,6 +684,7 @@ mod tests {
                     link,
                     members,
                     generation: 7,
+                    ..
                 } => Some((*link, names(members))),
                 _ => None,
             })
@@ -624,6 +738,7 @@ mod tests {
             name: "w9".into(),
             data_addr: "x".into(),
             fingerprint: 1,
+            grow: false,
         };
         m.handle(other_app, now, &mut out);
         assert!(
@@ -691,6 +806,81 @@ mod tests {
             matches!(&out[..], [InitializerAction::MemberLost { index: 2, name, .. }] if name == "w2"),
             "only its own link makes a member lost"
         );
+    }
+
+    fn grow(m: &mut InitializerMembership, link: u64, name: &str) -> Vec<InitializerAction> {
+        let mut out = Vec::new();
+        let e = InitializerEvent::Join {
+            link: LinkId(link),
+            name: name.into(),
+            data_addr: format!("d{link}"),
+            fingerprint: FP,
+            grow: true,
+        };
+        m.handle(e, Instant::now(), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_joiner_grows_a_formed_cluster_and_is_then_a_member() {
+        let now = Instant::now();
+        let mut m = formed_cluster(now);
+        let out = grow(&mut m, 30, "w3");
+        assert_eq!(
+            out,
+            vec![
+                InitializerAction::Refuse {
+                    link: LinkId(30),
+                    reason: "the cluster re-forms to take in 'w3'".into(),
+                    retry: true
+                },
+                InitializerAction::Grow {
+                    name: "w3".into(),
+                    formed: true
+                },
+            ]
+        );
+        assert_eq!(m.joined(), ["w3".to_string()]);
+        let mut out = Vec::new();
+        m.gather(2, now, &mut out);
+        assert_eq!(out, vec![InitializerAction::Waiting { more: 3 }]);
+        join(&mut m, 31, "w1", now);
+        join(&mut m, 32, "w2", now);
+        let out = grow(&mut m, 33, "w3");
+        let welcomed: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                InitializerAction::Welcome { name, members, .. } => {
+                    Some((name.clone(), members.len()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(welcomed.len(), 3, "{out:?}");
+        assert!(welcomed.iter().all(|(_, n)| *n == 4));
+        // A known joiner (a restart with its --join command) is a member:
+        // no second grow.
+        assert!(!out
+            .iter()
+            .any(|a| matches!(a, InitializerAction::Grow { .. })));
+        assert_eq!(m.worker_count(), 4);
+    }
+
+    #[test]
+    fn joining_without_resilience_is_refused_and_changes_nothing() {
+        let now = Instant::now();
+        let mut m = machine(2, false);
+        m.gather(1, now, &mut Vec::new());
+        join(&mut m, 1, "w1", now);
+        ev(&mut m, InitializerEvent::OwnLinksUp { generation: 1 }, now);
+        ev(&mut m, InitializerEvent::LinksUp { link: LinkId(1) }, now);
+        let out = grow(&mut m, 2, "w2");
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { reason, retry: false, .. }]
+            if reason.contains("w2") && reason.contains("no resilience")),
+            "{out:?}"
+        );
+        assert!(m.formed().is_some() && m.joined().is_empty());
     }
 
     #[test]

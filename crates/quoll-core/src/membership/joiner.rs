@@ -76,6 +76,8 @@ pub enum JoinerAction {
         me: usize,
         generation: Generation,
         rollback_to: Option<CheckpointId>,
+        /// This worker wrote a part of `rollback_to`.
+        has_part: bool,
         resilient: bool,
     },
     /// The formation failed before `Start`; it starts over.
@@ -102,6 +104,7 @@ struct Welcomed {
     me: usize,
     generation: Generation,
     rollback_to: Option<CheckpointId>,
+    has_part: bool,
     resilient: bool,
 }
 
@@ -256,6 +259,7 @@ impl JoinerMembership {
                     members,
                     generation,
                     rollback_to,
+                    has_part,
                     resilient,
                 },
                 Phase::Joining { .. },
@@ -277,6 +281,7 @@ impl JoinerMembership {
                     me,
                     generation,
                     rollback_to,
+                    has_part,
                     resilient,
                 };
                 self.refused_since = None;
@@ -307,6 +312,7 @@ impl JoinerMembership {
                     me,
                     generation,
                     rollback_to,
+                    has_part,
                     resilient,
                 } = welcomed.clone();
                 self.phase = Phase::Formed { link };
@@ -316,6 +322,7 @@ impl JoinerMembership {
                     me,
                     generation,
                     rollback_to,
+                    has_part,
                     resilient,
                 });
             }
@@ -364,6 +371,7 @@ mod tests {
             members: members(),
             generation,
             rollback_to: Some(3),
+            has_part: true,
             resilient: true,
         }
     }
@@ -468,6 +476,7 @@ mod tests {
                 me: 1,
                 generation: 2,
                 rollback_to: Some(3),
+                has_part: true,
                 resilient: true
             }]
         );

@@ -8,6 +8,7 @@
 //! node's next event, handled in the same call.
 
 use super::Worker;
+use crate::checkpoint_files::Image;
 use crate::connector_source::ConnectorCommand;
 use crate::error::WorkerError;
 use crate::event::Event;
@@ -21,7 +22,7 @@ use quoll_core::checkpoint::participant::ParticipantAction;
 use quoll_core::checkpoint::CheckpointId;
 use quoll_core::membership::Generation;
 use quoll_core::node::{NodeAction, NodeEvent, NodeFatal, Notice};
-use quoll_core::wire::{self, Control};
+use quoll_core::wire::{self, BatchWriter, Control};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -29,6 +30,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 type Action = NodeAction<Vec<SourceProgress>, Bytes>;
+
+/// A handoff frame is sent once it holds this much.
+const HANDOFF_BATCH_BYTES: usize = 1 << 20;
 
 impl Worker {
     /// Gives `event` to the node and carries out what follows.
@@ -106,12 +110,14 @@ impl Worker {
                 let name = self.config.name.clone();
                 let fingerprint = self.fingerprint;
                 let metrics_addr = self.config.metrics_listen.clone();
+                let grow = self.config.join;
                 let links = self.links()?;
                 let msg = Control::Join {
                     name,
                     data_addr: links.data_addr(),
                     fingerprint,
                     has_files,
+                    grow,
                     metrics_addr,
                 };
                 links.send(link, msg);
@@ -184,18 +190,31 @@ impl Worker {
                     self.ex.router = Some(Router::new(me, names, generation, data_out));
                 }
             }
+            NodeAction::RecordMembership { joined } => {
+                if let Some(files) = &self.files {
+                    py.detach(|| files.record_membership(&joined))?;
+                }
+            }
+            NodeAction::Load {
+                generation,
+                checkpoint,
+            } => {
+                let (files_read, moved) = self.load(py, generation, checkpoint)?;
+                return Ok(Some(NodeEvent::Loaded {
+                    generation,
+                    files_read,
+                    moved,
+                }));
+            }
             NodeAction::Restore {
                 generation,
                 checkpoint,
             } => {
-                let files_read = self.restore(py, generation, checkpoint)?;
+                self.restore(py, generation, checkpoint)?;
                 self.metrics
                     .restored(checkpoint.is_some() || generation > 1);
                 self.started_up = true;
-                return Ok(Some(NodeEvent::Restored {
-                    generation,
-                    files_read,
-                }));
+                return Ok(Some(NodeEvent::Restored { generation }));
             }
             NodeAction::Running { announce } => {
                 self.view.ready.store(true, Ordering::SeqCst);
@@ -281,6 +300,7 @@ impl Worker {
                 self.metrics.rolling_back();
                 info!("rolling back to the last complete checkpoint: {reason}");
             }
+            Notice::Growing { name } => info!("worker '{name}' joins the cluster"),
             Notice::StartingFresh => info!(
                 "resilience files in {} are from a run that never completed a checkpoint; starting fresh",
                 self.config.resilience_dir
@@ -439,15 +459,17 @@ impl Worker {
 
     // ---- restore
 
-    /// Puts the executor, sinks and sources where checkpoint `checkpoint`
-    /// left them (None: the beginning); returns the number of part files
-    /// read.
-    fn restore(
+    /// Loads this worker's part of `checkpoint` (None: the empty image),
+    /// keeps the entries of key groups it owns and hands the others to
+    /// their owners, then tells every peer its handoff is done (see
+    /// `quoll_core::node`, "Restore"). Returns the part files read and
+    /// whether any entry moved.
+    fn load(
         &mut self,
         py: Python<'_>,
         generation: Generation,
         checkpoint: Option<CheckpointId>,
-    ) -> Result<usize, WorkerError> {
+    ) -> Result<(usize, bool), WorkerError> {
         let writes = std::mem::take(&mut self.part_writes);
         let rt = &self.rt;
         py.detach(|| {
@@ -457,16 +479,132 @@ impl Worker {
                 }
             })
         });
-        let Some(files) = self.files.clone() else {
+        let mut image = match self.files.clone() {
+            Some(files) => py
+                .detach(|| files.load(checkpoint))
+                .map_err(WorkerError::Load)?,
+            None => Image::default(),
+        };
+        let mut moved = false;
+        if let (Some(router), Some(links)) = (&self.ex.router, &self.links) {
+            let me = router.me;
+            let peers = router.names.len();
+            let mut frames: Vec<Vec<Vec<u8>>> = vec![Vec::new(); peers];
+            let mut open: Vec<Option<BatchWriter>> = (0..peers).map(|_| None).collect();
+            for (&stage, entries) in image.entries.iter_mut() {
+                entries.retain(|key, blob| {
+                    let owner = router.map.owner(key);
+                    if owner == me {
+                        return true;
+                    }
+                    let batch = open[owner].get_or_insert_with(|| BatchWriter::handoff(generation));
+                    let pushed: Result<(), std::convert::Infallible> =
+                        batch.push(stage, key, 0, |v| {
+                            v.extend_from_slice(blob);
+                            Ok(())
+                        });
+                    if pushed.is_ok() && batch.size() >= HANDOFF_BATCH_BYTES {
+                        frames[owner].extend(open[owner].take().map(BatchWriter::finish));
+                    }
+                    moved = true;
+                    false
+                });
+            }
+            let data_out = links.data_out();
+            for (peer, (mut queue, last)) in frames.into_iter().zip(open).enumerate() {
+                let Some(Some(tx)) = data_out.get(peer).cloned() else {
+                    continue;
+                };
+                queue.extend(last.map(BatchWriter::finish));
+                queue.push(BatchWriter::handoff(generation).finish());
+                // Queued by a task: a peer busy handing over to this worker
+                // must not wait on this thread, nor this thread on it.
+                self.rt.spawn(async move {
+                    for frame in queue {
+                        if tx.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        let files_read = image.files_read;
+        self.loaded = Some(image);
+        Ok((files_read, moved))
+    }
+
+    /// A handoff batch from member `from`: keeps its entries for the
+    /// restore of `generation`; the empty batch that ends it goes to the
+    /// node.
+    pub(super) fn on_handoff(
+        &mut self,
+        py: Python<'_>,
+        from: usize,
+        generation: Generation,
+        body: &[u8],
+    ) -> Result<(), WorkerError> {
+        let reader = match wire::BatchReader::new(body) {
+            Ok(r) if r.generation == generation => r,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                warn!("a handoff batch from worker {from}: {e}; ignored");
+                return Ok(());
+            }
+        };
+        let current = self.node.generation();
+        self.handed_in.retain(|g, _| *g >= current);
+        let stash = self.handed_in.entry(generation).or_default();
+        let mut count = 0;
+        for m in reader {
+            // A restore without these entries would lose state.
+            let m = m.map_err(|e| {
+                WorkerError::Fatal(format!(
+                    "a handoff batch from worker {from} is corrupt: {e}"
+                ))
+            })?;
+            stash
+                .entry(m.stage)
+                .or_default()
+                .insert(m.key.into(), m.value.to_vec());
+            count += 1;
+        }
+        if count == 0 {
+            let moved = stash.values().any(|e| !e.is_empty());
+            self.node_event(
+                py,
+                NodeEvent::HandoffDone {
+                    from,
+                    generation,
+                    moved,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Puts the executor, sinks and sources where checkpoint `checkpoint`
+    /// left them (None: the beginning), from the loaded image and the
+    /// entries handed over.
+    fn restore(
+        &mut self,
+        py: Python<'_>,
+        generation: Generation,
+        checkpoint: Option<CheckpointId>,
+    ) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let mut image = self.loaded.take().unwrap_or_default();
+        let handed = std::mem::take(&mut self.handed_in)
+            .remove(&generation)
+            .unwrap_or_default();
+        let handed_entries: usize = handed.values().map(|e| e.len()).sum();
+        for (stage, entries) in handed {
+            image.entries.entry(stage).or_default().extend(entries);
+        }
+        if self.files.is_none() {
             self.restore_sinks(py, None, &vec![0; self.sinks.len()])?;
             self.restart_sources(&[]);
-            return Ok(0);
-        };
-        let started = Instant::now();
-        let mut image = py
-            .detach(|| files.load(checkpoint))
-            .map_err(WorkerError::Load)?;
-        let loaded = started.elapsed();
+            return Ok(());
+        }
         let entries = std::mem::take(&mut image.entries);
         let restored = self
             .ex
@@ -475,11 +613,11 @@ impl Worker {
         self.restore_sinks(py, checkpoint, &restored.sink_offsets)?;
         if let Some(id) = checkpoint {
             info!(
-                "restored checkpoint {id}: {} entries from {} file(s), loaded in {:.1} ms, restored in {:.1} ms",
+                "restored checkpoint {id}: {} entries ({handed_entries} handed over by other workers) \
+                 from {} file(s) in {:.1} ms",
                 restored.entries,
                 image.files_read,
-                loaded.as_secs_f64() * 1e3,
-                (started.elapsed() - loaded).as_secs_f64() * 1e3
+                started.elapsed().as_secs_f64() * 1e3
             );
         }
         self.restart_sources(&restored.progress);
@@ -493,7 +631,7 @@ impl Worker {
                 generation,
             });
         }
-        Ok(image.files_read)
+        Ok(())
     }
 
     /// Puts every sink where `checkpoint` left it: file sinks cut back to

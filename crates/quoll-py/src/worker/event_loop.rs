@@ -228,6 +228,11 @@ impl Worker {
                     self.ex.on_peer_data(py, from, &body)?;
                 }
             }
+            Event::Handoff {
+                from,
+                generation,
+                body,
+            } => self.on_handoff(py, from, generation, &body)?,
             Event::Node(e) => self.node_event(py, e)?,
             Event::Shutdown { reason } => {
                 info!("stopping: {reason}");

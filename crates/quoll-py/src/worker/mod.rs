@@ -57,6 +57,8 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     pub cluster_initializer: bool,
     pub worker_count: usize,
+    /// Started with `--join`: `control` is the address it joins through.
+    pub join: bool,
     pub control: Option<String>,
     pub data: Option<String>,
     pub my_data: Option<String>,
@@ -140,9 +142,42 @@ pub(crate) struct Worker {
     /// Part files being written: awaited before a restore, so a late write
     /// never lands after the rollback removed its file.
     part_writes: Vec<JoinHandle<()>>,
+    /// A restore under way: the own image loaded (see `actions.rs`).
+    loaded: Option<crate::checkpoint_files::Image>,
+    /// State entries other workers handed over, per generation: stage ->
+    /// its entries.
+    handed_in: std::collections::BTreeMap<
+        quoll_core::membership::Generation,
+        std::collections::BTreeMap<u32, quoll_core::checkpoint_store::StageEntries>,
+    >,
     /// The first restore is done: errors from now on are run-time errors.
     started_up: bool,
     metrics: Arc<Metrics>,
+}
+
+/// Why a worker may not join this cluster (`--join`), if it may not.
+fn grow_refusal(config: &WorkerConfig, reads_kafka: bool) -> Option<String> {
+    if !config.resilience {
+        return Some(
+            "growing a running cluster needs --run-with-resilience on every worker (the new \
+             membership restores the last checkpoint)"
+                .into(),
+        );
+    }
+    if quoll_objstore::parse_url(&config.resilience_dir).is_some() {
+        return Some(
+            "growing a cluster whose --resilience-dir is object storage is not supported yet"
+                .into(),
+        );
+    }
+    if reads_kafka {
+        return Some(
+            "the app reads Kafka, and growing would move its partitions between workers, which is \
+             not supported yet"
+                .into(),
+        );
+    }
+    None
 }
 
 /// Runs a worker until a clean shutdown. Raises `SystemExit(2)` on an error
@@ -498,6 +533,7 @@ impl Worker {
             step_timeout: FORMATION_STEP,
             retry_after: CONNECT_RETRY,
             refusal_patience: HEARTBEAT_TIMEOUT * 2,
+            grow_refusal: grow_refusal(&config, !kafka_sources.is_empty()),
         };
         let node = Node::new(node_config, recovered);
 
@@ -568,6 +604,8 @@ impl Worker {
             files,
             commit_log,
             part_writes: Vec::new(),
+            loaded: None,
+            handed_in: Default::default(),
             started_up: false,
             metrics,
         })
@@ -580,7 +618,11 @@ impl Worker {
         config: &WorkerConfig,
         events: &mpsc::Sender<Event>,
     ) -> Result<Option<Links>, WorkerError> {
-        let clustered = config.worker_count > 1 || !config.cluster_initializer;
+        // An initializer given both addresses forms a cluster even alone,
+        // so that workers can join it later.
+        let clustered = config.worker_count > 1
+            || !config.cluster_initializer
+            || (config.control.is_some() && config.data.is_some());
         if !clustered {
             return Ok(None);
         }

@@ -1,0 +1,208 @@
+"""Growing a running cluster with `--join`, with real processes.
+
+The app (apps/wc_app.py) counts words read by each worker's replayable
+file source and writes `word => count` lines through the exactly-once file
+sink, slowly (`--line-delay`), so that workers join mid-stream. The
+initializer starts alone with `--control` and `--data`; the others are
+started later with `--join <its control address>`.
+
+What is checked after each run: every word's counts are exactly 1..n
+across all outputs (a word's counts move to the worker that owns it after
+a join, so they may be split over several files, but none is lost or
+doubled, and each file has them in order), the cluster reports the new
+`worker_count` and `worker_names`, and each key's state is held by exactly
+one worker, the one that owns its key group (state-entity query).
+"""
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+from harness import MACHIDA3, Cluster, Proc, external, key_owner, state_entities, wait_until
+from test_resilience_files import make_input, out_files
+
+APPS = Path(__file__).resolve().parent / "apps"
+INTERVAL_NS = 100_000_000
+READY = "|~~ INIT PHASE III: Application is ready to work! ~~|"
+
+
+class Growing(Cluster):
+    """Word count on an initializer that others join: worker i > 0 is
+    started with `--join` instead of `--control`."""
+
+    def __init__(self, tmp_path, names, lines, line_delay, app_args=()):
+        super().__init__(tmp_path, "wc_app", APPS, workers=len(names))
+        self.names = names
+        self.res = Path(tmp_path) / "res"
+        self.res.mkdir()
+        self.truth = make_input(tmp_path, names, lines)
+        self.flags = ["--run-with-resilience", "--resilience-dir", str(self.res),
+                      "--time-between-checkpoints", str(INTERVAL_NS)]
+        self.app = ["--in-file", str(Path(tmp_path) / "in-{worker}.bin"),
+                    "--out-file", str(Path(tmp_path) / "out-{worker}.txt"),
+                    "--line-delay", str(line_delay), *app_args]
+        self.procs = {}
+        self.starts = {}
+
+    def command(self, i):
+        base = [MACHIDA3, "--application-module", "wc_app", "--external",
+                f"127.0.0.1:{self.external_ports[i]}", "--ponythreads", "1"]
+        if i == 0:
+            base += ["--cluster-initializer", "--name", "initializer", "--control", f"127.0.0.1:{self.control}",
+                     "--data", f"127.0.0.1:{self.data}"]
+        else:
+            base += ["--name", self.names[i], "--join", f"127.0.0.1:{self.control}"]
+        return base + self.flags + self.app
+
+    def launch(self, i):
+        """Starts (or restarts, with the same command) worker i."""
+        self.starts[i] = self.starts.get(i, 0) + 1
+        p = Proc(self.command(i), self.workdir, f"{self.names[i]}-{self.starts[i]}", env=self.env).start()
+        self.procs[i] = p
+        self.workers.append(p)
+        return p
+
+    def status(self, i=0):
+        r = external(self.external_ports[i], "status", "--json")
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def wait_members(self, count, timeout=30):
+        names = ["initializer"] + sorted(n for n in self.names[:count] if n != "initializer")
+        want = {"worker_count": count, "worker_names": names, "processing_messages": True}
+        try:
+            wait_until(lambda: self.status() == want and all(
+                READY in self.procs[i].stdout() for i in range(count)), timeout, f"{count} members")
+        except AssertionError:
+            raise AssertionError(f"status {self.status()}, want {want}\n{self.describe()}")
+
+    def outputs(self):
+        return {p.name: p.read_text().splitlines() for p in out_files(self.workdir)}
+
+    def problems(self):
+        """What is wrong with the output, given that a word's counts may be
+        split over several files: each word's counts, all files together,
+        must be exactly 1..n, and within a file in increasing order."""
+        counts, problems = {}, []
+        for name, lines in self.outputs().items():
+            last = {}
+            for line in lines:
+                word, _, n = line.rpartition(" => ")
+                n = int(n)
+                if n <= last.get(word, 0):
+                    problems.append(f"{name}: {word} => {n} after {last[word]}")
+                last[word] = n
+                counts.setdefault(word, []).append(n)
+        for word, n in self.truth.items():
+            got = sorted(counts.get(word, []))
+            if got != list(range(1, n + 1)):
+                problems.append(f"{word}: counts {got[:6]}... ({len(got)}), want 1..{n}")
+        problems += [f"unexpected word {w}" for w in set(counts) - set(self.truth)]
+        return problems
+
+    def wait_exact(self, timeout=60):
+        total = sum(self.truth.values())
+        try:
+            wait_until(lambda: sum(len(v) for v in self.outputs().values()) >= total and not self.problems(),
+                       timeout, "exact output")
+        except AssertionError:
+            raise AssertionError(f"{self.problems()[:10]}\n{self.describe()}")
+
+    def assert_state_placed(self, count):
+        """Each word's state on exactly one worker: the owner of its key
+        group among the `count` members."""
+        members = ["initializer"] + sorted(self.names[1:count])
+        where = {}
+        for i in range(count):
+            index = members.index(self.names[i])
+            for keys in state_entities(self.external_ports[i]).values():
+                for key in keys:
+                    assert key not in where, f"{key} held by {where[key]} and {self.names[i]}"
+                    where[key] = self.names[i]
+                    assert key_owner(key.encode(), count) == index, \
+                        f"{key} held by {self.names[i]}, owned by {members[key_owner(key.encode(), count)]}"
+        assert set(where) == set(self.truth), set(self.truth) ^ set(where)
+
+    def describe(self):
+        return super().describe() + f"\nstatus: {self.status()}"
+
+
+def test_one_worker_grows_to_three_under_load(tmp_path):
+    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=6000, line_delay=0.0005)
+    try:
+        c.launch(0)
+        c.wait_members(1)
+        wait_until(lambda: len(c.outputs().get("out-initializer.txt", [])) > 200, 20, "output")
+        c.launch(1)
+        c.wait_members(2)
+        joined = c.procs[0].stdout()
+        assert "worker 'worker1' joins the cluster" in joined, c.describe()
+        c.launch(2)
+        c.wait_members(3)
+        c.wait_exact()
+        c.assert_state_placed(3)
+        # State moved: the joiners hold counts of words the initializer
+        # began counting before they joined.
+        first = {l.rpartition(" => ")[0] for l in c.outputs()["out-initializer.txt"][:200]}
+        moved = [w for w in first if key_owner(w.encode(), 3) != 0]
+        later = {l.rpartition(" => ")[0]: int(l.rpartition(" => ")[2])
+                 for f in ("out-worker1.txt", "out-worker2.txt") for l in c.outputs().get(f, [])}
+        assert moved and all(later.get(w, 0) > 1 for w in moved if c.truth[w] > 1), c.describe()
+    finally:
+        c.stop()
+
+
+def test_a_joiner_killed_mid_join_restarts_and_the_cluster_ends_exact(tmp_path):
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=2500, line_delay=0.0005)
+    try:
+        c.launch(0)
+        c.wait_members(1)
+        wait_until(lambda: len(c.outputs().get("out-initializer.txt", [])) > 200, 20, "output")
+        joiner = c.launch(1)
+        wait_until(lambda: "joins the cluster" in c.procs[0].stdout(), 20, "the join")
+        joiner.signal(signal.SIGKILL)
+        joiner.wait(10)
+        c.launch(1)
+        c.wait_members(2)
+        c.wait_exact()
+        c.assert_state_placed(2)
+    finally:
+        c.stop()
+
+
+def test_the_initializer_restarted_after_a_join_waits_for_the_joined_worker(tmp_path):
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=2500, line_delay=0.0005)
+    try:
+        c.launch(0)
+        c.wait_members(1)
+        c.launch(1)
+        c.wait_members(2)
+        wait_until(lambda: sum(len(v) for v in c.outputs().values()) > 500, 20, "output")
+        c.procs[0].signal(signal.SIGKILL)
+        c.procs[0].wait(10)
+        c.launch(0)
+        # Its command line says one worker; its membership record says two.
+        c.wait_members(2)
+        c.wait_exact()
+        c.assert_state_placed(2)
+    finally:
+        c.stop()
+
+
+def test_joining_a_cluster_without_resilience_is_refused(tmp_path):
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=50, line_delay=0)
+    c.flags = []
+    try:
+        c.launch(0)
+        wait_until(lambda: READY in c.procs[0].stdout(), 20, "the initializer")
+        joiner = c.launch(1)
+        try:
+            rc = joiner.wait(20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(c.describe())
+        assert rc != 0
+        assert "worker 'worker1' can't join: growing a running cluster needs --run-with-resilience" \
+            in joiner.stderr(), c.describe()
+        assert c.status() == {"worker_count": 1, "worker_names": ["initializer"], "processing_messages": True}
+    finally:
+        c.stop()
