@@ -17,9 +17,11 @@ one worker, the one that owns its key group (state-entity query).
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
-from harness import MACHIDA3, Cluster, Proc, external, key_owner, state_entities, wait_until
+from harness import (EXAMPLES, MACHIDA3, QUOLL, Cluster, Proc, assert_word_counts, external, key_owner,
+                     state_entities, wait_until)
 from test_resilience_files import make_input, out_files
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -31,8 +33,8 @@ class Growing(Cluster):
     """Word count on an initializer that others join: worker i > 0 is
     started with `--join` instead of `--control`."""
 
-    def __init__(self, tmp_path, names, lines, line_delay, app_args=()):
-        super().__init__(tmp_path, "wc_app", APPS, workers=len(names))
+    def __init__(self, tmp_path, names, lines, line_delay, module="wc_app", paths=(APPS,)):
+        super().__init__(tmp_path, module, list(paths), workers=len(names))
         self.names = names
         self.res = Path(tmp_path) / "res"
         self.res.mkdir()
@@ -41,19 +43,20 @@ class Growing(Cluster):
                       "--time-between-checkpoints", str(INTERVAL_NS)]
         self.app = ["--in-file", str(Path(tmp_path) / "in-{worker}.bin"),
                     "--out-file", str(Path(tmp_path) / "out-{worker}.txt"),
-                    "--line-delay", str(line_delay), *app_args]
+                    "--line-delay", str(line_delay)]
         self.procs = {}
         self.starts = {}
 
     def command(self, i):
-        base = [MACHIDA3, "--application-module", "wc_app", "--external",
+        base = [MACHIDA3, "--application-module", self.module, "--external",
                 f"127.0.0.1:{self.external_ports[i]}", "--ponythreads", "1"]
         if i == 0:
             base += ["--cluster-initializer", "--name", "initializer", "--control", f"127.0.0.1:{self.control}",
                      "--data", f"127.0.0.1:{self.data}"]
         else:
             base += ["--name", self.names[i], "--join", f"127.0.0.1:{self.control}"]
-        return base + self.flags + self.app
+        app = self.app(i) if callable(self.app) else self.app
+        return base + self.flags + app
 
     def launch(self, i):
         """Starts (or restarts, with the same command) worker i."""
@@ -204,5 +207,55 @@ def test_joining_a_cluster_without_resilience_is_refused(tmp_path):
         assert "worker 'worker1' can't join: growing a running cluster needs --run-with-resilience" \
             in joiner.stderr(), c.describe()
         assert c.status() == {"worker_count": 1, "worker_names": ["initializer"], "processing_messages": True}
+    finally:
+        c.stop()
+
+
+def test_migrated_state_goes_through_the_apps_codec(tmp_path):
+    log = tmp_path / "deserialized.txt"
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=4000, line_delay=0.0005, module="wc_codec_app")
+    c.env["QUOLL_TEST_CODEC_LOG"] = str(log)
+    try:
+        c.launch(0)
+        c.wait_members(1)
+        wait_until(lambda: len(c.outputs().get("out-initializer.txt", [])) > 200, 20, "output")
+        c.launch(1)
+        c.wait_members(2)
+        c.wait_exact()
+        c.assert_state_placed(2)
+        # The joiner rebuilt, with the app's deserialize, word states that
+        # the initializer had counted (and serialized) before it joined.
+        joiner = str(c.procs[1].popen.pid)
+        rebuilt = [int(l.split()[1]) for l in log.read_text().splitlines() if l.split()[0] == joiner]
+        assert rebuilt and max(rebuilt) > 0, c.describe()
+    finally:
+        c.stop()
+
+
+def test_a_join_loses_and_doubles_nothing_from_a_plain_tcp_source(tmp_path, make_receiver):
+    """TCP sources can't replay and TCP sinks resend on a rollback; a join
+    pauses input and re-forms at a checkpoint taken then, so neither
+    matters: the receiver gets every count exactly once."""
+    from test_word_count import make_lines, reference_counts
+    out = make_receiver()
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=1, line_delay=0, module="word_count",
+                paths=(EXAMPLES / "word_count",))
+    c.app = lambda i: ["--in", f"lines@127.0.0.1:{c.in_ports[i]}", "--out", out.addr]
+    lines = make_lines(6000, seed=3)
+    (tmp_path / "lines.txt").write_text("".join(l + "\n" for l in lines))
+    expected = reference_counts(lines)
+    try:
+        c.launch(0)
+        c.wait_members(1)
+        sender = Proc([QUOLL, "send", "--host", f"127.0.0.1:{c.in_ports[0]}", "--file", tmp_path / "lines.txt",
+                       "--rate", "2000"], tmp_path, "send").start()
+        wait_until(lambda: len(out.lines()) > 2000, 20, "output")
+        c.launch(1)
+        c.wait_members(2)
+        assert sender.alive(), "the input ended before the join: nothing was tested"
+        assert sender.wait(60) == 0, sender.describe()
+        out.wait_for_lines(sum(expected.values()), timeout=60)
+        time.sleep(0.5)
+        assert_word_counts({"receiver": out.lines()}, expected, c.describe)
     finally:
         c.stop()

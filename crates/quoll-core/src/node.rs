@@ -41,7 +41,12 @@
 //! # Growing
 //!
 //! A worker started with `--join` becomes a member (see
-//! [`crate::membership::initializer`]); the initializer records the
+//! [`crate::membership::initializer`]). If the cluster is formed, the
+//! initializer first pauses it: every worker takes no more source input
+//! (`Control::Pause`), a checkpoint begins at once, and when it commits the
+//! cluster re-forms with the joiner and rolls back to it, so nothing is
+//! replayed and nothing is lost (if that checkpoint fails, the re-formation
+//! rolls back to the last one that committed). The initializer records the
 //! workers that joined, with the checkpoint each first formation of theirs
 //! rolled back to, durably ([`NodeAction::RecordMembership`]) before
 //! welcoming them. A joined worker wrote a part of every checkpoint after
@@ -272,6 +277,8 @@ pub enum NodeAction<P, D> {
     /// member to re-form (`reform`).
     TearDown {
         reform: Option<String>,
+        /// Links to keep open (joiners waiting for the next formation).
+        keep: Vec<LinkId>,
     },
     /// The cluster is formed: route by this membership.
     Formed {
@@ -369,6 +376,17 @@ pub struct Node<P, D> {
     /// point; and those whose first formation has not begun yet.
     joined: Vec<JoinedMember>,
     unplaced: Vec<String>,
+    /// Initializer: a worker joins the formed cluster; it re-forms once
+    /// `checkpoint` (the first begun after the pause) ends.
+    growth: Option<Growth>,
+    /// No source input until the cluster re-forms (a worker joins).
+    paused: bool,
+}
+
+/// A join waiting for its checkpoint.
+struct Growth {
+    reason: String,
+    checkpoint: Option<CheckpointId>,
 }
 
 type Out<P, D> = Vec<NodeAction<P, D>>;
@@ -428,6 +446,8 @@ impl<P, D> Node<P, D> {
             moved_in: false,
             joined,
             unplaced: Vec::new(),
+            growth: None,
+            paused: false,
         }
     }
 
@@ -441,7 +461,9 @@ impl<P, D> Node<P, D> {
 
     /// Take source input now?
     pub fn takes_input(&self) -> bool {
-        self.phase == Phase::Running && !self.participant.as_ref().is_some_and(|p| p.aligning())
+        self.phase == Phase::Running
+            && !self.paused
+            && !self.participant.as_ref().is_some_and(|p| p.aligning())
     }
 
     /// True once this worker has restored and processes (it may still be
@@ -607,6 +629,7 @@ impl<P, D> Node<P, D> {
         self.phase = Phase::Forming;
         self.early.clear();
         self.clear_handoffs();
+        self.growth = None;
         match &mut self.role {
             Role::Initializer(m) => {
                 if self.coordinator.as_ref().is_some_and(|c| c.recording()) {
@@ -651,11 +674,20 @@ impl<P, D> Node<P, D> {
             reason: reason.clone(),
         }));
         let reform = self.config.initializer.then_some(reason);
-        out.push(NodeAction::TearDown { reform });
+        let keep = self.waiting();
+        out.push(NodeAction::TearDown { reform, keep });
         if let Some(c) = &mut self.coordinator {
             c.stop();
         }
         self.form(now, out);
+    }
+
+    /// Initializer: the links of joiners waiting for the next formation.
+    fn waiting(&self) -> Vec<LinkId> {
+        match &self.role {
+            Role::Initializer(m) => m.waiting(),
+            Role::Joiner(_) => Vec::new(),
+        }
     }
 
     fn clear_handoffs(&mut self) {
@@ -696,6 +728,7 @@ impl<P, D> Node<P, D> {
         self.generation = generation;
         self.rollback_to = rollback_to;
         self.has_part = has_part;
+        self.paused = false;
         // The others may restore before this worker: their handoffs to it
         // are done before its own is.
         self.awaiting_restored = (1..members.len()).collect();
@@ -776,6 +809,32 @@ impl<P, D> Node<P, D> {
         }
     }
 
+    /// A worker joins the formed cluster: no more input anywhere, a
+    /// checkpoint now, and the re-formation once it ends (see "Growing").
+    fn pause_for(&mut self, reason: String, now: Instant, out: &mut Out<P, D>) {
+        self.paused = true;
+        self.broadcast(
+            Control::Pause {
+                generation: self.generation,
+            },
+            out,
+        );
+        self.growth = Some(Growth {
+            reason,
+            checkpoint: None,
+        });
+        if let Some(c) = &mut self.coordinator {
+            c.hurry(now);
+        }
+    }
+
+    /// The checkpoint a join waits for ended (`id`): re-form now.
+    fn maybe_grow(&mut self, id: CheckpointId, now: Instant, out: &mut Out<P, D>) {
+        if let Some(g) = self.growth.take_if(|g| g.checkpoint == Some(id)) {
+            self.recover(g.reason, now, out);
+        }
+    }
+
     fn maybe_all_restored(&mut self, now: Instant, out: &mut Out<P, D>) {
         if !self.awaiting_restored.is_empty() || self.phase != Phase::Running {
             return;
@@ -826,6 +885,11 @@ impl<P, D> Node<P, D> {
                             positions,
                             out,
                         );
+                    }
+                }
+                Control::Pause { generation } => {
+                    if generation == self.generation {
+                        self.paused = true;
                     }
                 }
                 Control::Abort { id, generation, .. } => {
@@ -1024,7 +1088,8 @@ impl<P, D> Node<P, D> {
                 }
                 InitializerAction::Interrupted { reason } => {
                     out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));
-                    out.push(NodeAction::TearDown { reform: None });
+                    let keep = self.waiting();
+                    out.push(NodeAction::TearDown { reform: None, keep });
                     self.form(now, out);
                     return;
                 }
@@ -1055,9 +1120,8 @@ impl<P, D> Node<P, D> {
                         // Placed when the next formation begins (`form`).
                         self.unplaced.push(name.clone());
                     }
-                    if formed {
-                        self.recover(format!("worker '{name}' joins"), now, out);
-                        return;
+                    if formed && self.growth.is_none() {
+                        self.pause_for(format!("worker '{name}' joins"), now, out);
                     }
                 }
             }
@@ -1121,7 +1185,10 @@ impl<P, D> Node<P, D> {
                 }
                 JoinerAction::Interrupted { reason } => {
                     out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));
-                    out.push(NodeAction::TearDown { reform: None });
+                    out.push(NodeAction::TearDown {
+                        reform: None,
+                        keep: Vec::new(),
+                    });
                 }
                 JoinerAction::Refused { reason } => {
                     self.fail(NodeFatal::Refused(reason), out);
@@ -1172,6 +1239,9 @@ impl<P, D> Node<P, D> {
         };
         match action {
             CoordinatorAction::Begin { id, generation } => {
+                if let Some(g) = self.growth.as_mut().filter(|g| g.checkpoint.is_none()) {
+                    g.checkpoint = Some(id);
+                }
                 self.broadcast(Control::Checkpoint { id, generation }, out);
                 self.participant_event(ParticipantEvent::Begin { id }, now, positions, out);
             }
@@ -1181,6 +1251,7 @@ impl<P, D> Node<P, D> {
             CoordinatorAction::Commit { id, generation } => {
                 self.broadcast(Control::Committed { id, generation }, out);
                 self.participant_event(ParticipantEvent::Committed { id }, now, positions, out);
+                self.maybe_grow(id, now, out);
             }
             CoordinatorAction::Abort {
                 id,
@@ -1200,6 +1271,7 @@ impl<P, D> Node<P, D> {
                     out,
                 );
                 self.participant_event(ParticipantEvent::Aborted { id }, now, positions, out);
+                self.maybe_grow(id, now, out);
             }
         }
     }

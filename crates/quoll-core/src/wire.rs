@@ -87,7 +87,8 @@ pub struct Member {
 /// `Committed` once the initializer has durably marked it complete, `Abort`
 /// if it never will be);
 /// `Reform` (the initializer lost a worker: everyone re-forms and rolls
-/// back); `Shutdown` in both directions.
+/// back); `Pause` (a worker joins: no more source input until the cluster
+/// re-forms); `Shutdown` in both directions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Control {
     Join {
@@ -147,6 +148,11 @@ pub enum Control {
     },
     Reform {
         reason: String,
+    },
+    /// A worker joins: take no more source input until the cluster
+    /// re-forms (after the next checkpoint).
+    Pause {
+        generation: u64,
     },
     Shutdown {
         reason: String,

@@ -142,6 +142,8 @@ struct Sim {
     data: BTreeMap<(usize, usize, Generation), VecDeque<DataMsg>>,
     /// Items of restored state handed to another worker.
     moved: usize,
+    /// Joins that paused a running cluster (the initializer's `Pause`s).
+    pauses: usize,
     /// Workers may join before the first commit.
     seed_joins_early: bool,
     trace: Vec<String>,
@@ -188,6 +190,7 @@ impl Sim {
             control: BTreeMap::new(),
             data: BTreeMap::new(),
             moved: 0,
+            pauses: 0,
             seed_joins_early: seed.is_multiple_of(2),
             trace: Vec::new(),
         };
@@ -340,7 +343,12 @@ impl Sim {
                     };
                     self.send(i, link, msg);
                 }
-                NodeAction::Send { link, msg } => self.send(i, link, msg),
+                NodeAction::Send { link, msg } => {
+                    if matches!(msg, Control::Pause { .. }) {
+                        self.pauses += 1;
+                    }
+                    self.send(i, link, msg)
+                }
                 NodeAction::Refuse {
                     link,
                     reason,
@@ -368,10 +376,11 @@ impl Sim {
                     p.data_open = Some((generation, members.len()));
                     p.data_up_sent = false;
                 }
-                NodeAction::TearDown { reform } => {
+                NodeAction::TearDown { reform, keep } => {
                     let mine: Vec<LinkId> = self
                         .links
                         .iter()
+                        .filter(|(k, _)| !keep.contains(k))
                         .filter(|(_, l)| l.open && (l.ends.0 == i || l.ends.1 == i))
                         .map(|(k, _)| *k)
                         .collect();
@@ -894,8 +903,8 @@ impl Sim {
 }
 
 /// Runs one cluster to the end; returns how many items of restored state
-/// moved between workers.
-fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> usize {
+/// moved between workers, and how many messages paused a member for a join.
+fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> (usize, usize) {
     let mut sim = Sim::new(seed, n, founding, items);
     let mut left = crashes;
     let mut steps = 0;
@@ -922,7 +931,7 @@ fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> usiz
         }
     }
     sim.check_exactly_once();
-    sim.moved
+    (sim.moved, sim.pauses)
 }
 
 #[test]
@@ -937,8 +946,15 @@ fn three_workers_without_crashes() {
 
 #[test]
 fn one_worker_grows_to_three_without_crashes() {
-    let moved: usize = (1..20).map(|seed| run(seed, 3, 1, 60, 0)).sum();
-    assert!(moved > 0, "no run moved state to a joined worker");
+    let runs: Vec<(usize, usize)> = (1..20).map(|seed| run(seed, 3, 1, 60, 0)).collect();
+    assert!(
+        runs.iter().any(|r| r.0 > 0),
+        "no run moved state to a joined worker"
+    );
+    assert!(
+        runs.iter().any(|r| r.1 > 0),
+        "no join paused a running cluster"
+    );
 }
 
 proptest! {
@@ -976,8 +992,8 @@ fn hunt() {
             .split(',')
             .map(|x| x.trim().parse().expect("numbers"))
             .collect();
-        let moved = run(v[0], v[1] as usize, v[2] as usize, v[3], v[4] as usize);
-        println!("{moved} items of state moved");
+        let (moved, pauses) = run(v[0], v[1] as usize, v[2] as usize, v[3], v[4] as usize);
+        println!("{moved} items of state moved, {pauses} pause messages");
         return;
     }
     for n in 2..5 {

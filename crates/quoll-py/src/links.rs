@@ -384,14 +384,25 @@ impl Links {
         }
     }
 
-    /// Closes every control and data link (after sending `last`, if any,
-    /// on every control link) and stops connecting.
-    pub fn tear_down(&mut self, last: Option<Control>) -> Vec<JoinHandle<()>> {
+    /// Closes every control and data link but the control links in `keep`
+    /// (after sending `last`, if any, on every control link it closes) and
+    /// stops connecting.
+    pub fn tear_down(&mut self, last: Option<Control>, keep: &[LinkId]) -> Vec<JoinHandle<()>> {
         if let Some(t) = self.connecting.take() {
             t.abort();
         }
         self.close_data();
-        let links: Vec<(LinkId, ControlLink)> = table(&self.control).drain().collect();
+        let links: Vec<(LinkId, ControlLink)> = {
+            let mut control = table(&self.control);
+            let ids: Vec<LinkId> = control
+                .keys()
+                .filter(|l| !keep.contains(l))
+                .copied()
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| control.remove(&id).map(|l| (id, l)))
+                .collect()
+        };
         links
             .into_iter()
             .map(|(_, l)| {
@@ -411,7 +422,7 @@ impl Links {
         if let Some(t) = self.acceptor.take() {
             t.abort();
         }
-        let writers = self.tear_down(Some(Control::Shutdown { reason }));
+        let writers = self.tear_down(Some(Control::Shutdown { reason }), &[]);
         let _ = tokio::time::timeout(FLUSH_ON_STOP, async {
             for w in writers {
                 let _ = w.await;

@@ -128,6 +128,8 @@ pub struct Coordinator {
     next_id: CheckpointId,
     last_committed: Option<CheckpointId>,
     phase: Phase,
+    /// The next checkpoint begins as soon as none is in flight.
+    hurry: bool,
 }
 
 impl Coordinator {
@@ -145,6 +147,25 @@ impl Coordinator {
             next_id: last_committed.map_or(1, |c| c + 1),
             last_committed,
             phase: Phase::Stopped,
+            hurry: false,
+        }
+    }
+
+    /// The next checkpoint is wanted now: it begins at the next tick if
+    /// none is in flight, else right after the one in flight ends.
+    pub fn hurry(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Idle { next_due } => *next_due = now,
+            _ => self.hurry = true,
+        }
+    }
+
+    /// When the next checkpoint is due: `normal`, or `now` if hurried.
+    fn due(&mut self, normal: Instant, now: Instant) -> Instant {
+        if std::mem::take(&mut self.hurry) {
+            now
+        } else {
+            normal
         }
     }
 
@@ -159,9 +180,8 @@ impl Coordinator {
     ) {
         self.generation = generation;
         self.next_id = rollback_to.map_or(1, |c| c + 1);
-        self.phase = Phase::Idle {
-            next_due: now + self.interval,
-        };
+        let next_due = self.due(now + self.interval, now);
+        self.phase = Phase::Idle { next_due };
     }
 
     /// The cluster is gone (a member was lost): whatever is in flight is
@@ -169,6 +189,7 @@ impl Coordinator {
     /// commit record being written is awaited (see
     /// [`Coordinator::recording`]): the rollback point depends on it.
     pub fn stop(&mut self) {
+        self.hurry = false;
         self.phase = match self.phase {
             Phase::Recording { id } | Phase::StoppedRecording { id } => {
                 Phase::StoppedRecording { id }
@@ -220,9 +241,8 @@ impl Coordinator {
                 }
                 Phase::Collecting { id, began, .. } if now >= *began + self.timeout => {
                     let id = *id;
-                    self.phase = Phase::Idle {
-                        next_due: now + self.interval,
-                    };
+                    let next_due = self.due(now + self.interval, now);
+                    self.phase = Phase::Idle { next_due };
                     let reason = format!(
                         "not every worker finished its part within {} s",
                         self.timeout.as_secs_f64()
@@ -273,7 +293,8 @@ impl Coordinator {
                 if g != generation || *current != id {
                     return None;
                 }
-                let next_due = *began + self.interval;
+                let (began, id) = (*began, id);
+                let next_due = self.due(began + self.interval, began);
                 self.phase = Phase::Idle { next_due };
                 Some(CoordinatorAction::Abort {
                     id,
@@ -302,9 +323,8 @@ impl Coordinator {
                 if g != generation || current != id {
                     return None;
                 }
-                self.phase = Phase::Idle {
-                    next_due: now + self.interval,
-                };
+                let next_due = self.due(now + self.interval, now);
+                self.phase = Phase::Idle { next_due };
                 match result {
                     Ok(()) => {
                         self.last_committed = Some(id);

@@ -7,9 +7,10 @@
 //! not a member's, it becomes one: the machine adds it to the members that
 //! joined after formation ([`InitializerMembership::joined`], which the
 //! caller records durably before anything else happens). A formed cluster
-//! then re-forms ([`InitializerAction::Grow`]) and a formation still
-//! linking starts over, and the joiner is told to connect again for the
-//! new formation; one still gathering just takes it. Growing needs
+//! is then re-formed by the caller ([`InitializerAction::Grow`]) and a
+//! formation still linking starts over; meanwhile the joiner's link waits,
+//! open, and the next formation begins with it. One still gathering just
+//! takes it. Growing needs
 //! resilience: the new formation restores the last checkpoint with key
 //! groups moved to their new owners (see [`crate::node`]).
 //!
@@ -135,10 +136,10 @@ pub enum InitializerAction {
     Interrupted { reason: String },
     /// `name` joins the cluster (it is now in [`InitializerMembership::joined`]):
     /// record that durably before the actions that follow; if the cluster
-    /// was `formed`, re-form it (the caller tears down and calls
-    /// [`InitializerMembership::gather`]). The joiner is told to connect
-    /// again (a `Refuse` that may pass) unless the formation under way
-    /// takes it at once.
+    /// is `formed`, re-form it when the caller sees fit (it tears down,
+    /// keeping the [`InitializerMembership::waiting`] links, and calls
+    /// [`InitializerMembership::gather`]). Unless the formation under way
+    /// takes it at once, the joiner's link waits, open, for the next one.
     Grow { name: String, formed: bool },
     /// A member of the formed cluster is gone.
     MemberLost {
@@ -185,6 +186,8 @@ pub struct InitializerMembership {
     phase: Phase,
     /// Workers that joined after the cluster first formed, in joining order.
     joined: Vec<String>,
+    /// Joiners whose links wait for the next formation.
+    waiting: Vec<Candidate>,
 }
 
 impl InitializerMembership {
@@ -196,12 +199,19 @@ impl InitializerMembership {
             generation: 0,
             phase: Phase::Idle,
             joined,
+            waiting: Vec::new(),
         }
     }
 
     /// The workers that joined after the cluster first formed.
     pub fn joined(&self) -> &[String] {
         &self.joined
+    }
+
+    /// The links of joiners waiting for the next formation: the caller
+    /// keeps them open when it tears the formation down.
+    pub fn waiting(&self) -> Vec<LinkId> {
+        self.waiting.iter().map(|c| c.link).collect()
     }
 
     /// How many workers a formation waits for.
@@ -262,13 +272,11 @@ impl InitializerMembership {
                 .map(|link| InitializerAction::Close { link }),
         );
         self.generation = generation;
-        self.phase = Phase::Gathering {
-            candidates: Vec::new(),
-        };
-        if self.worker_count() > 1 {
-            out.push(InitializerAction::Waiting {
-                more: self.worker_count() - 1,
-            });
+        let candidates = std::mem::take(&mut self.waiting);
+        let more = self.worker_count() - 1 - candidates.len();
+        self.phase = Phase::Gathering { candidates };
+        if more > 0 {
+            out.push(InitializerAction::Waiting { more });
         }
         self.maybe_welcome(now, out);
     }
@@ -395,11 +403,17 @@ impl InitializerMembership {
             }
             Phase::Linking { members, links, .. } | Phase::Formed { members, links } => {
                 let Some(index) = members.iter().position(|m| m.name == c.name) else {
-                    let reason = self.full(&c.name);
+                    // A worker that joined, waiting for the formation that
+                    // takes it in, may try again; a stranger may not.
+                    let joining = self.joined.contains(&c.name);
+                    let reason = match joining {
+                        true => format!("the cluster re-forms to take in '{}'", c.name),
+                        false => self.full(&c.name),
+                    };
                     out.push(InitializerAction::Refuse {
                         link: c.link,
                         reason,
-                        retry: false,
+                        retry: joining,
                     });
                     return;
                 };
@@ -435,11 +449,6 @@ impl InitializerMembership {
         }
         self.joined.push(c.name.clone());
         let name = c.name.clone();
-        let again = InitializerAction::Refuse {
-            link: c.link,
-            reason: format!("the cluster re-forms to take in '{name}'"),
-            retry: true,
-        };
         match &self.phase {
             // Still gathering: it is simply one more candidate.
             Phase::Gathering { .. } => {
@@ -450,25 +459,23 @@ impl InitializerMembership {
                 self.on_join(c, self.rules.fingerprint, now, out);
             }
             Phase::Linking { .. } => {
+                self.waiting.push(c);
                 out.push(InitializerAction::Grow {
                     name: name.clone(),
                     formed: false,
                 });
-                out.push(again);
                 self.interrupt(format!("worker '{name}' joins"), out);
             }
             Phase::Formed { .. } => {
-                // The caller re-forms; the members' links close with it.
-                self.phase = Phase::Idle;
-                out.push(again);
+                self.waiting.push(c);
                 out.push(InitializerAction::Grow { name, formed: true });
             }
             Phase::Idle => {
+                self.waiting.push(c);
                 out.push(InitializerAction::Grow {
                     name,
                     formed: false,
                 });
-                out.push(again);
             }
         }
     }
@@ -489,6 +496,7 @@ impl InitializerMembership {
     }
 
     fn on_closed(&mut self, link: LinkId, why: String, out: &mut Vec<InitializerAction>) {
+        self.waiting.retain(|c| c.link != link);
         match &mut self.phase {
             Phase::Idle => {}
             Phase::Gathering { candidates } => candidates.retain(|c| c.link != link),
@@ -828,25 +836,28 @@ mod tests {
         let out = grow(&mut m, 30, "w3");
         assert_eq!(
             out,
-            vec![
-                InitializerAction::Refuse {
-                    link: LinkId(30),
-                    reason: "the cluster re-forms to take in 'w3'".into(),
-                    retry: true
-                },
-                InitializerAction::Grow {
-                    name: "w3".into(),
-                    formed: true
-                },
-            ]
+            vec![InitializerAction::Grow {
+                name: "w3".into(),
+                formed: true
+            }]
         );
         assert_eq!(m.joined(), ["w3".to_string()]);
+        assert_eq!(m.waiting(), vec![LinkId(30)], "its link waits, open");
+        assert!(m.formed().is_some(), "formed until the caller re-forms");
+        let twin = grow(&mut m, 31, "w3");
+        assert!(
+            matches!(&twin[..], [InitializerAction::Refuse { retry: true, .. }]),
+            "a second process with the joiner's name: {twin:?}"
+        );
         let mut out = Vec::new();
         m.gather(2, now, &mut out);
-        assert_eq!(out, vec![InitializerAction::Waiting { more: 3 }]);
-        join(&mut m, 31, "w1", now);
-        join(&mut m, 32, "w2", now);
-        let out = grow(&mut m, 33, "w3");
+        assert!(
+            !out.contains(&InitializerAction::Close { link: LinkId(30) }),
+            "{out:?}"
+        );
+        assert_eq!(out.last(), Some(&InitializerAction::Waiting { more: 2 }));
+        join(&mut m, 32, "w1", now);
+        let out = join(&mut m, 33, "w2", now);
         let welcomed: Vec<_> = out
             .iter()
             .filter_map(|a| match a {

@@ -156,7 +156,7 @@ impl Worker {
                 let name = self.config.name.clone();
                 self.links()?.open_data(&name, &members, me, generation);
             }
-            NodeAction::TearDown { reform } => {
+            NodeAction::TearDown { reform, keep } => {
                 self.view.processing.store(false, Ordering::SeqCst);
                 if self.started_up {
                     self.metrics.rolling_back();
@@ -165,7 +165,7 @@ impl Worker {
                 let last = reform.map(|reason| Control::Reform { reason });
                 if let Some(links) = &mut self.links {
                     // The writers close their links once `last` is out.
-                    drop(links.tear_down(last));
+                    drop(links.tear_down(last, &keep));
                 }
             }
             NodeAction::Formed {

@@ -724,7 +724,7 @@ impl Worker {
                 if let Some(mut links) = links {
                     match reason {
                         Some(reason) => links.shut_down(reason).await,
-                        None => drop(links.tear_down(None)),
+                        None => drop(links.tear_down(None, &[])),
                     }
                 }
             });
