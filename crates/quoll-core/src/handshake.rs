@@ -30,8 +30,10 @@ use sha2::Sha256;
 
 /// Length of a nonce and of a proof.
 pub const NONCE_LEN: usize = 32;
-/// Version of this handshake; a peer speaking another is refused clearly.
-pub const VERSION: u32 = 1;
+/// Version of this handshake and of the frames that follow it; a peer
+/// speaking another is refused clearly. 2: `Join::grow`,
+/// `Welcome::has_part`, `Control::Pause`, handoff frames.
+pub const VERSION: u32 = 2;
 
 pub type Nonce = [u8; NONCE_LEN];
 type Proof = [u8; 32];
