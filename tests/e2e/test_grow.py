@@ -66,6 +66,12 @@ class Growing(Cluster):
         self.workers.append(p)
         return p
 
+    def start_alone(self):
+        """Starts the initializer and waits until it has counted a while."""
+        self.launch(0)
+        self.wait_members(1)
+        wait_until(lambda: len(self.outputs().get("out-initializer.txt", [])) > 200, 20, "output")
+
     def status(self, i=0):
         r = external(self.external_ports[i], "status", "--json")
         return json.loads(r.stdout) if r.returncode == 0 else None
@@ -133,9 +139,7 @@ class Growing(Cluster):
 def test_one_worker_grows_to_three_under_load(tmp_path):
     c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=6000, line_delay=0.0005)
     try:
-        c.launch(0)
-        c.wait_members(1)
-        wait_until(lambda: len(c.outputs().get("out-initializer.txt", [])) > 200, 20, "output")
+        c.start_alone()
         c.launch(1)
         c.wait_members(2)
         joined = c.procs[0].stdout()
@@ -158,9 +162,7 @@ def test_one_worker_grows_to_three_under_load(tmp_path):
 def test_a_joiner_killed_mid_join_restarts_and_the_cluster_ends_exact(tmp_path):
     c = Growing(tmp_path, ["initializer", "worker1"], lines=2500, line_delay=0.0005)
     try:
-        c.launch(0)
-        c.wait_members(1)
-        wait_until(lambda: len(c.outputs().get("out-initializer.txt", [])) > 200, 20, "output")
+        c.start_alone()
         joiner = c.launch(1)
         wait_until(lambda: "joins the cluster" in c.procs[0].stdout(), 20, "the join")
         joiner.signal(signal.SIGKILL)
@@ -216,9 +218,7 @@ def test_migrated_state_goes_through_the_apps_codec(tmp_path):
     c = Growing(tmp_path, ["initializer", "worker1"], lines=4000, line_delay=0.0005, module="wc_codec_app")
     c.env["QUOLL_TEST_CODEC_LOG"] = str(log)
     try:
-        c.launch(0)
-        c.wait_members(1)
-        wait_until(lambda: len(c.outputs().get("out-initializer.txt", [])) > 200, 20, "output")
+        c.start_alone()
         c.launch(1)
         c.wait_members(2)
         c.wait_exact()

@@ -638,13 +638,24 @@ mod tests {
         name: &str,
         now: Instant,
     ) -> Vec<InitializerAction> {
+        join_as(m, link, name, false, now)
+    }
+
+    /// `name` sends `Join` on `link`; `grow`: started with `--join`.
+    fn join_as(
+        m: &mut InitializerMembership,
+        link: u64,
+        name: &str,
+        grow: bool,
+        now: Instant,
+    ) -> Vec<InitializerAction> {
         let mut out = Vec::new();
         let e = InitializerEvent::Join {
             link: LinkId(link),
             name: name.into(),
             data_addr: format!("d{link}"),
             fingerprint: FP,
-            grow: false,
+            grow,
         };
         m.handle(e, now, &mut out);
         out
@@ -817,16 +828,7 @@ mod tests {
     }
 
     fn grow(m: &mut InitializerMembership, link: u64, name: &str) -> Vec<InitializerAction> {
-        let mut out = Vec::new();
-        let e = InitializerEvent::Join {
-            link: LinkId(link),
-            name: name.into(),
-            data_addr: format!("d{link}"),
-            fingerprint: FP,
-            grow: true,
-        };
-        m.handle(e, Instant::now(), &mut out);
-        out
+        join_as(m, link, name, true, Instant::now())
     }
 
     #[test]
@@ -877,14 +879,20 @@ mod tests {
         assert_eq!(m.worker_count(), 4);
     }
 
-    #[test]
-    fn joining_without_resilience_is_refused_and_changes_nothing() {
-        let now = Instant::now();
+    /// The initializer and "w1" (on link 1), formed, without resilience.
+    fn formed_pair_without_resilience(now: Instant) -> InitializerMembership {
         let mut m = machine(2, false);
         m.gather(1, now, &mut Vec::new());
         join(&mut m, 1, "w1", now);
         ev(&mut m, InitializerEvent::OwnLinksUp { generation: 1 }, now);
         ev(&mut m, InitializerEvent::LinksUp { link: LinkId(1) }, now);
+        m
+    }
+
+    #[test]
+    fn joining_without_resilience_is_refused_and_changes_nothing() {
+        let now = Instant::now();
+        let mut m = formed_pair_without_resilience(now);
         let out = grow(&mut m, 2, "w2");
         assert!(
             matches!(&out[..], [InitializerAction::Refuse { reason, retry: false, .. }]
@@ -897,11 +905,7 @@ mod tests {
     #[test]
     fn without_resilience_a_restarted_member_is_refused() {
         let now = Instant::now();
-        let mut m = machine(2, false);
-        m.gather(1, now, &mut Vec::new());
-        join(&mut m, 1, "w1", now);
-        ev(&mut m, InitializerEvent::OwnLinksUp { generation: 1 }, now);
-        ev(&mut m, InitializerEvent::LinksUp { link: LinkId(1) }, now);
+        let mut m = formed_pair_without_resilience(now);
         let out = join(&mut m, 2, "w1", now);
         assert!(
             matches!(&out[..], [InitializerAction::Refuse { retry: true, .. }]),
