@@ -19,7 +19,7 @@ from typing import Callable, NoReturn, Optional, Union
 
 from quoll.ports import free_port
 
-TOOLS = ("send", "receive", "status", "shutdown")
+TOOLS = ("send", "receive", "status", "shutdown", "shrink")
 
 USAGE = """usage: quoll COMMAND [args]
 
@@ -31,6 +31,7 @@ commands:
   receive                    listen for a TCP sink's output, store or count it
   status HOST:PORT           cluster status through a worker's external channel
   shutdown HOST:PORT         clean shutdown through a worker's external channel
+  shrink HOST:PORT           remove workers from a running cluster (the initializer's external channel)
 
 `quoll COMMAND --help` tells more.
 """

@@ -1,4 +1,6 @@
-"""Growing a running cluster with `--join`, with real processes.
+"""Growing a running cluster with `--join`, and shrinking it with
+`quoll shrink` (the external channel's shrink request), with real
+processes.
 
 The app (apps/wc_app.py) counts words read by each worker's replayable
 file source and writes `word => count` lines through the exactly-once file
@@ -33,12 +35,17 @@ class Growing(Cluster):
     """Word count on an initializer that others join: worker i > 0 is
     started with `--join` instead of `--control`."""
 
-    def __init__(self, tmp_path, names, lines, line_delay, module="wc_app", paths=(APPS,)):
+    def __init__(self, tmp_path, names, lines, line_delay, module="wc_app", paths=(APPS,), fed=None):
         super().__init__(tmp_path, module, list(paths), workers=len(names))
         self.names = names
         self.res = Path(tmp_path) / "res"
         self.res.mkdir()
-        self.truth = make_input(tmp_path, names, lines)
+        # `fed`: the workers with input (all by default); the others get
+        # an empty input file.
+        fed = names if fed is None else fed
+        self.truth = make_input(tmp_path, fed, lines)
+        for name in set(names) - set(fed):
+            (Path(tmp_path) / f"in-{name}.bin").write_bytes(b"")
         self.flags = ["--run-with-resilience", "--resilience-dir", str(self.res),
                       "--time-between-checkpoints", str(INTERVAL_NS)]
         self.app = ["--in-file", str(Path(tmp_path) / "in-{worker}.bin"),
@@ -257,5 +264,97 @@ def test_a_join_loses_and_doubles_nothing_from_a_plain_tcp_source(tmp_path, make
         out.wait_for_lines(sum(expected.values()), timeout=60)
         time.sleep(0.5)
         assert_word_counts({"receiver": out.lines()}, expected, c.describe)
+    finally:
+        c.stop()
+
+
+def shrink(c, *args):
+    """`quoll shrink` against worker 0's (the initializer's) external channel."""
+    return subprocess.run([QUOLL, "shrink", f"127.0.0.1:{c.external_ports[0]}", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_three_workers_shrink_to_one_under_load(tmp_path):
+    """The leavers hand their state over and exit 0; the initializer ends
+    with every count (only it has input, so the leavers abandon none)."""
+    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=6000, line_delay=0.0005,
+                fed=["initializer"])
+    try:
+        c.start_alone()
+        c.launch(1)
+        c.launch(2)
+        c.wait_members(3)
+        wait_until(lambda: sum(len(v) for v in c.outputs().values()) > 3000, 30, "output on three workers")
+        query = shrink(c, "--query")
+        assert query.returncode == 0 and "2 worker(s) may leave: worker1, worker2" in query.stdout, query
+        refused = shrink(c, "--names", "initializer")
+        assert refused.returncode == 1 and "'initializer' is the initializer" in refused.stderr, refused
+        refused = shrink(c, "--names", "nobody")
+        assert refused.returncode == 1 and "no worker named 'nobody'" in refused.stderr, refused
+        elsewhere = subprocess.run([QUOLL, "shrink", f"127.0.0.1:{c.external_ports[1]}", "--count", "1"],
+                                   capture_output=True, text=True, timeout=30)
+        assert elsewhere.returncode == 1 and "initializer's external channel" in elsewhere.stderr, elsewhere
+        done = shrink(c, "--count", "2")
+        assert done.returncode == 0 and "2 worker(s) are leaving: worker1, worker2" in done.stdout, done
+        for i in (1, 2):
+            try:
+                assert c.procs[i].wait(30) == 0, c.describe()
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{c.names[i]} did not leave\n{c.describe()}")
+            assert "left the cluster (shrink)" in c.procs[i].stdout(), c.describe()
+        c.wait_members(1)
+        c.wait_exact()
+        c.assert_state_placed(1)
+    finally:
+        c.stop()
+
+
+def test_a_leaver_killed_mid_shrink_restarts_and_still_leaves(tmp_path):
+    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=5000, line_delay=0.0005,
+                fed=["initializer"])
+    try:
+        c.start_alone()
+        c.launch(1)
+        c.launch(2)
+        c.wait_members(3)
+        done = shrink(c, "--names", "worker1")
+        assert done.returncode == 0, done
+        c.procs[1].signal(signal.SIGKILL)
+        c.procs[1].wait(10)
+        c.launch(1)
+        try:
+            assert c.procs[1].wait(60) == 0, c.describe()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker1 did not leave\n{c.describe()}")
+        names = ["initializer", "worker2"]
+        wait_until(lambda: c.status() == {"worker_count": 2, "worker_names": names, "processing_messages": True},
+                   30, "two workers")
+        c.wait_exact()
+        members = {"initializer": 0, "worker2": 1}
+        for name, i in members.items():
+            for keys in state_entities(c.external_ports[c.names.index(name)]).values():
+                assert all(key_owner(k.encode(), 2) == i for k in keys), c.describe()
+    finally:
+        c.stop()
+
+
+def test_the_initializer_killed_mid_shrink_finishes_it_after_a_restart(tmp_path):
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=5000, line_delay=0.0005, fed=["initializer"])
+    try:
+        c.start_alone()
+        c.launch(1)
+        c.wait_members(2)
+        done = shrink(c, "--count", "1")
+        assert done.returncode == 0, done
+        c.procs[0].signal(signal.SIGKILL)
+        c.procs[0].wait(10)
+        c.launch(0)
+        try:
+            assert c.procs[1].wait(60) == 0, c.describe()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker1 did not leave\n{c.describe()}")
+        c.wait_members(1)
+        c.wait_exact()
+        c.assert_state_placed(1)
     finally:
         c.stop()

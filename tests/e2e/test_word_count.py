@@ -46,7 +46,7 @@ def test_word_count_exact(workers, make_cluster, make_receiver, tmp_path):
     assert_word_counts({"receiver": out.lines()}, expected, cluster.describe)
 
 
-def test_external_channel_shows_where_state_lives_and_refuses_shrink(make_cluster, make_receiver, tmp_path):
+def test_external_channel_shows_where_state_lives_and_refuses_shrink_without_resilience(make_cluster, make_receiver, tmp_path):
     out = make_receiver()
     cluster = make_cluster(
         "word_count", APP_DIR, 2,
@@ -66,10 +66,14 @@ def test_external_channel_shows_where_state_lives_and_refuses_shrink(make_cluste
                 held[k] = i
     assert set(held) == set(expected), (sorted(held), sorted(expected))
     assert all(i == key_owner(k.encode(), 2) for k, i in held.items()), held
-    # A shrink request (4) gets a shrink error (6) and changes nothing.
-    ty, payload = external_frame(cluster.external_ports[1], 4,
-                                 b'{"query": false, "node_names": ["worker1"], "node_count": 0}')
-    assert ty == 6 and b"can't shrink a running cluster" in payload, (ty, payload)
+    # A shrink request (4) to another worker than the initializer, or to a
+    # cluster without resilience, gets a shrink error (6) saying why, and
+    # changes nothing.
+    request = b'{"query": false, "node_names": ["worker1"], "node_count": 0}'
+    ty, payload = external_frame(cluster.external_ports[1], 4, request)
+    assert ty == 6 and b"initializer's external channel" in payload, (ty, payload)
+    ty, payload = external_frame(cluster.external_ports[0], 4, request)
+    assert ty == 6 and b"needs --run-with-resilience" in payload, (ty, payload)
     more = make_lines(50, seed=6)
     send_lines(cluster.in_ports[1], more, tmp_path)
     expected.update(reference_counts(more))

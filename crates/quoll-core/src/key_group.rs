@@ -7,8 +7,9 @@
 //! - [`stable_hash`] depends only on the key's bytes: the same on every
 //!   worker, every run, every platform. Routing after a restart is therefore
 //!   identical, and checkpointed state is found where it was written.
-//! - [`KeyGroupMap`] is a pure function of the sorted worker list, so every
-//!   worker computes the same owner for a key group without talking to others.
+//! - [`KeyGroupMap`] is a pure function of the sorted worker list (and of
+//!   which of them are leaving, and so own nothing), so every worker
+//!   computes the same owner for a key group without talking to others.
 //!
 //! The hash is FNV-1a over the bytes followed by a 64-bit finaliser (the
 //! murmur3 `fmix64`), so short keys that differ in one byte still spread
@@ -62,6 +63,19 @@ impl KeyGroupMap {
             .map(|g| (g * workers / u64::from(KEY_GROUPS)) as WorkerIndex)
             .collect();
         KeyGroupMap { owners }
+    }
+
+    /// Splits the key groups evenly over the workers `owners` (indices in
+    /// the worker list, in order; at least one): the others own none.
+    pub fn even_over(owners: &[WorkerIndex]) -> KeyGroupMap {
+        let even = KeyGroupMap::even(owners.len());
+        KeyGroupMap {
+            owners: even
+                .owners
+                .iter()
+                .map(|&rank| owners.get(rank).copied().unwrap_or(0))
+                .collect(),
+        }
     }
 
     /// The worker owning key group `group`.
@@ -242,6 +256,18 @@ mod tests {
                 keys.len()
             );
         }
+    }
+
+    #[test]
+    fn leaving_workers_own_no_key_groups_and_the_others_split_them_evenly() {
+        let map = KeyGroupMap::even_over(&[0, 2]);
+        let count = |w| {
+            (0..KEY_GROUPS)
+                .filter(|g| map.owner_of_group(*g) == w)
+                .count()
+        };
+        assert_eq!((count(0), count(1), count(2)), (512, 0, 512));
+        assert_eq!(KeyGroupMap::even_over(&[0, 1, 2]), KeyGroupMap::even(3));
     }
 
     /// The statistic above does catch bad hashes on these keys.

@@ -109,8 +109,21 @@ pub struct Recovered {
     pub generation: Generation,
     /// This worker found resilience files of its own.
     pub has_files: bool,
-    /// The initializer's membership record: the workers that joined.
+    /// The initializer's membership record.
+    pub membership: MembershipRecord,
+}
+
+/// How the membership changed since the cluster first formed, as the
+/// initializer records it durably.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MembershipRecord {
+    /// Workers that joined, in joining order.
     pub joined: Vec<JoinedMember>,
+    /// Workers leaving: members that own no key groups and hand their
+    /// state to the others until a checkpoint without them commits.
+    pub leaving: Vec<String>,
+    /// Workers that left.
+    pub left: Vec<String>,
 }
 
 /// A worker that joined the cluster after it first formed, as the
@@ -225,6 +238,14 @@ pub enum Notice {
     Growing {
         name: String,
     },
+    /// Workers begin to leave the cluster (shrink).
+    Shrinking {
+        names: Vec<String>,
+    },
+    /// Workers have left the cluster.
+    Left {
+        names: Vec<String>,
+    },
     /// Files were found, but no checkpoint was ever committed.
     StartingFresh,
     CheckpointAbandoned {
@@ -262,10 +283,12 @@ pub enum NodeAction<P, D> {
     RecordGeneration {
         generation: Generation,
     },
-    /// Durably record the workers that joined, before anyone hears of it.
+    /// Durably record the membership's changes, before anyone hears of them.
     RecordMembership {
-        joined: Vec<JoinedMember>,
+        record: MembershipRecord,
     },
+    /// This worker has left the cluster (shrink): stop, exit 0.
+    Leave,
     /// Open a data link to every other member and accept one from each;
     /// report [`NodeEvent::DataLinksUp`].
     OpenDataLinks {
@@ -280,11 +303,13 @@ pub enum NodeAction<P, D> {
         /// Links to keep open (joiners waiting for the next formation).
         keep: Vec<LinkId>,
     },
-    /// The cluster is formed: route by this membership.
+    /// The cluster is formed: route by this membership, the `leaving`
+    /// members owning no key groups.
     Formed {
         members: Vec<Member>,
         me: usize,
         generation: Generation,
+        leaving: Vec<String>,
     },
     /// Load this worker's part of `checkpoint` (None: the empty image),
     /// send every entry of a key group another member owns to it, and then
@@ -372,22 +397,44 @@ pub struct Node<P, D> {
     handed: BTreeSet<usize>,
     /// Some handoff to this worker carried state.
     moved_in: bool,
-    /// Initializer: the workers that joined, with their first rollback
-    /// point; and those whose first formation has not begun yet.
-    joined: Vec<JoinedMember>,
+    /// Initializer: the membership's changes (joined workers with their
+    /// first rollback point, leaving and left ones); and the joined
+    /// workers whose first formation has not begun yet.
+    record: MembershipRecord,
     unplaced: Vec<String>,
-    /// Initializer: a worker joins the formed cluster; it re-forms once
-    /// `checkpoint` (the first begun after the pause) ends.
-    growth: Option<Growth>,
-    /// No source input until the cluster re-forms (a worker joins).
+    /// Initializer: the membership changes; the cluster re-forms once
+    /// the change's checkpoint (the first begun after the pause) ends.
+    change: Option<Change>,
+    /// No source input until the cluster re-forms (the membership changes).
     paused: bool,
+    /// The members leaving the cluster (they own no key groups).
+    leaving: Vec<String>,
 }
 
-/// A join waiting for its checkpoint.
-struct Growth {
+/// A formation this worker is in, as the initializer welcomed it.
+struct Formation {
+    members: Vec<Member>,
+    me: usize,
+    generation: Generation,
+    rollback_to: Option<CheckpointId>,
+    /// This worker wrote a part of `rollback_to`.
+    has_part: bool,
+    /// Members leaving the cluster (they own no key groups).
+    leaving: Vec<String>,
+}
+
+/// A membership change waiting for its checkpoint.
+struct Change {
     reason: String,
     checkpoint: Option<CheckpointId>,
+    /// The leaving workers' state is checkpointed without them: they go.
+    depart: bool,
 }
+
+/// Why a shrink request is refused (external channel type 6).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ShrinkRefused(pub String);
 
 type Out<P, D> = Vec<NodeAction<P, D>>;
 
@@ -404,7 +451,13 @@ impl<P, D> Node<P, D> {
                     step_timeout: config.step_timeout,
                     grow_refusal: config.grow_refusal.clone(),
                 },
-                recovered.joined.iter().map(|j| j.name.clone()).collect(),
+                recovered
+                    .membership
+                    .joined
+                    .iter()
+                    .map(|j| j.name.clone())
+                    .collect(),
+                recovered.membership.left.clone(),
             ))
         } else {
             Role::Joiner(JoinerMembership::new(
@@ -422,7 +475,7 @@ impl<P, D> Node<P, D> {
             )
         });
         let participant = config.resilient.then(Participant::new);
-        let joined = recovered.joined.clone();
+        let record = recovered.membership.clone();
         Node {
             config,
             role,
@@ -444,10 +497,11 @@ impl<P, D> Node<P, D> {
             loaded: None,
             handed: BTreeSet::new(),
             moved_in: false,
-            joined,
+            record,
             unplaced: Vec::new(),
-            growth: None,
+            change: None,
             paused: false,
+            leaving: Vec::new(),
         }
     }
 
@@ -463,6 +517,7 @@ impl<P, D> Node<P, D> {
     pub fn takes_input(&self) -> bool {
         self.phase == Phase::Running
             && !self.paused
+            && !self.leaving.contains(&self.config.name)
             && !self.participant.as_ref().is_some_and(|p| p.aligning())
     }
 
@@ -629,7 +684,7 @@ impl<P, D> Node<P, D> {
         self.phase = Phase::Forming;
         self.early.clear();
         self.clear_handoffs();
-        self.growth = None;
+        self.change = None;
         match &mut self.role {
             Role::Initializer(m) => {
                 if self.coordinator.as_ref().is_some_and(|c| c.recording()) {
@@ -647,13 +702,13 @@ impl<P, D> Node<P, D> {
                 self.rollback_to = self.coordinator.as_ref().and_then(|c| c.last_committed());
                 if !self.unplaced.is_empty() {
                     let after = self.rollback_to;
-                    self.joined.extend(
-                        self.unplaced
-                            .drain(..)
-                            .map(|name| JoinedMember { name, after }),
-                    );
+                    for name in self.unplaced.drain(..) {
+                        self.record.joined.retain(|j| j.name != name);
+                        self.record.left.retain(|l| *l != name);
+                        self.record.joined.push(JoinedMember { name, after });
+                    }
                     out.push(NodeAction::RecordMembership {
-                        joined: self.joined.clone(),
+                        record: self.record.clone(),
                     });
                 }
                 let mut actions = Vec::new();
@@ -699,22 +754,23 @@ impl<P, D> Node<P, D> {
     /// Does member `name` hold a part of `checkpoint`?
     fn wrote(&self, name: &str, checkpoint: Option<CheckpointId>) -> bool {
         checkpoint.is_some_and(|c| {
-            self.joined
+            self.record
+                .joined
                 .iter()
                 .find(|j| j.name == name)
                 .is_none_or(|j| j.wrote(c))
         })
     }
 
-    fn formed(
-        &mut self,
-        members: Vec<Member>,
-        me: usize,
-        generation: Generation,
-        rollback_to: Option<CheckpointId>,
-        has_part: bool,
-        out: &mut Out<P, D>,
-    ) {
+    fn formed(&mut self, formation: Formation, out: &mut Out<P, D>) {
+        let Formation {
+            members,
+            me,
+            generation,
+            rollback_to,
+            has_part,
+            leaving,
+        } = formation;
         if self.config.resilient {
             let has_files = self.recovered.has_files || !self.first_formation;
             if let (Some(checkpoint), true, false) = (rollback_to, has_part, has_files) {
@@ -729,6 +785,7 @@ impl<P, D> Node<P, D> {
         self.rollback_to = rollback_to;
         self.has_part = has_part;
         self.paused = false;
+        self.leaving = leaving.clone();
         // The others may restore before this worker: their handoffs to it
         // are done before its own is.
         self.awaiting_restored = (1..members.len()).collect();
@@ -740,6 +797,7 @@ impl<P, D> Node<P, D> {
             members,
             me,
             generation,
+            leaving,
         });
         out.push(NodeAction::Load {
             generation,
@@ -809,9 +867,9 @@ impl<P, D> Node<P, D> {
         }
     }
 
-    /// A worker joins the formed cluster: no more input anywhere, a
-    /// checkpoint now, and the re-formation once it ends (see "Growing").
-    fn pause_for(&mut self, reason: String, now: Instant, out: &mut Out<P, D>) {
+    /// The membership changes: no more input anywhere, a checkpoint now,
+    /// and the re-formation once it ends (see "Growing" and "Shrinking").
+    fn pause_for(&mut self, reason: String, depart: bool, now: Instant, out: &mut Out<P, D>) {
         self.paused = true;
         self.broadcast(
             Control::Pause {
@@ -819,20 +877,139 @@ impl<P, D> Node<P, D> {
             },
             out,
         );
-        self.growth = Some(Growth {
+        self.change = Some(Change {
             reason,
             checkpoint: None,
+            depart,
         });
         if let Some(c) = &mut self.coordinator {
             c.hurry(now);
         }
     }
 
-    /// The checkpoint a join waits for ended (`id`): re-form now.
-    fn maybe_grow(&mut self, id: CheckpointId, now: Instant, out: &mut Out<P, D>) {
-        if let Some(g) = self.growth.take_if(|g| g.checkpoint == Some(id)) {
-            self.recover(g.reason, now, out);
+    /// The checkpoint a membership change waits for ended (`id`, committed
+    /// or not): the leavers go if it committed, and the cluster re-forms.
+    fn maybe_change(
+        &mut self,
+        id: CheckpointId,
+        committed: bool,
+        now: Instant,
+        out: &mut Out<P, D>,
+    ) {
+        let Some(change) = self.change.take_if(|c| c.checkpoint == Some(id)) else {
+            return;
+        };
+        if change.depart && committed {
+            let gone = std::mem::take(&mut self.record.leaving);
+            for (i, m) in self.members.iter().enumerate().skip(1) {
+                if gone.contains(&m.name) {
+                    let link = self.member_links[i];
+                    let generation = self.generation;
+                    out.push(NodeAction::Send {
+                        link,
+                        msg: Control::Leave { generation },
+                    });
+                }
+            }
+            if let Role::Initializer(m) = &mut self.role {
+                m.leave(&gone);
+            }
+            self.record.left.extend(gone.iter().cloned());
+            out.push(NodeAction::RecordMembership {
+                record: self.record.clone(),
+            });
+            out.push(NodeAction::Notice(Notice::Left { names: gone }));
         }
+        self.recover(change.reason, now, out);
+    }
+
+    /// Initializer: the external channel's shrink request (Wallaroo's type
+    /// 4). A query returns the workers that may leave; otherwise the named
+    /// workers (or the last `count` by name) begin to leave, and are
+    /// returned. Only the initializer stays out of both.
+    pub fn shrink(
+        &mut self,
+        query: bool,
+        names: &[String],
+        count: usize,
+        now: Instant,
+        out: &mut Out<P, D>,
+    ) -> Result<Vec<String>, ShrinkRefused> {
+        let refuse = |why: String| Err(ShrinkRefused(why));
+        if !self.config.initializer {
+            return refuse(
+                "send shrink requests to the initializer's external channel (--external of the \
+                 worker started with --cluster-initializer)"
+                    .into(),
+            );
+        }
+        if !self.config.resilient {
+            return refuse(
+                "shrinking a running cluster needs --run-with-resilience on every worker (the \
+                 leaving workers' state moves through a checkpoint)"
+                    .into(),
+            );
+        }
+        let candidates: Vec<String> = self
+            .members
+            .iter()
+            .skip(1)
+            .map(|m| m.name.clone())
+            .collect();
+        if query {
+            return Ok(candidates);
+        }
+        if self.phase != Phase::Running || self.change.is_some() || !self.leaving.is_empty() {
+            return refuse(
+                "the cluster is changing (a join, a shrink or a recovery is under way); ask again \
+                 once it runs"
+                    .into(),
+            );
+        }
+        let leaving: Vec<String> = if names.is_empty() {
+            if count == 0 || count > candidates.len() {
+                return refuse(format!(
+                    "can't remove {count} of the {} workers: the initializer stays, so at most {} \
+                     may leave",
+                    self.members.len(),
+                    candidates.len()
+                ));
+            }
+            candidates[candidates.len() - count..].to_vec()
+        } else {
+            let mut seen = BTreeSet::new();
+            for n in names {
+                if *n == self.config.name {
+                    return refuse(format!(
+                        "'{n}' is the initializer, which coordinates the cluster and can't leave"
+                    ));
+                }
+                if !candidates.contains(n) {
+                    return refuse(format!(
+                        "no worker named '{n}' (the workers: {})",
+                        self.members
+                            .iter()
+                            .map(|m| m.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                if !seen.insert(n.clone()) {
+                    return refuse(format!("'{n}' is named twice"));
+                }
+            }
+            names.to_vec()
+        };
+        self.record.leaving = leaving.clone();
+        out.push(NodeAction::RecordMembership {
+            record: self.record.clone(),
+        });
+        out.push(NodeAction::Notice(Notice::Shrinking {
+            names: leaving.clone(),
+        }));
+        let reason = format!("worker(s) {} leave", leaving.join(", "));
+        self.pause_for(reason, false, now, out);
+        Ok(leaving)
     }
 
     fn maybe_all_restored(&mut self, now: Instant, out: &mut Out<P, D>) {
@@ -841,6 +1018,12 @@ impl<P, D> Node<P, D> {
         }
         if let Some(c) = &mut self.coordinator {
             c.start(self.generation, self.rollback_to, now);
+        }
+        if !self.leaving.is_empty() && self.change.is_none() {
+            // The leavers handed their state over: checkpoint it without
+            // them, and let them go.
+            let reason = format!("worker(s) {} left", self.leaving.join(", "));
+            self.pause_for(reason, true, now, out);
         }
         self.announce(out);
     }
@@ -892,6 +1075,12 @@ impl<P, D> Node<P, D> {
                         self.paused = true;
                     }
                 }
+                Control::Leave { generation } => {
+                    if generation == self.generation {
+                        self.phase = Phase::Stopped;
+                        out.push(NodeAction::Leave);
+                    }
+                }
                 Control::Abort { id, generation, .. } => {
                     if generation == self.generation {
                         self.participant_event(
@@ -912,6 +1101,7 @@ impl<P, D> Node<P, D> {
                 data_addr,
                 fingerprint,
                 grow,
+                has_files,
                 ..
             } => {
                 let e = InitializerEvent::Join {
@@ -920,6 +1110,7 @@ impl<P, D> Node<P, D> {
                     data_addr,
                     fingerprint,
                     grow,
+                    has_files,
                 };
                 self.membership_event(MembershipEvent::Initializer(e), now, out);
             }
@@ -1055,6 +1246,7 @@ impl<P, D> Node<P, D> {
                         generation,
                         rollback_to: self.rollback_to,
                         has_part,
+                        leaving: self.record.leaving.clone(),
                         resilient: self.config.resilient,
                     };
                     out.push(NodeAction::Send { link, msg });
@@ -1083,8 +1275,15 @@ impl<P, D> Node<P, D> {
                     self.member_links = std::iter::once(LinkId(u64::MAX)).chain(links).collect();
                     // The initializer formed every cluster: it wrote a part
                     // of every committed checkpoint.
-                    let has_part = self.rollback_to.is_some();
-                    self.formed(members, 0, generation, self.rollback_to, has_part, out);
+                    let formation = Formation {
+                        members,
+                        me: 0,
+                        generation,
+                        rollback_to: self.rollback_to,
+                        has_part: self.rollback_to.is_some(),
+                        leaving: self.record.leaving.clone(),
+                    };
+                    self.formed(formation, out);
                 }
                 InitializerAction::Interrupted { reason } => {
                     out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));
@@ -1109,19 +1308,21 @@ impl<P, D> Node<P, D> {
                     if self.phase == Phase::Forming && !self.awaiting_record {
                         // The formation under way takes it: its rollback
                         // point is known.
-                        self.joined.push(JoinedMember {
+                        self.record.joined.retain(|j| j.name != name);
+                        self.record.left.retain(|l| *l != name);
+                        self.record.joined.push(JoinedMember {
                             name: name.clone(),
                             after: self.rollback_to,
                         });
                         out.push(NodeAction::RecordMembership {
-                            joined: self.joined.clone(),
+                            record: self.record.clone(),
                         });
                     } else {
                         // Placed when the next formation begins (`form`).
                         self.unplaced.push(name.clone());
                     }
-                    if formed && self.growth.is_none() {
-                        self.pause_for(format!("worker '{name}' joins"), now, out);
+                    if formed && self.change.is_none() {
+                        self.pause_for(format!("worker '{name}' joins"), false, now, out);
                     }
                 }
             }
@@ -1169,6 +1370,7 @@ impl<P, D> Node<P, D> {
                     generation,
                     rollback_to,
                     has_part,
+                    leaving,
                     resilient,
                     ..
                 } => {
@@ -1181,7 +1383,15 @@ impl<P, D> Node<P, D> {
                         );
                         return;
                     }
-                    self.formed(members, me, generation, rollback_to, has_part, out);
+                    let formation = Formation {
+                        members,
+                        me,
+                        generation,
+                        rollback_to,
+                        has_part,
+                        leaving,
+                    };
+                    self.formed(formation, out);
                 }
                 JoinerAction::Interrupted { reason } => {
                     out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));
@@ -1239,7 +1449,7 @@ impl<P, D> Node<P, D> {
         };
         match action {
             CoordinatorAction::Begin { id, generation } => {
-                if let Some(g) = self.growth.as_mut().filter(|g| g.checkpoint.is_none()) {
+                if let Some(g) = self.change.as_mut().filter(|g| g.checkpoint.is_none()) {
                     g.checkpoint = Some(id);
                 }
                 self.broadcast(Control::Checkpoint { id, generation }, out);
@@ -1251,7 +1461,7 @@ impl<P, D> Node<P, D> {
             CoordinatorAction::Commit { id, generation } => {
                 self.broadcast(Control::Committed { id, generation }, out);
                 self.participant_event(ParticipantEvent::Committed { id }, now, positions, out);
-                self.maybe_grow(id, now, out);
+                self.maybe_change(id, true, now, out);
             }
             CoordinatorAction::Abort {
                 id,
@@ -1271,7 +1481,7 @@ impl<P, D> Node<P, D> {
                     out,
                 );
                 self.participant_event(ParticipantEvent::Aborted { id }, now, positions, out);
-                self.maybe_grow(id, now, out);
+                self.maybe_change(id, false, now, out);
             }
         }
     }

@@ -109,6 +109,9 @@ pub enum Control {
         /// The welcomed worker wrote a part of `rollback_to` (false for a
         /// worker that joined the cluster after it).
         has_part: bool,
+        /// Members that are leaving the cluster: they own no key groups and
+        /// hand their state to the others.
+        leaving: Vec<String>,
         resilient: bool,
     },
     /// The initializer refuses the join; `retry`: the reason may pass
@@ -149,9 +152,14 @@ pub enum Control {
     Reform {
         reason: String,
     },
-    /// A worker joins: take no more source input until the cluster
-    /// re-forms (after the next checkpoint).
+    /// A worker joins or workers leave: take no more source input until
+    /// the cluster re-forms (after the next checkpoint).
     Pause {
+        generation: u64,
+    },
+    /// To a leaving worker whose state is handed over and checkpointed
+    /// without it: stop, and exit 0.
+    Leave {
         generation: u64,
     },
     Shutdown {

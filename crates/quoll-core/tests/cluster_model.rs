@@ -13,7 +13,10 @@
 //! to the checkpointed length on restore).
 //!
 //! Some workers may start later, with `--join`: the cluster grows to take
-//! them in, and restores move state to the new owners of its items.
+//! them in, and restores move state to the new owners of its items. Some
+//! runs shrink the cluster once (`Node::shrink`, as the external channel
+//! asks): the leavers hand their state over and go, and their items read
+//! before they left must still be counted exactly once.
 //!
 //! Checked at every step: a commit record is written only when every member
 //! of that generation has its part durable; committed ids grow; a restore
@@ -28,7 +31,7 @@ use proptest::prelude::*;
 use quoll_core::checkpoint::participant::ParticipantAction;
 use quoll_core::checkpoint::CheckpointId;
 use quoll_core::membership::{Generation, LinkId};
-use quoll_core::node::{JoinedMember, Node, NodeAction, NodeConfig, NodeEvent, Recovered};
+use quoll_core::node::{MembershipRecord, Node, NodeAction, NodeConfig, NodeEvent, Recovered};
 use quoll_core::wire::{Control, Member};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -60,6 +63,16 @@ fn owner(item: Item, members: usize) -> usize {
     (h >> 17) as usize % members
 }
 
+/// The member owning `item` when only `owners` (member indices: those not
+/// leaving) own items.
+fn owner_of(item: Item, owners: &[usize]) -> usize {
+    owners[owner(item, owners.len())]
+}
+
+/// A formation as one worker knows it: the members, its index, the
+/// generation, and the members that own items.
+type Formation = (Vec<Member>, usize, Generation, Vec<usize>);
+
 #[derive(Clone, Debug)]
 struct Snapshot {
     state: Vec<Item>,
@@ -78,7 +91,7 @@ struct Disk {
     /// The exactly-once sink file.
     sink: Vec<Item>,
     /// The initializer's membership record.
-    joined: Vec<JoinedMember>,
+    membership: MembershipRecord,
 }
 
 #[derive(Debug)]
@@ -111,9 +124,9 @@ struct Proc {
     /// The commit record in progress (initializer).
     recording: Option<(Generation, CheckpointId)>,
     connect_at: Option<Instant>,
-    formed: Option<(Vec<Member>, usize, Generation)>,
+    formed: Option<Formation>,
     /// Data links this process opened: (generation, members).
-    data_open: Option<(Generation, usize)>,
+    data_open: Option<(Generation, Vec<usize>)>,
     data_up_sent: bool,
     last_generation: Generation,
 }
@@ -130,6 +143,11 @@ struct Sim {
     /// in name order, as workers started with `--join`.
     founding: usize,
     started: Vec<bool>,
+    /// Per worker: it left the cluster by a shrink, having read this many
+    /// of its items.
+    left: Vec<Option<u64>>,
+    /// This run asks for a shrink once.
+    shrink_once: bool,
     items: u64,
     now: Instant,
     procs: Vec<Option<Proc>>,
@@ -138,7 +156,8 @@ struct Sim {
     next_link: u64,
     /// Control messages per (link, receiving worker), in order.
     control: BTreeMap<(LinkId, usize), VecDeque<Msg>>,
-    /// Data per (from, to, generation) link, in order.
+    /// Data per link, in order: (the sender's member index, the receiving
+    /// worker, the generation).
     data: BTreeMap<(usize, usize, Generation), VecDeque<DataMsg>>,
     /// Items of restored state handed to another worker.
     moved: usize,
@@ -147,6 +166,16 @@ struct Sim {
     /// Workers may join before the first commit.
     seed_joins_early: bool,
     trace: Vec<String>,
+}
+
+/// The worker (simulated process) a member is: after a shrink, member
+/// indices and worker numbers differ.
+fn worker_of(m: &Member) -> usize {
+    if m.name == "initializer" {
+        0
+    } else {
+        m.name[1..].parse().expect("w<number>")
+    }
 }
 
 fn name(i: usize) -> String {
@@ -181,6 +210,8 @@ impl Sim {
             n,
             founding,
             started: vec![false; n],
+            left: vec![None; n],
+            shrink_once: seed % 3 == 1,
             items,
             now: Instant::now(),
             procs: (0..n).map(|_| None).collect(),
@@ -213,7 +244,7 @@ impl Sim {
             last_committed: disk.commits.last().copied(),
             generation: disk.generation,
             has_files: !disk.parts.is_empty() || (i == 0 && disk.log_exists),
-            joined: disk.joined.clone(),
+            membership: disk.membership.clone(),
         };
         self.trace.push(format!("start {i} {recovered:?}"));
         self.started[i] = true;
@@ -373,7 +404,7 @@ impl Sim {
                     ..
                 } => {
                     let p = self.procs[i].as_mut().unwrap();
-                    p.data_open = Some((generation, members.len()));
+                    p.data_open = Some((generation, members.iter().map(worker_of).collect()));
                     p.data_up_sent = false;
                 }
                 NodeAction::TearDown { reform, keep } => {
@@ -404,15 +435,39 @@ impl Sim {
                     members,
                     me,
                     generation,
+                    leaving,
                 } => {
-                    self.procs[i].as_mut().unwrap().formed = Some((members, me, generation));
+                    let owners = (0..members.len())
+                        .filter(|m| !leaving.contains(&members[*m].name))
+                        .collect();
+                    self.procs[i].as_mut().unwrap().formed =
+                        Some((members, me, generation, owners));
                     self.check_generation(i);
                 }
-                NodeAction::RecordMembership { joined } => {
+                NodeAction::RecordMembership { record } => {
                     if i != 0 {
                         self.fail(format!("worker {i} records the membership"));
                     }
-                    self.disks[0].joined = joined;
+                    self.disks[0].membership = record;
+                }
+                NodeAction::Leave => {
+                    let p = self.procs[i].take().unwrap();
+                    self.trace.push(format!("LEFT {i} at {}", p.source_pos));
+                    if !p.state.is_empty() {
+                        self.fail(format!("worker {i} leaves holding state {:?}", p.state));
+                    }
+                    self.left[i] = Some(p.source_pos);
+                    let mine: Vec<LinkId> = self
+                        .links
+                        .iter()
+                        .filter(|(_, l)| l.open && (l.ends.0 == i || l.ends.1 == i))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for link in mine {
+                        self.close_link(link, i);
+                    }
+                    self.data.retain(|(_, to, _), _| *to != i);
+                    return;
                 }
                 NodeAction::Load {
                     generation,
@@ -436,13 +491,13 @@ impl Sim {
                 NodeAction::Release { from, data } => self.apply_item(i, from, data),
                 NodeAction::Checkpoint(c) => self.checkpoint(i, c),
                 NodeAction::RecordCommit { id, generation } => {
-                    let members = self.procs[i]
+                    let workers: Vec<usize> = self.procs[i]
                         .as_ref()
                         .unwrap()
                         .formed
                         .as_ref()
-                        .map_or(1, |f| f.0.len());
-                    for m in 0..members {
+                        .map_or(vec![0], |f| f.0.iter().map(worker_of).collect());
+                    for m in workers {
                         if !self.disks[m].parts.contains_key(&id) {
                             self.fail(format!(
                                 "commit of {id} recorded while worker {m}'s part is not durable"
@@ -457,7 +512,16 @@ impl Sim {
                     self.procs[i].as_mut().unwrap().recording = Some((generation, id));
                 }
                 NodeAction::Notice(_) => {}
-                NodeAction::Fatal(f) => self.fail(format!("worker {i} stopped: {f}")),
+                NodeAction::Fatal(f) => {
+                    // A leaver that crashed before it heard it had left is
+                    // refused when it comes back with its files.
+                    if self.gone(i).is_some() && f.to_string().contains("left the cluster") {
+                        self.trace.push(format!("GONE {i}: {f}"));
+                        self.procs[i] = None;
+                        return;
+                    }
+                    self.fail(format!("worker {i} stopped: {f}"))
+                }
             }
         }
     }
@@ -497,12 +561,12 @@ impl Sim {
             .retain(|id, _| checkpoint.is_some_and(|c| *id <= c));
         disk.sink.truncate(snap.sink_len);
         let p = self.procs[i].as_mut().unwrap();
-        let (members, me, _) = p.formed.clone().expect("formed before loading");
+        let (members, me, _, owners) = p.formed.clone().expect("formed before loading");
         let mut moved = false;
         let mut kept = Vec::new();
         let mut away: Vec<Vec<Item>> = vec![Vec::new(); members.len()];
         for item in snap.state {
-            let to = owner(item, members.len());
+            let to = owner_of(item, &owners);
             if to == me {
                 kept.push(item);
             } else {
@@ -515,7 +579,10 @@ impl Sim {
             ..snap
         });
         for (to, items) in away.into_iter().enumerate().filter(|(to, _)| *to != me) {
-            let q = self.data.entry((i, to, generation)).or_default();
+            let q = self
+                .data
+                .entry((me, worker_of(&members[to]), generation))
+                .or_default();
             let moved = !items.is_empty();
             self.moved += items.len();
             if moved {
@@ -543,11 +610,11 @@ impl Sim {
                         .formed
                         .as_ref()
                         .expect("formed");
-                    (f.0.len(), f.1, f.2)
+                    (f.0.clone(), f.1, f.2)
                 };
-                for to in (0..members).filter(|t| *t != me) {
+                for to in (0..members.len()).filter(|t| *t != me) {
                     self.data
-                        .entry((i, to, generation))
+                        .entry((me, worker_of(&members[to]), generation))
                         .or_default()
                         .push_back(DataMsg::Barrier(id));
                 }
@@ -580,8 +647,8 @@ impl Sim {
 
     fn apply_item(&mut self, i: usize, _from: usize, item: Item) {
         let p = self.procs[i].as_mut().unwrap();
-        let members = p.formed.as_ref().map_or(1, |f| f.0.len());
-        if owner(item, members) != p.formed.as_ref().map_or(0, |f| f.1) {
+        let (_, me, _, owners) = p.formed.as_ref().expect("formed when applying data");
+        if owner_of(item, owners) != *me {
             self.fail(format!("worker {i} got {item:?}, which it does not own"));
         }
         p.state.push(item);
@@ -617,13 +684,20 @@ impl Sim {
         if may_crash {
             choices.push(5);
         }
-        if (0..self.n).any(|i| self.started[i] && self.procs[i].is_none()) {
+        if (0..self.n).any(|i| self.down(i)) {
             choices.push(6);
         }
         // Joining after a commit makes the restore move state.
         let may_join = self.seed_joins_early || !self.disks[0].commits.is_empty();
         if self.started.contains(&false) && may_join {
             choices.push(7);
+        }
+        // Once every worker has started, some runs shrink the cluster.
+        let shrinkable = self.procs[0]
+            .as_ref()
+            .is_some_and(|p| p.node.takes_input() && p.node.members().len() > 1);
+        if self.shrink_once && !self.started.contains(&false) && shrinkable {
+            choices.push(8);
         }
         self.connect_and_link_up();
         match choices[self.rng.below(choices.len())] {
@@ -757,13 +831,14 @@ impl Sim {
                 let p = self.procs[i].as_mut().unwrap();
                 let item = (i, p.source_pos);
                 p.source_pos += 1;
-                let (members, me, generation) = p.formed.clone().expect("formed when taking input");
-                let to = owner(item, members.len());
+                let (members, me, generation, owners) =
+                    p.formed.clone().expect("formed when taking input");
+                let to = owner_of(item, &owners);
                 if to == me {
-                    self.apply_item(i, i, item);
+                    self.apply_item(i, me, item);
                 } else {
                     self.data
-                        .entry((i, to, generation))
+                        .entry((me, worker_of(&members[to]), generation))
                         .or_default()
                         .push_back(DataMsg::Item(item));
                 }
@@ -785,11 +860,21 @@ impl Sim {
                 self.crash(i);
             }
             6 => {
-                let down: Vec<usize> = (0..self.n)
-                    .filter(|i| self.started[*i] && self.procs[*i].is_none())
-                    .collect();
+                let down: Vec<usize> = (0..self.n).filter(|i| self.down(*i)).collect();
                 let i = down[self.rng.below(down.len())];
                 self.start(i);
+            }
+            8 => {
+                self.shrink_once = false;
+                let p = self.procs[0].as_mut().unwrap();
+                let count = 1 + self.rng.below(p.node.members().len() - 1);
+                let mut out = Vec::new();
+                let asked = p.node.shrink(false, &[], count, self.now, &mut out);
+                self.trace.push(format!("SHRINK by {count}: {asked:?}"));
+                if let Err(e) = asked {
+                    self.fail(format!("a shrink of a running cluster was refused: {e}"));
+                }
+                self.apply(0, out);
             }
             _ => {
                 // The next worker joins the running cluster.
@@ -824,17 +909,17 @@ impl Sim {
             }
         }
         for i in 0..self.n {
-            let Some((g, members)) = self.procs[i]
+            let Some((g, workers)) = self.procs[i]
                 .as_ref()
                 .filter(|p| !p.data_up_sent)
-                .and_then(|p| p.data_open)
+                .and_then(|p| p.data_open.clone())
             else {
                 continue;
             };
-            let all = (0..members).all(|m| {
-                self.procs[m]
+            let all = workers.iter().all(|w| {
+                self.procs[*w]
                     .as_ref()
-                    .is_some_and(|p| p.data_open.is_some_and(|(gm, _)| gm == g))
+                    .is_some_and(|p| p.data_open.as_ref().is_some_and(|(gm, _)| *gm == g))
             });
             if all {
                 self.procs[i].as_mut().unwrap().data_up_sent = true;
@@ -843,16 +928,37 @@ impl Sim {
         }
     }
 
+    /// Worker `i` is down and may be restarted (it did not leave).
+    fn down(&self, i: usize) -> bool {
+        self.started[i] && self.procs[i].is_none() && self.gone(i).is_none()
+    }
+
+    /// How many of its items worker `i` read if it left the cluster: the
+    /// position it left at, or, if it crashed before it heard it had left,
+    /// the position of its newest part (the checkpoint taken without it).
+    fn gone(&self, i: usize) -> Option<u64> {
+        self.left[i].or_else(|| {
+            self.disks[0].membership.left.contains(&name(i)).then(|| {
+                self.disks[i]
+                    .parts
+                    .values()
+                    .last()
+                    .map_or(0, |s| s.source_pos)
+            })
+        })
+    }
+
     fn finished(&self) -> bool {
-        let all_read = self.procs.iter().all(|p| {
-            p.as_ref()
+        let all_read = (0..self.n).filter(|i| self.gone(*i).is_none()).all(|i| {
+            self.procs[i]
+                .as_ref()
                 .is_some_and(|p| p.node.running() && p.source_pos == self.items)
         });
         let quiet =
             self.control.values().all(|q| q.is_empty()) && self.data.values().all(|q| q.is_empty());
         // A committed checkpoint covers all input.
         let covered = self.disks[0].commits.last().is_some_and(|last| {
-            (0..self.n).all(|i| {
+            (0..self.n).filter(|i| self.gone(*i).is_none()).all(|i| {
                 self.disks[i]
                     .parts
                     .get(last)
@@ -870,7 +976,7 @@ impl Sim {
             }
         }
         let want: BTreeSet<Item> = (0..self.n)
-            .flat_map(|i| (0..self.items).map(move |k| (i, k)))
+            .flat_map(|i| (0..self.gone(i).unwrap_or(self.items)).map(move |k| (i, k)))
             .collect();
         let doubled: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
         let missing: Vec<_> = want.iter().filter(|k| !seen.contains_key(k)).collect();
@@ -881,10 +987,15 @@ impl Sim {
         }
         // The state too: each item once, on the worker that owns it now.
         let mut held: BTreeMap<Item, usize> = BTreeMap::new();
-        for p in self.procs.iter().flatten() {
-            let (members, me, _) = p.formed.as_ref().expect("formed at the end");
+        for (i, p) in self.procs.iter().enumerate() {
+            let Some(p) = p.as_ref().filter(|_| self.gone(i).is_none()) else {
+                continue;
+            };
+            let Some((_, me, _, owners)) = p.formed.as_ref() else {
+                self.fail(format!("worker {i} is not formed at the end"));
+            };
             for it in &p.state {
-                if owner(*it, members.len()) != *me {
+                if owner_of(*it, owners) != *me {
                     self.fail(format!(
                         "worker {me} holds state of {it:?}, which it does not own"
                     ));
@@ -902,9 +1013,13 @@ impl Sim {
     }
 }
 
-/// Runs one cluster to the end; returns how many items of restored state
-/// moved between workers, and how many messages paused a member for a join.
-fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> (usize, usize) {
+/// What one run did: items of restored state moved between workers,
+/// messages that paused a member for a membership change, workers that
+/// left.
+type Done = (usize, usize, usize);
+
+/// Runs one cluster to the end.
+fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> Done {
     let mut sim = Sim::new(seed, n, founding, items);
     let mut left = crashes;
     let mut steps = 0;
@@ -931,7 +1046,8 @@ fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> (usi
         }
     }
     sim.check_exactly_once();
-    (sim.moved, sim.pauses)
+    let left = (0..n).filter(|i| sim.gone(*i).is_some()).count();
+    (sim.moved, sim.pauses, left)
 }
 
 #[test]
@@ -945,8 +1061,14 @@ fn three_workers_without_crashes() {
 }
 
 #[test]
+fn three_workers_shrink_without_crashes() {
+    let left: usize = (1..30).map(|seed| run(seed, 3, 3, 60, 0).2).sum();
+    assert!(left > 0, "no run shrank the cluster");
+}
+
+#[test]
 fn one_worker_grows_to_three_without_crashes() {
-    let runs: Vec<(usize, usize)> = (1..20).map(|seed| run(seed, 3, 1, 60, 0)).collect();
+    let runs: Vec<Done> = (1..20).map(|seed| run(seed, 3, 1, 60, 0)).collect();
     assert!(
         runs.iter().any(|r| r.0 > 0),
         "no run moved state to a joined worker"
@@ -992,8 +1114,8 @@ fn hunt() {
             .split(',')
             .map(|x| x.trim().parse().expect("numbers"))
             .collect();
-        let (moved, pauses) = run(v[0], v[1] as usize, v[2] as usize, v[3], v[4] as usize);
-        println!("{moved} items of state moved, {pauses} pause messages");
+        let (moved, pauses, left) = run(v[0], v[1] as usize, v[2] as usize, v[3], v[4] as usize);
+        println!("{moved} items of state moved, {pauses} pause messages, {left} workers left");
         return;
     }
     for n in 2..5 {

@@ -16,7 +16,7 @@ use quoll_core::checkpoint_store::{
     self, CheckpointKind, CheckpointWriter, CommitLog, CommitRecord, StoreError,
 };
 use quoll_core::membership::Generation;
-use quoll_core::node::{JoinedMember, Recovered};
+use quoll_core::node::{MembershipRecord, Recovered};
 use quoll_objstore::{Error, Mirror};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -85,30 +85,30 @@ impl Files {
             } else if CommitLog::path(&self.dir, &self.app).exists() {
                 recovered.has_files = true;
             }
-            recovered.joined = self.joined()?;
+            recovered.membership = self.membership()?;
         }
         Ok(recovered)
     }
 
-    /// The initializer's membership record: the workers that joined the
-    /// cluster after it first formed (none if there is no record).
-    fn joined(&self) -> Result<Vec<JoinedMember>, Error> {
+    /// The initializer's membership record: how the membership changed
+    /// since the cluster first formed (nothing if there is no record).
+    fn membership(&self) -> Result<MembershipRecord, Error> {
         let Some(bytes) = checkpoint_store::read_membership(&self.dir, &self.app, &self.worker)?
         else {
-            return Ok(Vec::new());
+            return Ok(MembershipRecord::default());
         };
         serde_json::from_slice(&bytes).map_err(|e| {
             Error::Local(StoreError::Invalid {
                 path: checkpoint_store::membership_path(&self.dir, &self.app, &self.worker),
-                problem: format!("not a list of joined workers: {e}"),
+                problem: format!("not a membership record: {e}"),
             })
         })
     }
 
-    /// Durably records the workers that joined (the initializer's
+    /// Durably records the membership's changes (the initializer's
     /// membership record), replacing the previous record.
-    pub fn record_membership(&self, joined: &[JoinedMember]) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(joined).map_err(|e| {
+    pub fn record_membership(&self, record: &MembershipRecord) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(record).map_err(|e| {
             Error::Local(StoreError::Invalid {
                 path: checkpoint_store::membership_path(&self.dir, &self.app, &self.worker),
                 problem: e.to_string(),

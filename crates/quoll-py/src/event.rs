@@ -48,6 +48,12 @@ pub enum Event {
     Shutdown { reason: String },
     /// An I/O task can't go on and the worker must stop.
     Fatal(String),
+    /// The external channel's shrink request (type 4): the workers that
+    /// may leave (a query) or that now leave, or why not.
+    Shrink {
+        request: quoll_core::external::ShrinkRequest,
+        reply: oneshot::Sender<Result<Vec<String>, String>>,
+    },
     /// The external channel asks which keys this worker's state and window
     /// stages hold (its state-entity query).
     StateEntities(oneshot::Sender<StateEntities>),

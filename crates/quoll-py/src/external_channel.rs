@@ -8,7 +8,9 @@
 //! stream can't be re-synchronised). Replies: cluster status (or "not
 //! initialized" until the worker is ready), source ids, the report-status
 //! counters, the keys held (state-entity query, answered by the executor
-//! through [`Event::StateEntities`]), a shrink error for a shrink request;
+//! through [`Event::StateEntities`]), the answer to a shrink request (the
+//! node decides, through [`Event::Shrink`]: the workers that may leave or
+//! now leave, type 5, or why not, type 6);
 //! a clean-shutdown request is passed to the worker as
 //! [`Event::Shutdown`]; other known types are answered as unsupported.
 
@@ -145,10 +147,39 @@ async fn serve_external(
                     .unwrap_or_default()
                     .into_bytes(),
             )),
-            MessageType::ShrinkRequest => Some((
-                MessageType::ShrinkError,
-                b"quoll can't shrink a running cluster yet; the request changed nothing".to_vec(),
-            )),
+            MessageType::ShrinkRequest => {
+                let request: external::ShrinkRequest = match serde_json::from_str(&payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let why = format!("bad shrink request {payload:?}: {e}; nothing changed");
+                        write
+                            .write_all(&external::try_encode_frame(
+                                MessageType::ShrinkError,
+                                why.into_bytes(),
+                            )?)
+                            .await?;
+                        continue;
+                    }
+                };
+                let (reply, answer) = oneshot::channel();
+                tx.send(Event::Shrink { request, reply })
+                    .await
+                    .map_err(|_| ServeError::Stopped)?;
+                match tokio::time::timeout(QUERY_TIMEOUT, answer)
+                    .await
+                    .map_err(|_| ServeError::Busy)?
+                    .map_err(|_| ServeError::Stopped)?
+                {
+                    Ok(names) => {
+                        let r = external::ShrinkQueryResponse {
+                            node_count: names.len() as u64,
+                            node_names: names,
+                        };
+                        Some((MessageType::ShrinkQueryResponse, serde_json::to_vec(&r)?))
+                    }
+                    Err(why) => Some((MessageType::ShrinkError, why.into_bytes())),
+                }
+            }
             MessageType::StateEntityQuery => {
                 let (reply, answer) = oneshot::channel();
                 let entities = match tx.send(Event::StateEntities(reply)).await {

@@ -35,16 +35,19 @@ const BATCH_FLUSH_BYTES: usize = 64 << 10;
 pub const CONGESTED_BYTES: usize = 8 << 20;
 
 impl Router {
+    /// The router of member `me` of `names`, key groups split evenly over
+    /// the members `owners` (the others are leaving).
     pub fn new(
         me: usize,
         names: Vec<String>,
+        owners: &[usize],
         generation: u64,
         links: Vec<Option<mpsc::Sender<Vec<u8>>>>,
     ) -> Router {
         let n = names.len();
         Router {
             me,
-            map: KeyGroupMap::even(n),
+            map: KeyGroupMap::even_over(owners),
             names,
             generation,
             batches: (0..n).map(|_| None).collect(),

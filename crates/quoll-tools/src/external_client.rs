@@ -27,7 +27,10 @@ use quoll_core::external::{
 };
 use quoll_core::frame::{BlockingFramedRead, ReadError};
 
-use crate::{connect, parse_seconds, secs, ToolError, EXIT_NOT_INITIALIZED, EXIT_OK};
+use crate::{
+    connect, parse_seconds, secs, ToolError, EXIT_FAILURE, EXIT_NOT_INITIALIZED, EXIT_OK,
+    EXIT_USAGE,
+};
 
 /// Arguments of `quoll status`.
 #[derive(Args, Debug, Clone)]
@@ -57,6 +60,31 @@ pub struct ShutdownArgs {
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub message: String,
     /// Seconds to wait for the connection, then for the worker to close it or reply.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub timeout: f64,
+}
+
+/// Arguments of `quoll shrink`.
+#[derive(Args, Debug, Clone)]
+pub struct ShrinkArgs {
+    /// The initializer's external channel address (its --external).
+    #[arg(value_name = "HOST:PORT")]
+    pub address: String,
+    /// The workers to remove, by name (comma-separated).
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        conflicts_with = "count"
+    )]
+    pub names: Vec<String>,
+    /// How many workers to remove (the last ones by name).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Only ask which workers may leave; change nothing.
+    #[arg(long, conflicts_with_all = ["names", "count"])]
+    pub query: bool,
+    /// Seconds to wait for the connection, then for the reply.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
     pub timeout: f64,
 }
@@ -286,6 +314,62 @@ pub fn run_status(
             let _ = writeln!(out, "not initialized");
             Ok(EXIT_NOT_INITIALIZED)
         }
+    }
+}
+
+/// `quoll shrink`: the external channel's shrink request (type 4),
+/// answered with the workers that may leave or now leave (type 5), or why
+/// not (type 6, exit status 1).
+pub fn run_shrink(
+    args: &ShrinkArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, ToolError> {
+    if !args.query && args.names.is_empty() && args.count.is_none() {
+        return Err(ToolError::with_code(
+            EXIT_USAGE,
+            "say which workers leave: --names NAME[,NAME...] or --count N (or --query)",
+        ));
+    }
+    let mut client = ExternalClient::connect(&args.address, secs(args.timeout))?;
+    let request = quoll_core::external::ShrinkRequest {
+        query: args.query,
+        node_names: args.names.clone(),
+        node_count: args.count.unwrap_or(0),
+    };
+    let payload = serde_json::to_vec(&request).map_err(|e| ToolError::new(e.to_string()))?;
+    let reply = client.request(MessageType::ShrinkRequest, &payload)?;
+    let text = reply.payload_lossy();
+    match reply.message_type() {
+        Some(MessageType::ShrinkQueryResponse) => {
+            let answer: quoll_core::external::ShrinkQueryResponse = serde_json::from_str(&text)
+                .map_err(|e| {
+                    ToolError::new(format!(
+                        "{} sent an invalid shrink answer ({e}): {text}",
+                        args.address
+                    ))
+                })?;
+            let what = if args.query {
+                "may leave"
+            } else {
+                "are leaving"
+            };
+            let _ = writeln!(
+                out,
+                "{} worker(s) {what}: {}",
+                answer.node_count,
+                answer.node_names.join(", ")
+            );
+            Ok(EXIT_OK)
+        }
+        Some(MessageType::ShrinkError) => {
+            let _ = writeln!(err, "quoll shrink: refused: {text}");
+            Ok(EXIT_FAILURE)
+        }
+        _ => Err(ToolError::new(format!(
+            "{} answered the shrink request with type {}: {text}",
+            args.address, reply.msg_type
+        ))),
     }
 }
 

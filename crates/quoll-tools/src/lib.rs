@@ -88,7 +88,7 @@ impl std::error::Error for ToolError {}
 #[derive(Parser, Debug)]
 #[command(
     name = "quoll",
-    about = "quoll's tools: send, receive, status, shutdown"
+    about = "quoll's tools: send, receive, status, shutdown, shrink"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -105,6 +105,8 @@ enum Command {
     Status(external_client::StatusArgs),
     /// Ask a worker's external channel for a clean shutdown of the cluster.
     Shutdown(external_client::ShutdownArgs),
+    /// Ask the initializer to remove workers from the running cluster.
+    Shrink(external_client::ShrinkArgs),
 }
 
 /// Runs one tool and returns its exit code, printing on the process's
@@ -143,12 +145,14 @@ fn run_tool(args: Vec<String>, out: &mut dyn Write, err: &mut dyn Write, termina
         Command::Receive(_) => "receive",
         Command::Status(_) => "status",
         Command::Shutdown(_) => "shutdown",
+        Command::Shrink(_) => "shrink",
     };
     let result = match cli.command {
         Command::Send(a) => send::run_send(&a, out, err, terminal),
         Command::Receive(a) => receive::run_receive(&a, out, err, terminal),
         Command::Status(a) => external_client::run_status(&a, out, err),
         Command::Shutdown(a) => external_client::run_shutdown(&a, out, err),
+        Command::Shrink(a) => external_client::run_shrink(&a, out, err),
     };
     let _ = out.flush();
     match result {

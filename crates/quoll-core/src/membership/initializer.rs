@@ -69,6 +69,8 @@ pub enum InitializerEvent {
         data_addr: String,
         fingerprint: u64,
         grow: bool,
+        /// The worker has resilience files of an earlier run.
+        has_files: bool,
     },
     /// A control connection closed, failed or went silent.
     LinkClosed {
@@ -186,19 +188,22 @@ pub struct InitializerMembership {
     phase: Phase,
     /// Workers that joined after the cluster first formed, in joining order.
     joined: Vec<String>,
+    /// Workers that left it (by a shrink).
+    left: Vec<String>,
     /// Joiners whose links wait for the next formation.
     waiting: Vec<Candidate>,
 }
 
 impl InitializerMembership {
     /// The machine of a cluster of `rules.worker_count` workers plus the
-    /// `joined` ones (recorded by an earlier run).
-    pub fn new(rules: FormationRules, joined: Vec<String>) -> Self {
+    /// `joined` ones and less the `left` ones (recorded by an earlier run).
+    pub fn new(rules: FormationRules, joined: Vec<String>, left: Vec<String>) -> Self {
         InitializerMembership {
             rules,
             generation: 0,
             phase: Phase::Idle,
             joined,
+            left,
             waiting: Vec::new(),
         }
     }
@@ -216,7 +221,13 @@ impl InitializerMembership {
 
     /// How many workers a formation waits for.
     pub fn worker_count(&self) -> usize {
-        self.rules.worker_count + self.joined.len()
+        (self.rules.worker_count + self.joined.len()).saturating_sub(self.left.len())
+    }
+
+    /// `names` have left the cluster: formations no longer wait for them,
+    /// and they are refused unless they join again (`--join`).
+    pub fn leave(&mut self, names: &[String]) {
+        self.left.extend(names.iter().cloned());
     }
 
     /// Is `name` a worker the cluster knows (formed with, or joined)?
@@ -227,7 +238,7 @@ impl InitializerMembership {
             }
             _ => false,
         };
-        member || self.joined.iter().any(|j| j == name)
+        member || (self.joined.iter().any(|j| j == name) && !self.left.iter().any(|l| l == name))
     }
 
     pub fn generation(&self) -> Generation {
@@ -294,13 +305,21 @@ impl InitializerMembership {
                 data_addr,
                 fingerprint,
                 grow,
+                has_files,
             } => {
                 let c = Candidate {
                     link,
                     name,
                     data_addr,
                 };
-                if grow && self.refusal(&c, fingerprint).is_none() && !self.is_known(&c.name) {
+                // A worker that left may join again only afresh: restarted
+                // with its files, it is a leaver that missed its leave.
+                let fresh = !has_files || !self.left.contains(&c.name);
+                if grow
+                    && fresh
+                    && self.refusal(&c, fingerprint).is_none()
+                    && !self.is_known(&c.name)
+                {
                     self.on_grow(c, now, out);
                 } else {
                     self.on_join(c, fingerprint, now, out);
@@ -350,6 +369,16 @@ impl InitializerMembership {
         None
     }
 
+    /// Why a worker that left may not take part (unless it joins again).
+    fn gone(&self, name: &str) -> Option<String> {
+        self.left.iter().any(|l| l == name).then(|| {
+            format!(
+                "worker '{name}' left the cluster (shrink); to add it again, start it with --join \
+                 and an empty --resilience-dir"
+            )
+        })
+    }
+
     fn on_join(
         &mut self,
         c: Candidate,
@@ -357,7 +386,7 @@ impl InitializerMembership {
         now: Instant,
         out: &mut Vec<InitializerAction>,
     ) {
-        if let Some(reason) = self.refusal(&c, fingerprint) {
+        if let Some(reason) = self.refusal(&c, fingerprint).or_else(|| self.gone(&c.name)) {
             out.push(InitializerAction::Refuse {
                 link: c.link,
                 reason,
@@ -447,7 +476,12 @@ impl InitializerMembership {
             });
             return;
         }
-        self.joined.push(c.name.clone());
+        // One that left and joins again is no longer "left".
+        if let Some(i) = self.left.iter().position(|l| *l == c.name) {
+            self.left.remove(i);
+        } else {
+            self.joined.push(c.name.clone());
+        }
         let name = c.name.clone();
         match &self.phase {
             // Still gathering: it is simply one more candidate.
@@ -537,10 +571,11 @@ impl InitializerMembership {
     }
 
     fn maybe_welcome(&mut self, now: Instant, out: &mut Vec<InitializerAction>) {
+        let expected = self.worker_count();
         let Phase::Gathering { candidates } = &mut self.phase else {
             return;
         };
-        if candidates.len() + 1 < self.rules.worker_count + self.joined.len() {
+        if candidates.len() + 1 < expected {
             return;
         }
         let mut candidates = std::mem::take(candidates);
@@ -629,6 +664,7 @@ mod tests {
                 grow_refusal: (!resilient).then(|| "no resilience".to_string()),
             },
             Vec::new(),
+            Vec::new(),
         )
     }
 
@@ -656,6 +692,7 @@ mod tests {
             data_addr: format!("d{link}"),
             fingerprint: FP,
             grow,
+            has_files: false,
         };
         m.handle(e, now, &mut out);
         out
@@ -758,6 +795,7 @@ mod tests {
             data_addr: "x".into(),
             fingerprint: 1,
             grow: false,
+            has_files: false,
         };
         m.handle(other_app, now, &mut out);
         assert!(

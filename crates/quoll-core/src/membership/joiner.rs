@@ -78,6 +78,8 @@ pub enum JoinerAction {
         rollback_to: Option<CheckpointId>,
         /// This worker wrote a part of `rollback_to`.
         has_part: bool,
+        /// Members leaving the cluster (they own no key groups).
+        leaving: Vec<String>,
         resilient: bool,
     },
     /// The formation failed before `Start`; it starts over.
@@ -105,6 +107,7 @@ struct Welcomed {
     generation: Generation,
     rollback_to: Option<CheckpointId>,
     has_part: bool,
+    leaving: Vec<String>,
     resilient: bool,
 }
 
@@ -260,6 +263,7 @@ impl JoinerMembership {
                     generation,
                     rollback_to,
                     has_part,
+                    leaving,
                     resilient,
                 },
                 Phase::Joining { .. },
@@ -282,6 +286,7 @@ impl JoinerMembership {
                     generation,
                     rollback_to,
                     has_part,
+                    leaving,
                     resilient,
                 };
                 self.refused_since = None;
@@ -313,6 +318,7 @@ impl JoinerMembership {
                     generation,
                     rollback_to,
                     has_part,
+                    leaving,
                     resilient,
                 } = welcomed.clone();
                 self.phase = Phase::Formed { link };
@@ -323,6 +329,7 @@ impl JoinerMembership {
                     generation,
                     rollback_to,
                     has_part,
+                    leaving,
                     resilient,
                 });
             }
@@ -372,6 +379,7 @@ mod tests {
             generation,
             rollback_to: Some(3),
             has_part: true,
+            leaving: Vec::new(),
             resilient: true,
         }
     }
@@ -477,6 +485,7 @@ mod tests {
                 generation: 2,
                 rollback_to: Some(3),
                 has_part: true,
+                leaving: Vec::new(),
                 resilient: true
             }]
         );

@@ -172,6 +172,7 @@ impl Worker {
                 members,
                 me,
                 generation,
+                leaving,
             } => {
                 let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
                 debug!(
@@ -186,14 +187,27 @@ impl Worker {
                     .formed(&names, me, !self.started_up, metrics_addr);
                 self.place = (me, names.len());
                 let data_out = self.links.as_ref().map_or_else(Vec::new, |l| l.data_out());
+                if leaving.contains(&self.config.name) {
+                    info!(
+                        "leaving the cluster (shrink): handing this worker's state to the others; \
+                         its sources take no more input"
+                    );
+                }
+                let owners: Vec<usize> = (0..names.len())
+                    .filter(|i| !leaving.contains(&names[*i]))
+                    .collect();
                 if names.len() > 1 {
-                    self.ex.router = Some(Router::new(me, names, generation, data_out));
+                    self.ex.router = Some(Router::new(me, names, &owners, generation, data_out));
                 }
             }
-            NodeAction::RecordMembership { joined } => {
+            NodeAction::RecordMembership { record } => {
                 if let Some(files) = &self.files {
-                    py.detach(|| files.record_membership(&joined))?;
+                    py.detach(|| files.record_membership(&record))?;
                 }
+            }
+            NodeAction::Leave => {
+                info!("left the cluster (shrink): its state is with the other workers; stopping");
+                self.left = true;
             }
             NodeAction::Load {
                 generation,
@@ -301,6 +315,11 @@ impl Worker {
                 info!("rolling back to the last complete checkpoint: {reason}");
             }
             Notice::Growing { name } => info!("worker '{name}' joins the cluster"),
+            Notice::Shrinking { names } => info!(
+                "worker(s) {} leave the cluster (shrink): pausing input for a checkpoint",
+                names.join(", ")
+            ),
+            Notice::Left { names } => info!("worker(s) {} left the cluster", names.join(", ")),
             Notice::StartingFresh => info!(
                 "resilience files in {} are from a run that never completed a checkpoint; starting fresh",
                 self.config.resilience_dir

@@ -233,7 +233,24 @@ impl Worker {
                 generation,
                 body,
             } => self.on_handoff(py, from, generation, &body)?,
-            Event::Node(e) => self.node_event(py, e)?,
+            Event::Node(e) => {
+                self.node_event(py, e)?;
+                if self.left {
+                    return Ok(Some(Stop::Left));
+                }
+            }
+            Event::Shrink { request, reply } => {
+                let mut out = Vec::new();
+                let answer = self.node.shrink(
+                    request.query,
+                    &request.node_names,
+                    request.node_count as usize,
+                    Instant::now(),
+                    &mut out,
+                );
+                self.carry_out(py, out)?;
+                let _ = reply.send(answer.map_err(|e| e.to_string()));
+            }
             Event::Shutdown { reason } => {
                 info!("stopping: {reason}");
                 return Ok(Some(Stop::Clean(reason)));

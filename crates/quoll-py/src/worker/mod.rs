@@ -106,6 +106,8 @@ enum Stop {
     /// Shutdown asked here (external channel, Ctrl-C), or relayed by the
     /// cluster: every other worker is told too.
     Clean(String),
+    /// This worker left the cluster (shrink); the others go on.
+    Left,
 }
 
 /// Everything a running worker holds.
@@ -152,6 +154,8 @@ pub(crate) struct Worker {
     >,
     /// The first restore is done: errors from now on are run-time errors.
     started_up: bool,
+    /// This worker has left the cluster (shrink): the event loop ends.
+    left: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -208,7 +212,7 @@ pub fn run_worker(
     let started_up = w.started_up;
     w.shut_down(py, &result);
     match result {
-        Ok(Stop::Clean(_)) => Ok(()),
+        Ok(Stop::Clean(_) | Stop::Left) => Ok(()),
         Err(e) => {
             error!("{e}");
             if started_up {
@@ -607,6 +611,7 @@ impl Worker {
             loaded: None,
             handed_in: Default::default(),
             started_up: false,
+            left: false,
             metrics,
         })
     }
@@ -709,7 +714,7 @@ impl Worker {
         drop(sinks);
         let reason = match result {
             Ok(Stop::Clean(reason)) => Some(reason.clone()),
-            Err(_) => None,
+            Ok(Stop::Left) | Err(_) => None,
         };
         // Sink writers end once every sender is gone and what they hold is
         // written.
