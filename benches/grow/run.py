@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Grow benchmark: how long a join pauses a loaded cluster that holds
-100,000 keys of state, and what it does to latency.
+"""Grow and shrink benchmark: how long a join, and then a shrink, pause a
+loaded cluster that holds 100,000 keys of state, and what they do to
+latency.
 
 benches/resilience/keyed_counter.py (one key per record, a running count
 per key, TCP in and TCP out) runs on an initializer alone, with resilience
@@ -8,16 +9,19 @@ per key, TCP in and TCP out) runs on an initializer alone, with resilience
 
   1. sends each of KEYS distinct keys once (the state to move), waits for
      every count and for two checkpoints,
-  2. then sends random keys among them at RATE records/s for SECONDS s,
-     and a third of the way in starts a second worker with `--join`;
+  2. then sends random keys among them at RATE records/s for SECONDS s;
+     a third of the way in starts a second worker with `--join`, and two
+     thirds of the way in asks for it to leave again (`quoll shrink
+     --count 1`);
   3. receives every output line on its own TCP receiver and matches each
      `key => n` with the time the n-th record of that key was sent: the
      latency of that record, from outside, send to receive.
 
-It prints, for the records sent before the join and for those sent from
-the join on: the longest gap between two outputs, and latency p50, p99,
-p99.9 and max; and how long the join took from the joiner's start to the
-cluster reporting two workers. Every count must arrive exactly once (the
+It prints, for the records sent before the join, from the join to the
+shrink, and from the shrink on: the longest gap between two outputs, and
+latency p50, p99, p99.9 and max; and how long the join took from the
+joiner's start to the cluster reporting two workers, and the shrink from
+the request to one worker again (the leaver having exited 0). Every count must arrive exactly once (the
 run fails otherwise). Results go to a JSON file.
 
     python benches/grow/run.py [--keys 100000] [--rate 5000] [--seconds 9] [--repeats 3]
@@ -152,6 +156,8 @@ def one_run(args, workdir):
         join_at = total // 3
         start = time.monotonic()
         joined = {}
+        shrunk = {}
+        shrink_at = 2 * total // 3
         batch = max(1, args.rate // 1000)  # a write per millisecond
         i = 0
         while i < total:
@@ -166,6 +172,18 @@ def one_run(args, workdir):
                 chunk.append(frame(k))
                 i += 1
             sock.sendall(b"".join(chunk))
+            if i >= shrink_at and not shrunk and "done" in joined:
+                shrunk["at"] = time.monotonic()
+
+                def shrink():
+                    r = subprocess.run([tool("quoll"), "shrink", f"127.0.0.1:{ports['ext0']}", "--count", "1"],
+                                       capture_output=True, text=True, timeout=30)
+                    if r.returncode != 0:
+                        shrunk["error"] = r.stderr
+                        return
+                    wait(lambda: status(ports["ext0"]).get("worker_count") == 1, 60, "the shrink")
+                    shrunk["done"] = time.monotonic()
+                threading.Thread(target=shrink, daemon=True).start()
             if i >= join_at and not joined:
                 joined["at"] = time.monotonic()
                 procs.append(subprocess.Popen(join_cmd, env=env, cwd=workdir,
@@ -177,14 +195,18 @@ def one_run(args, workdir):
         wait(lambda: recv.count() >= want, 60, f"{want} outputs (have {recv.count()})")
         time.sleep(0.5)
         wait(lambda: "done" in joined, 30, "the join to be reported")
+        wait(lambda: "done" in shrunk or "error" in shrunk, 60, "the shrink to be reported")
+        if "error" in shrunk:
+            raise SystemExit(f"the shrink was refused: {shrunk['error']}")
+        if procs[1].wait(30) != 0:
+            raise SystemExit("the leaving worker did not exit 0")
     finally:
         for p in procs:
             p.kill()
             p.wait()
     got = sorted(recv.got)
     seen = set()
-    before, after = [], []
-    times_before, times_after = [], []
+    phases = {"before_join": ([], []), "from_join": ([], []), "from_shrink": ([], [])}
     for t, key, n in got:
         if (key, n) in seen:
             raise SystemExit(f"{key} => {n} arrived twice")
@@ -192,12 +214,9 @@ def one_run(args, workdir):
         if n == 1:
             continue
         t0 = sent[key][n - 1]
-        if t0 < joined["at"]:
-            before.append(t - t0)
-            times_before.append(t)
-        else:
-            after.append(t - t0)
-            times_after.append(t)
+        phase = "before_join" if t0 < joined["at"] else "from_join" if t0 < shrunk["at"] else "from_shrink"
+        phases[phase][0].append(t - t0)
+        phases[phase][1].append(t)
     if len(seen) != want:
         raise SystemExit(f"{len(seen)} distinct counts arrived, want {want}")
 
@@ -209,9 +228,11 @@ def one_run(args, workdir):
         return {"p50_ms": 1e3 * percentile(xs, 0.5), "p99_ms": 1e3 * percentile(xs, 0.99),
                 "p999_ms": 1e3 * percentile(xs, 0.999), "max_ms": 1e3 * xs[-1] if xs else float("nan")}
 
-    return {"before_join": {"records": len(before), "longest_gap_ms": 1e3 * gap(times_before), **lat(before)},
-            "from_join": {"records": len(after), "longest_gap_ms": 1e3 * gap(times_after), **lat(after)},
-            "join_to_two_workers_s": joined["done"] - joined["at"]}
+    result = {name: {"records": len(lats), "longest_gap_ms": 1e3 * gap(times), **lat(lats)}
+              for name, (lats, times) in phases.items()}
+    result["join_to_two_workers_s"] = joined["done"] - joined["at"]
+    result["shrink_to_one_worker_s"] = shrunk["done"] - shrunk["at"]
+    return result
 
 
 def main():
@@ -234,16 +255,19 @@ def main():
                         print(f"--- {log}\n" + (Path(d) / log).read_text()[-3000:], file=sys.stderr)
                 raise
         runs.append(result)
-        b, a = result["before_join"], result["from_join"]
+        b, a, s = result["before_join"], result["from_join"], result["from_shrink"]
         print(f"run {r + 1}: longest output gap {b['longest_gap_ms']:.0f} ms before the join, "
-              f"{a['longest_gap_ms']:.0f} ms from it; p99 {b['p99_ms']:.1f} -> {a['p99_ms']:.1f} ms, "
-              f"max {b['max_ms']:.0f} -> {a['max_ms']:.0f} ms; join reported after "
-              f"{result['join_to_two_workers_s']:.2f} s", flush=True)
-    gaps = [r["from_join"]["longest_gap_ms"] for r in runs]
-    print(f"\nlongest output gap during a join ({args.keys:,} keys, {args.rate:,} records/s, 1 -> 2 workers): "
-          f"median {statistics.median(gaps):.0f} ms (runs: {', '.join(f'{g:.0f}' for g in gaps)})")
+              f"{a['longest_gap_ms']:.0f} ms from it, {s['longest_gap_ms']:.0f} ms from the shrink; "
+              f"p99 {b['p99_ms']:.1f} / {a['p99_ms']:.1f} / {s['p99_ms']:.1f} ms, "
+              f"max {b['max_ms']:.0f} / {a['max_ms']:.0f} / {s['max_ms']:.0f} ms; join reported after "
+              f"{result['join_to_two_workers_s']:.2f} s, shrink after {result['shrink_to_one_worker_s']:.2f} s",
+              flush=True)
+    for phase, what in (("from_join", "a join (1 -> 2 workers)"), ("from_shrink", "a shrink (2 -> 1)")):
+        gaps = [r[phase]["longest_gap_ms"] for r in runs]
+        print(f"longest output gap during {what}, {args.keys:,} keys, {args.rate:,} records/s: "
+              f"median {statistics.median(gaps):.0f} ms (runs: {', '.join(f'{g:.0f}' for g in gaps)})")
     Path(args.out).write_text(json.dumps({
-        "what": "grow 1 -> 2 workers under load; benches/grow/run.py",
+        "what": "grow 1 -> 2 workers, then shrink 2 -> 1, under load; benches/grow/run.py",
         "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "cpus": os.cpu_count(),
         "keys": args.keys, "rate": args.rate, "seconds": args.seconds, "interval_ns": args.interval_ns,
         "runs": runs}, indent=2) + "\n")
