@@ -274,16 +274,27 @@ def shrink(c, *args):
                           text=True, timeout=30)
 
 
+def three_fed_by_the_initializer(tmp_path, lines):
+    """Three workers formed by joins, input on the initializer only (so a
+    leaver abandons no input of its own)."""
+    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=lines, line_delay=0.0005,
+                fed=["initializer"])
+    c.start_alone()
+    c.launch(1)
+    c.launch(2)
+    try:
+        c.wait_members(3)
+    except AssertionError:
+        c.stop()
+        raise
+    return c
+
+
 def test_three_workers_shrink_to_one_under_load(tmp_path):
     """The leavers hand their state over and exit 0; the initializer ends
     with every count (only it has input, so the leavers abandon none)."""
-    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=6000, line_delay=0.0005,
-                fed=["initializer"])
+    c = three_fed_by_the_initializer(tmp_path, lines=6000)
     try:
-        c.start_alone()
-        c.launch(1)
-        c.launch(2)
-        c.wait_members(3)
         wait_until(lambda: sum(len(v) for v in c.outputs().values()) > 3000, 30, "output on three workers")
         query = shrink(c, "--query")
         assert query.returncode == 0 and "2 worker(s) may leave: worker1, worker2" in query.stdout, query
@@ -310,13 +321,8 @@ def test_three_workers_shrink_to_one_under_load(tmp_path):
 
 
 def test_a_leaver_killed_mid_shrink_restarts_and_still_leaves(tmp_path):
-    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=5000, line_delay=0.0005,
-                fed=["initializer"])
+    c = three_fed_by_the_initializer(tmp_path, lines=5000)
     try:
-        c.start_alone()
-        c.launch(1)
-        c.launch(2)
-        c.wait_members(3)
         done = shrink(c, "--names", "worker1")
         assert done.returncode == 0, done
         c.procs[1].signal(signal.SIGKILL)

@@ -70,7 +70,7 @@ use crate::checkpoint::CheckpointId;
 use crate::membership::initializer::{
     FormationRules, InitializerAction, InitializerEvent, InitializerMembership,
 };
-use crate::membership::joiner::{JoinerAction, JoinerEvent, JoinerMembership};
+use crate::membership::joiner::{JoinerAction, JoinerEvent, JoinerMembership, Welcomed};
 use crate::membership::{Generation, LinkId};
 use crate::wire::{Control, Member};
 use std::collections::BTreeSet;
@@ -408,18 +408,6 @@ pub struct Node<P, D> {
     /// No source input until the cluster re-forms (the membership changes).
     paused: bool,
     /// The members leaving the cluster (they own no key groups).
-    leaving: Vec<String>,
-}
-
-/// A formation this worker is in, as the initializer welcomed it.
-struct Formation {
-    members: Vec<Member>,
-    me: usize,
-    generation: Generation,
-    rollback_to: Option<CheckpointId>,
-    /// This worker wrote a part of `rollback_to`.
-    has_part: bool,
-    /// Members leaving the cluster (they own no key groups).
     leaving: Vec<String>,
 }
 
@@ -762,14 +750,15 @@ impl<P, D> Node<P, D> {
         })
     }
 
-    fn formed(&mut self, formation: Formation, out: &mut Out<P, D>) {
-        let Formation {
+    fn formed(&mut self, formation: Welcomed, out: &mut Out<P, D>) {
+        let Welcomed {
             members,
             me,
             generation,
             rollback_to,
             has_part,
             leaving,
+            ..
         } = formation;
         if self.config.resilient {
             let has_files = self.recovered.has_files || !self.first_formation;
@@ -1275,13 +1264,14 @@ impl<P, D> Node<P, D> {
                     self.member_links = std::iter::once(LinkId(u64::MAX)).chain(links).collect();
                     // The initializer formed every cluster: it wrote a part
                     // of every committed checkpoint.
-                    let formation = Formation {
+                    let formation = Welcomed {
                         members,
                         me: 0,
                         generation,
                         rollback_to: self.rollback_to,
                         has_part: self.rollback_to.is_some(),
                         leaving: self.record.leaving.clone(),
+                        resilient: self.config.resilient,
                     };
                     self.formed(formation, out);
                 }
@@ -1364,34 +1354,17 @@ impl<P, D> Node<P, D> {
                     },
                 }),
                 JoinerAction::Close { link } => out.push(NodeAction::Close { link }),
-                JoinerAction::Formed {
-                    members,
-                    me,
-                    generation,
-                    rollback_to,
-                    has_part,
-                    leaving,
-                    resilient,
-                    ..
-                } => {
-                    if resilient != self.config.resilient {
+                JoinerAction::Formed { welcomed, .. } => {
+                    if welcomed.resilient != self.config.resilient {
                         self.fail(
                             NodeFatal::ResilienceMismatch {
-                                initializer_resilient: resilient,
+                                initializer_resilient: welcomed.resilient,
                             },
                             out,
                         );
                         return;
                     }
-                    let formation = Formation {
-                        members,
-                        me,
-                        generation,
-                        rollback_to,
-                        has_part,
-                        leaving,
-                    };
-                    self.formed(formation, out);
+                    self.formed(welcomed, out);
                 }
                 JoinerAction::Interrupted { reason } => {
                     out.push(NodeAction::Notice(Notice::FormationInterrupted { reason }));

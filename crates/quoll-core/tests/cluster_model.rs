@@ -285,6 +285,11 @@ impl Sim {
                 self.disks[i].commits.push(id);
             }
         }
+        self.gone_away(i);
+    }
+
+    /// Worker `i`'s process is gone: its links close, data for it is lost.
+    fn gone_away(&mut self, i: usize) {
         let mine: Vec<LinkId> = self
             .links
             .iter()
@@ -457,16 +462,7 @@ impl Sim {
                         self.fail(format!("worker {i} leaves holding state {:?}", p.state));
                     }
                     self.left[i] = Some(p.source_pos);
-                    let mine: Vec<LinkId> = self
-                        .links
-                        .iter()
-                        .filter(|(_, l)| l.open && (l.ends.0 == i || l.ends.1 == i))
-                        .map(|(k, _)| *k)
-                        .collect();
-                    for link in mine {
-                        self.close_link(link, i);
-                    }
-                    self.data.retain(|(_, to, _), _| *to != i);
+                    self.gone_away(i);
                     return;
                 }
                 NodeAction::Load {

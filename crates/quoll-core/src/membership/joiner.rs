@@ -72,15 +72,7 @@ pub enum JoinerAction {
     },
     Formed {
         link: LinkId,
-        members: Vec<Member>,
-        me: usize,
-        generation: Generation,
-        rollback_to: Option<CheckpointId>,
-        /// This worker wrote a part of `rollback_to`.
-        has_part: bool,
-        /// Members leaving the cluster (they own no key groups).
-        leaving: Vec<String>,
-        resilient: bool,
+        welcomed: Welcomed,
     },
     /// The formation failed before `Start`; it starts over.
     Interrupted {
@@ -100,15 +92,20 @@ pub enum JoinerAction {
     },
 }
 
-#[derive(Debug, Clone)]
-struct Welcomed {
-    members: Vec<Member>,
-    me: usize,
-    generation: Generation,
-    rollback_to: Option<CheckpointId>,
-    has_part: bool,
-    leaving: Vec<String>,
-    resilient: bool,
+/// A formation as the initializer's `Welcome` describes it to one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Welcomed {
+    pub members: Vec<Member>,
+    /// This worker's index in `members`.
+    pub me: usize,
+    pub generation: Generation,
+    /// The checkpoint every member restores.
+    pub rollback_to: Option<CheckpointId>,
+    /// This worker wrote a part of `rollback_to`.
+    pub has_part: bool,
+    /// Members leaving the cluster (they own no key groups).
+    pub leaving: Vec<String>,
+    pub resilient: bool,
 }
 
 #[derive(Debug)]
@@ -312,26 +309,9 @@ impl JoinerMembership {
                 });
             }
             (Control::Start { .. }, Phase::AwaitingStart { welcomed, .. }) => {
-                let Welcomed {
-                    members,
-                    me,
-                    generation,
-                    rollback_to,
-                    has_part,
-                    leaving,
-                    resilient,
-                } = welcomed.clone();
+                let welcomed = welcomed.clone();
                 self.phase = Phase::Formed { link };
-                out.push(JoinerAction::Formed {
-                    link,
-                    members,
-                    me,
-                    generation,
-                    rollback_to,
-                    has_part,
-                    leaving,
-                    resilient,
-                });
+                out.push(JoinerAction::Formed { link, welcomed });
             }
             (Control::Reform { reason }, Phase::Formed { .. }) => {
                 self.phase = Phase::Idle;
@@ -480,13 +460,15 @@ mod tests {
             out,
             vec![JoinerAction::Formed {
                 link: LinkId(1),
-                members: members(),
-                me: 1,
-                generation: 2,
-                rollback_to: Some(3),
-                has_part: true,
-                leaving: Vec::new(),
-                resilient: true
+                welcomed: Welcomed {
+                    members: members(),
+                    me: 1,
+                    generation: 2,
+                    rollback_to: Some(3),
+                    has_part: true,
+                    leaving: Vec::new(),
+                    resilient: true
+                }
             }]
         );
         assert!(ev(
