@@ -170,7 +170,7 @@ pub enum NodeEvent {
         moved: bool,
     },
     /// Member `from` has handed over everything of its image that this
-    /// worker owns (`moved`: something).
+    /// worker owns (`moved`: some peer has handed this worker state).
     HandoffDone {
         from: usize,
         generation: Generation,
@@ -388,8 +388,6 @@ pub struct Node<P, D> {
     awaiting_restored: BTreeSet<usize>,
     /// Initializer: a formation waits for the commit record under way.
     awaiting_record: bool,
-    /// This worker wrote a part of `rollback_to`.
-    has_part: bool,
     /// Restoring: the own image is loaded (`files_read`, `moved`).
     loaded: Option<(usize, bool)>,
     /// Restoring (and before, in this generation): the members whose
@@ -481,7 +479,6 @@ impl<P, D> Node<P, D> {
             early: Vec::new(),
             awaiting_restored: BTreeSet::new(),
             awaiting_record: false,
-            has_part: false,
             loaded: None,
             handed: BTreeSet::new(),
             moved_in: false,
@@ -673,42 +670,32 @@ impl<P, D> Node<P, D> {
         self.early.clear();
         self.clear_handoffs();
         self.change = None;
-        match &mut self.role {
-            Role::Initializer(m) => {
-                if self.coordinator.as_ref().is_some_and(|c| c.recording()) {
-                    // The rollback point waits for the commit record under
-                    // way (see `handle`'s `CommitRecorded`).
-                    self.awaiting_record = true;
-                    return;
-                }
-                self.generation = self.generation.max(self.recovered.generation) + 1;
-                if self.config.resilient {
-                    out.push(NodeAction::RecordGeneration {
-                        generation: self.generation,
-                    });
-                }
-                self.rollback_to = self.coordinator.as_ref().and_then(|c| c.last_committed());
-                if !self.unplaced.is_empty() {
-                    let after = self.rollback_to;
-                    for name in self.unplaced.drain(..) {
-                        self.record.joined.retain(|j| j.name != name);
-                        self.record.left.retain(|l| *l != name);
-                        self.record.joined.push(JoinedMember { name, after });
-                    }
-                    out.push(NodeAction::RecordMembership {
-                        record: self.record.clone(),
-                    });
-                }
-                let mut actions = Vec::new();
-                m.gather(self.generation, now, &mut actions);
-                self.initializer_actions(actions, now, out);
-            }
-            Role::Joiner(m) => {
-                let mut actions = Vec::new();
-                m.join(Duration::ZERO, &mut actions);
-                self.joiner_actions(actions, now, out);
-            }
+        if let Role::Joiner(m) = &mut self.role {
+            let mut actions = Vec::new();
+            m.join(Duration::ZERO, &mut actions);
+            self.joiner_actions(actions, now, out);
+            return;
         }
+        if self.coordinator.as_ref().is_some_and(|c| c.recording()) {
+            // The rollback point waits for the commit record under way (see
+            // `handle`'s `CommitRecorded`).
+            self.awaiting_record = true;
+            return;
+        }
+        self.generation = self.generation.max(self.recovered.generation) + 1;
+        if self.config.resilient {
+            out.push(NodeAction::RecordGeneration {
+                generation: self.generation,
+            });
+        }
+        self.rollback_to = self.coordinator.as_ref().and_then(|c| c.last_committed());
+        let unplaced = std::mem::take(&mut self.unplaced);
+        self.place_joined(unplaced, out);
+        let mut actions = Vec::new();
+        if let Role::Initializer(m) = &mut self.role {
+            m.gather(self.generation, now, &mut actions);
+        }
+        self.initializer_actions(actions, now, out);
     }
 
     /// Rolls the whole cluster back (see the module doc).
@@ -723,6 +710,23 @@ impl<P, D> Node<P, D> {
             c.stop();
         }
         self.form(now, out);
+    }
+
+    /// Initializer: `names` joined; their first formation rolls back to
+    /// `rollback_to`. Recorded durably before anyone hears of it.
+    fn place_joined(&mut self, names: Vec<String>, out: &mut Out<P, D>) {
+        if names.is_empty() {
+            return;
+        }
+        let after = self.rollback_to;
+        for name in names {
+            self.record.joined.retain(|j| j.name != name);
+            self.record.left.retain(|l| *l != name);
+            self.record.joined.push(JoinedMember { name, after });
+        }
+        out.push(NodeAction::RecordMembership {
+            record: self.record.clone(),
+        });
     }
 
     /// Initializer: the links of joiners waiting for the next formation.
@@ -772,7 +776,6 @@ impl<P, D> Node<P, D> {
         }
         self.generation = generation;
         self.rollback_to = rollback_to;
-        self.has_part = has_part;
         self.paused = false;
         self.leaving = leaving.clone();
         // The others may restore before this worker: their handoffs to it
@@ -1298,15 +1301,7 @@ impl<P, D> Node<P, D> {
                     if self.phase == Phase::Forming && !self.awaiting_record {
                         // The formation under way takes it: its rollback
                         // point is known.
-                        self.record.joined.retain(|j| j.name != name);
-                        self.record.left.retain(|l| *l != name);
-                        self.record.joined.push(JoinedMember {
-                            name: name.clone(),
-                            after: self.rollback_to,
-                        });
-                        out.push(NodeAction::RecordMembership {
-                            record: self.record.clone(),
-                        });
+                        self.place_joined(vec![name.clone()], out);
                     } else {
                         // Placed when the next formation begins (`form`).
                         self.unplaced.push(name.clone());

@@ -97,23 +97,21 @@ impl Files {
         else {
             return Ok(MembershipRecord::default());
         };
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Local(StoreError::Invalid {
-                path: checkpoint_store::membership_path(&self.dir, &self.app, &self.worker),
-                problem: format!("not a membership record: {e}"),
-            })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.bad_membership(format!("not a membership record: {e}")))
+    }
+
+    fn bad_membership(&self, problem: String) -> Error {
+        Error::Local(StoreError::Invalid {
+            path: checkpoint_store::membership_path(&self.dir, &self.app, &self.worker),
+            problem,
         })
     }
 
     /// Durably records the membership's changes (the initializer's
     /// membership record), replacing the previous record.
     pub fn record_membership(&self, record: &MembershipRecord) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(record).map_err(|e| {
-            Error::Local(StoreError::Invalid {
-                path: checkpoint_store::membership_path(&self.dir, &self.app, &self.worker),
-                problem: e.to_string(),
-            })
-        })?;
+        let bytes = serde_json::to_vec(record).map_err(|e| self.bad_membership(e.to_string()))?;
         Ok(checkpoint_store::write_membership(
             &self.dir,
             &self.app,

@@ -44,7 +44,8 @@ pub struct ExternalView {
 const MAX_CONNECTIONS: usize = 64;
 /// A connection that sends no request this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a query the executor answers (state entities) may wait for it.
+/// How long a query the executor answers (state entities, shrink) may wait
+/// for it.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the external channel: one task per connection, one reply per
@@ -147,48 +148,27 @@ async fn serve_external(
                     .unwrap_or_default()
                     .into_bytes(),
             )),
-            MessageType::ShrinkRequest => {
-                let request: external::ShrinkRequest = match serde_json::from_str(&payload) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let why = format!("bad shrink request {payload:?}: {e}; nothing changed");
-                        write
-                            .write_all(&external::try_encode_frame(
-                                MessageType::ShrinkError,
-                                why.into_bytes(),
-                            )?)
-                            .await?;
-                        continue;
-                    }
-                };
-                let (reply, answer) = oneshot::channel();
-                tx.send(Event::Shrink { request, reply })
-                    .await
-                    .map_err(|_| ServeError::Stopped)?;
-                match tokio::time::timeout(QUERY_TIMEOUT, answer)
-                    .await
-                    .map_err(|_| ServeError::Busy)?
-                    .map_err(|_| ServeError::Stopped)?
-                {
-                    Ok(names) => {
-                        let r = external::ShrinkQueryResponse {
-                            node_count: names.len() as u64,
-                            node_names: names,
-                        };
-                        Some((MessageType::ShrinkQueryResponse, serde_json::to_vec(&r)?))
-                    }
-                    Err(why) => Some((MessageType::ShrinkError, why.into_bytes())),
-                }
-            }
+            MessageType::ShrinkRequest => Some(
+                match serde_json::from_str::<external::ShrinkRequest>(&payload) {
+                    Err(e) => (
+                        MessageType::ShrinkError,
+                        format!("bad shrink request {payload:?}: {e}; nothing changed")
+                            .into_bytes(),
+                    ),
+                    Ok(request) => match ask(tx, |reply| Event::Shrink { request, reply }).await? {
+                        Ok(names) => {
+                            let r = external::ShrinkQueryResponse {
+                                node_count: names.len() as u64,
+                                node_names: names,
+                            };
+                            (MessageType::ShrinkQueryResponse, serde_json::to_vec(&r)?)
+                        }
+                        Err(why) => (MessageType::ShrinkError, why.into_bytes()),
+                    },
+                },
+            ),
             MessageType::StateEntityQuery => {
-                let (reply, answer) = oneshot::channel();
-                let entities = match tx.send(Event::StateEntities(reply)).await {
-                    Ok(()) => tokio::time::timeout(QUERY_TIMEOUT, answer)
-                        .await
-                        .map_err(|_| ServeError::Busy)?
-                        .map_err(|_| ServeError::Stopped)?,
-                    Err(_) => return Err(ServeError::Stopped),
-                };
+                let entities = ask(tx, Event::StateEntities).await?;
                 Some((
                     MessageType::StateEntityQueryResponse,
                     serde_json::to_vec(&entities)?,
@@ -206,6 +186,20 @@ async fn serve_external(
         }
     }
     Ok(())
+}
+
+/// Asks the executor a question (the event `ask` makes carries the reply
+/// channel) and waits up to [`QUERY_TIMEOUT`] for the answer.
+async fn ask<T>(
+    tx: &mpsc::Sender<Event>,
+    ask: impl FnOnce(oneshot::Sender<T>) -> Event,
+) -> Result<T, ServeError> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(ask(reply)).await.map_err(|_| ServeError::Stopped)?;
+    tokio::time::timeout(QUERY_TIMEOUT, answer)
+        .await
+        .map_err(|_| ServeError::Busy)?
+        .map_err(|_| ServeError::Stopped)
 }
 
 /// Why a connection of the external channel ended early.

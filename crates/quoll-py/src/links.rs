@@ -392,17 +392,9 @@ impl Links {
             t.abort();
         }
         self.close_data();
-        let links: Vec<(LinkId, ControlLink)> = {
-            let mut control = table(&self.control);
-            let ids: Vec<LinkId> = control
-                .keys()
-                .filter(|l| !keep.contains(l))
-                .copied()
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| control.remove(&id).map(|l| (id, l)))
-                .collect()
-        };
+        let links: Vec<(LinkId, ControlLink)> = table(&self.control)
+            .extract_if(|id, _| !keep.contains(id))
+            .collect();
         links
             .into_iter()
             .map(|(_, l)| {

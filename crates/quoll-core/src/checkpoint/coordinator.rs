@@ -293,7 +293,7 @@ impl Coordinator {
                 if g != generation || *current != id {
                     return None;
                 }
-                let (began, id) = (*began, id);
+                let began = *began;
                 let next_due = self.due(began + self.interval, began);
                 self.phase = Phase::Idle { next_due };
                 Some(CoordinatorAction::Abort {

@@ -10,9 +10,9 @@
 //! is then re-formed by the caller ([`InitializerAction::Grow`]) and a
 //! formation still linking starts over; meanwhile the joiner's link waits,
 //! open, and the next formation begins with it. One still gathering just
-//! takes it. Growing needs
-//! resilience: the new formation restores the last checkpoint with key
-//! groups moved to their new owners (see [`crate::node`]).
+//! takes it. Growing needs resilience: the new formation restores the last
+//! checkpoint with key groups moved to their new owners (see
+//! [`crate::node`]).
 //!
 //! # States
 //!
@@ -465,7 +465,8 @@ impl InitializerMembership {
     }
 
     /// A worker that is not a member asks to join (`--join`): it becomes
-    /// one, and is told to connect again for the formation that takes it in.
+    /// one, in the formation under way if it is still gathering, else in
+    /// the next (its link waits, open).
     fn on_grow(&mut self, c: Candidate, now: Instant, out: &mut Vec<InitializerAction>) {
         if let Some(why) = &self.rules.grow_refusal {
             let reason = format!("worker '{}' can't join: {why}", c.name);
@@ -483,34 +484,19 @@ impl InitializerMembership {
             self.joined.push(c.name.clone());
         }
         let name = c.name.clone();
+        let formed = matches!(self.phase, Phase::Formed { .. });
+        out.push(InitializerAction::Grow {
+            name: name.clone(),
+            formed,
+        });
         match &self.phase {
             // Still gathering: it is simply one more candidate.
-            Phase::Gathering { .. } => {
-                out.push(InitializerAction::Grow {
-                    name,
-                    formed: false,
-                });
-                self.on_join(c, self.rules.fingerprint, now, out);
-            }
+            Phase::Gathering { .. } => self.on_join(c, self.rules.fingerprint, now, out),
             Phase::Linking { .. } => {
                 self.waiting.push(c);
-                out.push(InitializerAction::Grow {
-                    name: name.clone(),
-                    formed: false,
-                });
                 self.interrupt(format!("worker '{name}' joins"), out);
             }
-            Phase::Formed { .. } => {
-                self.waiting.push(c);
-                out.push(InitializerAction::Grow { name, formed: true });
-            }
-            Phase::Idle => {
-                self.waiting.push(c);
-                out.push(InitializerAction::Grow {
-                    name,
-                    formed: false,
-                });
-            }
+            Phase::Formed { .. } | Phase::Idle => self.waiting.push(c),
         }
     }
 

@@ -615,14 +615,15 @@ impl Worker {
         let handed = std::mem::take(&mut self.handed_in)
             .remove(&generation)
             .unwrap_or_default();
-        let handed_entries: usize = handed.values().map(|e| e.len()).sum();
-        for (stage, entries) in handed {
-            image.entries.entry(stage).or_default().extend(entries);
-        }
         if self.files.is_none() {
+            // Without resilience nothing is loaded, so nothing is handed over.
             self.restore_sinks(py, None, &vec![0; self.sinks.len()])?;
             self.restart_sources(&[]);
             return Ok(());
+        }
+        let handed_entries: usize = handed.values().map(|e| e.len()).sum();
+        for (stage, entries) in handed {
+            image.entries.entry(stage).or_default().extend(entries);
         }
         let entries = std::mem::take(&mut image.entries);
         let restored = self
