@@ -46,7 +46,10 @@ docs/object-storage.md),
 closed; default 300, 0 for never),
 --metrics-listen HOST:PORT (serves GET /metrics in the Prometheus text
 format, and on the initializer the live dashboard at GET /; see
-docs/metrics.md; Wallaroo's -m/--metrics is accepted and ignored).
+docs/metrics.md; Wallaroo's -m/--metrics is accepted and ignored),
+--rebalance-interval SECONDS (initializer, with resilience: how often at
+most key groups move to even an uneven load; default 60, 0 for never; see
+docs/architecture.md, "Placement").
 
 Everything else (--in, --out, app flags) is passed to application_setup(args).
 """
@@ -136,6 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "tls_ca": args.tls_ca,
         "in_idle_timeout_s": int(args.in_idle_timeout),
         "metrics_listen": args.metrics_listen,
+        "rebalance_interval_s": int(args.rebalance_interval),
     }
     try:
         _engine.run_worker(config, topo, codec)

@@ -86,6 +86,7 @@ _WALLAROO_FLAGS = {
     "tls-ca": (None, _STR, "tls_ca"),
     "in-idle-timeout": (None, _INT, "in_idle_timeout"),
     "metrics-listen": (None, _STR, "metrics_listen"),
+    "rebalance-interval": (None, _INT, "rebalance_interval"),
 }
 
 _SHORT_FLAGS = {spec[0]: long for long, spec in _WALLAROO_FLAGS.items()
@@ -156,6 +157,7 @@ class WorkerArgs:
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
     in_idle_timeout: int = 300
+    rebalance_interval: int = 60
 
     @property
     def role(self) -> str:
@@ -420,6 +422,10 @@ def _validate(a: WorkerArgs) -> None:
         raise WorkerArgsError(
             "--in-idle-timeout must be 0 (never) or a number of seconds (got {})"
             .format(a.in_idle_timeout))
+    if a.rebalance_interval < 0:
+        raise WorkerArgsError(
+            "--rebalance-interval must be 0 (never) or a number of seconds (got {})"
+            .format(a.rebalance_interval))
     tls = {"--tls-cert": a.tls_cert, "--tls-key": a.tls_key, "--tls-ca": a.tls_ca}
     missing = [flag for flag, path in tls.items() if path is None]
     if 0 < len(missing) < 3:

@@ -6,6 +6,7 @@ it started, by PID. Worker output goes to files in the test's tmp dir so a
 failing test can show it.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -54,6 +55,23 @@ def key_owner(key, workers):
     `key` (bytes): the key groups are split into `workers` contiguous
     ranges of equal size."""
     return (stable_hash(key) % KEY_GROUPS) * workers // KEY_GROUPS
+
+
+def placed_owner(res_dir, members):
+    """A function from a key (bytes) to the index in `members` (the
+    cluster's worker names, initializer first, the others sorted) of the
+    worker that owns it: by the placement in the initializer's membership
+    record (`*.cluster` in `res_dir`, docs/formats.md) if it holds one,
+    else by the even split (`key_owner`)."""
+    records = sorted(Path(res_dir).glob("*.cluster"))
+    # The record's JSON follows the file's header (checksum, app, worker).
+    raw = records[0].read_bytes() if records else b"{}"
+    runs = json.loads(raw[raw.index(b'{"'):] if b'{"' in raw else b"{}").get("placement", [])
+    if not runs:
+        return lambda key: key_owner(key, len(members))
+    owners = [members.index(run["worker"]) for run in runs for _ in range(run["groups"])]
+    assert len(owners) == KEY_GROUPS, runs
+    return lambda key: owners[stable_hash(key) % KEY_GROUPS]
 
 
 def tumbling_window_end_ns(key, event_time_ns, range_ns, delay_ns):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from harness import (EXAMPLES, MACHIDA3, QUOLL, Cluster, Proc, assert_word_counts, external, key_owner,
-                     state_entities, wait_until)
+                     placed_owner, state_entities, wait_until)
 from test_resilience_files import make_input, out_files
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -35,9 +35,12 @@ class Growing(Cluster):
     """Word count on an initializer that others join: worker i > 0 is
     started with `--join` instead of `--control`."""
 
-    def __init__(self, tmp_path, names, lines, line_delay, module="wc_app", paths=(APPS,), fed=None):
+    def __init__(self, tmp_path, names, lines, line_delay, module="wc_app", paths=(APPS,), fed=None,
+                 founding=1):
         super().__init__(tmp_path, module, list(paths), workers=len(names))
         self.names = names
+        # The first `founding` workers form the cluster (`--control`).
+        self.founding = founding
         self.res = Path(tmp_path) / "res"
         self.res.mkdir()
         # `fed`: the workers with input (all by default); the others get
@@ -59,7 +62,9 @@ class Growing(Cluster):
                 f"127.0.0.1:{self.external_ports[i]}", "--ponythreads", "1"]
         if i == 0:
             base += ["--cluster-initializer", "--name", "initializer", "--control", f"127.0.0.1:{self.control}",
-                     "--data", f"127.0.0.1:{self.data}"]
+                     "--data", f"127.0.0.1:{self.data}", "--worker-count", str(self.founding)]
+        elif i < self.founding:
+            base += ["--name", self.names[i], "--control", f"127.0.0.1:{self.control}"]
         else:
             base += ["--name", self.names[i], "--join", f"127.0.0.1:{self.control}"]
         app = self.app(i) if callable(self.app) else self.app
@@ -124,10 +129,19 @@ class Growing(Cluster):
         except AssertionError:
             raise AssertionError(f"{self.problems()[:10]}\n{self.describe()}")
 
+    def members(self, count):
+        return ["initializer"] + sorted(self.names[1:count])
+
+    def owner(self, count):
+        """key (bytes) -> index in `members(count)` of its owner, by the
+        placement the initializer recorded."""
+        return placed_owner(self.res, self.members(count))
+
     def assert_state_placed(self, count):
         """Each word's state on exactly one worker: the owner of its key
         group among the `count` members."""
-        members = ["initializer"] + sorted(self.names[1:count])
+        members = self.members(count)
+        owner = self.owner(count)
         where = {}
         for i in range(count):
             index = members.index(self.names[i])
@@ -135,8 +149,8 @@ class Growing(Cluster):
                 for key in keys:
                     assert key not in where, f"{key} held by {where[key]} and {self.names[i]}"
                     where[key] = self.names[i]
-                    assert key_owner(key.encode(), count) == index, \
-                        f"{key} held by {self.names[i]}, owned by {members[key_owner(key.encode(), count)]}"
+                    assert owner(key.encode()) == index, \
+                        f"{key} held by {self.names[i]}, owned by {members[owner(key.encode())]}"
         assert set(where) == set(self.truth), set(self.truth) ^ set(where)
 
     def describe(self):
@@ -158,7 +172,8 @@ def test_one_worker_grows_to_three_under_load(tmp_path):
         # State moved: the joiners hold counts of words the initializer
         # began counting before they joined.
         first = {l.rpartition(" => ")[0] for l in c.outputs()["out-initializer.txt"][:200]}
-        moved = [w for w in first if key_owner(w.encode(), 3) != 0]
+        owner = c.owner(3)
+        moved = [w for w in first if owner(w.encode()) != 0]
         later = {l.rpartition(" => ")[0]: int(l.rpartition(" => ")[2])
                  for f in ("out-worker1.txt", "out-worker2.txt") for l in c.outputs().get(f, [])}
         assert moved and all(later.get(w, 0) > 1 for w in moved if c.truth[w] > 1), c.describe()
@@ -336,10 +351,10 @@ def test_a_leaver_killed_mid_shrink_restarts_and_still_leaves(tmp_path):
         wait_until(lambda: c.status() == {"worker_count": 2, "worker_names": names, "processing_messages": True},
                    30, "two workers")
         c.wait_exact()
-        members = {"initializer": 0, "worker2": 1}
-        for name, i in members.items():
+        owner = placed_owner(c.res, names)
+        for i, name in enumerate(names):
             for keys in state_entities(c.external_ports[c.names.index(name)]).values():
-                assert all(key_owner(k.encode(), 2) == i for k in keys), c.describe()
+                assert all(owner(k.encode()) == i for k in keys), c.describe()
     finally:
         c.stop()
 
@@ -362,5 +377,106 @@ def test_the_initializer_killed_mid_shrink_finishes_it_after_a_restart(tmp_path)
         c.wait_members(1)
         c.wait_exact()
         c.assert_state_placed(1)
+    finally:
+        c.stop()
+
+
+def test_a_founding_worker_shrunk_away_rejoins_and_the_initializer_restarts_with_both(tmp_path):
+    """The cluster's size is recorded, not recomputed: a founding worker
+    that left and joined again counts once when the initializer restarts
+    (it used to wait for three workers of two)."""
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=6000, line_delay=0.0005, fed=["initializer"],
+                founding=2)
+    try:
+        c.launch(0)
+        c.launch(1)
+        c.wait_members(2)
+        assert shrink(c, "--names", "worker1").returncode == 0
+        assert c.procs[1].wait(60) == 0, c.describe()
+        c.wait_members(1)
+        # It joins afresh: no files, and its old sink file kept aside (a
+        # new worker's exactly-once sink starts its file empty).
+        for f in c.res.glob("*-worker1*"):
+            f.unlink()
+        (tmp_path / "out-worker1.txt").rename(tmp_path / "out-worker1-before.txt")
+        c.founding = 1
+        c.launch(1)
+        c.wait_members(2)
+        c.procs[0].signal(signal.SIGKILL)
+        c.procs[0].wait(10)
+        c.launch(0)
+        c.wait_members(2)
+        c.wait_exact()
+        c.assert_state_placed(2)
+    finally:
+        c.stop()
+
+
+def skewed_input(tmp_path, names, lines, hot, seed=5):
+    """Framed input files as `make_input` writes them, four words in five
+    drawn from `hot`; returns the true counts."""
+    import collections
+    import random
+    rng = random.Random(seed)
+    cold = [f"w{i:03d}" for i in range(200)]
+    truth = collections.Counter()
+    for name in names:
+        with open(Path(tmp_path) / f"in-{name}.bin", "wb") as f:
+            for _ in range(lines):
+                words = [rng.choice(hot if rng.random() < 0.8 else cold) for _ in range(rng.randint(1, 6))]
+                truth.update(words)
+                line = " ".join(words).encode()
+                f.write(len(line).to_bytes(4, "big") + line)
+    return truth
+
+
+def test_a_skewed_load_is_rebalanced_and_counts_stay_exact(tmp_path):
+    """Two founding workers split the key groups evenly, and four words in
+    five are owned by the initializer. After the rebalance interval the
+    initializer moves key groups to worker1 (logged, and recorded with the
+    membership); every count stays exact, each word's state ends on the
+    worker the new placement names, and some of the hot words are now
+    worker1's."""
+    names = ["initializer", "worker1"]
+    hot = [w for w in (f"hot{i}" for i in range(200)) if key_owner(w.encode(), 2) == 0][:40]
+    c = Growing(tmp_path, names, lines=1, line_delay=0.0005, founding=2)
+    c.truth = skewed_input(tmp_path, names, 10_000, hot)
+    c.flags += ["--rebalance-interval", "2"]
+    try:
+        c.launch(0)
+        c.launch(1)
+        c.wait_members(2)
+        wait_until(lambda: "rebalancing:" in c.procs[0].stdout(), 40, "a rebalance")
+        c.wait_members(2)
+        c.wait_exact()
+        c.assert_state_placed(2)
+        owner = c.owner(2)
+        assert 0 < sum(owner(w.encode()) for w in hot) < len(hot), c.describe()
+        line = next(l for l in c.procs[0].stdout().splitlines() if "rebalancing:" in l)
+        assert "key groups move to even the load" in line, line
+    finally:
+        c.stop()
+
+
+def test_a_worker_killed_mid_rebalance_restarts_and_counts_stay_exact(tmp_path):
+    """SIGKILL of the worker receiving key groups as soon as the rebalance
+    begins: the cluster recovers (to the old placement or the new one, as
+    the recorded membership says) and every count is exact."""
+    names = ["initializer", "worker1"]
+    hot = [w for w in (f"hot{i}" for i in range(200)) if key_owner(w.encode(), 2) == 0][:40]
+    c = Growing(tmp_path, names, lines=1, line_delay=0.0005, founding=2)
+    c.truth = skewed_input(tmp_path, names, 10_000, hot)
+    c.flags += ["--rebalance-interval", "2"]
+    try:
+        c.launch(0)
+        c.launch(1)
+        c.wait_members(2)
+        wait_until(lambda: "rebalancing:" in c.procs[0].stdout(), 40, "a rebalance")
+        c.procs[1].signal(signal.SIGKILL)
+        c.procs[1].wait(10)
+        c.launch(1)
+        c.wait_members(2)
+        c.wait_exact()
+        c.assert_state_placed(2)
     finally:
         c.stop()

@@ -33,7 +33,7 @@ pub const NONCE_LEN: usize = 32;
 /// Version of this handshake and of the frames that follow it; a peer
 /// speaking another is refused clearly. 2: `Join::grow`,
 /// `Welcome::has_part`, `Control::Pause`, handoff frames.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 pub type Nonce = [u8; NONCE_LEN];
 type Proof = [u8; 32];

@@ -7,9 +7,10 @@
 //! - [`stable_hash`] depends only on the key's bytes: the same on every
 //!   worker, every run, every platform. Routing after a restart is therefore
 //!   identical, and checkpointed state is found where it was written.
-//! - [`KeyGroupMap`] is a pure function of the sorted worker list (and of
-//!   which of them are leaving, and so own nothing), so every worker
-//!   computes the same owner for a key group without talking to others.
+//! - Every worker routes by the same [`KeyGroupMap`]: the even split of a
+//!   cluster's first formation, or the placement the initializer decided
+//!   and sent in `Welcome` (see [`crate::placement`]), so every worker finds
+//!   the same owner for a key group without asking.
 //!
 //! The hash is FNV-1a over the bytes followed by a 64-bit finaliser (the
 //! murmur3 `fmix64`), so short keys that differ in one byte still spread
@@ -48,11 +49,19 @@ pub fn key_group(key: &[u8]) -> u32 {
 /// Index of a worker in the cluster's sorted worker list.
 pub type WorkerIndex = usize;
 
-/// Which worker owns each key group: contiguous ranges of key groups, one
-/// range per worker, in the order of the sorted worker list.
+/// Which worker owns each key group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyGroupMap {
     owners: Vec<WorkerIndex>,
+}
+
+/// Why a key-group map received from a peer or read from a file is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("the key-group map covers {0} key groups, not {KEY_GROUPS}")]
+    Coverage(u64),
+    #[error("the key-group map names worker {owner} of only {workers}")]
+    Owner { owner: u64, workers: usize },
 }
 
 impl KeyGroupMap {
@@ -76,6 +85,55 @@ impl KeyGroupMap {
                 .map(|&rank| owners.get(rank).copied().unwrap_or(0))
                 .collect(),
         }
+    }
+
+    /// The map with `runs` of `(owner, length)` in key-group order, each
+    /// owner an index below `workers`: [`KeyGroupMap::runs`]'s inverse.
+    pub fn from_runs(runs: &[(u32, u32)], workers: usize) -> Result<KeyGroupMap, MapError> {
+        let covered: u64 = runs.iter().map(|&(_, len)| u64::from(len)).sum();
+        if covered != u64::from(KEY_GROUPS) {
+            return Err(MapError::Coverage(covered));
+        }
+        let mut owners = Vec::with_capacity(KEY_GROUPS as usize);
+        for &(owner, len) in runs {
+            if owner as usize >= workers {
+                return Err(MapError::Owner {
+                    owner: u64::from(owner),
+                    workers,
+                });
+            }
+            owners.extend(std::iter::repeat_n(owner as WorkerIndex, len as usize));
+        }
+        Ok(KeyGroupMap { owners })
+    }
+
+    /// The map as runs of `(owner, length)` in key-group order: compact
+    /// for the wire, since placements keep long runs of the even split.
+    pub fn runs(&self) -> Vec<(u32, u32)> {
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for &owner in &self.owners {
+            match runs.last_mut() {
+                Some((o, len)) if *o as usize == owner => *len += 1,
+                _ => runs.push((owner as u32, 1)),
+            }
+        }
+        runs
+    }
+
+    /// The map with the owner of every key group given, in order.
+    pub(crate) fn from_owners(owners: Vec<WorkerIndex>) -> KeyGroupMap {
+        debug_assert_eq!(owners.len(), KEY_GROUPS as usize);
+        KeyGroupMap { owners }
+    }
+
+    /// The owner of every key group, in order.
+    pub fn owners(&self) -> &[WorkerIndex] {
+        &self.owners
+    }
+
+    /// How many key groups `worker` owns.
+    pub fn owned_by(&self, worker: WorkerIndex) -> usize {
+        self.owners.iter().filter(|&&o| o == worker).count()
     }
 
     /// The worker owning key group `group`.
@@ -326,6 +384,25 @@ mod tests {
             let mut h = KeyHashBuilder.build_hasher();
             h.write(&key);
             prop_assert_eq!(h.finish(), stable_hash(&key));
+        }
+
+        /// Any map survives its runs; runs that miss or overrun the key
+        /// groups, or name a worker past the list, are refused.
+        #[test]
+        fn runs_round_trip_and_bad_runs_are_refused(
+            owners in proptest::collection::vec(0usize..4, KEY_GROUPS as usize),
+            cut in 1u32..KEY_GROUPS,
+        ) {
+            let map = KeyGroupMap::from_owners(owners);
+            let runs = map.runs();
+            prop_assert_eq!(KeyGroupMap::from_runs(&runs, 4), Ok(map.clone()));
+            prop_assert!(runs.windows(2).all(|w| w[0].0 != w[1].0));
+            let short = [(0, cut)];
+            prop_assert_eq!(KeyGroupMap::from_runs(&short, 4), Err(MapError::Coverage(u64::from(cut))));
+            let over = [(0, KEY_GROUPS), (1, cut)];
+            prop_assert!(KeyGroupMap::from_runs(&over, 4).is_err());
+            let stranger = [(0, cut), (4, KEY_GROUPS - cut)];
+            prop_assert_eq!(KeyGroupMap::from_runs(&stranger, 4), Err(MapError::Owner { owner: 4, workers: 4 }));
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`node`]: one worker's coordination (membership, checkpoints, recovery) as one state machine.
 //! - [`checkpoint_store`]: durable checkpoint files (full and delta), the coordinator's commit log, the membership file.
 //! - [`key_group`]: the stable key hash, key groups and their assignment to workers.
+//! - [`placement`]: load-aware placement of key groups on workers.
 //! - [`length_header`]: TCP source framing as a Wallaroo decoder declares it.
 //! - [`windows`]: range and count window state per key.
 //! - [`frame`]: length-prefixed frames, the one decoder every protocol and file format builds on.
@@ -30,6 +31,7 @@ pub mod key_group;
 pub mod length_header;
 pub mod membership;
 pub mod node;
+pub mod placement;
 pub mod topology;
 pub mod windows;
 pub mod wire;

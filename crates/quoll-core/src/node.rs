@@ -53,6 +53,18 @@
 //! that one, and of none before: `Welcome` tells each worker whether it
 //! holds a part of `rollback_to`.
 //!
+//! # Placement
+//!
+//! Which member owns each key group is decided by the initializer for each
+//! formation and sent in `Welcome` (see [`crate::placement`]): the even
+//! split at first, then load-aware on a grow or a shrink, and when the
+//! load stays uneven (`rebalance_interval`). Every worker reports the keyed
+//! messages it processed per key group with each checkpoint part
+//! (`Control::Load`, before `CheckpointDone`); the initializer checks the
+//! sum at each commit, and a rebalance is a membership change without new
+//! members: pause, checkpoint, re-form with the new placement. The
+//! placement is recorded with the membership before anyone hears of it.
+//!
 //! # Invariants
 //!
 //! - Generations only grow, on every node, across restarts of the
@@ -67,11 +79,13 @@
 use crate::checkpoint::coordinator::{Coordinator, CoordinatorAction, CoordinatorEvent};
 use crate::checkpoint::participant::{Participant, ParticipantAction, ParticipantEvent};
 use crate::checkpoint::CheckpointId;
+use crate::key_group::{KeyGroupMap, KEY_GROUPS};
 use crate::membership::initializer::{
     FormationRules, InitializerAction, InitializerEvent, InitializerMembership,
 };
 use crate::membership::joiner::{JoinerAction, JoinerEvent, JoinerMembership, Welcomed};
 use crate::membership::{Generation, LinkId};
+use crate::placement::{self, KeyGroupLoad};
 use crate::wire::{Control, Member};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -98,6 +112,9 @@ pub struct NodeConfig {
     /// How long a joiner keeps trying while its name is held by a connection
     /// the initializer has not seen close (more than the heartbeat timeout).
     pub refusal_patience: Duration,
+    /// Initializer: how long the cluster runs between checks of its load
+    /// balance (None: key groups move only when the membership changes).
+    pub rebalance_interval: Option<Duration>,
 }
 
 /// What a starting worker found on disk.
@@ -124,6 +141,22 @@ pub struct MembershipRecord {
     pub leaving: Vec<String>,
     /// Workers that left.
     pub left: Vec<String>,
+    /// How many workers the cluster has (with the joined, without the
+    /// left; a worker that left and joined again counts once). Absent
+    /// until the membership first changes: the command line's count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_count: Option<usize>,
+    /// Which worker owns each key group, as runs in key-group order.
+    /// Empty until the placement first changes: the even split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<PlacementRun>,
+}
+
+/// `groups` consecutive key groups owned by `worker`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlacementRun {
+    pub worker: String,
+    pub groups: u32,
 }
 
 /// A worker that joined the cluster after it first formed, as the
@@ -178,11 +211,13 @@ pub enum NodeEvent {
     },
     /// The binding restored what [`NodeAction::Restore`] asked for.
     Restored { generation: Generation },
-    /// This worker's part of `id` is durable, or failed.
+    /// This worker's part of `id` is durable, or failed; `load`: the keyed
+    /// messages it processed since its last part.
     PartWritten {
         generation: Generation,
         id: CheckpointId,
         result: Result<(), String>,
+        load: KeyGroupLoad,
     },
     /// The initializer's commit record of `id` is durable, or failed.
     CommitRecorded {
@@ -246,6 +281,13 @@ pub enum Notice {
     Left {
         names: Vec<String>,
     },
+    /// Key groups move to even the load: the busiest worker carries
+    /// `before` times the mean load, `after` once `moved` groups moved.
+    Rebalancing {
+        before: f64,
+        after: f64,
+        moved: usize,
+    },
     /// Files were found, but no checkpoint was ever committed.
     StartingFresh,
     CheckpointAbandoned {
@@ -303,13 +345,14 @@ pub enum NodeAction<P, D> {
         /// Links to keep open (joiners waiting for the next formation).
         keep: Vec<LinkId>,
     },
-    /// The cluster is formed: route by this membership, the `leaving`
-    /// members owning no key groups.
+    /// The cluster is formed: route by `placement` (the `leaving` members
+    /// own no key groups).
     Formed {
         members: Vec<Member>,
         me: usize,
         generation: Generation,
         leaving: Vec<String>,
+        placement: KeyGroupMap,
     },
     /// Load this worker's part of `checkpoint` (None: the empty image),
     /// send every entry of a key group another member owns to it, and then
@@ -407,6 +450,14 @@ pub struct Node<P, D> {
     paused: bool,
     /// The members leaving the cluster (they own no key groups).
     leaving: Vec<String>,
+    /// The formed cluster's placement of key groups on `members`.
+    placement: Option<KeyGroupMap>,
+    /// Initializer: the placement decided for the formation under way.
+    next_placement: Option<(Generation, KeyGroupMap)>,
+    /// Initializer: the cluster's keyed messages per key group since it
+    /// last began running (at `window_start`).
+    load: KeyGroupLoad,
+    window_start: Option<Instant>,
 }
 
 /// A membership change waiting for its checkpoint.
@@ -444,6 +495,7 @@ impl<P, D> Node<P, D> {
                     .map(|j| j.name.clone())
                     .collect(),
                 recovered.membership.left.clone(),
+                recovered.membership.worker_count,
             ))
         } else {
             Role::Joiner(JoinerMembership::new(
@@ -487,6 +539,10 @@ impl<P, D> Node<P, D> {
             change: None,
             paused: false,
             leaving: Vec::new(),
+            placement: None,
+            next_placement: None,
+            load: KeyGroupLoad::default(),
+            window_start: None,
         }
     }
 
@@ -632,8 +688,12 @@ impl<P, D> Node<P, D> {
                 generation,
                 id,
                 result,
+                load,
             } => {
                 if generation == self.generation {
+                    if result.is_ok() && self.phase == Phase::Running {
+                        self.report_load(load, out);
+                    }
                     self.participant_event(
                         ParticipantEvent::PartWritten { id, result },
                         now,
@@ -724,6 +784,16 @@ impl<P, D> Node<P, D> {
             self.record.left.retain(|l| *l != name);
             self.record.joined.push(JoinedMember { name, after });
         }
+        self.record_membership(out);
+    }
+
+    /// Initializer: records the membership durably (before anyone hears
+    /// of the change), with the count of workers it describes.
+    fn record_membership(&mut self, out: &mut Out<P, D>) {
+        if let Role::Initializer(m) = &self.role {
+            // Joiners not placed yet are not in the record.
+            self.record.worker_count = Some(m.worker_count() - self.unplaced.len());
+        }
         out.push(NodeAction::RecordMembership {
             record: self.record.clone(),
         });
@@ -762,6 +832,7 @@ impl<P, D> Node<P, D> {
             rollback_to,
             has_part,
             leaving,
+            placement,
             ..
         } = formation;
         if self.config.resilient {
@@ -785,11 +856,15 @@ impl<P, D> Node<P, D> {
         self.me = me;
         self.first_formation = false;
         self.phase = Phase::Restoring;
+        self.placement = Some(placement.clone());
+        self.load = KeyGroupLoad::default();
+        self.window_start = None;
         out.push(NodeAction::Formed {
             members,
             me,
             generation,
             leaving,
+            placement,
         });
         out.push(NodeAction::Load {
             generation,
@@ -907,9 +982,7 @@ impl<P, D> Node<P, D> {
                 m.leave(&gone);
             }
             self.record.left.extend(gone.iter().cloned());
-            out.push(NodeAction::RecordMembership {
-                record: self.record.clone(),
-            });
+            self.record_membership(out);
             out.push(NodeAction::Notice(Notice::Left { names: gone }));
         }
         self.recover(change.reason, now, out);
@@ -993,15 +1066,127 @@ impl<P, D> Node<P, D> {
             names.to_vec()
         };
         self.record.leaving = leaving.clone();
-        out.push(NodeAction::RecordMembership {
-            record: self.record.clone(),
-        });
+        self.record_membership(out);
         out.push(NodeAction::Notice(Notice::Shrinking {
             names: leaving.clone(),
         }));
         let reason = format!("worker(s) {} leave", leaving.join(", "));
         self.pause_for(reason, false, now, out);
         Ok(leaving)
+    }
+
+    /// Initializer: the placement of the formation of `generation` over
+    /// `members`, decided once (see [`crate::placement`]) and recorded
+    /// before any member hears of it if it differs from the recorded one.
+    fn placement_for(
+        &mut self,
+        generation: Generation,
+        members: &[Member],
+        out: &mut Out<P, D>,
+    ) -> KeyGroupMap {
+        if let Some((g, map)) = &self.next_placement {
+            if *g == generation {
+                return map.clone();
+            }
+        }
+        let eligible: Vec<usize> = (0..members.len())
+            .filter(|&i| !self.record.leaving.contains(&members[i].name))
+            .collect();
+        let previous = self.previous_placement(members);
+        let map = placement::place(previous.as_deref(), &eligible, &self.load);
+        let runs = named_runs(&map, members);
+        let changed = previous.as_ref().is_some_and(|p| {
+            p.iter()
+                .zip(map.owners())
+                .any(|(was, is)| *was != Some(*is))
+        });
+        if changed && runs != self.record.placement {
+            self.record.placement = runs;
+            self.record_membership(out);
+        }
+        self.next_placement = Some((generation, map.clone()));
+        map
+    }
+
+    /// The placement in force, as each key group's owner's index in
+    /// `members` (None: not a member): the recorded one, else the last
+    /// formation's; None if there is neither (the even split).
+    fn previous_placement(&self, members: &[Member]) -> Option<Vec<Option<usize>>> {
+        let index = |name: &str| members.iter().position(|m| m.name == name);
+        if !self.record.placement.is_empty() {
+            let owners: Vec<Option<usize>> = self
+                .record
+                .placement
+                .iter()
+                .flat_map(|run| std::iter::repeat_n(index(&run.worker), run.groups as usize))
+                .collect();
+            // A record that does not cover the key groups is not used.
+            return (owners.len() == KEY_GROUPS as usize).then_some(owners);
+        }
+        let map = self.placement.as_ref()?;
+        Some(
+            map.owners()
+                .iter()
+                .map(|&o| self.members.get(o).and_then(|m| index(&m.name)))
+                .collect(),
+        )
+    }
+
+    /// This worker's part is durable: its load goes to the
+    /// initializer (before `CheckpointDone`, so the commit sees it).
+    fn report_load(&mut self, load: KeyGroupLoad, out: &mut Out<P, D>) {
+        match &self.role {
+            Role::Initializer(_) => self.load.merge(&load),
+            Role::Joiner(m) => {
+                let counts = load.sparse();
+                if let (Some(link), false) = (m.link(), counts.is_empty()) {
+                    let generation = self.generation;
+                    out.push(NodeAction::Send {
+                        link,
+                        msg: Control::Load { generation, counts },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Initializer, at a commit: once the cluster has run for the
+    /// rebalance interval, re-form with a better placement if the load is
+    /// uneven enough (see [`crate::placement`]); the load window starts
+    /// again either way.
+    fn maybe_rebalance(&mut self, now: Instant, out: &mut Out<P, D>) {
+        let Some(interval) = self.config.rebalance_interval else {
+            return;
+        };
+        if self.phase != Phase::Running || self.change.is_some() || !self.leaving.is_empty() {
+            return;
+        }
+        if self.window_start.is_none_or(|t| now < t + interval) {
+            return;
+        }
+        let Some(map) = &self.placement else { return };
+        let load = self.load.take();
+        self.window_start = Some(now);
+        let eligible: Vec<usize> = (0..self.members.len()).collect();
+        let Some(next) = placement::rebalance(map, &eligible, &load) else {
+            return;
+        };
+        let before = placement::imbalance(map, &eligible, &load);
+        let after = placement::imbalance(&next, &eligible, &load);
+        let moved = (map.owners().iter().zip(next.owners()))
+            .filter(|(a, b)| a != b)
+            .count();
+        self.record.placement = named_runs(&next, &self.members);
+        self.record_membership(out);
+        out.push(NodeAction::Notice(Notice::Rebalancing {
+            before,
+            after,
+            moved,
+        }));
+        let reason = format!(
+            "rebalancing: {moved} key groups move (the busiest worker had {before:.2}x the mean load, {after:.2}x after)"
+        );
+        self.pause_for(reason, false, now, out);
     }
 
     fn maybe_all_restored(&mut self, now: Instant, out: &mut Out<P, D>) {
@@ -1011,6 +1196,7 @@ impl<P, D> Node<P, D> {
         if let Some(c) = &mut self.coordinator {
             c.start(self.generation, self.rollback_to, now);
         }
+        self.window_start = Some(now);
         if !self.leaving.is_empty() && self.change.is_none() {
             // The leavers handed their state over: checkpoint it without
             // them, and let them go.
@@ -1146,6 +1332,11 @@ impl<P, D> Node<P, D> {
                 };
                 self.coordinator_event(e, now, positions, out);
             }
+            Control::Load { generation, counts }
+                if generation == self.generation && self.member_of(link).is_some() =>
+            {
+                self.load.merge(&KeyGroupLoad::from_sparse(&counts));
+            }
             _ => {}
         }
     }
@@ -1233,6 +1424,7 @@ impl<P, D> Node<P, D> {
                     generation,
                 } => {
                     let has_part = self.wrote(&name, self.rollback_to);
+                    let placement = self.placement_for(generation, &members, out).runs();
                     let msg = Control::Welcome {
                         members,
                         generation,
@@ -1240,6 +1432,7 @@ impl<P, D> Node<P, D> {
                         has_part,
                         leaving: self.record.leaving.clone(),
                         resilient: self.config.resilient,
+                        placement,
                     };
                     out.push(NodeAction::Send { link, msg });
                 }
@@ -1265,6 +1458,7 @@ impl<P, D> Node<P, D> {
                     generation,
                 } => {
                     self.member_links = std::iter::once(LinkId(u64::MAX)).chain(links).collect();
+                    let placement = self.placement_for(generation, &members, out);
                     // The initializer formed every cluster: it wrote a part
                     // of every committed checkpoint.
                     let formation = Welcomed {
@@ -1275,6 +1469,7 @@ impl<P, D> Node<P, D> {
                         has_part: self.rollback_to.is_some(),
                         leaving: self.record.leaving.clone(),
                         resilient: self.config.resilient,
+                        placement,
                     };
                     self.formed(formation, out);
                 }
@@ -1430,6 +1625,7 @@ impl<P, D> Node<P, D> {
                 self.broadcast(Control::Committed { id, generation }, out);
                 self.participant_event(ParticipantEvent::Committed { id }, now, positions, out);
                 self.maybe_change(id, true, now, out);
+                self.maybe_rebalance(now, out);
             }
             CoordinatorAction::Abort {
                 id,
@@ -1535,4 +1731,17 @@ enum MembershipEvent {
     Closed(LinkId, String),
     OwnLinksUp(Generation),
     Initializer(InitializerEvent),
+}
+
+/// `map` over `members` as named runs, the membership record's form.
+fn named_runs(map: &KeyGroupMap, members: &[Member]) -> Vec<PlacementRun> {
+    map.runs()
+        .into_iter()
+        .map(|(owner, groups)| PlacementRun {
+            worker: members
+                .get(owner as usize)
+                .map_or_else(String::new, |m| m.name.clone()),
+            groups,
+        })
+        .collect()
 }

@@ -88,7 +88,8 @@ pub struct Member {
 /// if it never will be);
 /// `Reform` (the initializer lost a worker: everyone re-forms and rolls
 /// back); `Pause` (a worker joins: no more source input until the cluster
-/// re-forms); `Shutdown` in both directions.
+/// re-forms); `Load` (the keyed messages a worker processed per key group, for
+/// placement); `Shutdown` in both directions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Control {
     Join {
@@ -113,6 +114,9 @@ pub enum Control {
         /// hand their state to the others.
         leaving: Vec<String>,
         resilient: bool,
+        /// Which member owns each key group, as `(member index, run
+        /// length)` runs in key-group order (`KeyGroupMap::runs`).
+        placement: Vec<(u32, u32)>,
     },
     /// The initializer refuses the join; `retry`: the reason may pass
     /// (a name still held by a connection whose close was not noticed yet).
@@ -171,6 +175,12 @@ pub enum Control {
         id: u64,
         generation: u64,
         reason: String,
+    },
+    /// The keyed messages a worker processed per key group, `(key group,
+    /// count)`, since its last report: sent before each `CheckpointDone`.
+    Load {
+        generation: u64,
+        counts: Vec<(u32, u64)>,
     },
 }
 

@@ -18,6 +18,11 @@
 //! asks): the leavers hand their state over and go, and their items read
 //! before they left must still be counted exactly once.
 //!
+//! Workers report made-up, skewed loads with their checkpoint parts, so the
+//! initializer rebalances key groups now and then (a re-formation with a
+//! new placement); every formation's placement is checked to leave leaving
+//! workers nothing.
+//!
 //! Checked at every step: a commit record is written only when every member
 //! of that generation has its part durable; committed ids grow; a restore
 //! lands on a committed checkpoint; generations never go back on a running
@@ -30,8 +35,12 @@
 use proptest::prelude::*;
 use quoll_core::checkpoint::participant::ParticipantAction;
 use quoll_core::checkpoint::CheckpointId;
+use quoll_core::key_group::{KeyGroupMap, KEY_GROUPS};
 use quoll_core::membership::{Generation, LinkId};
-use quoll_core::node::{MembershipRecord, Node, NodeAction, NodeConfig, NodeEvent, Recovered};
+use quoll_core::node::{
+    MembershipRecord, Node, NodeAction, NodeConfig, NodeEvent, Notice, Recovered,
+};
+use quoll_core::placement::KeyGroupLoad;
 use quoll_core::wire::{Control, Member};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -57,21 +66,21 @@ impl Rng {
     }
 }
 
-fn owner(item: Item, members: usize) -> usize {
+/// The key group of `item`.
+fn group(item: Item) -> u32 {
     let h = (item.0 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ item.1.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    (h >> 17) as usize % members
+    ((h >> 17) % u64::from(KEY_GROUPS)) as u32
 }
 
-/// The member owning `item` when only `owners` (member indices: those not
-/// leaving) own items.
-fn owner_of(item: Item, owners: &[usize]) -> usize {
-    owners[owner(item, owners.len())]
+/// The member owning `item` under `placement`.
+fn owner_of(item: Item, placement: &KeyGroupMap) -> usize {
+    placement.owner_of_group(group(item))
 }
 
 /// A formation as one worker knows it: the members, its index, the
-/// generation, and the members that own items.
-type Formation = (Vec<Member>, usize, Generation, Vec<usize>);
+/// generation, and the placement of key groups.
+type Formation = (Vec<Member>, usize, Generation, KeyGroupMap);
 
 #[derive(Clone, Debug)]
 struct Snapshot {
@@ -163,6 +172,8 @@ struct Sim {
     moved: usize,
     /// Joins that paused a running cluster (the initializer's `Pause`s).
     pauses: usize,
+    /// Rebalances the initializer decided.
+    rebalances: usize,
     /// Workers may join before the first commit.
     seed_joins_early: bool,
     trace: Vec<String>,
@@ -200,6 +211,7 @@ fn config(i: usize, founding: usize) -> NodeConfig {
         retry_after: Duration::from_millis(100),
         refusal_patience: Duration::from_secs(6),
         grow_refusal: None,
+        rebalance_interval: Some(Duration::from_secs(2)),
     }
 }
 
@@ -222,6 +234,7 @@ impl Sim {
             data: BTreeMap::new(),
             moved: 0,
             pauses: 0,
+            rebalances: 0,
             seed_joins_early: seed.is_multiple_of(2),
             trace: Vec::new(),
         };
@@ -441,12 +454,15 @@ impl Sim {
                     me,
                     generation,
                     leaving,
+                    placement,
                 } => {
-                    let owners = (0..members.len())
-                        .filter(|m| !leaving.contains(&members[*m].name))
-                        .collect();
+                    let leaver_owns = (0..members.len())
+                        .any(|m| leaving.contains(&members[m].name) && placement.owned_by(m) > 0);
+                    if leaver_owns {
+                        self.fail(format!("worker {i} formed with a leaver owning key groups"));
+                    }
                     self.procs[i].as_mut().unwrap().formed =
-                        Some((members, me, generation, owners));
+                        Some((members, me, generation, placement));
                     self.check_generation(i);
                 }
                 NodeAction::RecordMembership { record } => {
@@ -507,6 +523,7 @@ impl Sim {
                     }
                     self.procs[i].as_mut().unwrap().recording = Some((generation, id));
                 }
+                NodeAction::Notice(Notice::Rebalancing { .. }) => self.rebalances += 1,
                 NodeAction::Notice(_) => {}
                 NodeAction::Fatal(f) => {
                     // A leaver that crashed before it heard it had left is
@@ -805,12 +822,23 @@ impl Sim {
                         self.disks[i].parts.insert(id, snap);
                         Ok(())
                     };
+                    // A few hot key groups, now and then.
+                    let hot: Vec<(u32, u64)> = match self.rng.chance(30) {
+                        true => (0..3)
+                            .map(|_| {
+                                let g = self.rng.below(KEY_GROUPS as usize) as u32;
+                                (g, 2_000 + self.rng.below(20_000) as u64)
+                            })
+                            .collect(),
+                        false => Vec::new(),
+                    };
                     self.event(
                         i,
                         NodeEvent::PartWritten {
                             generation,
                             id,
                             result,
+                            load: KeyGroupLoad::from_sparse(&hot),
                         },
                     );
                 }
@@ -1011,8 +1039,8 @@ impl Sim {
 
 /// What one run did: items of restored state moved between workers,
 /// messages that paused a member for a membership change, workers that
-/// left.
-type Done = (usize, usize, usize);
+/// left, rebalances.
+type Done = (usize, usize, usize, usize);
 
 /// Runs one cluster to the end.
 fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> Done {
@@ -1043,7 +1071,7 @@ fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> Done
     }
     sim.check_exactly_once();
     let left = (0..n).filter(|i| sim.gone(*i).is_some()).count();
-    (sim.moved, sim.pauses, left)
+    (sim.moved, sim.pauses, left, sim.rebalances)
 }
 
 #[test]
@@ -1060,6 +1088,12 @@ fn three_workers_without_crashes() {
 fn three_workers_shrink_without_crashes() {
     let left: usize = (1..30).map(|seed| run(seed, 3, 3, 60, 0).2).sum();
     assert!(left > 0, "no run shrank the cluster");
+}
+
+#[test]
+fn skewed_load_rebalances_without_crashes() {
+    let runs: Vec<Done> = (1..20).map(|seed| run(seed, 3, 3, 60, 0)).collect();
+    assert!(runs.iter().any(|r| r.3 > 0), "no run rebalanced");
 }
 
 #[test]
@@ -1110,8 +1144,9 @@ fn hunt() {
             .split(',')
             .map(|x| x.trim().parse().expect("numbers"))
             .collect();
-        let (moved, pauses, left) = run(v[0], v[1] as usize, v[2] as usize, v[3], v[4] as usize);
-        println!("{moved} items of state moved, {pauses} pause messages, {left} workers left");
+        let (moved, pauses, left, rebalances) =
+            run(v[0], v[1] as usize, v[2] as usize, v[3], v[4] as usize);
+        println!("{moved} items of state moved, {pauses} pause messages, {left} workers left, {rebalances} rebalances");
         return;
     }
     for n in 2..5 {

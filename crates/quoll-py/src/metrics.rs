@@ -565,15 +565,11 @@ impl Metrics {
         }
     }
 
-    /// The cluster formed with `names` (`me` is this worker's index);
+    /// The cluster formed with `names`, this worker owning `key_groups`;
     /// `metrics` is this worker's own metrics address. Its members are
     /// forming (first formation) or recovering until they run.
-    pub fn formed(&self, names: &[String], me: usize, first: bool, metrics: Option<&str>) {
-        let map = quoll_core::key_group::KeyGroupMap::even(names.len());
-        let owned = (0..quoll_core::key_group::KEY_GROUPS)
-            .filter(|g| map.owner_of_group(*g) == me)
-            .count();
-        self.key_groups(owned);
+    pub fn formed(&self, names: &[String], key_groups: usize, first: bool, metrics: Option<&str>) {
+        self.key_groups(key_groups);
         let state = if first { "forming" } else { "recovering" };
         let (Ok(mut members), Ok(addrs)) = (self.members.lock(), self.member_metrics.lock()) else {
             return;

@@ -1,13 +1,16 @@
 //! Where keyed messages go when the cluster has several workers: the
-//! key-group map, and per worker the batch being filled and the frames
-//! waiting for its data link.
+//! key-group map (the placement the initializer decided), the load routed
+//! per key group (reported with each checkpoint part, for placement), and
+//! per worker the batch being filled and the frames waiting for its data
+//! link.
 //!
 //! Invariants: frames for a worker leave in the order they were filled, and
 //! a barrier is queued after every batch filled before it, so per-key order
 //! and the barrier's cut survive the hop. What a slow link can't take waits
 //! here; above [`CONGESTED_BYTES`] the worker takes no new source input.
 
-use quoll_core::key_group::KeyGroupMap;
+use quoll_core::key_group::{key_group, KeyGroupMap, WorkerIndex};
+use quoll_core::placement::KeyGroupLoad;
 use quoll_core::wire::BatchWriter;
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
@@ -17,6 +20,9 @@ pub struct Router {
     pub me: usize,
     pub names: Vec<String>,
     pub map: KeyGroupMap,
+    /// Keyed messages this worker processed per key group since its last
+    /// checkpoint part.
+    pub load: KeyGroupLoad,
     pub generation: u64,
     /// Per worker: the batch being filled, frames waiting for the link, the link.
     batches: Vec<Option<BatchWriter>>,
@@ -35,19 +41,19 @@ const BATCH_FLUSH_BYTES: usize = 64 << 10;
 pub const CONGESTED_BYTES: usize = 8 << 20;
 
 impl Router {
-    /// The router of member `me` of `names`, key groups split evenly over
-    /// the members `owners` (the others are leaving).
+    /// The router of member `me` of `names`, key groups placed by `map`.
     pub fn new(
         me: usize,
         names: Vec<String>,
-        owners: &[usize],
+        map: KeyGroupMap,
         generation: u64,
         links: Vec<Option<mpsc::Sender<Vec<u8>>>>,
     ) -> Router {
         let n = names.len();
         Router {
             me,
-            map: KeyGroupMap::even_over(owners),
+            map,
+            load: KeyGroupLoad::default(),
             names,
             generation,
             batches: (0..n).map(|_| None).collect(),
@@ -57,6 +63,19 @@ impl Router {
             shipped: 0,
             sent: vec![(0, 0); n],
         }
+    }
+
+    /// The worker owning `key`. A message this worker owns (and so
+    /// processes) counts in its key group's load: each message counts
+    /// once, on its owner, however many hops it took.
+    #[inline]
+    pub fn route(&mut self, key: &[u8]) -> WorkerIndex {
+        let group = key_group(key);
+        let owner = self.map.owner_of_group(group);
+        if owner == self.me {
+            self.load.count(group);
+        }
+        owner
     }
 
     fn seal(&mut self, worker: usize) {

@@ -192,13 +192,25 @@ pub struct InitializerMembership {
     left: Vec<String>,
     /// Joiners whose links wait for the next formation.
     waiting: Vec<Candidate>,
+    /// How many workers a formation waits for.
+    worker_count: usize,
 }
 
 impl InitializerMembership {
-    /// The machine of a cluster of `rules.worker_count` workers plus the
-    /// `joined` ones and less the `left` ones (recorded by an earlier run).
-    pub fn new(rules: FormationRules, joined: Vec<String>, left: Vec<String>) -> Self {
+    /// The machine of a cluster of `worker_count` workers (recorded by an
+    /// earlier run; if none was, `rules.worker_count` plus the `joined` ones
+    /// less the `left` ones).
+    pub fn new(
+        rules: FormationRules,
+        joined: Vec<String>,
+        left: Vec<String>,
+        worker_count: Option<usize>,
+    ) -> Self {
+        let worker_count = worker_count
+            .unwrap_or((rules.worker_count + joined.len()).saturating_sub(left.len()))
+            .max(1);
         InitializerMembership {
+            worker_count,
             rules,
             generation: 0,
             phase: Phase::Idle,
@@ -221,13 +233,14 @@ impl InitializerMembership {
 
     /// How many workers a formation waits for.
     pub fn worker_count(&self) -> usize {
-        (self.rules.worker_count + self.joined.len()).saturating_sub(self.left.len())
+        self.worker_count
     }
 
     /// `names` have left the cluster: formations no longer wait for them,
     /// and they are refused unless they join again (`--join`).
     pub fn leave(&mut self, names: &[String]) {
         self.left.extend(names.iter().cloned());
+        self.worker_count = self.worker_count.saturating_sub(names.len()).max(1);
     }
 
     /// Is `name` a worker the cluster knows (formed with, or joined)?
@@ -483,6 +496,7 @@ impl InitializerMembership {
         } else {
             self.joined.push(c.name.clone());
         }
+        self.worker_count += 1;
         let name = c.name.clone();
         let formed = matches!(self.phase, Phase::Formed { .. });
         out.push(InitializerAction::Grow {
@@ -651,6 +665,7 @@ mod tests {
             },
             Vec::new(),
             Vec::new(),
+            None,
         )
     }
 

@@ -20,6 +20,7 @@
 
 use super::{Generation, LinkId};
 use crate::checkpoint::CheckpointId;
+use crate::key_group::KeyGroupMap;
 use crate::wire::{Control, Member};
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,8 @@ pub struct Welcomed {
     /// Members leaving the cluster (they own no key groups).
     pub leaving: Vec<String>,
     pub resilient: bool,
+    /// Which member owns each key group.
+    pub placement: KeyGroupMap,
 }
 
 #[derive(Debug)]
@@ -262,6 +265,7 @@ impl JoinerMembership {
                     has_part,
                     leaving,
                     resilient,
+                    placement,
                 },
                 Phase::Joining { .. },
             ) => {
@@ -271,6 +275,15 @@ impl JoinerMembership {
                     self.phase = Phase::Idle;
                     out.push(JoinerAction::Refused { reason });
                     return;
+                };
+                let placement = match KeyGroupMap::from_runs(&placement, members.len()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let reason = format!("the initializer's welcome is unusable: {e}");
+                        self.phase = Phase::Idle;
+                        out.push(JoinerAction::Refused { reason });
+                        return;
+                    }
                 };
                 out.push(JoinerAction::OpenDataLinks {
                     members: members.clone(),
@@ -285,6 +298,7 @@ impl JoinerMembership {
                     has_part,
                     leaving,
                     resilient,
+                    placement,
                 };
                 self.refused_since = None;
                 self.phase = Phase::Linking {
@@ -361,6 +375,7 @@ mod tests {
             has_part: true,
             leaving: Vec::new(),
             resilient: true,
+            placement: KeyGroupMap::even(3).runs(),
         }
     }
 
@@ -368,6 +383,38 @@ mod tests {
         let mut out = Vec::new();
         m.handle(e, now, &mut out);
         out
+    }
+
+    #[test]
+    fn a_welcome_with_an_unusable_placement_is_refused() {
+        let now = Instant::now();
+        let mut m = JoinerMembership::new("w2".into(), Duration::from_secs(20), RETRY, PATIENCE);
+        m.join(Duration::ZERO, &mut Vec::new());
+        ev(&mut m, JoinerEvent::Connected { link: LinkId(4) }, now);
+        let Control::Welcome { members, .. } = welcome(9) else {
+            unreachable!()
+        };
+        let msg = Control::Welcome {
+            members,
+            generation: 9,
+            rollback_to: None,
+            has_part: false,
+            leaving: Vec::new(),
+            resilient: true,
+            placement: vec![(0, 1000), (3, 24)],
+        };
+        let out = ev(
+            &mut m,
+            JoinerEvent::Message {
+                link: LinkId(4),
+                msg,
+            },
+            now,
+        );
+        let [JoinerAction::Refused { reason }] = &out[..] else {
+            panic!("not refused: {out:?}")
+        };
+        assert!(reason.contains("names worker 3 of only 3"), "{reason}");
     }
 
     #[test]
@@ -467,7 +514,8 @@ mod tests {
                     rollback_to: Some(3),
                     has_part: true,
                     leaving: Vec::new(),
-                    resilient: true
+                    resilient: true,
+                    placement: KeyGroupMap::even(3),
                 }
             }]
         );

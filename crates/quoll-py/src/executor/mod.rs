@@ -612,12 +612,12 @@ impl Executor {
         et: i64,
     ) -> Result<(), Fatal> {
         if self.stages[stage].keyed {
-            if let Some(router) = &self.router {
+            if let Some(router) = &mut self.router {
                 let kb = match key_bytes(key) {
                     Ok(kb) => kb,
                     Err(e) => return self.key_error(py, stage, e),
                 };
-                let owner = router.map.owner(kb);
+                let owner = router.route(kb);
                 if owner != router.me {
                     return self.ship(owner, stage, kb, &value, et);
                 }

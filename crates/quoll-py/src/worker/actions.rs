@@ -22,6 +22,7 @@ use quoll_core::checkpoint::participant::ParticipantAction;
 use quoll_core::checkpoint::CheckpointId;
 use quoll_core::membership::Generation;
 use quoll_core::node::{NodeAction, NodeEvent, NodeFatal, Notice};
+use quoll_core::placement::KeyGroupLoad;
 use quoll_core::wire::{self, BatchWriter, Control};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -173,6 +174,7 @@ impl Worker {
                 me,
                 generation,
                 leaving,
+                placement,
             } => {
                 let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
                 debug!(
@@ -183,8 +185,12 @@ impl Worker {
                     n.clone_from(&names);
                 }
                 let metrics_addr = self.config.metrics_listen.as_deref();
-                self.metrics
-                    .formed(&names, me, !self.started_up, metrics_addr);
+                self.metrics.formed(
+                    &names,
+                    placement.owned_by(me),
+                    !self.started_up,
+                    metrics_addr,
+                );
                 self.place = (me, names.len());
                 let data_out = self.links.as_ref().map_or_else(Vec::new, |l| l.data_out());
                 if leaving.contains(&self.config.name) {
@@ -193,11 +199,8 @@ impl Worker {
                          its sources take no more input"
                     );
                 }
-                let owners: Vec<usize> = (0..names.len())
-                    .filter(|i| !leaving.contains(&names[*i]))
-                    .collect();
                 if names.len() > 1 {
-                    self.ex.router = Some(Router::new(me, names, &owners, generation, data_out));
+                    self.ex.router = Some(Router::new(me, names, placement, generation, data_out));
                 }
             }
             NodeAction::RecordMembership { record } => {
@@ -320,6 +323,14 @@ impl Worker {
                 names.join(", ")
             ),
             Notice::Left { names } => info!("worker(s) {} left the cluster", names.join(", ")),
+            Notice::Rebalancing {
+                before,
+                after,
+                moved,
+            } => info!(
+                "rebalancing: {moved} key groups move to even the load (the busiest worker had \
+                 {before:.2}x the mean, {after:.2}x after); pausing input for a checkpoint"
+            ),
             Notice::StartingFresh => info!(
                 "resilience files in {} are from a run that never completed a checkpoint; starting fresh",
                 self.config.resilience_dir
@@ -395,6 +406,7 @@ impl Worker {
                     generation,
                     id,
                     result: Err(e),
+                    load: KeyGroupLoad::default(),
                 });
             }
         };
@@ -410,6 +422,13 @@ impl Worker {
             .collect();
         let events = self.ctl_tx.clone();
         let metrics = self.metrics.clone();
+        // What was routed before the barrier: reported with this part.
+        let load = self
+            .ex
+            .router
+            .as_mut()
+            .map(|r| r.load.take())
+            .unwrap_or_default();
         self.part_writes.retain(|t| !t.is_finished());
         self.part_writes.push(self.rt.spawn(async move {
             let mut result = Ok(());
@@ -432,6 +451,7 @@ impl Worker {
                 generation,
                 id,
                 result,
+                load,
             };
             let _ = events.send(Event::Node(done)).await;
         }));

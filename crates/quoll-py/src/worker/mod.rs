@@ -75,6 +75,8 @@ pub struct WorkerConfig {
     pub in_idle_timeout_s: u64,
     /// Where to serve the metrics (and, on the initializer, the dashboard).
     pub metrics_listen: Option<String>,
+    /// Initializer: how often at most key groups move to even the load (0: never).
+    pub rebalance_interval_s: u64,
 }
 
 /// How long a stopping worker waits for its sinks to write what they hold.
@@ -520,6 +522,7 @@ impl Worker {
             wallaroo_line(WallarooLine::RecoveringFromFiles);
         }
         let interval = Duration::from_nanos(config.checkpoint_interval_ns.max(1_000_000));
+        let grow_refusal = grow_refusal(&config, !kafka_sources.is_empty());
         let node_config = NodeConfig {
             name: config.name.clone(),
             initializer: config.cluster_initializer,
@@ -537,7 +540,10 @@ impl Worker {
             step_timeout: FORMATION_STEP,
             retry_after: CONNECT_RETRY,
             refusal_patience: HEARTBEAT_TIMEOUT * 2,
-            grow_refusal: grow_refusal(&config, !kafka_sources.is_empty()),
+            // A rebalance re-forms the cluster the way a grow does.
+            rebalance_interval: (config.rebalance_interval_s > 0 && grow_refusal.is_none())
+                .then(|| Duration::from_secs(config.rebalance_interval_s)),
+            grow_refusal,
         };
         let node = Node::new(node_config, recovered);
 
