@@ -57,6 +57,29 @@ def key_owner(key, workers):
     return (stable_hash(key) % KEY_GROUPS) * workers // KEY_GROUPS
 
 
+def moved_word_count_problems(outputs, truth):
+    """`word_count_problems` for a cluster whose key groups moved (a grow,
+    a shrink, a rebalance): a word's counts may be split over several
+    outputs, but all of them together must be exactly 1..n, and within one
+    output in increasing order."""
+    counts, problems = {}, []
+    for name, lines in outputs.items():
+        last = {}
+        for line in lines:
+            word, _, n = line.rpartition(" => ")
+            n = int(n)
+            if n <= last.get(word, 0):
+                problems.append(f"{name}: {word} => {n} after {last[word]}")
+            last[word] = n
+            counts.setdefault(word, []).append(n)
+    for word, n in truth.items():
+        got = sorted(counts.get(word, []))
+        if got != list(range(1, n + 1)):
+            problems.append(f"{word}: counts {got[:6]}... ({len(got)}), want 1..{n}")
+    problems += [f"unexpected word {w}" for w in set(counts) - set(truth)]
+    return problems
+
+
 def placed_owner(res_dir, members):
     """A function from a key (bytes) to the index in `members` (the
     cluster's worker names, initializer first, the others sorted) of the

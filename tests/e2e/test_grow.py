@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from harness import (EXAMPLES, MACHIDA3, QUOLL, Cluster, Proc, assert_word_counts, external, key_owner,
-                     placed_owner, state_entities, wait_until)
+                     moved_word_count_problems, placed_owner, state_entities, wait_until)
 from test_resilience_files import make_input, out_files
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -101,25 +101,7 @@ class Growing(Cluster):
         return {p.name: p.read_text().splitlines() for p in out_files(self.workdir)}
 
     def problems(self):
-        """What is wrong with the output, given that a word's counts may be
-        split over several files: each word's counts, all files together,
-        must be exactly 1..n, and within a file in increasing order."""
-        counts, problems = {}, []
-        for name, lines in self.outputs().items():
-            last = {}
-            for line in lines:
-                word, _, n = line.rpartition(" => ")
-                n = int(n)
-                if n <= last.get(word, 0):
-                    problems.append(f"{name}: {word} => {n} after {last[word]}")
-                last[word] = n
-                counts.setdefault(word, []).append(n)
-        for word, n in self.truth.items():
-            got = sorted(counts.get(word, []))
-            if got != list(range(1, n + 1)):
-                problems.append(f"{word}: counts {got[:6]}... ({len(got)}), want 1..{n}")
-        problems += [f"unexpected word {w}" for w in set(counts) - set(self.truth)]
-        return problems
+        return moved_word_count_problems(self.outputs(), self.truth)
 
     def wait_exact(self, timeout=60):
         total = sum(self.truth.values())

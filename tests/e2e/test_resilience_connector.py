@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import QUOLL, READY_LINE, Proc, wait_until, word_count_problems
+from harness import QUOLL, READY_LINE, Proc, moved_word_count_problems, wait_until, word_count_problems
 from test_resilience_files import last_committed, out_files, out_lines
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -218,3 +218,32 @@ def test_connector_source_without_resilience(workers, conn_run):
     run.cluster.shutdown()
     for w in run.workers:
         assert w.popen.returncode == 0, run.describe()
+
+
+def test_a_shrink_sends_the_leavers_connector_clients_to_a_worker_that_stays(conn_run):
+    """worker1 leaves (`quoll shrink`) while a sender streams to it: the
+    sender gets RESTART with the initializer's address for the same source,
+    goes on there from its last acknowledged message, and ends with all
+    acknowledged; worker1 exits 0, and every word's counts are exact across
+    the two sink files (its words moved to the initializer)."""
+    run = conn_run(2)
+    for i in range(2):
+        run.send(i, "--rate", "4000")
+    wait_until(lambda: (last_committed(run.res) or 0) >= 3, 20, "3 checkpoints")
+    shrink = subprocess.run([QUOLL, "shrink", f"127.0.0.1:{run.cluster.external_ports[0]}", "--names", "worker1"],
+                            capture_output=True, text=True, timeout=30)
+    assert shrink.returncode == 0, (shrink, run.describe())
+    assert run.workers[1].wait(60) == 0, run.describe()
+    run.wait_senders(60)
+    initializer_in = f"127.0.0.1:{run.cluster.in_ports[0]}"
+    moved = run.senders[1].stderr()
+    assert f"the worker asked for a restart; reconnecting to {initializer_in}" in moved, run.describe()
+    for s in run.senders:
+        m = SENT.findall(s.stdout())
+        assert s.popen.returncode == 0 and len(m) == 1 and int(m[0][0]) == run.lines, run.describe()
+    assert "leaves the cluster: its connector clients are sent to " + initializer_in in run.workers[1].stdout() \
+        + run.workers[1].stderr(), run.describe()
+    settled(run.tmp)
+    problems = moved_word_count_problems({p.name: p.read_text().splitlines() for p in out_files(run.tmp)},
+                                         run.truth)
+    assert not problems, f"{len(problems)} problems: {problems[:5]}\n{run.describe()}"

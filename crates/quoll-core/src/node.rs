@@ -101,6 +101,8 @@ pub struct NodeConfig {
     pub resilient: bool,
     /// The initializer's data address as the others reach it.
     pub data_addr: String,
+    /// Where this worker's sources accept clients (`Member::sources`).
+    pub sources: Vec<(String, String)>,
     pub checkpoint_interval: Duration,
     pub checkpoint_timeout: Duration,
     /// Initializer: why a worker may not join (`--join`), if it may not.
@@ -482,6 +484,7 @@ impl<P, D> Node<P, D> {
                 FormationRules {
                     name: config.name.clone(),
                     data_addr: config.data_addr.clone(),
+                    sources: config.sources.clone(),
                     worker_count: config.worker_count.max(1),
                     fingerprint: config.fingerprint,
                     resilient: config.resilient,
@@ -1277,6 +1280,7 @@ impl<P, D> Node<P, D> {
             Control::Join {
                 name,
                 data_addr,
+                sources,
                 fingerprint,
                 grow,
                 has_files,
@@ -1286,6 +1290,7 @@ impl<P, D> Node<P, D> {
                     link,
                     name,
                     data_addr,
+                    sources,
                     fingerprint,
                     grow,
                     has_files,

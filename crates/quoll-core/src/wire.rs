@@ -72,6 +72,10 @@ pub struct Member {
     pub name: String,
     /// Where the worker accepts data links.
     pub data_addr: String,
+    /// Where its TCP and connector sources accept clients: `(source name,
+    /// host:port)`; a leaving worker sends its connector clients to
+    /// another member's.
+    pub sources: Vec<(String, String)>,
 }
 
 /// Control messages.
@@ -95,6 +99,8 @@ pub enum Control {
     Join {
         name: String,
         data_addr: String,
+        /// `Member::sources`.
+        sources: Vec<(String, String)>,
         fingerprint: u64,
         has_files: bool,
         /// Started with `--join`: a worker that may grow the cluster.

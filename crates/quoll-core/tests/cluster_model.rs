@@ -205,6 +205,7 @@ fn config(i: usize, founding: usize) -> NodeConfig {
         fingerprint: 7,
         resilient: true,
         data_addr: format!("data-{i}"),
+        sources: Vec::new(),
         checkpoint_interval: Duration::from_millis(300),
         checkpoint_timeout: Duration::from_secs(5),
         step_timeout: Duration::from_secs(3),
@@ -385,6 +386,7 @@ impl Sim {
                     let msg = Control::Join {
                         name: name(i),
                         data_addr: format!("data-{i}"),
+                        sources: Vec::new(),
                         fingerprint: 7,
                         has_files,
                         grow: i >= self.founding,

@@ -32,6 +32,9 @@
 //! - [`ConnectorCommand::Restart`] (rollback) stops every connection (each
 //!   gets RESTART("") and is closed) and resets the registry to the given
 //!   positions; connections of the old epoch can no longer change it.
+//! - [`ConnectorCommand::Leave`] (this worker leaves the cluster) sends
+//!   every client RESTART with another worker's address for this source,
+//!   closes them and stops accepting: the clients go on there.
 //! - Commands queued before the task starts are applied before the first
 //!   client is accepted: a restarted worker can queue `Restart { resume, .. }`
 //!   with its recovered positions before spawning the task, so that NOTIFY
@@ -53,7 +56,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
 use crate::event::{frames_per_event, Event, SourcePosition};
-use tracing::error;
+use tracing::{error, info};
 
 /// One source-connector source, as the app configured it.
 #[derive(Debug, Clone)]
@@ -79,6 +82,9 @@ pub enum ConnectorCommand {
     Committed { positions: Vec<(u64, u64)> },
     /// Rollback: send RESTART("") to every client and close them; afterwards streams resume from `resume` (stream id -> point of reference; absent = never seen), and events carry `epoch`.
     Restart { resume: Vec<(u64, u64)>, epoch: u32 },
+    /// This worker leaves the cluster: send RESTART(`redirect`) to every
+    /// client, close them, and accept no more.
+    Leave { redirect: String },
 }
 
 /// One stream id as this source knows it.
@@ -117,8 +123,9 @@ impl StreamState {
 enum Ctl {
     /// Send an ACK with these positions (plus a credit top-up).
     Ack(Vec<(u64, u64)>),
-    /// Rollback: send RESTART and close.
-    Restart,
+    /// Rollback or leave: send RESTART with this address ("" for the same
+    /// one) and close.
+    Restart(String),
 }
 
 #[derive(Default)]
@@ -156,8 +163,11 @@ pub async fn run_connector_source(
     let mut tasks: HashMap<u64, JoinHandle<()>> = HashMap::new();
     let mut next_conn: u64 = 0;
     // Commands queued before the start (a recovered worker's Restart) come first.
+    let mut listener = Some(listener);
     while let Ok(cmd) = commands.try_recv() {
-        handle_command(cmd, &reg);
+        if !handle_command(cmd, &reg, &cfg.name) {
+            listener = None;
+        }
     }
     let mut commands_open = true;
     loop {
@@ -165,10 +175,14 @@ pub async fn run_connector_source(
             biased;
             _ = tx.closed() => break,
             cmd = commands.recv(), if commands_open => match cmd {
-                Some(cmd) => handle_command(cmd, &reg),
+                Some(cmd) => {
+                    if !handle_command(cmd, &reg, &cfg.name) {
+                        listener = None;
+                    }
+                }
                 None => commands_open = false,
             },
-            accepted = listener.accept() => match accepted {
+            accepted = accept(listener.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (read, write) = stream.into_split();
@@ -197,6 +211,7 @@ pub async fn run_connector_source(
                         credits: 0,
                         batch: None,
                         out: Vec::new(),
+                        restart_to: String::new(),
                     };
                     tasks.insert(id, tokio::spawn(conn.run(read)));
                 }
@@ -212,8 +227,30 @@ pub async fn run_connector_source(
     }
 }
 
-fn handle_command(cmd: ConnectorCommand, reg: &Shared) {
+/// The next connection on `listener`; never, without one.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out `cmd`; false once the source accepts no more clients.
+fn handle_command(cmd: ConnectorCommand, reg: &Shared, name: &str) -> bool {
     match cmd {
+        ConnectorCommand::Leave { redirect } => {
+            info!(
+                place = %format!("source '{name}'"),
+                "this worker leaves the cluster: its connector clients are sent to {redirect}, and \
+                 it accepts no more"
+            );
+            for ctl in std::mem::take(&mut lock(reg).conns).values() {
+                let _ = ctl.send(Ctl::Restart(redirect.clone()));
+            }
+            return false;
+        }
         ConnectorCommand::Committed { positions } => committed(reg, positions),
         ConnectorCommand::Restart { resume, epoch } => {
             let conns = {
@@ -229,10 +266,11 @@ fn handle_command(cmd: ConnectorCommand, reg: &Shared) {
             // Connections of the old generation stop at once; whatever they
             // still hand over carries the old epoch and is dropped.
             for ctl in conns.values() {
-                let _ = ctl.send(Ctl::Restart);
+                let _ = ctl.send(Ctl::Restart(String::new()));
             }
         }
     }
+    true
 }
 
 /// A checkpoint completed: record the positions, acknowledge open streams
@@ -337,6 +375,8 @@ struct Conn {
     batch: Option<Batch>,
     /// Frames to write to the client.
     out: Vec<u8>,
+    /// Where RESTART sends the client ("": the same address).
+    restart_to: String,
 }
 
 /// A connection's incoming frames.
@@ -366,9 +406,8 @@ impl Conn {
             }
         };
         if flow == Flow::Restart {
-            self.queue(&ConnectorMessage::Restart {
-                address: String::new(),
-            });
+            let address = std::mem::take(&mut self.restart_to);
+            self.queue(&ConnectorMessage::Restart { address });
         }
         if flow != Flow::Stop {
             let _ = self.write_out().await;
@@ -388,7 +427,11 @@ impl Conn {
                     Flow::Close
                 }
             }
-            Some(Ctl::Restart) | None => Flow::Restart,
+            Some(Ctl::Restart(address)) => {
+                self.restart_to = address;
+                Flow::Restart
+            }
+            None => Flow::Restart,
         }
     }
 
@@ -527,10 +570,13 @@ impl Conn {
             if r.generation != self.generation {
                 return Flow::Restart;
             }
+            // A stream new here starts where the client says the cluster
+            // acknowledged it: it may come from another worker (a leaving
+            // one sent it here), whose acknowledgements followed commits.
             let s = r
                 .streams
                 .entry(stream_id)
-                .or_insert_with(|| StreamState::at(NO_POSITION));
+                .or_insert_with(|| StreamState::at(asked));
             if s.owner.is_some() {
                 ConnectorMessage::NotifyAck {
                     success: false,

@@ -49,6 +49,8 @@ pub struct FormationRules {
     pub name: String,
     /// The initializer's data address, as the others should reach it.
     pub data_addr: String,
+    /// The initializer's source addresses (`Member::sources`).
+    pub sources: Vec<(String, String)>,
     pub worker_count: usize,
     /// The application's topology fingerprint.
     pub fingerprint: u64,
@@ -67,6 +69,7 @@ pub enum InitializerEvent {
         link: LinkId,
         name: String,
         data_addr: String,
+        sources: Vec<(String, String)>,
         fingerprint: u64,
         grow: bool,
         /// The worker has resilience files of an earlier run.
@@ -159,6 +162,7 @@ struct Candidate {
     link: LinkId,
     name: String,
     data_addr: String,
+    sources: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -316,6 +320,7 @@ impl InitializerMembership {
                 link,
                 name,
                 data_addr,
+                sources,
                 fingerprint,
                 grow,
                 has_files,
@@ -324,6 +329,7 @@ impl InitializerMembership {
                     link,
                     name,
                     data_addr,
+                    sources,
                 };
                 // A worker that left may join again only afresh: restarted
                 // with its files, it is a leaver that missed its leave.
@@ -583,10 +589,12 @@ impl InitializerMembership {
         let mut members = vec![Member {
             name: self.rules.name.clone(),
             data_addr: self.rules.data_addr.clone(),
+            sources: self.rules.sources.clone(),
         }];
         members.extend(candidates.iter().map(|c| Member {
             name: c.name.clone(),
             data_addr: c.data_addr.clone(),
+            sources: c.sources.clone(),
         }));
         let links: Vec<LinkId> = candidates.iter().map(|c| c.link).collect();
         let generation = self.generation;
@@ -657,6 +665,7 @@ mod tests {
             FormationRules {
                 name: "initializer".into(),
                 data_addr: "127.0.0.1:1".into(),
+                sources: Vec::new(),
                 worker_count,
                 fingerprint: FP,
                 resilient,
@@ -691,6 +700,7 @@ mod tests {
             link: LinkId(link),
             name: name.into(),
             data_addr: format!("d{link}"),
+            sources: Vec::new(),
             fingerprint: FP,
             grow,
             has_files: false,
@@ -794,6 +804,7 @@ mod tests {
             link: LinkId(2),
             name: "w9".into(),
             data_addr: "x".into(),
+            sources: Vec::new(),
             fingerprint: 1,
             grow: false,
             has_files: false,

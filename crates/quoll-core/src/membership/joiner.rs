@@ -363,6 +363,7 @@ mod tests {
             .map(|n| Member {
                 name: n.to_string(),
                 data_addr: format!("{n}:1"),
+                sources: Vec::new(),
             })
             .collect()
     }

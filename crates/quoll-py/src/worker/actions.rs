@@ -23,7 +23,7 @@ use quoll_core::checkpoint::CheckpointId;
 use quoll_core::membership::Generation;
 use quoll_core::node::{NodeAction, NodeEvent, NodeFatal, Notice};
 use quoll_core::placement::KeyGroupLoad;
-use quoll_core::wire::{self, BatchWriter, Control};
+use quoll_core::wire::{self, BatchWriter, Control, Member};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -112,10 +112,12 @@ impl Worker {
                 let fingerprint = self.fingerprint;
                 let metrics_addr = self.config.metrics_listen.clone();
                 let grow = self.config.join;
+                let sources = self.source_addrs.clone();
                 let links = self.links()?;
                 let msg = Control::Join {
                     name,
                     data_addr: links.data_addr(),
+                    sources,
                     fingerprint,
                     has_files,
                     grow,
@@ -198,6 +200,7 @@ impl Worker {
                         "leaving the cluster (shrink): handing this worker's state to the others; \
                          its sources take no more input"
                     );
+                    self.leave_sources(&members, &leaving);
                 }
                 if names.len() > 1 {
                     self.ex.router = Some(Router::new(me, names, placement, generation, data_out));
@@ -701,6 +704,44 @@ impl Worker {
                 Ok(())
             })
         })
+    }
+
+    /// This worker leaves the cluster: its connector clients go to the
+    /// same source on a member that stays (RESTART with its address), and
+    /// its TCP sources stop accepting (plain TCP can't redirect a client).
+    fn leave_sources(&mut self, members: &[Member], leaving: &[String]) {
+        let elsewhere = |source: &str| {
+            members
+                .iter()
+                .filter(|m| !leaving.contains(&m.name))
+                .find_map(|m| m.sources.iter().find(|(n, _)| n == source))
+                .map(|(_, addr)| addr.clone())
+        };
+        for c in &self.connectors {
+            let redirect = elsewhere(&c.name).unwrap_or_else(|| {
+                warn!(
+                    "source '{}': no worker that stays has this source, so its connector clients \
+                     are told to reconnect here, where they will find no one",
+                    c.name
+                );
+                String::new()
+            });
+            if c.commands
+                .try_send(ConnectorCommand::Leave { redirect })
+                .is_err()
+            {
+                error!("connector source '{}' did not take its leave", c.name);
+            }
+        }
+        for t in &self.tcp_sources {
+            t.accept.abort();
+            let instead =
+                elsewhere(&t.name).map_or_else(String::new, |a| format!("; send to {a} instead"));
+            info!(
+                "source '{}': stopped accepting connections on {} (this worker leaves the cluster){instead}",
+                t.name, t.addr
+            );
+        }
     }
 
     /// Starts the replayable sources again where `progress` says (from the

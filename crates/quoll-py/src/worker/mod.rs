@@ -100,7 +100,15 @@ struct FileSource {
 /// A connector source's task, told about commits and rollbacks.
 struct ConnectorHandle {
     index: usize,
+    name: String,
     commands: mpsc::Sender<ConnectorCommand>,
+}
+
+/// A TCP source's accept loop: stopped when this worker leaves the cluster.
+struct TcpSourceHandle {
+    name: String,
+    addr: String,
+    accept: AbortHandle,
 }
 
 /// Why the event loop ended.
@@ -131,6 +139,10 @@ pub(crate) struct Worker {
     ctl_rx: mpsc::Receiver<Event>,
     file_sources: Vec<FileSource>,
     connectors: Vec<ConnectorHandle>,
+    tcp_sources: Vec<TcpSourceHandle>,
+    /// Where this worker's TCP and connector sources accept clients:
+    /// `(source name, host:port)`, told to the other members.
+    source_addrs: Vec<(String, String)>,
     kafka_sources: Vec<KafkaSourceRunner>,
     /// This worker's index among the members, and their number (for the
     /// Kafka partitions it reads); set when the cluster forms.
@@ -241,6 +253,12 @@ fn listen(
         })
 }
 
+/// `host` with the port `listener` is bound to (the `--in` port may be 0).
+fn bound_addr(host: &str, listener: &TcpListener) -> String {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    format!("{host}:{port}")
+}
+
 impl Worker {
     /// Binds every listener and opens every file; nothing is announced yet.
     fn set_up(
@@ -292,6 +310,8 @@ impl Worker {
         let mut source_ids = Vec::new();
         let mut file_sources = Vec::new();
         let mut connectors = Vec::new();
+        let mut tcp_sources = Vec::new();
+        let mut source_addrs = Vec::new();
         let mut kafka_sources = Vec::new();
         let first_epoch = 1;
         for (index, src) in plan.sources.iter().enumerate() {
@@ -310,7 +330,9 @@ impl Worker {
                         continue;
                     }
                     let listener = listen(&rt, &format!("{host}:{port}"), &what, "")?;
-                    rt.spawn(crate::sources::run_tcp_source(
+                    let addr = bound_addr(host, &listener);
+                    source_addrs.push((src.name.clone(), addr.clone()));
+                    let accept = rt.spawn(crate::sources::run_tcp_source(
                         index,
                         src.name.clone(),
                         listener,
@@ -324,6 +346,11 @@ impl Worker {
                         src_tx.clone(),
                         stats.clone(),
                     ));
+                    tcp_sources.push(TcpSourceHandle {
+                        name: src.name.clone(),
+                        addr,
+                        accept: accept.abort_handle(),
+                    });
                 }
                 SourceSpec::File { path, header, .. } => file_sources.push(FileSource {
                     index,
@@ -341,6 +368,7 @@ impl Worker {
                     ..
                 } => {
                     let listener = listen(&rt, &format!("{host}:{port}"), &what, "")?;
+                    source_addrs.push((src.name.clone(), bound_addr(host, &listener)));
                     let (commands, rx) = mpsc::channel(64);
                     let cfg = ConnectorSourceConfig {
                         name: src.name.clone(),
@@ -358,7 +386,11 @@ impl Worker {
                         rx,
                         config.resilience,
                     ));
-                    connectors.push(ConnectorHandle { index, commands });
+                    connectors.push(ConnectorHandle {
+                        index,
+                        name: src.name.clone(),
+                        commands,
+                    });
                 }
                 SourceSpec::Kafka {
                     topic,
@@ -534,6 +566,7 @@ impl Worker {
             fingerprint,
             resilient: config.resilience,
             data_addr: links.as_ref().map_or_else(String::new, |l| l.data_addr()),
+            sources: source_addrs.clone(),
             checkpoint_interval: interval,
             checkpoint_timeout: (interval * CHECKPOINT_TIMEOUT_INTERVALS)
                 .max(MIN_CHECKPOINT_TIMEOUT),
@@ -606,6 +639,8 @@ impl Worker {
             ctl_rx,
             file_sources,
             connectors,
+            tcp_sources,
+            source_addrs,
             kafka_sources,
             place: (0, 1),
             source_epoch: first_epoch,
