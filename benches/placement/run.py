@@ -152,7 +152,7 @@ def run_variant(name, input_path, parts, words, rebalance_s, workdir, timeout, p
                                + "\n".join(p.describe() for p in procs))
         return dict(variant=name, words=words["main"], elapsed_s=elapsed, words_per_s=words["main"] / elapsed,
                     cpu_s=cpu, rebalanced=rebalanced,
-                    rebalances=workers[0].stdout().count("rebalancing:"))
+                    rebalances=workers[0].stdout().count("key groups move to even the load"))
     finally:
         wc.shutdown_cluster(workers, ext_ports, procs)
 
@@ -183,11 +183,16 @@ def main(argv=None):
     median = {name: statistics.median(x["words_per_s"] for x in runs if x["variant"] == name)
               for name, _, _ in variants}
     ratio = {name: median[name] / median["uniform"] for name in median}
+    # How unevenly the work fell: the busier worker's CPU time in the timed
+    # part over the mean of the two.
+    cpu_skew = {name: statistics.median(max(x["cpu_s"]) * 2 / sum(x["cpu_s"]) for x in runs if x["variant"] == name)
+                for name, _, _ in variants}
     result = dict(
         date=time.strftime("%Y-%m-%d %H:%M:%S"), host=platform.node(), rev=wc.git_rev(),
         lines=a.lines, warm_lines=a.warm, rebalance_interval_s=INTERVAL_S, pinned=not a.no_pin,
         even_split_share=dict(uniform=shares[0.0], zipf=shares[1.0]),
-        median_words_per_s=median, ratio_to_uniform=ratio, target=dict(zipf_ratio_min=TARGET_RATIO),
+        median_words_per_s=median, ratio_to_uniform=ratio, busier_worker_cpu_over_mean=cpu_skew,
+        target=dict(zipf_ratio_min=TARGET_RATIO),
         met=ratio["zipf"] >= TARGET_RATIO, runs=runs,
     )
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -195,7 +200,8 @@ def main(argv=None):
     print(f"even split, share of words on each worker: uniform {shares[0.0][0]:.2f}/{shares[0.0][1]:.2f}, "
           f"Zipf(1) {shares[1.0][0]:.2f}/{shares[1.0][1]:.2f}")
     for name, _, _ in variants:
-        print(f"  {name:10s} {median[name]:>12,.0f} words/s  {ratio[name]:.2f}x uniform")
+        print(f"  {name:10s} {median[name]:>12,.0f} words/s  {ratio[name]:.2f}x uniform  "
+              f"busier worker's CPU {cpu_skew[name]:.2f}x the mean")
     rb = [x["rebalanced"] for x in runs if x["variant"] == "zipf"]
     moves = ", ".join("{before:.2f}x -> {after:.2f}x".format(**r) for r in rb if r)
     print(f"  zipf rebalances: busiest worker at {moves} the mean load")

@@ -129,6 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "control": args.join or args.control,
         "data": args.data,
         "my_data": args.my_data,
+        "my_control": args.my_control,
         "resilience": bool(args.run_with_resilience),
         "resilience_dir": args.resilience_dir,
         "checkpoint_interval_ns": int(args.time_between_checkpoints),

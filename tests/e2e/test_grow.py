@@ -41,6 +41,10 @@ class Growing(Cluster):
         self.names = names
         # The first `founding` workers form the cluster (`--control`).
         self.founding = founding
+        # Per worker: flags of its own, and (joiners) the address to
+        # --join instead of the initializer's --control.
+        self.own_flags = {}
+        self.join_via = {}
         self.res = Path(tmp_path) / "res"
         self.res.mkdir()
         # `fed`: the workers with input (all by default); the others get
@@ -66,9 +70,9 @@ class Growing(Cluster):
         elif i < self.founding:
             base += ["--name", self.names[i], "--control", f"127.0.0.1:{self.control}"]
         else:
-            base += ["--name", self.names[i], "--join", f"127.0.0.1:{self.control}"]
+            base += ["--name", self.names[i], "--join", self.join_via.get(i, f"127.0.0.1:{self.control}")]
         app = self.app(i) if callable(self.app) else self.app
-        return base + self.flags + app
+        return base + self.flags + self.own_flags.get(i, []) + app
 
     def launch(self, i):
         """Starts (or restarts, with the same command) worker i."""
@@ -460,5 +464,75 @@ def test_a_worker_killed_mid_rebalance_restarts_and_counts_stay_exact(tmp_path):
         c.wait_members(2)
         c.wait_exact()
         c.assert_state_placed(2)
+    finally:
+        c.stop()
+
+
+def test_window_state_moves_with_its_key_groups_on_a_join(tmp_path):
+    """Count windows of 7 per account (tests/e2e/apps/resilient_windows.py),
+    input on the initializer; worker1 joins mid-stream. The accounts it now
+    owns bring their open windows along: every message ends in exactly one
+    window output, each output holds one account's messages, at most 7, and
+    an account has at most one short output (the flush at the end of input).
+    Some account has outputs in both sinks: its window state moved."""
+    from test_resilience_faults import window_outputs, write_framed
+    import random
+    rng = random.Random(9)
+    accounts = [f"acct{i:02d}" for i in range(40)]
+    owner = {i: rng.choice(accounts) for i in range(1, 20_001)}
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=1, line_delay=0, module="resilient_windows",
+                fed=["initializer"])
+    write_framed(tmp_path / "in-initializer.bin", [f"{a},{i}" for i, a in owner.items()])
+    c.app = ["--in-file", str(tmp_path / "in-{worker}.bin"), "--out-file", str(tmp_path / "out-{worker}.txt"),
+             "--count-windows", "7", "--message-delay", "0.0002"]
+    try:
+        c.start_alone()
+        c.launch(1)
+        c.wait_members(2)
+        paths = [tmp_path / "out-initializer.txt", tmp_path / "out-worker1.txt"]
+
+        def out_ids():
+            return sum(len(ids) for rows in window_outputs(paths).values() for _, _, ids, _ in rows)
+        wait_until(lambda: out_ids() >= len(owner), 60, "every message in a window output")
+        time.sleep(1.0)
+        outputs = window_outputs(paths)
+        seen, short, files_of = {}, {}, {}
+        for name, rows in outputs.items():
+            for acct, n, ids, _ in rows:
+                assert n == len(ids) <= 7, (name, acct, n, ids)
+                for i in ids:
+                    assert owner[i] == acct, f"message {i} of {owner[i]} in a window of {acct}"
+                    assert i not in seen, f"message {i} in two windows ({seen[i]}, {name})"
+                    seen[i] = name
+                short[acct] = short.get(acct, 0) + (n < 7)
+                files_of.setdefault(acct, set()).add(name)
+        assert set(seen) == set(owner), f"{len(set(owner) - set(seen))} messages in no window"
+        assert all(n <= 1 for n in short.values()), short
+        assert any(len(f) == 2 for f in files_of.values()), files_of
+    finally:
+        c.stop()
+
+
+def test_a_worker_joins_through_a_member_that_is_not_the_initializer(tmp_path):
+    """worker2 is started with `--join` and worker1's `--my-control`:
+    worker1 answers with the initializer's address (Control::Redirect), and
+    worker2 joins there; the cluster grows to three with exact counts."""
+    from harness import free_port
+    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=4000, line_delay=0.0005, founding=2)
+    via = f"127.0.0.1:{free_port()}"
+    c.own_flags[1] = ["--my-control", via]
+    c.join_via[2] = via
+    try:
+        c.launch(0)
+        c.launch(1)
+        c.wait_members(2)
+        c.launch(2)
+        c.wait_members(3)
+        assert "worker 'worker2' asked to join through this worker; sent to the initializer at " \
+            f"127.0.0.1:{c.control}" in c.procs[1].stdout(), c.describe()
+        assert f"the cluster's initializer is at 127.0.0.1:{c.control}: joining there" in c.procs[2].stdout(), \
+            c.describe()
+        c.wait_exact()
+        c.assert_state_placed(3)
     finally:
         c.stop()

@@ -310,6 +310,11 @@ pub enum NodeAction<P, D> {
         link: LinkId,
         has_files: bool,
     },
+    /// The initializer is at `to` (a member redirected this joiner):
+    /// connect there from now on.
+    Redirect {
+        to: String,
+    },
     Send {
         link: LinkId,
         msg: Control,
@@ -1542,6 +1547,7 @@ impl<P, D> Node<P, D> {
                         generation,
                     })
                 }
+                JoinerAction::Redirect { to } => out.push(NodeAction::Redirect { to }),
                 JoinerAction::SendLinksUp { link } => out.push(NodeAction::Send {
                     link,
                     msg: Control::LinksUp {

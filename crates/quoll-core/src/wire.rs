@@ -188,6 +188,12 @@ pub enum Control {
         generation: u64,
         counts: Vec<(u32, u64)>,
     },
+    /// A member that is not the initializer, to a worker that asked it to
+    /// join (`--join` with that member's `--my-control`): the initializer's
+    /// control address is `to`.
+    Redirect {
+        to: String,
+    },
 }
 
 /// Why bytes from a peer could not be read.

@@ -467,6 +467,9 @@ impl Sim {
                         Some((members, me, generation, placement));
                     self.check_generation(i);
                 }
+                NodeAction::Redirect { to } => self.fail(format!(
+                    "worker {i} redirected to {to}: no member redirects here"
+                )),
                 NodeAction::RecordMembership { record } => {
                     if i != 0 {
                         self.fail(format!("worker {i} records the membership"));

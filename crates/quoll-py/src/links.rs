@@ -30,6 +30,12 @@
 //! Links are [`LinkRead`] and [`LinkWrite`] halves either way, so readers
 //! and writers don't know whether TLS is on.
 //!
+//! A member that is not the initializer may listen on `--my-control`: a
+//! worker started with `--join` and that address gets `Control::Redirect`
+//! with the initializer's control address in answer to its `Join` (the
+//! joiner's machine then connects there), so any member can be joined
+//! through.
+//!
 //! Data links carry batches and barriers; each begins (after the handshake)
 //! with `DataHello` naming the sender and the formation's generation, and a
 //! link of another generation or from a stranger is refused. Their readers
@@ -53,7 +59,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
@@ -248,8 +254,9 @@ pub struct Links {
     creds: Credentials,
     next_link: Arc<AtomicU64>,
     control: ControlTable,
-    /// The initializer's control address (its own, or the one to reach).
-    control_addr: String,
+    /// The initializer's control address (its own, or the one to reach);
+    /// `--my-control` sends joiners there.
+    control_addr: watch::Sender<String>,
     acceptor: Option<AbortHandle>,
     connecting: Option<AbortHandle>,
     /// Where this worker accepts data links (bound on the first connection
@@ -280,16 +287,27 @@ impl Links {
         links
     }
 
-    /// Another worker's links: it reaches the initializer at `control`, and
-    /// accepts data links on `my_data` if given.
+    /// Another worker's links: it reaches the initializer at `control`,
+    /// accepts data links on `my_data` if given, and on `my_control` (if
+    /// given) sends joiners to the initializer.
     pub fn joiner(
         rt: Handle,
         events: mpsc::Sender<Event>,
         creds: Credentials,
         control: String,
         my_data: Option<TcpListener>,
+        my_control: Option<TcpListener>,
     ) -> Links {
-        Links::new(rt, events, creds, control, my_data)
+        let mut links = Links::new(rt, events, creds, control, my_data);
+        if let Some(listener) = my_control {
+            let task = links.rt.spawn(redirect_joiners(
+                Arc::new(listener),
+                links.control_addr.subscribe(),
+                links.creds.clone(),
+            ));
+            links.acceptor = Some(task.abort_handle());
+        }
+        links
     }
 
     fn new(
@@ -305,7 +323,7 @@ impl Links {
             creds,
             next_link: Arc::new(AtomicU64::new(1)),
             control: Arc::new(Mutex::new(HashMap::new())),
-            control_addr,
+            control_addr: watch::Sender::new(control_addr),
             acceptor: None,
             connecting: None,
             data_listener: Arc::new(Mutex::new(data.map(Arc::new))),
@@ -313,8 +331,13 @@ impl Links {
         }
     }
 
-    pub fn control_addr(&self) -> &str {
-        &self.control_addr
+    pub fn control_addr(&self) -> String {
+        self.control_addr.borrow().clone()
+    }
+
+    /// The initializer is at `to` (a member redirected this joiner).
+    pub fn redirect(&mut self, to: String) {
+        self.control_addr.send_replace(to);
     }
 
     /// Where this worker accepts data links, as others should reach it.
@@ -340,7 +363,7 @@ impl Links {
             t.abort();
         }
         let task = self.rt.spawn(connect_control(
-            self.control_addr.clone(),
+            self.control_addr(),
             after,
             self.data_listener.clone(),
             self.control.clone(),
@@ -604,6 +627,38 @@ async fn accept_control(
             let id = register(link, peer, &control, &next_link, &events);
             debug!(link = %id, %peer, "control connection authenticated");
             std::future::ready(())
+        },
+    )
+    .await;
+}
+
+/// A member on `--my-control`: answers a worker's `Join` with where the
+/// initializer is (`Control::Redirect`), and closes; anything else, or
+/// nothing within the handshake timeout, just closes.
+async fn redirect_joiners(
+    listener: Arc<TcpListener>,
+    to: watch::Receiver<String>,
+    creds: Credentials,
+) {
+    accept_authenticated(
+        listener,
+        "--my-control",
+        creds,
+        Purpose::Control,
+        move |(mut frames, mut write), peer| {
+            let to = to.borrow().clone();
+            async move {
+                let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.next()).await;
+                let Ok(Some(Ok(WireFrame::Control(Control::Join { name, .. })))) = first else {
+                    debug!(%peer, "--my-control: no Join; closed");
+                    return;
+                };
+                info!("worker '{name}' asked to join through this worker; sent to the initializer at {to}");
+                let _ = write
+                    .send(&wire::control_frame(&Control::Redirect { to }))
+                    .await;
+                let _ = write.shutdown().await;
+            }
         },
     )
     .await;

@@ -15,6 +15,9 @@
 //! - Only messages on the current link to the initializer are acted on.
 //! - A refusal is final; every other failure before `Start` starts the
 //!   formation over from a new connection.
+//! - A member that is not the initializer answers `Join` with `Redirect`:
+//!   the joiner connects to the initializer from then on. More than
+//!   [`MAX_REDIRECTS`] redirects in a row refuse the worker (a loop).
 //! - `Formed` is reported once per formation, with the generation of the
 //!   welcome that began it.
 
@@ -58,6 +61,10 @@ pub enum JoinerAction {
     /// Send `Join` on `link`.
     SendJoin {
         link: LinkId,
+    },
+    /// The initializer is at `to`: connect there from now on.
+    Redirect {
+        to: String,
     },
     OpenDataLinks {
         members: Vec<Member>,
@@ -144,8 +151,13 @@ pub struct JoinerMembership {
     refusal_patience: Duration,
     /// When the current run of passing refusals began.
     refused_since: Option<Instant>,
+    /// Redirects since the last welcome.
+    redirects: u32,
     phase: Phase,
 }
+
+/// Redirects in a row after which a joiner gives up.
+pub const MAX_REDIRECTS: u32 = 3;
 
 impl JoinerMembership {
     pub fn new(
@@ -160,6 +172,7 @@ impl JoinerMembership {
             retry_after,
             refusal_patience,
             refused_since: None,
+            redirects: 0,
             phase: Phase::Idle,
         }
     }
@@ -301,6 +314,7 @@ impl JoinerMembership {
                     placement,
                 };
                 self.refused_since = None;
+                self.redirects = 0;
                 self.phase = Phase::Linking {
                     link,
                     welcomed,
@@ -321,6 +335,23 @@ impl JoinerMembership {
                 out.push(JoinerAction::Refused {
                     reason: format!("the initializer refused this worker: {reason}"),
                 });
+            }
+            (Control::Redirect { to }, Phase::Joining { .. }) => {
+                out.push(JoinerAction::Close { link });
+                self.redirects += 1;
+                if self.redirects > MAX_REDIRECTS {
+                    self.phase = Phase::Idle;
+                    out.push(JoinerAction::Refused {
+                        reason: format!(
+                            "redirected {} times in a row (last to {to}) without reaching the \
+                             initializer; give --join the initializer's --control address",
+                            self.redirects
+                        ),
+                    });
+                    return;
+                }
+                out.push(JoinerAction::Redirect { to });
+                self.join(Duration::ZERO, out);
             }
             (Control::Start { .. }, Phase::AwaitingStart { welcomed, .. }) => {
                 let welcomed = welcomed.clone();
@@ -384,6 +415,41 @@ mod tests {
         let mut out = Vec::new();
         m.handle(e, now, &mut out);
         out
+    }
+
+    #[test]
+    fn a_redirect_sends_the_joiner_to_the_initializer_and_a_loop_is_refused() {
+        let now = Instant::now();
+        let mut m = JoinerMembership::new("w2".into(), Duration::from_secs(20), RETRY, PATIENCE);
+        m.join(Duration::ZERO, &mut Vec::new());
+        for round in 1..=MAX_REDIRECTS + 1 {
+            let link = LinkId(u64::from(round));
+            ev(&mut m, JoinerEvent::Connected { link }, now);
+            let msg = Control::Redirect {
+                to: "init:1".into(),
+            };
+            let out = ev(&mut m, JoinerEvent::Message { link, msg }, now);
+            if round <= MAX_REDIRECTS {
+                assert_eq!(
+                    out,
+                    vec![
+                        JoinerAction::Close { link },
+                        JoinerAction::Redirect {
+                            to: "init:1".into()
+                        },
+                        JoinerAction::Connect {
+                            after: Duration::ZERO
+                        },
+                    ]
+                );
+            } else {
+                let [JoinerAction::Close { .. }, JoinerAction::Refused { reason }] = &out[..]
+                else {
+                    panic!("a loop not refused: {out:?}")
+                };
+                assert!(reason.contains("redirected 4 times"), "{reason}");
+            }
+        }
     }
 
     #[test]

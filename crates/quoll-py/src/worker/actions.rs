@@ -130,6 +130,10 @@ impl Worker {
                 );
             }
             NodeAction::Send { link, msg } => self.links()?.send(link, msg),
+            NodeAction::Redirect { to } => {
+                info!("the cluster's initializer is at {to}: joining there");
+                self.links()?.redirect(to);
+            }
             NodeAction::Refuse {
                 link,
                 reason,
@@ -286,7 +290,7 @@ impl Worker {
     fn notice(&self, notice: Notice) {
         match notice {
             Notice::WaitingForWorkers { more } => {
-                let at = self.links.as_ref().map_or("", |l| l.control_addr());
+                let at = self.links.as_ref().map_or_else(String::new, |l| l.control_addr());
                 info!("waiting for {more} more worker(s) on {at}");
             }
             Notice::Joined {

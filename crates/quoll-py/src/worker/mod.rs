@@ -44,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Worker settings, from the command line (parsed in Python).
 #[derive(FromPyObject)]
@@ -62,6 +62,8 @@ pub struct WorkerConfig {
     pub control: Option<String>,
     pub data: Option<String>,
     pub my_data: Option<String>,
+    /// Not the initializer: where to send joiners to the initializer.
+    pub my_control: Option<String>,
     pub resilience: bool,
     pub resilience_dir: String,
     pub checkpoint_interval_ns: u64,
@@ -711,7 +713,21 @@ impl Worker {
                 Some(a) => Some(listen(rt, a, "--my-data", "")?),
                 None => None,
             };
-            Links::joiner(rt.handle().clone(), events.clone(), creds, control, my_data)
+            // Wallaroo required --my-control and quoll ignored it: a
+            // listener that can't be had costs only joins through here.
+            let my_control = config.my_control.as_deref().and_then(|a| {
+                listen(rt, a, "--my-control", "")
+                    .map_err(|e| warn!("{e}; workers can't join the cluster through this one"))
+                    .ok()
+            });
+            Links::joiner(
+                rt.handle().clone(),
+                events.clone(),
+                creds,
+                control,
+                my_data,
+                my_control,
+            )
         };
         Ok(Some(links))
     }
