@@ -398,22 +398,24 @@ def test_a_founding_worker_shrunk_away_rejoins_and_the_initializer_restarts_with
         c.stop()
 
 
-def skewed_input(tmp_path, names, lines, hot, seed=5):
-    """Framed input files as `make_input` writes them, four words in five
-    drawn from `hot`; returns the true counts."""
-    import collections
-    import random
-    rng = random.Random(seed)
-    cold = [f"w{i:03d}" for i in range(200)]
-    truth = collections.Counter()
-    for name in names:
-        with open(Path(tmp_path) / f"in-{name}.bin", "wb") as f:
-            for _ in range(lines):
-                words = [rng.choice(hot if rng.random() < 0.8 else cold) for _ in range(rng.randint(1, 6))]
-                truth.update(words)
-                line = " ".join(words).encode()
-                f.write(len(line).to_bytes(4, "big") + line)
-    return truth
+def skewed_cluster(tmp_path):
+    """Two founding workers, four words in five owned by the initializer
+    under the even split, rebalancing every 2 s; returns the cluster, once
+    the initializer began a rebalance, and the hot words."""
+    names = ["initializer", "worker1"]
+    hot = [w for w in (f"hot{i}" for i in range(200)) if key_owner(w.encode(), 2) == 0][:40]
+    c = Growing(tmp_path, names, lines=1, line_delay=0.0005, founding=2)
+    c.truth = make_input(tmp_path, names, 10_000, seed=5, hot=hot)
+    c.flags += ["--rebalance-interval", "2"]
+    c.launch(0)
+    c.launch(1)
+    try:
+        c.wait_members(2)
+        wait_until(lambda: "rebalancing:" in c.procs[0].stdout(), 40, "a rebalance")
+    except AssertionError:
+        c.stop()
+        raise
+    return c, hot
 
 
 def test_a_skewed_load_is_rebalanced_and_counts_stay_exact(tmp_path):
@@ -423,16 +425,8 @@ def test_a_skewed_load_is_rebalanced_and_counts_stay_exact(tmp_path):
     membership); every count stays exact, each word's state ends on the
     worker the new placement names, and some of the hot words are now
     worker1's."""
-    names = ["initializer", "worker1"]
-    hot = [w for w in (f"hot{i}" for i in range(200)) if key_owner(w.encode(), 2) == 0][:40]
-    c = Growing(tmp_path, names, lines=1, line_delay=0.0005, founding=2)
-    c.truth = skewed_input(tmp_path, names, 10_000, hot)
-    c.flags += ["--rebalance-interval", "2"]
+    c, hot = skewed_cluster(tmp_path)
     try:
-        c.launch(0)
-        c.launch(1)
-        c.wait_members(2)
-        wait_until(lambda: "rebalancing:" in c.procs[0].stdout(), 40, "a rebalance")
         c.wait_members(2)
         c.wait_exact()
         c.assert_state_placed(2)
@@ -448,16 +442,8 @@ def test_a_worker_killed_mid_rebalance_restarts_and_counts_stay_exact(tmp_path):
     """SIGKILL of the worker receiving key groups as soon as the rebalance
     begins: the cluster recovers (to the old placement or the new one, as
     the recorded membership says) and every count is exact."""
-    names = ["initializer", "worker1"]
-    hot = [w for w in (f"hot{i}" for i in range(200)) if key_owner(w.encode(), 2) == 0][:40]
-    c = Growing(tmp_path, names, lines=1, line_delay=0.0005, founding=2)
-    c.truth = skewed_input(tmp_path, names, 10_000, hot)
-    c.flags += ["--rebalance-interval", "2"]
+    c, _ = skewed_cluster(tmp_path)
     try:
-        c.launch(0)
-        c.launch(1)
-        c.wait_members(2)
-        wait_until(lambda: "rebalancing:" in c.procs[0].stdout(), 40, "a rebalance")
         c.procs[1].signal(signal.SIGKILL)
         c.procs[1].wait(10)
         c.launch(1)
@@ -534,5 +520,30 @@ def test_a_worker_joins_through_a_member_that_is_not_the_initializer(tmp_path):
             c.describe()
         c.wait_exact()
         c.assert_state_placed(3)
+    finally:
+        c.stop()
+
+
+def test_a_shrink_moves_state_through_the_apps_codec(tmp_path):
+    """worker1 leaves a two-worker cluster of the app with its own codec
+    (apps/wc_codec_app.py: `deserialize` refuses a blob its `serialize`
+    did not make): the state handed to the initializer must go through
+    both, so every count stays exact and no blob is refused."""
+    # Input on the initializer only: a leaver's own unread input stays unread.
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=5000, line_delay=0.0005, module="wc_codec_app",
+                fed=["initializer"])
+    c.env["QUOLL_TEST_CODEC_LOG"] = str(tmp_path / "deserialized.txt")
+    try:
+        c.start_alone()
+        c.launch(1)
+        c.wait_members(2)
+        wait_until(lambda: len(c.outputs().get("out-worker1.txt", [])) > 300, 20, "worker1's output")
+        assert shrink(c, "--names", "worker1").returncode == 0
+        assert c.procs[1].wait(60) == 0, c.describe()
+        c.wait_members(1)
+        c.wait_exact()
+        c.assert_state_placed(1)
+        logs = c.procs[0].stdout() + c.procs[0].stderr()
+        assert "serialize did not make" not in logs, c.describe()
     finally:
         c.stop()

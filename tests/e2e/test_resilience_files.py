@@ -70,16 +70,20 @@ ADVICE = "delete the resilience directory to start fresh, or restore it from a b
 
 # ---------------------------------------------------------------- input and output
 
-def make_input(workdir, names, lines, seed=1):
+def make_input(workdir, names, lines, seed=1, hot=()):
     """One framed input file per worker (4-byte big-endian length + line);
-    returns the true word counts."""
+    returns the true word counts. With `hot` words, four words in five are
+    drawn from them."""
     rng = random.Random(seed)
     vocab = [f"w{i:03d}" for i in range(300)]
     truth = collections.Counter()
+
+    def word():
+        return rng.choice(hot if hot and rng.random() < 0.8 else vocab)
     for name in names:
         with open(Path(workdir) / f"in-{name}.bin", "wb") as f:
             for _ in range(lines):
-                words = [rng.choice(vocab) for _ in range(rng.randint(1, 6))]
+                words = [word() for _ in range(rng.randint(1, 6))]
                 truth.update(words)
                 line = " ".join(words).encode()
                 f.write(len(line).to_bytes(4, "big") + line)
