@@ -547,3 +547,75 @@ def test_a_shrink_moves_state_through_the_apps_codec(tmp_path):
         assert "serialize did not make" not in logs, c.describe()
     finally:
         c.stop()
+
+
+def test_a_batch_of_joiners_joins_in_one_change(tmp_path):
+    """Two joiners started with `--worker-count 2`: the first waits, the
+    cluster running without it, until the second arrives; then both are
+    taken in by one pause and re-formation."""
+    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=4000, line_delay=0.0005,
+                fed=["initializer"])
+    c.own_flags = {1: ["--worker-count", "2"], 2: ["--worker-count", "2"]}
+    try:
+        c.start_alone()
+        c.launch(1)
+        wait_until(lambda: "waiting for 1 more joiner(s) of the batch" in c.procs[0].stdout(), 20, "the wait")
+        before = len(c.outputs()["out-initializer.txt"])
+        wait_until(lambda: len(c.outputs()["out-initializer.txt"]) > before + 100, 20, "output while waiting")
+        assert c.status()["worker_count"] == 1, c.describe()
+        c.launch(2)
+        c.wait_members(3)
+        changes = [l for l in c.procs[0].stdout().splitlines()
+                   if "rolling back to the last complete checkpoint" in l and "joins" in l]
+        assert len(changes) == 1, c.describe()
+        c.wait_exact()
+        c.assert_state_placed(3)
+    finally:
+        c.stop()
+
+
+def test_joiners_with_another_app_or_another_secret_are_refused_and_change_nothing(tmp_path):
+    """Against a running initializer: a `--join` of another application
+    (a different topology) and one with a cluster secret of its own are
+    refused, say why and exit; the cluster stays one worker, counting."""
+    c = Growing(tmp_path, ["initializer", "worker1", "worker2"], lines=4000, line_delay=0.0005,
+                fed=["initializer"])
+    try:
+        c.start_alone()
+        other_app = c.command(1)
+        other_app[other_app.index("--application-module") + 1] = "resilient_windows"
+        stranger = Proc(other_app, tmp_path, "other-app", env=c.env).start()
+        assert stranger.wait(20) != 0, stranger.describe()
+        assert "runs a different application" in stranger.stderr(), stranger.describe()
+        other_home = tmp_path / "other-home"
+        other_home.mkdir()
+        env = dict(c.env, HOME=str(other_home))
+        env.pop("QUOLL_COOKIE", None)
+        impostor = Proc(c.command(2), tmp_path, "other-secret", env=env).start()
+        assert impostor.wait(20) != 0, impostor.describe()
+        assert "can't authenticate each other" in impostor.stderr(), impostor.describe()
+        before = len(c.outputs()["out-initializer.txt"])
+        wait_until(lambda: len(c.outputs()["out-initializer.txt"]) > before + 100, 20, "output after the refusals")
+        assert c.status() == {"worker_count": 1, "worker_names": ["initializer"], "processing_messages": True}
+        assert "joins the cluster" not in c.procs[0].stdout(), c.describe()
+    finally:
+        c.stop()
+
+
+def test_the_initializer_killed_mid_join_ends_with_the_joiner_in(tmp_path):
+    """SIGKILL of the initializer as soon as it logs the join: restarted
+    with its command, it ends in the new membership (the joiner, which
+    keeps trying its --join, is a member) with exact counts."""
+    c = Growing(tmp_path, ["initializer", "worker1"], lines=4000, line_delay=0.0005, fed=["initializer"])
+    try:
+        c.start_alone()
+        c.launch(1)
+        wait_until(lambda: "joins the cluster" in c.procs[0].stdout(), 20, "the join")
+        c.procs[0].signal(signal.SIGKILL)
+        c.procs[0].wait(10)
+        c.launch(0)
+        c.wait_members(2, timeout=60)
+        c.wait_exact()
+        c.assert_state_placed(2)
+    finally:
+        c.stop()

@@ -9,8 +9,14 @@ partition uncommitted, control batches included, and keeps what a correct
 read_committed consumer would return:
 
 - records of non-transactional batches;
-- records of a transactional batch whose producer's next control batch is
-  a COMMIT marker; those followed by an ABORT marker are dropped;
+- records of a transactional batch whose producer's next control batch of
+  the same producer epoch is a COMMIT marker; those followed by an ABORT
+  marker are dropped;
+- nothing of a producer epoch that a later epoch of the same producer
+  replaced before it was settled: a new epoch (``InitProducerId``) aborts
+  the open transaction, and Kafka refuses writes from a fenced epoch, so a
+  batch that tansu accepted from one is dropped too (``fenced_batches``
+  lists them);
 - nothing at or after the last stable offset: the first offset of a
   transaction that has no marker yet.
 
@@ -65,6 +71,7 @@ class Batch:
     base_offset: int
     last_offset: int
     producer_id: int
+    producer_epoch: int
     transactional: bool
     control: Optional[int]  # CONTROL_ABORT / CONTROL_COMMIT for a marker
     records: list[Record] = field(default_factory=list)
@@ -245,7 +252,7 @@ def parse_batches(partition: int, raw: bytes) -> list[Batch]:
         b.i64()
         b.i64()
         producer_id = b.i64()
-        b.i16()
+        producer_epoch = b.i16()
         b.i32()
         count = b.i32()
         if attributes & ATTR_COMPRESSION:
@@ -253,7 +260,7 @@ def parse_batches(partition: int, raw: bytes) -> list[Batch]:
                 f"record batch at {base_offset} is compressed (codec "
                 f"{attributes & ATTR_COMPRESSION}); only uncompressed batches are read")
         batch = Batch(partition, base_offset, base_offset + last_delta, producer_id,
-                      bool(attributes & ATTR_TRANSACTIONAL), None)
+                      producer_epoch, bool(attributes & ATTR_TRANSACTIONAL), None)
         for _ in range(count):
             rec = _Reader(b.take(b.varint()))
             rec.i8()
@@ -290,18 +297,48 @@ def read_all(host: str, port: int, topic: str, partition: int) -> list[Batch]:
                 return batches
 
 
+def _settle(batches: list[Batch]) -> tuple[dict[int, int], Optional[int], list[int]]:
+    """The fate of each settled transactional batch (by index), the last
+    stable offset (None: everything is settled) and the indexes of batches
+    from a fenced producer epoch."""
+    fate: dict[int, int] = {}
+    open_by_producer: dict[int, list[int]] = {}
+    epoch: dict[int, int] = {}  # producer -> newest epoch seen
+    fenced = []
+
+    def abort_older(pid: int, e: int) -> None:
+        still = []
+        for j in open_by_producer.pop(pid, []):
+            if batches[j].producer_epoch < e:
+                fate[j] = CONTROL_ABORT
+            else:
+                still.append(j)
+        if still:
+            open_by_producer[pid] = still
+
+    for i, b in enumerate(batches):
+        if not b.transactional and b.control is None:
+            continue
+        pid, e = b.producer_id, b.producer_epoch
+        if e < epoch.get(pid, e):
+            if b.control is None:
+                fate[i] = CONTROL_ABORT
+                fenced.append(i)
+            continue
+        epoch[pid] = e
+        abort_older(pid, e)
+        if b.control is not None:
+            for j in open_by_producer.pop(pid, []):
+                fate[j] = b.control
+        else:
+            open_by_producer.setdefault(pid, []).append(i)
+    still_open = [batches[j].base_offset for js in open_by_producer.values() for j in js]
+    return fate, (min(still_open) if still_open else None), fenced
+
+
 def committed(batches: list[Batch]) -> list[Record]:
     """The read_committed view of one partition's batches (module docs)."""
-    fate: dict[int, Optional[int]] = {}  # batch index -> marker type
-    open_by_producer: dict[int, list[int]] = {}
-    for i, b in enumerate(batches):
-        if b.control is not None:
-            for j in open_by_producer.pop(b.producer_id, []):
-                fate[j] = b.control
-        elif b.transactional:
-            open_by_producer.setdefault(b.producer_id, []).append(i)
-    still_open = [batches[j].base_offset for js in open_by_producer.values() for j in js]
-    stable = min(still_open) if still_open else None
+    fate, stable, _ = _settle(batches)
     out = []
     for i, b in enumerate(batches):
         if b.control is not None:
@@ -311,6 +348,21 @@ def committed(batches: list[Batch]) -> list[Record]:
         if b.transactional and fate.get(i) != CONTROL_COMMIT:
             continue
         out.extend(b.records)
+    return out
+
+
+def fenced_batches(broker: str, topic: str) -> list[Batch]:
+    """Data batches written with a producer epoch older than one the same
+    producer had already used: Kafka refuses them (the epoch is fenced);
+    tansu may store them. The committed view drops them."""
+    host, port_s = broker.rsplit(":", 1)
+    port = int(port_s)
+    with Connection(host, port) as conn:
+        partitions = conn.partitions(topic)
+    out = []
+    for p in partitions:
+        batches = read_all(host, port, topic, p)
+        out.extend(batches[i] for i in _settle(batches)[2])
     return out
 
 
@@ -336,6 +388,32 @@ def read_uncommitted(broker: str, topic: str) -> list[Record]:
         partitions = conn.partitions(topic)
     return [r for p in partitions for b in read_all(host, port, topic, p)
             for r in b.records]
+
+
+def history(broker: str, topic: str, value_prefix: bytes) -> list[str]:
+    """Every data record whose value starts with `value_prefix`, with its
+    batch's producer, epoch and fate, one line each: what a failing
+    exactly-once test prints."""
+    host, port_s = broker.rsplit(":", 1)
+    port = int(port_s)
+    with Connection(host, port) as conn:
+        partitions = conn.partitions(topic)
+    names = {CONTROL_COMMIT: "committed", CONTROL_ABORT: "aborted"}
+    out = []
+    for p in partitions:
+        batches = read_all(host, port, topic, p)
+        fate, stable, fenced = _settle(batches)
+        for i, b in enumerate(batches):
+            if not b.transactional:
+                what = "plain"
+            elif i in fenced:
+                what = "fenced epoch"
+            else:
+                what = names.get(fate.get(i), "open")
+            out.extend(f"{p}/{r.offset} pid {b.producer_id} epoch {b.producer_epoch} {what}: "
+                       f"{_text(r.value)}" for r in b.records
+                       if r.value is not None and r.value.startswith(value_prefix))
+    return out
 
 
 def _text(b: Optional[bytes]) -> Optional[str]:

@@ -79,3 +79,39 @@ def test_command_line(broker, capsys):
         '{"partition": 1, "offset": 0, "key": "k", "value": "v"}'
     assert cr.main(["--broker", broker.address, "--topic", "missing"]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+def batch(offset, pid, epoch, control=None, value=b"v"):
+    b = cr.Batch(0, offset, offset, pid, epoch, True, control)
+    if control is None:
+        b.records.append(cr.Record(0, offset, None, value))
+    return b
+
+
+def test_a_marker_settles_only_its_own_producer_epoch():
+    # Epoch 0's transaction was left open by a killed producer; its
+    # successor (epoch 1) committed. Kafka aborts epoch 0's transaction
+    # when epoch 1 starts, and refuses epoch 0's later writes (a zombie
+    # still sending): neither is committed output.
+    batches = [batch(0, 7, 0, value=b"open-of-dead"), batch(1, 7, 1, value=b"new"),
+               batch(2, 7, 0, value=b"zombie"), batch(3, 7, 1, cr.CONTROL_COMMIT),
+               batch(4, 9, 0, value=b"other"), batch(5, 9, 0, cr.CONTROL_COMMIT)]
+    assert [r.value for r in cr.committed(batches)] == [b"new", b"other"]
+    assert cr._settle(batches)[2] == [2]
+
+
+def test_a_fenced_transaction_is_not_committed_by_its_successor(broker):
+    broker.create_topic("out", 1)
+    conf = {"bootstrap.servers": broker.address, "transactional.id": "fenced-test"}
+    old = confluent_kafka.Producer(conf)
+    old.init_transactions(10)
+    old.begin_transaction()
+    old.produce("out", b"of-the-dead", partition=0)
+    old.flush(10)
+    new = confluent_kafka.Producer(conf)
+    new.init_transactions(10)
+    new.begin_transaction()
+    new.produce("out", b"resent", partition=0)
+    new.commit_transaction(10)
+    assert [r.value for r in cr.read_committed(broker.address, "out")] == [b"resent"]
+    assert cr.fenced_batches(broker.address, "out") == []

@@ -275,6 +275,10 @@ pub enum Notice {
     Growing {
         name: String,
     },
+    /// Joiners wait for `more` others of their batch before joining.
+    WaitingForJoiners {
+        more: usize,
+    },
     /// Workers begin to leave the cluster (shrink).
     Shrinking {
         names: Vec<String>,
@@ -1288,6 +1292,7 @@ impl<P, D> Node<P, D> {
                 sources,
                 fingerprint,
                 grow,
+                batch,
                 has_files,
                 ..
             } => {
@@ -1298,6 +1303,7 @@ impl<P, D> Node<P, D> {
                     sources,
                     fingerprint,
                     grow,
+                    batch: batch.max(1) as usize,
                     has_files,
                 };
                 self.membership_event(MembershipEvent::Initializer(e), now, out);
@@ -1501,7 +1507,7 @@ impl<P, D> Node<P, D> {
                     }
                     out.push(NodeAction::Notice(Notice::NoRecovery { name }));
                 }
-                InitializerAction::Grow { name, formed } => {
+                InitializerAction::Grow { name, formed, more } => {
                     out.push(NodeAction::Notice(Notice::Growing { name: name.clone() }));
                     if self.phase == Phase::Forming && !self.awaiting_record {
                         // The formation under way takes it: its rollback
@@ -1511,7 +1517,9 @@ impl<P, D> Node<P, D> {
                         // Placed when the next formation begins (`form`).
                         self.unplaced.push(name.clone());
                     }
-                    if formed && self.change.is_none() {
+                    if formed && more > 0 {
+                        out.push(NodeAction::Notice(Notice::WaitingForJoiners { more }));
+                    } else if formed && self.change.is_none() {
                         self.pause_for(format!("worker '{name}' joins"), false, now, out);
                     }
                 }

@@ -105,6 +105,9 @@ pub enum Control {
         has_files: bool,
         /// Started with `--join`: a worker that may grow the cluster.
         grow: bool,
+        /// With `grow`: it is one of this many joiners (its
+        /// `--worker-count`), which join together.
+        batch: u32,
         /// Where the worker serves its metrics (`--metrics-listen`), for
         /// the initializer's dashboard.
         metrics_addr: Option<String>,

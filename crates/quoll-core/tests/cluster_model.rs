@@ -390,6 +390,7 @@ impl Sim {
                         fingerprint: 7,
                         has_files,
                         grow: i >= self.founding,
+                        batch: 1,
                         metrics_addr: None,
                     };
                     self.send(i, link, msg);

@@ -10,7 +10,9 @@
 //! is then re-formed by the caller ([`InitializerAction::Grow`]) and a
 //! formation still linking starts over; meanwhile the joiner's link waits,
 //! open, and the next formation begins with it. One still gathering just
-//! takes it. Growing needs resilience: the new formation restores the last
+//! takes it. A joiner may say it is one of a batch of k (`--worker-count
+//! k` with `--join`): a formed cluster then waits, running, until k
+//! joiners wait, and takes them in one change. Growing needs resilience: the new formation restores the last
 //! checkpoint with key groups moved to their new owners (see
 //! [`crate::node`]).
 //!
@@ -72,6 +74,8 @@ pub enum InitializerEvent {
         sources: Vec<(String, String)>,
         fingerprint: u64,
         grow: bool,
+        /// With `grow`: the size of the batch it joins with.
+        batch: usize,
         /// The worker has resilience files of an earlier run.
         has_files: bool,
     },
@@ -143,9 +147,14 @@ pub enum InitializerAction {
     /// record that durably before the actions that follow; if the cluster
     /// is `formed`, re-form it when the caller sees fit (it tears down,
     /// keeping the [`InitializerMembership::waiting`] links, and calls
-    /// [`InitializerMembership::gather`]). Unless the formation under way
-    /// takes it at once, the joiner's link waits, open, for the next one.
-    Grow { name: String, formed: bool },
+    /// [`InitializerMembership::gather`]) and once `more` is 0 (the joiners
+    /// of its batch still to come). Unless the formation under way takes it
+    /// at once, the joiner's link waits, open, for the next one.
+    Grow {
+        name: String,
+        formed: bool,
+        more: usize,
+    },
     /// A member of the formed cluster is gone.
     MemberLost {
         index: usize,
@@ -163,6 +172,8 @@ struct Candidate {
     name: String,
     data_addr: String,
     sources: Vec<(String, String)>,
+    /// The batch it joins with (1 unless it grows the cluster).
+    batch: usize,
 }
 
 #[derive(Debug)]
@@ -323,6 +334,7 @@ impl InitializerMembership {
                 sources,
                 fingerprint,
                 grow,
+                batch,
                 has_files,
             } => {
                 let c = Candidate {
@@ -330,6 +342,7 @@ impl InitializerMembership {
                     name,
                     data_addr,
                     sources,
+                    batch,
                 };
                 // A worker that left may join again only afresh: restarted
                 // with its files, it is a leaver that missed its leave.
@@ -505,9 +518,18 @@ impl InitializerMembership {
         self.worker_count += 1;
         let name = c.name.clone();
         let formed = matches!(self.phase, Phase::Formed { .. });
+        // The joiners waiting, this one included, and the largest batch
+        // any of them joins with.
+        let waiting = self.waiting.len() + 1;
+        let batch = self
+            .waiting
+            .iter()
+            .map(|w| w.batch)
+            .fold(c.batch, usize::max);
         out.push(InitializerAction::Grow {
             name: name.clone(),
             formed,
+            more: batch.saturating_sub(waiting),
         });
         match &self.phase {
             // Still gathering: it is simply one more candidate.
@@ -703,6 +725,7 @@ mod tests {
             sources: Vec::new(),
             fingerprint: FP,
             grow,
+            batch: 1,
             has_files: false,
         };
         m.handle(e, now, &mut out);
@@ -807,6 +830,7 @@ mod tests {
             sources: Vec::new(),
             fingerprint: 1,
             grow: false,
+            batch: 1,
             has_files: false,
         };
         m.handle(other_app, now, &mut out);
@@ -882,6 +906,39 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_joiners_is_taken_in_once_all_of_it_waits() {
+        let now = Instant::now();
+        let mut m = formed_cluster(now);
+        let mut more = Vec::new();
+        for (link, name) in [(30, "w3"), (31, "w4"), (32, "w5")] {
+            let mut out = Vec::new();
+            let e = InitializerEvent::Join {
+                link: LinkId(link),
+                name: name.into(),
+                data_addr: format!("d{link}"),
+                sources: Vec::new(),
+                fingerprint: FP,
+                grow: true,
+                batch: 3,
+                has_files: false,
+            };
+            m.handle(e, now, &mut out);
+            let [InitializerAction::Grow {
+                more: m,
+                formed: true,
+                ..
+            }] = out[..]
+            else {
+                panic!("{out:?}")
+            };
+            more.push(m);
+        }
+        assert_eq!(more, [2, 1, 0]);
+        assert_eq!(m.waiting().len(), 3);
+        assert_eq!(m.worker_count(), 6);
+    }
+
+    #[test]
     fn a_joiner_grows_a_formed_cluster_and_is_then_a_member() {
         let now = Instant::now();
         let mut m = formed_cluster(now);
@@ -890,7 +947,8 @@ mod tests {
             out,
             vec![InitializerAction::Grow {
                 name: "w3".into(),
-                formed: true
+                formed: true,
+                more: 0,
             }]
         );
         assert_eq!(m.joined(), ["w3".to_string()]);

@@ -112,6 +112,11 @@ impl Worker {
                 let fingerprint = self.fingerprint;
                 let metrics_addr = self.config.metrics_listen.clone();
                 let grow = self.config.join;
+                let batch = if grow {
+                    self.config.worker_count.max(1) as u32
+                } else {
+                    1
+                };
                 let sources = self.source_addrs.clone();
                 let links = self.links()?;
                 let msg = Control::Join {
@@ -121,6 +126,7 @@ impl Worker {
                     fingerprint,
                     has_files,
                     grow,
+                    batch,
                     metrics_addr,
                 };
                 links.send(link, msg);
@@ -325,6 +331,10 @@ impl Worker {
                 info!("rolling back to the last complete checkpoint: {reason}");
             }
             Notice::Growing { name } => info!("worker '{name}' joins the cluster"),
+            Notice::WaitingForJoiners { more } => info!(
+                "waiting for {more} more joiner(s) of the batch (their --worker-count) before the \
+                 cluster takes them in"
+            ),
             Notice::Shrinking { names } => info!(
                 "worker(s) {} leave the cluster (shrink): pausing input for a checkpoint",
                 names.join(", ")
