@@ -82,6 +82,19 @@ class Growing(Cluster):
         self.workers.append(p)
         return p
 
+    def kill_and_restart(self, i):
+        """SIGKILLs worker i and starts it again with its command."""
+        self.procs[i].signal(signal.SIGKILL)
+        self.procs[i].wait(10)
+        self.launch(i)
+
+    def settle(self, count, timeout=30):
+        """Waits for `count` members and exact output, then checks where
+        each word's state is."""
+        self.wait_members(count, timeout)
+        self.wait_exact()
+        self.assert_state_placed(count)
+
     def start_alone(self):
         """Starts the initializer and waits until it has counted a while."""
         self.launch(0)
@@ -152,9 +165,7 @@ def test_one_worker_grows_to_three_under_load(tmp_path):
         joined = c.procs[0].stdout()
         assert "worker 'worker1' joins the cluster" in joined, c.describe()
         c.launch(2)
-        c.wait_members(3)
-        c.wait_exact()
-        c.assert_state_placed(3)
+        c.settle(3)
         # State moved: the joiners hold counts of words the initializer
         # began counting before they joined.
         first = {l.rpartition(" => ")[0] for l in c.outputs()["out-initializer.txt"][:200]}
@@ -176,9 +187,7 @@ def test_a_joiner_killed_mid_join_restarts_and_the_cluster_ends_exact(tmp_path):
         joiner.signal(signal.SIGKILL)
         joiner.wait(10)
         c.launch(1)
-        c.wait_members(2)
-        c.wait_exact()
-        c.assert_state_placed(2)
+        c.settle(2)
     finally:
         c.stop()
 
@@ -191,13 +200,9 @@ def test_the_initializer_restarted_after_a_join_waits_for_the_joined_worker(tmp_
         c.launch(1)
         c.wait_members(2)
         wait_until(lambda: sum(len(v) for v in c.outputs().values()) > 500, 20, "output")
-        c.procs[0].signal(signal.SIGKILL)
-        c.procs[0].wait(10)
-        c.launch(0)
+        c.kill_and_restart(0)
         # Its command line says one worker; its membership record says two.
-        c.wait_members(2)
-        c.wait_exact()
-        c.assert_state_placed(2)
+        c.settle(2)
     finally:
         c.stop()
 
@@ -228,9 +233,7 @@ def test_migrated_state_goes_through_the_apps_codec(tmp_path):
     try:
         c.start_alone()
         c.launch(1)
-        c.wait_members(2)
-        c.wait_exact()
-        c.assert_state_placed(2)
+        c.settle(2)
         # The joiner rebuilt, with the app's deserialize, word states that
         # the initializer had counted (and serialized) before it joined.
         joiner = str(c.procs[1].popen.pid)
@@ -314,9 +317,7 @@ def test_three_workers_shrink_to_one_under_load(tmp_path):
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"{c.names[i]} did not leave\n{c.describe()}")
             assert "left the cluster (shrink)" in c.procs[i].stdout(), c.describe()
-        c.wait_members(1)
-        c.wait_exact()
-        c.assert_state_placed(1)
+        c.settle(1)
     finally:
         c.stop()
 
@@ -326,9 +327,7 @@ def test_a_leaver_killed_mid_shrink_restarts_and_still_leaves(tmp_path):
     try:
         done = shrink(c, "--names", "worker1")
         assert done.returncode == 0, done
-        c.procs[1].signal(signal.SIGKILL)
-        c.procs[1].wait(10)
-        c.launch(1)
+        c.kill_and_restart(1)
         try:
             assert c.procs[1].wait(60) == 0, c.describe()
         except subprocess.TimeoutExpired:
@@ -353,16 +352,12 @@ def test_the_initializer_killed_mid_shrink_finishes_it_after_a_restart(tmp_path)
         c.wait_members(2)
         done = shrink(c, "--count", "1")
         assert done.returncode == 0, done
-        c.procs[0].signal(signal.SIGKILL)
-        c.procs[0].wait(10)
-        c.launch(0)
+        c.kill_and_restart(0)
         try:
             assert c.procs[1].wait(60) == 0, c.describe()
         except subprocess.TimeoutExpired:
             raise AssertionError(f"worker1 did not leave\n{c.describe()}")
-        c.wait_members(1)
-        c.wait_exact()
-        c.assert_state_placed(1)
+        c.settle(1)
     finally:
         c.stop()
 
@@ -388,12 +383,8 @@ def test_a_founding_worker_shrunk_away_rejoins_and_the_initializer_restarts_with
         c.founding = 1
         c.launch(1)
         c.wait_members(2)
-        c.procs[0].signal(signal.SIGKILL)
-        c.procs[0].wait(10)
-        c.launch(0)
-        c.wait_members(2)
-        c.wait_exact()
-        c.assert_state_placed(2)
+        c.kill_and_restart(0)
+        c.settle(2)
     finally:
         c.stop()
 
@@ -427,9 +418,7 @@ def test_a_skewed_load_is_rebalanced_and_counts_stay_exact(tmp_path):
     worker1's."""
     c, hot = skewed_cluster(tmp_path)
     try:
-        c.wait_members(2)
-        c.wait_exact()
-        c.assert_state_placed(2)
+        c.settle(2)
         owner = c.owner(2)
         assert 0 < sum(owner(w.encode()) for w in hot) < len(hot), c.describe()
         line = next(l for l in c.procs[0].stdout().splitlines() if "rebalancing:" in l)
@@ -444,12 +433,8 @@ def test_a_worker_killed_mid_rebalance_restarts_and_counts_stay_exact(tmp_path):
     the recorded membership says) and every count is exact."""
     c, _ = skewed_cluster(tmp_path)
     try:
-        c.procs[1].signal(signal.SIGKILL)
-        c.procs[1].wait(10)
-        c.launch(1)
-        c.wait_members(2)
-        c.wait_exact()
-        c.assert_state_placed(2)
+        c.kill_and_restart(1)
+        c.settle(2)
     finally:
         c.stop()
 
@@ -540,9 +525,7 @@ def test_a_shrink_moves_state_through_the_apps_codec(tmp_path):
         wait_until(lambda: len(c.outputs().get("out-worker1.txt", [])) > 300, 20, "worker1's output")
         assert shrink(c, "--names", "worker1").returncode == 0
         assert c.procs[1].wait(60) == 0, c.describe()
-        c.wait_members(1)
-        c.wait_exact()
-        c.assert_state_placed(1)
+        c.settle(1)
         logs = c.procs[0].stdout() + c.procs[0].stderr()
         assert "serialize did not make" not in logs, c.describe()
     finally:
@@ -611,11 +594,7 @@ def test_the_initializer_killed_mid_join_ends_with_the_joiner_in(tmp_path):
         c.start_alone()
         c.launch(1)
         wait_until(lambda: "joins the cluster" in c.procs[0].stdout(), 20, "the join")
-        c.procs[0].signal(signal.SIGKILL)
-        c.procs[0].wait(10)
-        c.launch(0)
-        c.wait_members(2, timeout=60)
-        c.wait_exact()
-        c.assert_state_placed(2)
+        c.kill_and_restart(0)
+        c.settle(2, timeout=60)
     finally:
         c.stop()

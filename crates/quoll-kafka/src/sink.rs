@@ -19,7 +19,8 @@
 //! - [`KafkaSinkHandle::recover`] (start, or rollback to committed N)
 //!   fences every older producer of this sink (their open transactions are
 //!   aborted), then sends again, in one transaction with marker N, the
-//!   write-ahead files of checkpoints after the marker up to N, and deletes
+//!   write-ahead files of checkpoints after the marker up to N (after
+//!   giving a lagging marker [`IN_DOUBT_SETTLE`] to catch up), and deletes
 //!   the files of later checkpoints.
 //!
 //! # Invariants
@@ -64,6 +65,18 @@ use crate::wal::{OpenWal, WalDir};
 /// building requests and settling replies as at 5 ms, and the benchmark's
 /// worker CPU per word went up 10-15 % (docs/kafka.md, "Cost").
 pub const EXACTLY_ONCE_MIN_LINGER: Duration = Duration::from_millis(10);
+
+/// How long recovery keeps reading the marker when write-ahead files look
+/// in doubt (their checkpoint committed, the marker is older) before it
+/// sends their output again. Kafka answers a marker read only once the
+/// group's transactional offsets are settled (`require_stable`, KIP-447),
+/// so there the first read stands. tansu applies a committed
+/// transaction's offsets only once every transaction of other producers
+/// interleaved with it on a partition has ended: right after a crash, while
+/// the other workers' sinks are still aborting theirs, the marker can lag a
+/// transaction that did commit, and sending its output again would double
+/// it. The wait is paid only by a recovery that finds files in doubt.
+pub const IN_DOUBT_SETTLE: Duration = Duration::from_secs(2);
 
 /// One output message: what a Wallaroo Kafka encoder returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -630,7 +643,13 @@ impl Driver {
         let Some(n) = committed else {
             return Ok(report);
         };
-        let marker = self.read_marker()?;
+        let newest = keep.iter().copied().max().unwrap_or(n);
+        let mut marker = self.read_marker()?;
+        let settle_by = Instant::now() + IN_DOUBT_SETTLE;
+        while marker.is_none_or(|m| m < newest) && Instant::now() < settle_by {
+            thread::sleep(Duration::from_millis(100));
+            marker = self.read_marker()?;
+        }
         report.marker = marker;
         let eos = self.eos.as_mut().expect("exactly-once");
         let (done, in_doubt): (Vec<_>, Vec<_>) = keep

@@ -276,6 +276,49 @@ async fn a_crash_after_the_kafka_commit_does_not_resend() {
     assert_eq!(broker.committed_values("out"), vec!["a", "b"]);
 }
 
+/// tansu applies a committed transaction's marker only once the
+/// transactions of other producers interleaved with it on a partition have
+/// ended: here another worker's sink holds one open while w1 commits, and
+/// w1 dies before deleting its write-ahead file. Recovery must wait for
+/// the marker (the other sink ends its transaction as it recovers) rather
+/// than send the committed output again. With no wait (IN_DOUBT_SETTLE 0)
+/// recovery reads no marker at all and this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_lagging_a_committed_transaction_is_waited_for() {
+    let broker = broker_or_skip!();
+    broker.create_topic("out", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let (a, _) = started(config(&broker.addr(), "out", Some(dir.path())), None).await;
+    let mut other = config(&broker.addr(), "out", Some(other_dir.path()));
+    other.worker = "w2".to_string();
+    let (b, _) = started(other, None).await;
+    write(&a, &["a1"]).await;
+    write(&b, &["b1"]).await;
+    a.pre_commit(1).await.unwrap();
+    let wal = dir
+        .path()
+        .join("app-w1.kafka-kafka_sink.wal-00000000000000000001");
+    let kept = std::fs::read(&wal).unwrap();
+    a.commit(1).await.unwrap();
+    drop(a);
+    std::fs::write(&wal, kept).unwrap();
+    let ender = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.pre_commit(1).await.unwrap();
+        b.commit(1).await.unwrap();
+        b
+    });
+    let (_a, r) = started(config(&broker.addr(), "out", Some(dir.path())), Some(1)).await;
+    let _b = ender.await.unwrap();
+    assert_eq!(r.marker, Some(1));
+    assert_eq!(r.resent_records, 0, "{r:?}");
+    assert!(!wal.exists());
+    let mut committed = broker.committed_values("out");
+    committed.sort();
+    assert_eq!(committed, vec!["a1", "b1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_discards_uncommitted_checkpoints() {
     let broker = broker_or_skip!();

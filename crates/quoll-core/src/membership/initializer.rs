@@ -706,15 +706,17 @@ mod tests {
         name: &str,
         now: Instant,
     ) -> Vec<InitializerAction> {
-        join_as(m, link, name, false, now)
+        join_as(m, link, name, false, 1, now)
     }
 
-    /// `name` sends `Join` on `link`; `grow`: started with `--join`.
+    /// `name` sends `Join` on `link`; `grow`: started with `--join`, one
+    /// of `batch` joiners.
     fn join_as(
         m: &mut InitializerMembership,
         link: u64,
         name: &str,
         grow: bool,
+        batch: usize,
         now: Instant,
     ) -> Vec<InitializerAction> {
         let mut out = Vec::new();
@@ -725,7 +727,7 @@ mod tests {
             sources: Vec::new(),
             fingerprint: FP,
             grow,
-            batch: 1,
+            batch,
             has_files: false,
         };
         m.handle(e, now, &mut out);
@@ -902,7 +904,7 @@ mod tests {
     }
 
     fn grow(m: &mut InitializerMembership, link: u64, name: &str) -> Vec<InitializerAction> {
-        join_as(m, link, name, true, Instant::now())
+        join_as(m, link, name, true, 1, Instant::now())
     }
 
     #[test]
@@ -911,18 +913,7 @@ mod tests {
         let mut m = formed_cluster(now);
         let mut more = Vec::new();
         for (link, name) in [(30, "w3"), (31, "w4"), (32, "w5")] {
-            let mut out = Vec::new();
-            let e = InitializerEvent::Join {
-                link: LinkId(link),
-                name: name.into(),
-                data_addr: format!("d{link}"),
-                sources: Vec::new(),
-                fingerprint: FP,
-                grow: true,
-                batch: 3,
-                has_files: false,
-            };
-            m.handle(e, now, &mut out);
+            let out = join_as(&mut m, link, name, true, 3, now);
             let [InitializerAction::Grow {
                 more: m,
                 formed: true,
