@@ -18,6 +18,9 @@ What is checked:
   worker says which sink refused, and the output is still exact;
 - a Wallaroo-style `SinkConnector` script (apps/sink_script.py), unmodified
   API, prints each output exactly once through a SIGKILL of the worker;
+- a shrink (`quoll shrink`): the leaver exits 0, the sink connector is
+  told which worker left (WORKERS_LEFT, logged), and the output stays
+  exact with the leaver's words counted on by the workers that stay;
 - a sink that refuses the stream in NOTIFY_ACK or answers ERROR: an error
   line naming the worker and the sink, the worker keeps running, and once a
   working sink connector listens there the output arrives, exact.
@@ -28,6 +31,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import textwrap
 import threading
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Proc, wait_until, word_count_problems
+from harness import QUOLL, Proc, moved_word_count_problems, wait_until, word_count_problems
 from quoll.ports import free_port
 from test_resilience_faults import (NAMES, Faults, fault_seed, make_word_input, resilience_flags, total_size,
                                     word_count_bytes)
@@ -164,6 +168,22 @@ def test_kills_of_workers_and_of_the_sink_connector_leave_the_output_exact(sink_
     # A clean stop commits what the last checkpoint did not cover: nothing here.
     run.cluster.shutdown()
     assert run.size() == run.target
+
+
+@pytest.mark.timeout(300)
+def test_a_shrink_tells_the_sink_connector_who_left(sink_run):
+    run = sink_run(3000)
+    run.faults.wait_final(run.size, run.target, "all the output in the sink connector's files", quiet=0.5)
+    external = f"127.0.0.1:{run.cluster.external_ports[0]}"
+    done = subprocess.run([QUOLL, "shrink", external, "--names", "worker2"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    leaver = run.cluster.workers[2]
+    assert leaver.wait(60) == 0, run.describe()
+    wait_until(lambda: "worker(s) worker2 left the cluster" in run.connector.stderr(), 30,
+               "WORKERS_LEFT at the sink connector")
+    problems = moved_word_count_problems(run.outputs(), run.truth)
+    assert not problems, f"{problems[:8]}\n{run.describe()}"
 
 
 REFUSING = textwrap.dedent("""

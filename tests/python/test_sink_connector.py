@@ -186,6 +186,22 @@ def test_without_list_uncommitted_data_is_final_on_arrival(connector):
     assert read_all(c, 2) == ["hello", "again"]
 
 
+def test_workers_left_is_taken_and_the_connection_goes_on(connector):
+    c, port = connector
+    serving = Serving(c)
+    w = Worker(port)
+    w.open()
+    w.two_pc(206, cwm.WorkersLeft(3, ["w2", "w3"]).encode())
+    a = frame("after")
+    w.data(0, a)
+    # The vote comes after WORKERS_LEFT was handled (one connection, in order).
+    assert w.phase1(1, 0, len(a))
+    w.phase2(1, True)
+    serving.stop()
+    assert c._server.workers_left == {"w2", "w3"}
+    assert read_all(c, 1) == ["after"]
+
+
 def test_a_wrong_cookie_gets_error(connector):
     c, port = connector
     serving = Serving(c)

@@ -585,6 +585,28 @@ impl SinkSession {
         }
     }
 
+    /// Workers left the cluster (a shrink): WORKERS_LEFT naming them, for
+    /// a sink connector that keeps track of the workers writing to it. Only
+    /// on a connection that is up: one made later starts with HELLOs from
+    /// the workers that are members then.
+    pub fn workers_left(&mut self, workers: Vec<String>) -> Vec<SinkAction> {
+        if self.conn != Conn::Up || workers.is_empty() {
+            return Vec::new();
+        }
+        self.rtag += 1;
+        match (TwoPc::WorkersLeft {
+            rtag: self.rtag,
+            workers,
+        })
+        .to_frame()
+        {
+            Ok(frame) => vec![SinkAction::Send(vec![frame])],
+            // A name too long for the frame's short string: the message is
+            // advisory, so it is not sent.
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Start-up or rollback to `checkpoint`, whose offset for this sink is
     /// `offset`: output after it is forgotten, and the connection is made
     /// again so that the sink resolves what is in doubt and drops what no

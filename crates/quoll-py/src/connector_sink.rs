@@ -125,6 +125,10 @@ pub async fn run_connector_sink(
                     t.finish(last + 1).await;
                     return;
                 }
+                Some(SinkCommand::WorkersLeft(names)) => {
+                    let a = t.session.workers_left(names);
+                    t.apply(a).await;
+                }
                 Some(SinkCommand::Records(_)) => {
                     error!(place = %t.label, "got Kafka records instead of bytes; dropped");
                 }

@@ -334,6 +334,7 @@ pub async fn run_kafka_sink(
             SinkCommand::Write(_) => {
                 error!(place = %label, "got bytes instead of Kafka records; dropped");
             }
+            SinkCommand::WorkersLeft(_) => {}
         }
     }
     // The worker stopped without a clean shutdown: an at-least-once sink

@@ -56,6 +56,9 @@ pub enum SinkCommand {
     /// A clean stop of the whole cluster: no rollback will follow, so
     /// output not covered by a checkpoint is made final too (Kafka).
     Finish,
+    /// These workers left the cluster (shrink); connector sinks tell their
+    /// sink connector (WORKERS_LEFT).
+    WorkersLeft(Vec<String>),
 }
 
 /// Writes a TCP sink: connects (retrying every 250 ms), writes chunks in
@@ -165,7 +168,8 @@ fn tcp_sink_chunks(mut rx: mpsc::Receiver<SinkCommand>) -> mpsc::Receiver<SinkCh
                 SinkCommand::Records(_)
                 | SinkCommand::Commit(_)
                 | SinkCommand::Abort(_)
-                | SinkCommand::Finish => {}
+                | SinkCommand::Finish
+                | SinkCommand::WorkersLeft(_) => {}
             }
         }
     });
@@ -237,7 +241,8 @@ pub async fn run_file_sink(
             SinkCommand::Records(_)
             | SinkCommand::Commit(_)
             | SinkCommand::Abort(_)
-            | SinkCommand::Finish => {}
+            | SinkCommand::Finish
+            | SinkCommand::WorkersLeft(_) => {}
         }
     }
     if let Err(e) = file.sync_all().await {

@@ -21,6 +21,8 @@ offset in the stream as message id. The rules (docs/connectors.md):
   drops them. REPLY_UNCOMMITTED lists the stream's prepared transaction.
 - A stream without LIST_UNCOMMITTED on its connection has no 2PC (the
   worker runs without resilience): bytes are committed on arrival.
+- WORKERS_LEFT (a shrink) names workers that left the cluster: they are
+  logged and kept in ``workers_left``; their streams' committed bytes stay.
 
 Invariant: a stream's committed bytes are a prefix of the worker's output
 stream, each byte once; the store's committed length is the offset.
@@ -41,6 +43,7 @@ _CONTROL_STREAM = 0
 _CREDITS = 1 << 20
 _LIST_UNCOMMITTED, _REPLY_UNCOMMITTED = 201, 202
 _PHASE1, _REPLY, _PHASE2 = 203, 204, 205
+_WORKERS_LEFT = 206
 
 
 def _text(value: Any) -> str:
@@ -196,6 +199,7 @@ class SinkServer(object):
         self.acceptor.listen(64)
         self.conns: dict[socket.socket, _Conn] = {}
         self.streams: dict[str, _Stream] = {}
+        self.workers_left: set[str] = set()
 
     def close(self) -> None:
         for c in list(self.conns.values()):
@@ -357,5 +361,9 @@ class SinkServer(object):
             # The worker sends again from its committed offset.
             stream.pending = bytearray()
             stream.broken = False
+        elif tag == _WORKERS_LEFT:
+            names = [_text(n) for n in cwm.WorkersLeft.decode(body).leaving_workers]
+            self.workers_left.update(names)
+            self.log("worker(s) {} left the cluster".format(", ".join(names)))
         else:
             self._refuse(conn, "Invalid message: 2PC tag {}".format(tag))

@@ -450,3 +450,35 @@ fn without_resilience_outputs_flow_after_ok_and_notify_ack() {
         }]
     ));
 }
+
+#[test]
+fn workers_left_goes_out_on_stream_0_only_on_a_connection_that_is_up() {
+    let mut s = SinkSession::new(false, "c", "app", "w1", "out");
+    s.restore(None, 0);
+    assert!(s.workers_left(vec!["w2".into()]).is_empty(), "down");
+    s.connected();
+    assert!(s.workers_left(vec!["w2".into()]).is_empty(), "handshake");
+    s.on_frame(ConnectorMessage::Ok { initial_credits: 5 });
+    s.on_frame(ConnectorMessage::NotifyAck {
+        success: true,
+        stream_id: 1,
+        point_of_ref: 0,
+    });
+    let a = s.workers_left(vec!["w2".into(), "w3".into()]);
+    let [SinkAction::Send(frames)] = &a[..] else {
+        panic!("{a:?}")
+    };
+    let [ConnectorMessage::Message {
+        stream_id: 0,
+        payload,
+        ..
+    }] = &frames[..]
+    else {
+        panic!("{frames:?}")
+    };
+    assert!(matches!(
+        TwoPc::decode(payload),
+        Ok(TwoPc::WorkersLeft { workers, .. }) if workers == ["w2", "w3"]
+    ));
+    assert!(s.workers_left(Vec::new()).is_empty());
+}

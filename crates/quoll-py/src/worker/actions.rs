@@ -275,6 +275,15 @@ impl Worker {
                     result: result.map_err(|e| e.to_string()),
                 }));
             }
+            NodeAction::Notice(Notice::Left { names }) => {
+                // One sink connector serves every worker's connection to
+                // it: the initializer's tells it who left.
+                for i in 0..self.ex.sink_count() {
+                    self.ex
+                        .send_to_sink(py, i, SinkCommand::WorkersLeft(names.clone()));
+                }
+                self.notice(Notice::Left { names });
+            }
             NodeAction::Notice(notice) => self.notice(notice),
             NodeAction::Fatal(fatal) => {
                 return Err(match fatal {
