@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -252,6 +252,19 @@ async fn a_fresh_resilience_directory_is_not_fooled_by_an_earlier_runs_marker() 
     );
 }
 
+/// Barrier and commit of checkpoint 1 on `a` (worker w1), then as if the
+/// worker died between the Kafka commit and deleting the write-ahead file:
+/// the file is put back. Returns its path.
+async fn commit_1_and_die_before_deleting_its_file(a: KafkaSinkHandle, dir: &Path) -> PathBuf {
+    a.pre_commit(1).await.unwrap();
+    let wal = dir.join("app-w1.kafka-kafka_sink.wal-00000000000000000001");
+    let kept = std::fs::read(&wal).unwrap();
+    a.commit(1).await.unwrap();
+    drop(a);
+    std::fs::write(&wal, kept).unwrap();
+    wal
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_kafka_commit_does_not_resend() {
     let broker = broker_or_skip!();
@@ -259,15 +272,7 @@ async fn a_crash_after_the_kafka_commit_does_not_resend() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _) = started(config(&broker.addr(), "out", Some(dir.path())), None).await;
     write(&a, &["a", "b"]).await;
-    a.pre_commit(1).await.unwrap();
-    let wal = dir
-        .path()
-        .join("app-w1.kafka-kafka_sink.wal-00000000000000000001");
-    let kept = std::fs::read(&wal).unwrap();
-    a.commit(1).await.unwrap();
-    drop(a);
-    // As if the worker died between the Kafka commit and deleting the file.
-    std::fs::write(&wal, kept).unwrap();
+    let wal = commit_1_and_die_before_deleting_its_file(a, dir.path()).await;
     let (_b, r) = started(config(&broker.addr(), "out", Some(dir.path())), Some(1)).await;
     assert_eq!(r.marker, Some(1));
     assert_eq!(r.resent_records, 0);
@@ -295,14 +300,7 @@ async fn a_marker_lagging_a_committed_transaction_is_waited_for() {
     let (b, _) = started(other, None).await;
     write(&a, &["a1"]).await;
     write(&b, &["b1"]).await;
-    a.pre_commit(1).await.unwrap();
-    let wal = dir
-        .path()
-        .join("app-w1.kafka-kafka_sink.wal-00000000000000000001");
-    let kept = std::fs::read(&wal).unwrap();
-    a.commit(1).await.unwrap();
-    drop(a);
-    std::fs::write(&wal, kept).unwrap();
+    let wal = commit_1_and_die_before_deleting_its_file(a, dir.path()).await;
     let ender = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         b.pre_commit(1).await.unwrap();
