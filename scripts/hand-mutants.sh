@@ -15,7 +15,9 @@
 #   # mutant: what it breaks            (one line, for the table)
 #   # pytest: NODE_ID                   (a test that must fail; repeatable)
 #   # cargo-test: ARGS                  (`cargo test --release -p quoll-core
-#                                         ARGS` must report a failed test)
+#                                         ARGS` must report a failed test;
+#                                         ARGS with its own `-p PKG`: that
+#                                         package instead)
 # Any pytest line means the wheel is rebuilt and installed into .venv with
 # the mutant (and the clean one again at the end, whatever happens).
 #
@@ -110,8 +112,10 @@ run_test() {
             *) echo error ;;
         esac
     else
+        local pkg="-p quoll-core"
+        case " $spec " in *" -p "*) pkg="" ;; esac
         # shellcheck disable=SC2086  # ARGS are words for cargo
-        cargo test --release -p quoll-core $spec >>"$log.one" 2>&1 || rc=$?
+        cargo test --release $pkg $spec >>"$log.one" 2>&1 || rc=$?
         cat "$log.one" >>"$log"
         if [ $rc = 0 ]; then
             echo passed

@@ -106,13 +106,16 @@ class Growing(Cluster):
         return json.loads(r.stdout) if r.returncode == 0 else None
 
     def wait_members(self, count, timeout=30):
+        """Waits until workers 0..count-1 are ready and every one of them
+        answers cluster-status with those `count` members."""
         names = ["initializer"] + sorted(n for n in self.names[:count] if n != "initializer")
         want = {"worker_count": count, "worker_names": names, "processing_messages": True}
         try:
-            wait_until(lambda: self.status() == want and all(
-                READY in self.procs[i].stdout() for i in range(count)), timeout, f"{count} members")
+            wait_until(lambda: all(READY in self.procs[i].stdout() and self.status(i) == want
+                                   for i in range(count)), timeout, f"{count} members")
         except AssertionError:
-            raise AssertionError(f"status {self.status()}, want {want}\n{self.describe()}")
+            seen = [self.status(i) for i in range(count)]
+            raise AssertionError(f"statuses {seen}, want {want} from each\n{self.describe()}")
 
     def outputs(self):
         return {p.name: p.read_text().splitlines() for p in out_files(self.workdir)}

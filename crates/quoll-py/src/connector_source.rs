@@ -33,8 +33,14 @@
 //!   gets RESTART("") and is closed) and resets the registry to the given
 //!   positions; connections of the old epoch can no longer change it.
 //! - [`ConnectorCommand::Leave`] (this worker leaves the cluster) sends
-//!   every client RESTART with another worker's address for this source,
-//!   closes them and stops accepting: the clients go on there.
+//!   every client RESTART with another worker's address for this source
+//!   and closes them; from then on a client that connects (one that was
+//!   reconnecting after a rollback's RESTART) gets the same RESTART at
+//!   once: the clients go on there.
+//! - A connection the worker ends with RESTART is closed gracefully: the
+//!   worker reads and drops what the client still sends (up to
+//!   [`CLOSE_DRAIN`]), since closing a socket with unread bytes resets the
+//!   connection and the client could lose the RESTART before reading it.
 //! - Commands queued before the task starts are applied before the first
 //!   client is accepted: a restarted worker can queue `Restart { resume, .. }`
 //!   with its recovered positions before spawning the task, so that NOTIFY
@@ -48,9 +54,9 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use quoll_core::connector::{self, ConnectorCodec, ConnectorError, ConnectorMessage, NO_POSITION};
 use quoll_core::frame::ReadError;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
@@ -162,11 +168,12 @@ pub async fn run_connector_source(
     }));
     let mut tasks: HashMap<u64, JoinHandle<()>> = HashMap::new();
     let mut next_conn: u64 = 0;
+    // Where new clients are sent once this worker leaves the cluster.
+    let mut redirect: Option<String> = None;
     // Commands queued before the start (a recovered worker's Restart) come first.
-    let mut listener = Some(listener);
     while let Ok(cmd) = commands.try_recv() {
-        if !handle_command(cmd, &reg, &cfg.name) {
-            listener = None;
+        if let Some(to) = handle_command(cmd, &reg, &cfg.name) {
+            redirect = Some(to);
         }
     }
     let mut commands_open = true;
@@ -176,13 +183,16 @@ pub async fn run_connector_source(
             _ = tx.closed() => break,
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(cmd) => {
-                    if !handle_command(cmd, &reg, &cfg.name) {
-                        listener = None;
+                    if let Some(to) = handle_command(cmd, &reg, &cfg.name) {
+                        redirect = Some(to);
                     }
                 }
                 None => commands_open = false,
             },
-            accepted = accept(listener.as_ref()) => match accepted {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if redirect.is_some() => {
+                    tokio::spawn(send_away(stream, redirect.clone().unwrap_or_default()));
+                }
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (read, write) = stream.into_split();
@@ -227,29 +237,50 @@ pub async fn run_connector_source(
     }
 }
 
-/// The next connection on `listener`; never, without one.
-async fn accept(
-    listener: Option<&TcpListener>,
-) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
+/// How long a connection ended with RESTART is read (and what comes
+/// dropped) before it is closed: long enough for a client to read the
+/// RESTART and close its end.
+pub const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// A client that connected after this worker began to leave: RESTART to
+/// where its source goes on, then a graceful close.
+async fn send_away(stream: TcpStream, to: String) {
+    let (read, mut write) = stream.into_split();
+    let mut out = Vec::new();
+    if (ConnectorMessage::Restart { address: to })
+        .encode_into(&mut out)
+        .is_ok()
+    {
+        let _ = write.write_all(&out).await;
     }
+    let _ = write.shutdown().await;
+    drain(read).await;
 }
 
-/// Carries out `cmd`; false once the source accepts no more clients.
-fn handle_command(cmd: ConnectorCommand, reg: &Shared, name: &str) -> bool {
+/// Reads and drops what the client still sends, until it closes or
+/// [`CLOSE_DRAIN`] passes (see the module docs).
+async fn drain(mut read: impl AsyncRead + Unpin) {
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Carries out `cmd`; once this worker leaves, the address new clients
+/// are sent to.
+fn handle_command(cmd: ConnectorCommand, reg: &Shared, name: &str) -> Option<String> {
     match cmd {
         ConnectorCommand::Leave { redirect } => {
             info!(
                 place = %format!("source '{name}'"),
                 "this worker leaves the cluster: its connector clients are sent to {redirect}, and \
-                 it accepts no more"
+                 so is any client that connects until it stops"
             );
             for ctl in std::mem::take(&mut lock(reg).conns).values() {
                 let _ = ctl.send(Ctl::Restart(redirect.clone()));
             }
-            return false;
+            return Some(redirect);
         }
         ConnectorCommand::Committed { positions } => committed(reg, positions),
         ConnectorCommand::Restart { resume, epoch } => {
@@ -270,7 +301,7 @@ fn handle_command(cmd: ConnectorCommand, reg: &Shared, name: &str) -> bool {
             }
         }
     }
-    true
+    None
 }
 
 /// A checkpoint completed: record the positions, acknowledge open streams
@@ -414,6 +445,9 @@ impl Conn {
             let _ = self.write.shutdown().await;
         }
         self.release();
+        if flow == Flow::Restart {
+            drain(frames.into_inner()).await;
+        }
     }
 
     /// Handles a message from the source task.
@@ -1221,6 +1255,36 @@ mod tests {
                 String::from_utf8_lossy(&err).into_owned(),
             )
         })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leaving_worker_sends_every_client_away_even_one_that_connects_later() {
+        let h = start(true, 10, 2).await;
+        let mut before = Raw::connect(&h.addr).await;
+        assert_eq!(
+            before.hello("0.0.1", "c").await,
+            Some(M::Ok {
+                initial_credits: 10
+            })
+        );
+        h.cmd
+            .send(ConnectorCommand::Leave {
+                redirect: "127.0.0.1:9".into(),
+            })
+            .await
+            .unwrap();
+        let away = Some(M::Restart {
+            address: "127.0.0.1:9".into(),
+        });
+        assert_eq!(before.recv().await, away);
+        // The client writes on while it has not read the RESTART: the worker
+        // keeps reading, so the RESTART is not lost to a reset.
+        before.msg(1, 1, "late").await;
+        assert_eq!(before.recv().await, None);
+        // A client reconnecting after the leave began is sent away too.
+        let mut after = Raw::connect(&h.addr).await;
+        assert_eq!(after.hello("0.0.1", "c").await, away);
+        assert_eq!(after.recv().await, None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
