@@ -301,8 +301,10 @@ async fn a_marker_lagging_a_committed_transaction_is_waited_for() {
     write(&a, &["a1"]).await;
     write(&b, &["b1"]).await;
     let wal = commit_1_and_die_before_deleting_its_file(a, dir.path()).await;
+    // Late enough that the recovery below has read the marker once (it
+    // starts in well under 1.5 s), early enough for its wait (2 s).
     let ender = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         b.pre_commit(1).await.unwrap();
         b.commit(1).await.unwrap();
         b
