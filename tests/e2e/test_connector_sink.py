@@ -154,7 +154,11 @@ def test_kills_of_workers_and_of_the_sink_connector_leave_the_output_exact(sink_
             f.wait_progress(run.size, int(fractions[k] * run.target), f"{fractions[k]:.0%} of the output")
         time.sleep(rng.uniform(0, 0.3))
         f.note(f"kill {k + 1} at {run.size() / run.target:.1%} of the output")
-        if rng.random() < 0.35:
+        # Random victims, but at least 3 workers and the sink connector once.
+        left = kills - k
+        must_kill_worker = 3 - sum(f.kills.values()) >= left
+        must_kill_connector = len(run.connectors) == 1 and left == 1
+        if must_kill_connector or (not must_kill_worker and rng.random() < 0.35):
             run.kill_connector(rng.uniform(0, 0.5))
         else:
             victim = rng.randrange(run.cluster.n)
