@@ -17,6 +17,7 @@ one worker, the one that owns its key group (state-entity query).
 """
 
 import json
+import random
 import signal
 import subprocess
 import time
@@ -321,20 +322,41 @@ def test_three_workers_shrink_to_one_under_load(tmp_path):
                 raise AssertionError(f"{c.names[i]} did not leave\n{c.describe()}")
             assert "left the cluster (shrink)" in c.procs[i].stdout(), c.describe()
         c.settle(1)
+        # Restarted with its command, a worker that left stops at once,
+        # done: its left marker says so, and the cluster stays as it is.
+        markers = sorted(p.name for p in c.res.glob("*.left"))
+        assert len(markers) == 2 and all(m.endswith(("-worker1.left", "-worker2.left")) for m in markers), markers
+        again = c.launch(1)
+        assert again.wait(30) == 0, c.describe()
+        assert "left its cluster (a shrink), so it does not run again" in again.stdout(), c.describe()
+        assert c.status() == {"worker_count": 1, "worker_names": ["initializer"], "processing_messages": True}
     finally:
         c.stop()
 
 
 def test_a_leaver_killed_mid_shrink_restarts_and_still_leaves(tmp_path):
+    """Killed at a random moment of its leave (before the leave's
+    checkpoint commits, after it, or once it has marked itself left),
+    restarted with its command, worker1 leaves, exit 0."""
     c = three_fed_by_the_initializer(tmp_path, lines=5000)
     try:
         done = shrink(c, "--names", "worker1")
         assert done.returncode == 0, done
+        delay = random.choice([0, random.uniform(0, 0.03), random.uniform(0.03, 0.3)])
+        time.sleep(delay)
+        first = c.procs[1]
         c.kill_and_restart(1)
         try:
             assert c.procs[1].wait(60) == 0, c.describe()
         except subprocess.TimeoutExpired:
             raise AssertionError(f"worker1 did not leave\n{c.describe()}")
+        if "left the cluster (shrink)" in first.stdout():
+            how = "it had left"
+        elif "told to leave again" in c.procs[0].stdout():
+            how = "its leave had committed; told again"
+        else:
+            how = "its leave had not committed; it left after the restart"
+        print(f"worker1 killed {delay:.3f} s after the shrink began: {how}")
         names = ["initializer", "worker2"]
         wait_until(lambda: c.status() == {"worker_count": 2, "worker_names": names, "processing_messages": True},
                    30, "two workers")

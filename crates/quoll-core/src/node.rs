@@ -287,6 +287,11 @@ pub enum Notice {
     Left {
         names: Vec<String>,
     },
+    /// `name` had left the cluster and restarted with its files: it was
+    /// told to leave again.
+    Dismissed {
+        name: String,
+    },
     /// Key groups move to even the load: the busiest worker carries
     /// `before` times the mean load, `after` once `moved` groups moved.
     Rebalancing {
@@ -1265,7 +1270,9 @@ impl<P, D> Node<P, D> {
                         self.paused = true;
                     }
                 }
-                Control::Leave { generation } => {
+                // While forming, `Leave` answers this worker's `Join`: the
+                // joiner machine takes it.
+                Control::Leave { generation } if self.phase != Phase::Forming => {
                     if generation == self.generation {
                         self.phase = Phase::Stopped;
                         out.push(NodeAction::Leave);
@@ -1433,6 +1440,15 @@ impl<P, D> Node<P, D> {
                     retry,
                 }),
                 InitializerAction::Close { link } => out.push(NodeAction::Close { link }),
+                InitializerAction::Dismiss { link, name } => {
+                    out.push(NodeAction::Notice(Notice::Dismissed { name }));
+                    let generation = self.generation;
+                    out.push(NodeAction::Send {
+                        link,
+                        msg: Control::Leave { generation },
+                    });
+                    out.push(NodeAction::Close { link });
+                }
                 InitializerAction::Welcome {
                     link,
                     name,
@@ -1584,6 +1600,11 @@ impl<P, D> Node<P, D> {
                 }
                 JoinerAction::Refused { reason } => {
                     self.fail(NodeFatal::Refused(reason), out);
+                    return;
+                }
+                JoinerAction::Dismissed => {
+                    self.phase = Phase::Stopped;
+                    out.push(NodeAction::Leave);
                     return;
                 }
                 JoinerAction::InitializerLost { why } => {

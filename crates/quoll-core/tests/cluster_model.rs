@@ -174,6 +174,9 @@ struct Sim {
     pauses: usize,
     /// Rebalances the initializer decided.
     rebalances: usize,
+    /// Leavers that crashed after their leave committed, restarted, and
+    /// were told to leave again.
+    dismissed: usize,
     /// Workers may join before the first commit.
     seed_joins_early: bool,
     trace: Vec<String>,
@@ -236,6 +239,7 @@ impl Sim {
             moved: 0,
             pauses: 0,
             rebalances: 0,
+            dismissed: 0,
             seed_joins_early: seed.is_multiple_of(2),
             trace: Vec::new(),
         };
@@ -479,6 +483,17 @@ impl Sim {
                 }
                 NodeAction::Leave => {
                     let p = self.procs[i].take().unwrap();
+                    if p.formed.is_none() {
+                        // A leaver that crashed before it heard it had left
+                        // is told again when it comes back with its files;
+                        // `gone` counts what it read.
+                        self.trace.push(format!("DISMISSED {i}"));
+                        self.dismissed += 1;
+                        if self.gone(i).is_none() {
+                            self.fail(format!("worker {i} dismissed, but it did not leave"));
+                        }
+                        return;
+                    }
                     self.trace.push(format!("LEFT {i} at {}", p.source_pos));
                     if !p.state.is_empty() {
                         self.fail(format!("worker {i} leaves holding state {:?}", p.state));
@@ -531,16 +546,7 @@ impl Sim {
                 }
                 NodeAction::Notice(Notice::Rebalancing { .. }) => self.rebalances += 1,
                 NodeAction::Notice(_) => {}
-                NodeAction::Fatal(f) => {
-                    // A leaver that crashed before it heard it had left is
-                    // refused when it comes back with its files.
-                    if self.gone(i).is_some() && f.to_string().contains("left the cluster") {
-                        self.trace.push(format!("GONE {i}: {f}"));
-                        self.procs[i] = None;
-                        return;
-                    }
-                    self.fail(format!("worker {i} stopped: {f}"))
-                }
+                NodeAction::Fatal(f) => self.fail(format!("worker {i} stopped: {f}")),
             }
         }
     }
@@ -958,9 +964,11 @@ impl Sim {
         }
     }
 
-    /// Worker `i` is down and may be restarted (it did not leave).
+    /// Worker `i` is down and may be restarted: it crashed, and did not
+    /// hear it had left (a leaver that crashed after its leave committed
+    /// is restarted too, as an operator would, and is told to leave again).
     fn down(&self, i: usize) -> bool {
-        self.started[i] && self.procs[i].is_none() && self.gone(i).is_none()
+        self.started[i] && self.procs[i].is_none() && self.left[i].is_none()
     }
 
     /// How many of its items worker `i` read if it left the cluster: the
@@ -1045,8 +1053,8 @@ impl Sim {
 
 /// What one run did: items of restored state moved between workers,
 /// messages that paused a member for a membership change, workers that
-/// left, rebalances.
-type Done = (usize, usize, usize, usize);
+/// left, rebalances, leavers dismissed on their restart.
+type Done = (usize, usize, usize, usize, usize);
 
 /// Runs one cluster to the end.
 fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> Done {
@@ -1077,7 +1085,7 @@ fn run(seed: u64, n: usize, founding: usize, items: u64, crashes: usize) -> Done
     }
     sim.check_exactly_once();
     let left = (0..n).filter(|i| sim.gone(*i).is_some()).count();
-    (sim.moved, sim.pauses, left, sim.rebalances)
+    (sim.moved, sim.pauses, left, sim.rebalances, sim.dismissed)
 }
 
 #[test]
@@ -1094,6 +1102,15 @@ fn three_workers_without_crashes() {
 fn three_workers_shrink_without_crashes() {
     let left: usize = (1..30).map(|seed| run(seed, 3, 3, 60, 0).2).sum();
     assert!(left > 0, "no run shrank the cluster");
+}
+
+#[test]
+fn leavers_restarted_after_their_leave_are_told_to_leave_again() {
+    let runs: Vec<Done> = (1..300).map(|seed| run(seed, 3, 3, 20, 4)).collect();
+    assert!(
+        runs.iter().any(|r| r.4 > 0),
+        "no leaver crashed after its leave and was restarted"
+    );
 }
 
 #[test]
@@ -1150,9 +1167,9 @@ fn hunt() {
             .split(',')
             .map(|x| x.trim().parse().expect("numbers"))
             .collect();
-        let (moved, pauses, left, rebalances) =
+        let (moved, pauses, left, rebalances, dismissed) =
             run(v[0], v[1] as usize, v[2] as usize, v[3], v[4] as usize);
-        println!("{moved} items of state moved, {pauses} pause messages, {left} workers left, {rebalances} rebalances");
+        println!("{moved} items of state moved, {pauses} pause messages, {left} workers left, {rebalances} rebalances, {dismissed} leavers dismissed");
         return;
     }
     for n in 2..5 {

@@ -199,6 +199,26 @@ impl Files {
         Ok(())
     }
 
+    /// This worker's left marker, if it left its cluster (a shrink) in an
+    /// earlier run.
+    pub fn left_marker(&self) -> Option<PathBuf> {
+        let path = checkpoint_store::left_path(&self.dir, &self.app, &self.worker);
+        path.exists().then_some(path)
+    }
+
+    /// This worker left its cluster: the left marker first, then the
+    /// checkpoint files go, so a restart at any moment finds one or the
+    /// other. The marker stays on the local disk only.
+    pub fn leave(&self) -> Result<(), Error> {
+        let note = format!(
+            "worker '{}' of app '{}' left its cluster (a shrink); its state is with the other \
+             workers. Delete this file to add it to a cluster again.\n",
+            self.worker, self.app
+        );
+        checkpoint_store::mark_left(&self.dir, &self.app, &self.worker, &note)?;
+        self.remove_all(false)
+    }
+
     /// Clean shutdown: the files are no longer needed.
     pub fn remove_all(&self, initializer: bool) -> Result<(), Error> {
         checkpoint_store::remove_all(&self.dir, &self.app, &self.worker)?;

@@ -3,17 +3,23 @@
 //! sees the old file or the new one) and checked on read (checksum, owner,
 //! nothing after the record).
 //!
+//! And the left marker, `<app>-<worker>.left`: a worker that left its
+//! cluster (a shrink) writes it before it deletes its checkpoint files, so
+//! that a restart of its command at any moment after finds one or the
+//! other, and never joins the cluster again by mistake.
+//!
 //! ```text
 //! { format_version, app, worker, members }
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::records::{check_version, decode, frame_into, Payload, RecordReader};
 use super::{
-    corrupt, membership_path, truncated, write_atomic, wrong_owner, StoreError, FORMAT_VERSION,
+    corrupt, left_path, membership_path, truncated, write_atomic, wrong_owner, StoreError,
+    FORMAT_VERSION,
 };
 
 /// The one record of a membership file. The version must stay first.
@@ -82,6 +88,13 @@ pub fn read_membership(dir: &Path, app: &str, worker: &str) -> Result<Option<Vec
     Ok(Some(members))
 }
 
+/// Writes `<app>-<worker>.left` with `text`, crash-safely; returns its path.
+pub fn mark_left(dir: &Path, app: &str, worker: &str, text: &str) -> Result<PathBuf, StoreError> {
+    let path = left_path(dir, app, worker);
+    write_atomic(dir, &path, text.as_bytes())?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +132,18 @@ mod tests {
         assert_eq!(p, membership_path(dir, APP, "worker_1"));
         let err = read_membership(dir, APP, "worker_1").unwrap_err();
         assert!(matches!(err, StoreError::WrongOwner { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_left_marker_outlives_the_removal_of_the_workers_files() {
+        let d = tmp();
+        let dir = d.path();
+        write_membership(dir, APP, W, b"w1@a:1").unwrap();
+        let path = mark_left(dir, APP, W, "left\n").unwrap();
+        assert_eq!(path, left_path(dir, APP, W));
+        assert!(!tmp_path(&path).exists());
+        let removed = crate::checkpoint_store::remove_all(dir, APP, W).unwrap();
+        assert_eq!(removed, vec![membership_path(dir, APP, W)]);
+        assert_eq!(fs::read(&path).unwrap(), b"left\n");
     }
 }

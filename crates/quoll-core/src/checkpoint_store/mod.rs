@@ -19,6 +19,7 @@
 //! | `<app>-<worker>.ckpt-<N:020>.tmp` | the same while it is written; readers ignore it |
 //! | `<app>-initializer.commits` | the coordinator's append-only commit log |
 //! | `<app>-<worker>.cluster` | an opaque membership blob (the caller's member list) |
+//! | `<app>-<worker>.left` | a line of text: the worker left its cluster (a shrink) and must not run again |
 //!
 //! `N` is zero-padded to 20 digits (all of `u64`), so names sort by id.
 //!
@@ -51,11 +52,12 @@
 //! The commit log holds `Header { format_version, app }` then any number of
 //! `Committed { checkpoint, generation }` and `Generation { generation }`
 //! records. The membership file holds one record
-//! `{ format_version, app, worker, members }`.
+//! `{ format_version, app, worker, members }`. The left marker is not
+//! records: its existence is what counts, its text is for people.
 //!
 //! # Crash safety
 //!
-//! A checkpoint file and a membership file are written as `<name>.tmp`,
+//! A checkpoint file, a membership file and a left marker are written as `<name>.tmp`,
 //! flushed with `fsync`, renamed to `<name>`, then the directory is fsynced;
 //! [`CheckpointWriter::commit`] returns only after all of that, so a worker
 //! acknowledges checkpoint `N` only once its file survives a power loss. A
@@ -108,7 +110,7 @@
 //! - `checkpoint_file`: the checkpoint writer, loading chains, compaction,
 //!   listing and removal;
 //! - `commit_log`: the coordinator's commit log;
-//! - `membership`: the membership file.
+//! - `membership`: the membership file and the left marker.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -126,7 +128,7 @@ pub use checkpoint_file::{
     CheckpointWriter, FileStats, StageEntries,
 };
 pub use commit_log::{CommitLog, CommitRecord, CommitState};
-pub use membership::{read_membership, write_membership};
+pub use membership::{mark_left, read_membership, write_membership};
 
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -134,6 +136,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub(crate) const CKPT_INFIX: &str = ".ckpt-";
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
 pub(crate) const CLUSTER_SUFFIX: &str = ".cluster";
+const LEFT_SUFFIX: &str = ".left";
 const ID_DIGITS: usize = 20;
 /// The worker name used for the commit log in error messages.
 pub(crate) const INITIALIZER: &str = "initializer";
@@ -296,6 +299,11 @@ pub fn checkpoint_path(dir: &Path, app: &str, worker: &str, checkpoint: u64) -> 
 /// `<dir>/<app>-<worker>.cluster`.
 pub fn membership_path(dir: &Path, app: &str, worker: &str) -> PathBuf {
     dir.join(format!("{}{CLUSTER_SUFFIX}", stem(app, worker)))
+}
+
+/// `<dir>/<app>-<worker>.left`.
+pub fn left_path(dir: &Path, app: &str, worker: &str) -> PathBuf {
+    dir.join(format!("{}{LEFT_SUFFIX}", stem(app, worker)))
 }
 
 pub(crate) fn tmp_path(path: &Path) -> PathBuf {

@@ -117,6 +117,9 @@ pub enum InitializerAction {
     },
     /// Close `link` (a connection this formation no longer uses).
     Close { link: LinkId },
+    /// `name` left the cluster, then restarted with its files: send it
+    /// `Leave` on `link` (it stops, done), then close the link.
+    Dismiss { link: LinkId, name: String },
     Welcome {
         link: LinkId,
         /// The welcomed worker's name.
@@ -345,12 +348,15 @@ impl InitializerMembership {
                     batch,
                 };
                 // A worker that left may join again only afresh: restarted
-                // with its files, it is a leaver that missed its leave.
-                let fresh = !has_files || !self.left.contains(&c.name);
-                if grow
-                    && fresh
-                    && self.refusal(&c, fingerprint).is_none()
-                    && !self.is_known(&c.name)
+                // with its files, it is a leaver that missed its leave (it
+                // was killed after the leave committed), so it is told again.
+                let left = self.left.contains(&c.name);
+                if left && has_files && self.refusal(&c, fingerprint).is_none() {
+                    out.push(InitializerAction::Dismiss {
+                        link: c.link,
+                        name: c.name,
+                    });
+                } else if grow && self.refusal(&c, fingerprint).is_none() && !self.is_known(&c.name)
                 {
                     self.on_grow(c, now, out);
                 } else {
@@ -976,6 +982,49 @@ mod tests {
             .iter()
             .any(|a| matches!(a, InitializerAction::Grow { .. })));
         assert_eq!(m.worker_count(), 4);
+    }
+
+    #[test]
+    fn a_leaver_back_with_its_files_is_dismissed_and_without_them_joins_afresh() {
+        let now = Instant::now();
+        let mut m = formed_cluster(now);
+        m.leave(&["w1".to_string()]);
+        m.gather(2, now, &mut Vec::new());
+        let back = |m: &mut InitializerMembership, link: u64, grow: bool, has_files: bool| {
+            let e = InitializerEvent::Join {
+                link: LinkId(link),
+                name: "w1".into(),
+                data_addr: format!("d{link}"),
+                sources: Vec::new(),
+                fingerprint: FP,
+                grow,
+                batch: 1,
+                has_files,
+            };
+            ev(m, e, now)
+        };
+        for (link, grow) in [(40, false), (41, true)] {
+            assert_eq!(
+                back(&mut m, link, grow, true),
+                vec![InitializerAction::Dismiss {
+                    link: LinkId(link),
+                    name: "w1".into(),
+                }],
+                "restarted with its files (grow: {grow})"
+            );
+        }
+        let out = back(&mut m, 42, false, false);
+        assert!(
+            matches!(&out[..], [InitializerAction::Refuse { retry: false, reason, .. }]
+                if reason.contains("left the cluster")),
+            "no files and no --join: {out:?}"
+        );
+        let out = back(&mut m, 43, true, false);
+        assert!(
+            matches!(&out[..], [InitializerAction::Grow { name, .. }, InitializerAction::Accepted { .. }]
+                if name == "w1"),
+            "no files and --join: it joins again, {out:?}"
+        );
     }
 
     /// The initializer and "w1" (on link 1), formed, without resilience.

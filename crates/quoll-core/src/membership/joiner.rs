@@ -10,11 +10,15 @@
 //!                                                              InitializerLost / Reform (caller recovers) ◀───────┘
 //! ```
 //!
+//! In `Joining`, `Leave` ends the worker like a refusal, but as done
+//! (`Dismissed`): it had left the cluster before it restarted.
+//!
 //! # Invariants
 //!
 //! - Only messages on the current link to the initializer are acted on.
-//! - A refusal is final; every other failure before `Start` starts the
-//!   formation over from a new connection.
+//! - A refusal is final, and so is `Leave` in answer to `Join` (the worker
+//!   left the cluster before it restarted); every other failure before
+//!   `Start` starts the formation over from a new connection.
 //! - A member that is not the initializer answers `Join` with `Redirect`:
 //!   the joiner connects to the initializer from then on. More than
 //!   [`MAX_REDIRECTS`] redirects in a row refuse the worker (a loop).
@@ -90,6 +94,9 @@ pub enum JoinerAction {
     Refused {
         reason: String,
     },
+    /// The initializer answered the join with `Leave`: this worker left the
+    /// cluster (a shrink) before its restart, so it stops, done.
+    Dismissed,
     /// The formed cluster lost its initializer.
     InitializerLost {
         why: String,
@@ -335,6 +342,11 @@ impl JoinerMembership {
                 out.push(JoinerAction::Refused {
                     reason: format!("the initializer refused this worker: {reason}"),
                 });
+            }
+            (Control::Leave { .. }, Phase::Joining { .. }) => {
+                self.phase = Phase::Idle;
+                out.push(JoinerAction::Close { link });
+                out.push(JoinerAction::Dismissed);
             }
             (Control::Redirect { to }, Phase::Joining { .. }) => {
                 out.push(JoinerAction::Close { link });
@@ -660,6 +672,30 @@ mod tests {
             now,
         );
         assert!(matches!(&out[1], JoinerAction::Refused { reason } if reason.ends_with("no")));
+        assert_eq!(m.link(), None);
+    }
+
+    #[test]
+    fn leave_in_answer_to_join_dismisses_the_worker() {
+        let now = Instant::now();
+        let mut m = JoinerMembership::new("w1".into(), Duration::from_secs(20), RETRY, PATIENCE);
+        m.join(Duration::ZERO, &mut Vec::new());
+        ev(&mut m, JoinerEvent::Connected { link: LinkId(1) }, now);
+        let out = ev(
+            &mut m,
+            JoinerEvent::Message {
+                link: LinkId(1),
+                msg: Control::Leave { generation: 7 },
+            },
+            now,
+        );
+        assert_eq!(
+            out,
+            vec![
+                JoinerAction::Close { link: LinkId(1) },
+                JoinerAction::Dismissed
+            ]
+        );
         assert_eq!(m.link(), None);
     }
 

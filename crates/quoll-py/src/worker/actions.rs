@@ -349,6 +349,10 @@ impl Worker {
                 names.join(", ")
             ),
             Notice::Left { names } => info!("worker(s) {} left the cluster", names.join(", ")),
+            Notice::Dismissed { name } => info!(
+                "worker '{name}' left the cluster earlier and restarted with its resilience files: \
+                 told to leave again"
+            ),
             Notice::Rebalancing {
                 before,
                 after,

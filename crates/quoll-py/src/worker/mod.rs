@@ -219,6 +219,10 @@ pub fn run_worker(
     logging::init(&config.name, level);
     let mut w = match Worker::set_up(py, config, app, codec) {
         Ok(w) => w,
+        Err(e @ WorkerError::AlreadyLeft(_)) => {
+            info!("{e}");
+            return Ok(());
+        }
         Err(e) => {
             error!("{e}");
             return Err(PySystemExit::new_err(2));
@@ -541,6 +545,9 @@ impl Worker {
             )?),
             false => None,
         };
+        if let Some(marker) = files.as_ref().and_then(Files::left_marker) {
+            return Err(WorkerError::AlreadyLeft(marker));
+        }
         let recovered = match &files {
             Some(f) => f.recovered(config.cluster_initializer)?,
             None => Default::default(),
@@ -748,6 +755,7 @@ impl Worker {
         self.ex.flush_sinks(py);
         let dropped = self.ex.errors.total();
         let clean = result.is_ok();
+        let left = matches!(result, Ok(Stop::Left));
         let Worker {
             config,
             rt,
@@ -794,7 +802,11 @@ impl Worker {
         rt.shutdown_timeout(Duration::from_millis(500));
         if clean {
             if let Some(f) = files {
-                if let Err(e) = f.remove_all(config.cluster_initializer) {
+                let removed = match left {
+                    true => f.leave(),
+                    false => f.remove_all(config.cluster_initializer),
+                };
+                if let Err(e) = removed {
                     error!("clean shutdown could not remove the resilience files: {e}");
                 }
             }
