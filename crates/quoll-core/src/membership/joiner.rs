@@ -423,6 +423,14 @@ mod tests {
         }
     }
 
+    /// "w1", connected to the initializer on link 1, its `Join` sent.
+    fn joining(now: Instant) -> JoinerMembership {
+        let mut m = JoinerMembership::new("w1".into(), Duration::from_secs(20), RETRY, PATIENCE);
+        m.join(Duration::ZERO, &mut Vec::new());
+        ev(&mut m, JoinerEvent::Connected { link: LinkId(1) }, now);
+        m
+    }
+
     fn ev(m: &mut JoinerMembership, e: JoinerEvent, now: Instant) -> Vec<JoinerAction> {
         let mut out = Vec::new();
         m.handle(e, now, &mut out);
@@ -546,9 +554,7 @@ mod tests {
     #[test]
     fn full_formation_then_loss() {
         let now = Instant::now();
-        let mut m = JoinerMembership::new("w1".into(), Duration::from_secs(20), RETRY, PATIENCE);
-        m.join(Duration::ZERO, &mut Vec::new());
-        ev(&mut m, JoinerEvent::Connected { link: LinkId(1) }, now);
+        let mut m = joining(now);
         ev(
             &mut m,
             JoinerEvent::Message {
@@ -626,9 +632,7 @@ mod tests {
     #[test]
     fn refusal_is_final_and_other_failures_retry() {
         let now = Instant::now();
-        let mut m = JoinerMembership::new("w1".into(), Duration::from_secs(20), RETRY, PATIENCE);
-        m.join(Duration::ZERO, &mut Vec::new());
-        ev(&mut m, JoinerEvent::Connected { link: LinkId(1) }, now);
+        let mut m = joining(now);
         let out = ev(
             &mut m,
             JoinerEvent::LinkClosed {
@@ -678,9 +682,7 @@ mod tests {
     #[test]
     fn leave_in_answer_to_join_dismisses_the_worker() {
         let now = Instant::now();
-        let mut m = JoinerMembership::new("w1".into(), Duration::from_secs(20), RETRY, PATIENCE);
-        m.join(Duration::ZERO, &mut Vec::new());
-        ev(&mut m, JoinerEvent::Connected { link: LinkId(1) }, now);
+        let mut m = joining(now);
         let out = ev(
             &mut m,
             JoinerEvent::Message {
