@@ -118,11 +118,12 @@ class Broker:
             self.stop()
             raise RuntimeError(f"{e}: {log}") from None
 
-    def restart(self, down_s: float) -> None:
-        """SIGKILLs the broker, waits `down_s` and starts it again with the
+    def restart(self, down_s: float, sig: int = signal.SIGKILL) -> None:
+        """Stops the broker with `sig` (SIGKILL by default; with SIGTERM it
+        must exit within 10 s), waits `down_s` and starts it again with the
         same command (only an S3-backed broker keeps its topics)."""
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=5)
+        os.kill(self.proc.pid, sig)
+        self.proc.wait(timeout=5 if sig == signal.SIGKILL else 10)
         time.sleep(down_s)
         self._start()
 
