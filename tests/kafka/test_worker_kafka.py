@@ -7,7 +7,9 @@
   with resilience, under a storm of SIGKILLs (random workers, the
   initializer too, at random moments, each restarted with its command):
   the committed output holds every (word, count) exactly once and the
-  final counts are true. 15 s of storm, 90 s with `pytest --long`.
+  final counts are true. 15 s of storm, 90 s with `pytest --long`. The
+  same storm with the broker stopped (SIGTERM) halfway and started again
+  with its command (its data in S3 storage, a moto server).
 - A record's Kafka key is its key in a keyed stage without `key_by`;
   decoder and encoder errors drop the record and are counted by place.
 - With resilience, a clean shutdown commits the output no checkpoint
@@ -216,6 +218,33 @@ def storm_seconds(request):
 
 
 def test_word_count_exactly_once_under_sigkill_storm(broker, tmp_path, clusters, storm_seconds):
+    sigkill_storm(broker, tmp_path, clusters, storm_seconds)
+
+
+def test_word_count_exactly_once_under_sigkill_storm_across_a_broker_restart(tmp_path, clusters, storm_seconds):
+    """The storm, and halfway through it the broker stopped (SIGTERM) and
+    started again with its command, its data in S3 (moto)."""
+    bin_path, moto = broker_bin(), moto_bin()
+    if bin_path is None or moto is None:
+        pytest.skip("no Kafka broker or moto binary: run scripts/kafka-broker.sh and "
+                    "scripts/moto-server.sh (or set QUOLL_KAFKA_BROKER and QUOLL_MOTO)")
+    with S3Store(moto) as store, Broker(bin_path, store=store) as broker:
+        def restart(c):
+            broker.restart(down_s=2.0, sig=signal.SIGTERM)
+            wait_until(lambda: "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), 10,
+                       "a worker saying the brokers are down")
+
+        sigkill_storm(broker, tmp_path, clusters, storm_seconds, halfway=restart)
+
+
+def sigkill_storm(broker, tmp_path, clusters, storm_seconds, halfway=None):
+    """Word count on 3 workers with resilience while input keeps coming:
+    at least 10 SIGKILLs of random workers (the initializer among them),
+    each restarted with its command, and `halfway(cluster)` called once
+    midway.
+    The committed output must hold every (word, count) exactly once.
+    Workers that exit with an error on their own are restarted too (a
+    `Supervisor`), and each such exit must be a Kafka sink's error."""
     seed = fault_seed()
     rng = random.Random(seed)
     broker.create_topic("lines", 3)
@@ -241,24 +270,31 @@ def test_word_count_exactly_once_under_sigkill_storm(broker, tmp_path, clusters,
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
+    supervisor = Supervisor(c, tmp_path)
     kills = []
     end = time.monotonic() + storm_seconds
     while time.monotonic() < end or len(kills) < 10:
         time.sleep(rng.uniform(0.3, 1.5))
+        if halfway and time.monotonic() > end - storm_seconds / 2:
+            halfway(c)
+            halfway = None
+            continue
         # Random workers, and the initializer at least once.
         i = 0 if len(kills) == 5 and "worker0" not in kills else rng.randrange(3)
-        w = c.workers[i]
-        w.signal(signal.SIGKILL)
-        w.wait(10)
-        kills.append(w.label)
-        time.sleep(rng.uniform(0.0, 0.3))
-        c.workers[i] = Proc(c.command(i), tmp_path, w.label, env=c.env).start()
+        with supervisor.lock:
+            w = c.workers[i]
+            w.signal(signal.SIGKILL)
+            w.wait(10)
+            kills.append(w.label)
+            time.sleep(rng.uniform(0.0, 0.3))
+            c.workers[i] = Proc(c.command(i), tmp_path, w.label, env=c.env).start()
     feeder.join(storm_seconds + 60)
     assert not feeder_error, feeder_error
     print(f"{len(kills)} SIGKILLs: {collections.Counter(kills)}")
     assert len(kills) >= 10 and "worker0" in kills
 
     problems = wait_for_word_counts(broker, truth_of(lines), c, 90)
+    supervisor.close()
     fenced = fenced_batches(broker.address, "counts")
     if problems:
         word = problems[0].split(":")[0]
@@ -273,7 +309,9 @@ def test_word_count_exactly_once_under_sigkill_storm(broker, tmp_path, clusters,
     logs = "".join(w.stderr() for w in c.workers)
     print(f"{sum(truth_of(lines).values())} counts committed once each; {written} records written in all; "
           f"{logs.count('left in doubt')} in-doubt recoveries; {len(fenced)} batch(es) that tansu "
-          "took from fenced producer epochs (dropped, as Kafka refuses them)")
+          "took from fenced producer epochs (dropped, as Kafka refuses them); workers restarted after "
+          f"an error: {supervisor.exits}")
+    supervisor.assert_kafka_sink_exits()
     c.shutdown(timeout=30)
 
 
@@ -321,20 +359,29 @@ class Supervisor:
         self.c = c
         self.tmp_path = tmp_path
         self.exits = []
+        # Held by whoever kills or restarts a worker (a kill storm too).
+        self.lock = threading.Lock()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.watch, daemon=True)
         self.thread.start()
 
     def watch(self):
         while not self.done.wait(0.2):
-            for i, w in enumerate(self.c.workers):
-                if w.popen.poll() not in (None, 0):
-                    self.exits.append((w.label, w.popen.returncode, w.stderr().strip().splitlines()[-1:]))
-                    self.c.workers[i] = Proc(self.c.command(i), self.tmp_path, w.label, env=self.c.env).start()
+            with self.lock:
+                for i, w in enumerate(self.c.workers):
+                    # An error exit, not a signal: the test's own kills
+                    # restart their workers themselves.
+                    if (w.popen.poll() or 0) > 0:
+                        self.exits.append((w.label, w.popen.returncode, w.stderr().strip().splitlines()[-1:]))
+                        self.c.workers[i] = Proc(self.c.command(i), self.tmp_path, w.label,
+                                                 env=self.c.env).start()
 
     def close(self):
         self.done.set()
         self.thread.join(5)
+
+    def assert_kafka_sink_exits(self):
+        assert all("Kafka sink" in "".join(last) for _, _, last in self.exits), self.exits
 
 
 def word_count_across(broker, tmp_path, clusters, workers, seed, disrupt, timeout, supervise=False):
@@ -361,7 +408,7 @@ def word_count_across(broker, tmp_path, clusters, workers, seed, disrupt, timeou
     if supervisor:
         supervisor.close()
         print(f"workers restarted after an error: {supervisor.exits}")
-        assert all("Kafka sink" in "".join(last) for _, _, last in supervisor.exits), supervisor.exits
+        supervisor.assert_kafka_sink_exits()
     if problems:
         # Were the missing counts ever stored (an aborted transaction),
         # or are they gone from the topic?
@@ -415,7 +462,7 @@ def test_word_count_exact_across_a_broker_restart(request, tmp_path, clusters, s
     with S3Store(moto) as store, Broker(bin_path, store=store) as broker:
         def restart(c):
             broker.restart(down_s=3.0, sig=sig)
-            logs = lambda: "".join(w.stderr() for w in c.workers)  # noqa: E731
-            wait_until(lambda: "the brokers are unreachable" in logs(), 10, "a worker saying the brokers are down")
+            wait_until(lambda: "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), 10,
+                       "a worker saying the brokers are down")
 
         word_count_across(broker, tmp_path, clusters, 3, 13, restart, timeout=120, supervise=True)
