@@ -35,6 +35,7 @@ consumers, see docs/kafka.md).
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import signal
 import threading
@@ -224,17 +225,29 @@ def test_word_count_exactly_once_under_sigkill_storm(broker, tmp_path, clusters,
 def test_word_count_exactly_once_under_sigkill_storm_across_a_broker_restart(tmp_path, clusters, storm_seconds):
     """The storm, and halfway through it the broker stopped (SIGTERM) and
     started again with its command, its data in S3 (moto)."""
+    with s3_broker() as broker:
+        sigkill_storm(broker, tmp_path, clusters, storm_seconds,
+                      halfway=lambda c: restart_broker(broker, c, 2.0, signal.SIGTERM))
+
+
+@contextlib.contextmanager
+def s3_broker():
+    """A broker whose data is in S3 storage (a moto server), so that it
+    keeps its topics, offsets and transactions across a restart."""
     bin_path, moto = broker_bin(), moto_bin()
     if bin_path is None or moto is None:
         pytest.skip("no Kafka broker or moto binary: run scripts/kafka-broker.sh and "
                     "scripts/moto-server.sh (or set QUOLL_KAFKA_BROKER and QUOLL_MOTO)")
     with S3Store(moto) as store, Broker(bin_path, store=store) as broker:
-        def restart(c):
-            broker.restart(down_s=2.0, sig=signal.SIGTERM)
-            wait_until(lambda: "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), 10,
-                       "a worker saying the brokers are down")
+        yield broker
 
-        sigkill_storm(broker, tmp_path, clusters, storm_seconds, halfway=restart)
+
+def restart_broker(broker, c, down_s, sig):
+    """Stops `broker` with `sig`, starts it again after `down_s`, and waits
+    until a worker of `c` says the brokers went away."""
+    broker.restart(down_s=down_s, sig=sig)
+    wait_until(lambda: "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), 10,
+               "a worker saying the brokers are down")
 
 
 def sigkill_storm(broker, tmp_path, clusters, storm_seconds, halfway=None):
@@ -455,14 +468,6 @@ def test_word_count_exact_across_a_broker_restart(request, tmp_path, clusters, s
     (docs/kafka.md)."""
     if sig == signal.SIGKILL and not request.config.getoption("--long"):
         pytest.skip("a reproducer of a suspected broker defect; runs with --long (docs/kafka.md)")
-    bin_path, moto = broker_bin(), moto_bin()
-    if bin_path is None or moto is None:
-        pytest.skip("no Kafka broker or moto binary: run scripts/kafka-broker.sh and "
-                    "scripts/moto-server.sh (or set QUOLL_KAFKA_BROKER and QUOLL_MOTO)")
-    with S3Store(moto) as store, Broker(bin_path, store=store) as broker:
-        def restart(c):
-            broker.restart(down_s=3.0, sig=sig)
-            wait_until(lambda: "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), 10,
-                       "a worker saying the brokers are down")
-
-        word_count_across(broker, tmp_path, clusters, 3, 13, restart, timeout=120, supervise=True)
+    with s3_broker() as broker:
+        word_count_across(broker, tmp_path, clusters, 3, 13, lambda c: restart_broker(broker, c, 3.0, sig),
+                          timeout=120, supervise=True)
