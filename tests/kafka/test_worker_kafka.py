@@ -256,8 +256,7 @@ def restart_broker(broker, c, down_s, sig):
     """Stops `broker` with `sig`, starts it again after `down_s`, and waits
     until a worker of `c` says the brokers went away."""
     broker.restart(down_s=down_s, sig=sig)
-    wait_until(lambda: "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), 10,
-               "a worker saying the brokers are down")
+    wait_until(lambda: UNREACHABLE in worker_logs(c), 10, "a worker saying the brokers are down")
 
 
 def sigkill_storm(broker, tmp_path, clusters, storm_seconds, halfway=None):
@@ -329,7 +328,7 @@ def sigkill_storm(broker, tmp_path, clusters, storm_seconds, halfway=None):
     # raw reader) and output that restarted workers committed from their
     # write-ahead files.
     written = len(read_uncommitted(broker.address, "counts"))
-    logs = "".join(w.stderr() for w in c.workers)
+    logs = worker_logs(c)
     print(f"{sum(truth_of(lines).values())} counts committed once each; {written} records written in all; "
           f"{logs.count('left in doubt')} in-doubt recoveries; {len(fenced)} batch(es) that tansu "
           "took from fenced producer epochs (dropped, as Kafka refuses them); workers restarted after "
@@ -369,7 +368,15 @@ def brokers_reported_unreachable(c):
     """Every worker is alive and the log says the brokers went away (once
     per client)."""
     assert all(w.alive() for w in c.workers), c.describe()
-    assert "the brokers are unreachable" in "".join(w.stderr() for w in c.workers), c.describe()
+    assert UNREACHABLE in worker_logs(c), c.describe()
+
+
+# What a worker logs once per client when its brokers go away.
+UNREACHABLE = "the brokers are unreachable"
+
+
+def worker_logs(c):
+    return "".join(w.stderr() for w in c.workers)
 
 
 class Supervisor:

@@ -350,14 +350,13 @@ impl InitializerMembership {
                 // A worker that left may join again only afresh: restarted
                 // with its files, it is a leaver that missed its leave (it
                 // was killed after the leave committed), so it is told again.
-                let left = self.left.contains(&c.name);
-                if left && has_files && self.refusal(&c, fingerprint).is_none() {
+                let acceptable = self.refusal(&c, fingerprint).is_none();
+                if acceptable && has_files && self.left.contains(&c.name) {
                     out.push(InitializerAction::Dismiss {
                         link: c.link,
                         name: c.name,
                     });
-                } else if grow && self.refusal(&c, fingerprint).is_none() && !self.is_known(&c.name)
-                {
+                } else if acceptable && grow && !self.is_known(&c.name) {
                     self.on_grow(c, now, out);
                 } else {
                     self.on_join(c, fingerprint, now, out);

@@ -287,6 +287,18 @@ impl Worker {
         ));
         let fingerprint = plan.topology.fingerprint();
         let app_name = plan.topology.app_name.clone();
+        // A worker that left its cluster binds, connects and opens nothing.
+        let files = match config.resilience {
+            true => Some(Files::open(
+                &config.resilience_dir,
+                app_name.clone(),
+                config.name.clone(),
+            )?),
+            false => None,
+        };
+        if let Some(marker) = files.as_ref().and_then(Files::left_marker) {
+            return Err(WorkerError::AlreadyLeft(marker));
+        }
         let codec = match codec {
             Some((s, d)) => Codec::user(s, d),
             None => Codec::default_codec(py).map_err(|e| WorkerError::Fatal(e.to_string()))?,
@@ -537,17 +549,6 @@ impl Worker {
         }
 
         let links = Self::bind_links(&rt, &config, &ctl_tx)?;
-        let files = match config.resilience {
-            true => Some(Files::open(
-                &config.resilience_dir,
-                app_name,
-                config.name.clone(),
-            )?),
-            false => None,
-        };
-        if let Some(marker) = files.as_ref().and_then(Files::left_marker) {
-            return Err(WorkerError::AlreadyLeft(marker));
-        }
         let recovered = match &files {
             Some(f) => f.recovered(config.cluster_initializer)?,
             None => Default::default(),
