@@ -70,6 +70,12 @@ pub enum KafkaError {
         path: PathBuf,
         problem: String,
     },
+    #[error("{who}: can't read the commit log (topic '{topic}'): {problem}")]
+    CommitLog {
+        who: String,
+        topic: String,
+        problem: String,
+    },
     #[error("{who}: {reason}")]
     Failed { who: String, reason: String },
     #[error("{who}: stopped")]

@@ -36,22 +36,23 @@
 //! 2. Pre-commit (barrier N): flush the producer (every record acked by
 //!    the broker), fsync the write-ahead file and seal it as `wal-N`.
 //! 3. Commit N (the checkpoint is durably committed cluster-wide): add the
-//!    marker "offset N on partition 0 of the topic" for the sink's own
-//!    consumer group (named by app, worker, sink and the run id kept with
-//!    the write-ahead files) to the transaction (`send_offsets_to_transaction`),
-//!    commit it, delete `wal-N`. The marker becomes visible exactly when
-//!    the transaction commits.
+//!    sink's commit record "N" (keyed by its transactional id, tagged with
+//!    the run id kept with the write-ahead files) to the transaction, on
+//!    the commit topic, commit the transaction, delete `wal-N`. The record
+//!    is committed exactly when the transaction is.
 //! 4. Abort N (the checkpoint was abandoned and the worker does *not* roll
 //!    back): N's records stay in the open transaction. The worker's state
 //!    and source positions already moved past them, so dropping them would
 //!    lose output; the next checkpoint that commits covers them.
 //! 5. Recovery to committed checkpoint N (start-up or rollback):
 //!    `init_transactions` fences older producers and aborts whatever they
-//!    had open. The marker group's committed offset M says which
-//!    transaction committed last. Write-ahead files of checkpoints in
-//!    `M+1..=N` belong to committed checkpoints whose transactions were
-//!    lost: their records are produced again in one new transaction with
-//!    marker N and committed, so each is committed exactly once. Files of
+//!    had open. The commit log (`commit_log`: the commit topic's record
+//!    batches read with their commit and abort markers, the read_committed
+//!    rule applied by quoll, not by the broker) says which transaction
+//!    committed last, M. Write-ahead files of checkpoints in `M+1..=N`
+//!    belong to committed checkpoints whose transactions were lost: their
+//!    records are produced again in one new transaction with commit record
+//!    N and committed, so each is committed exactly once. Files of
 //!    checkpoints after N (never committed) and up to M (already
 //!    committed) are deleted.
 //!
@@ -69,10 +70,12 @@
 //! # Modules
 //!
 //! - [`source`]: the source; [`sink`]: the sink;
-//! - `wal`: the write-ahead files; `config`: brokers, log levels, derived
+//! - `wal`: the write-ahead files; `commit_log`: reading which
+//!   transactions committed; `config`: brokers, log levels, derived
 //!   names; `context`: librdkafka's callbacks (logs, broker health,
 //!   deliveries); [`error`]: the errors.
 
+mod commit_log;
 mod config;
 mod context;
 pub mod error;

@@ -10,18 +10,18 @@
 //! - [`KafkaSinkHandle::pre_commit`] (at barrier N) flushes the producer,
 //!   fsyncs `wal-open` and renames it `wal-N`;
 //! - [`KafkaSinkHandle::commit`] (N committed cluster-wide) adds the
-//!   marker "offset N" of the sink's marker group to the transaction,
-//!   commits it, and deletes `wal-N` (and older);
+//!   commit record "run N" to the transaction (the commit log, see
+//!   `commit_log`), commits it, and deletes `wal-N` (and older);
 //! - [`KafkaSinkHandle::abort`] (N abandoned, no rollback) keeps N's
 //!   records in the open transaction: the next checkpoint that commits
 //!   covers them, since the worker's state and source positions moved past
 //!   them;
 //! - [`KafkaSinkHandle::recover`] (start, or rollback to committed N)
 //!   fences every older producer of this sink (their open transactions are
-//!   aborted), then sends again, in one transaction with marker N, the
-//!   write-ahead files of checkpoints after the marker up to N (after
-//!   giving a lagging marker [`IN_DOUBT_SETTLE`] to catch up), and deletes
-//!   the files of later checkpoints.
+//!   aborted), reads the commit log for the last checkpoint whose
+//!   transaction committed, M, then sends again, in one transaction with
+//!   commit record N, the write-ahead files of checkpoints in `M+1..=N`,
+//!   and deletes the files of later checkpoints.
 //!
 //! # Invariants
 //!
@@ -29,10 +29,11 @@
 //!   predecessor is pre-committed but not yet committed or abandoned are
 //!   held in memory (and are already in `wal-open`) and produced once the
 //!   outcome is known: a commit never takes records of a later checkpoint.
-//! - The marker group's committed offset is N exactly when the transaction
-//!   of checkpoint N committed (the offset is part of the transaction).
+//! - The sink's newest committed commit record (of this run) is N exactly
+//!   when the transaction of checkpoint N was the last to commit (the
+//!   record is part of the transaction).
 //! - A write-ahead file is deleted only once its records are committed
-//!   (marker at or past its id) or belong to no committed checkpoint.
+//!   (commit log at or past its id) or belong to no committed checkpoint.
 //! - After a fatal error (fenced, unreadable write-ahead file, a commit
 //!   that failed) every command but `recover` fails with it.
 
@@ -44,13 +45,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quoll_core::checkpoint::CheckpointId;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError as ClientError;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::commit_log::{self, Verdict, DEFAULT_COMMIT_TOPIC};
 use crate::config::{base_config, derived_name, Brokers, LogLevel, Who, CALL_TIMEOUT};
 use crate::context::{is_unreachable, Ctx, Health};
 use crate::error::KafkaError;
@@ -66,17 +68,13 @@ use crate::wal::{OpenWal, WalDir};
 /// worker CPU per word went up 10-15 % (docs/kafka.md, "Cost").
 pub const EXACTLY_ONCE_MIN_LINGER: Duration = Duration::from_millis(10);
 
-/// How long recovery keeps reading the marker when write-ahead files look
-/// in doubt (their checkpoint committed, the marker is older) before it
-/// sends their output again. Kafka answers a marker read only once the
-/// group's transactional offsets are settled (`require_stable`, KIP-447),
-/// so there the first read stands. tansu applies a committed
-/// transaction's offsets only once every transaction of other producers
-/// interleaved with it on a partition has ended: right after a crash, while
-/// the other workers' sinks are still aborting theirs, the marker can lag a
-/// transaction that did commit, and sending its output again would double
-/// it. The wait is paid only by a recovery that finds files in doubt.
-pub const IN_DOUBT_SETTLE: Duration = Duration::from_secs(2);
+/// How long recovery reads the commit log again while the sink's newest
+/// commit record belongs to a transaction that has not ended, before it
+/// counts it as aborted. Kafka ends a fenced producer's transaction before
+/// `init_transactions` returns, so there it never waits; a broker that
+/// leaves the fenced transaction without a marker (tansu) makes a recovery
+/// with files in doubt wait this long.
+pub const OPEN_SETTLE: Duration = Duration::from_secs(1);
 
 /// One output message: what a Wallaroo Kafka encoder returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +118,9 @@ pub struct KafkaSinkConfig {
     /// write-ahead files.
     pub transaction_timeout: Duration,
     pub log_level: LogLevel,
+    /// Where an exactly-once sink writes its commit records (partition 0;
+    /// created with one partition if missing).
+    pub commit_topic: String,
     /// Extra librdkafka settings, applied last.
     pub client_options: Vec<(String, String)>,
 }
@@ -145,6 +146,7 @@ impl KafkaSinkConfig {
             max_produce_buffer: Duration::ZERO,
             transaction_timeout: Duration::from_secs(300),
             log_level: LogLevel::Warn,
+            commit_topic: DEFAULT_COMMIT_TOPIC.to_string(),
             client_options: Vec::new(),
         }
     }
@@ -153,13 +155,6 @@ impl KafkaSinkConfig {
     /// restarted worker fences its predecessor.
     pub fn transactional_id(&self) -> String {
         derived_name(&[&self.app, &self.worker, &self.name])
-    }
-
-    /// The consumer group whose committed offset on partition 0 of the
-    /// topic is the last checkpoint of run `run` (the write-ahead
-    /// directory's run id) whose transaction committed.
-    pub fn marker_group(&self, run: &str) -> String {
-        derived_name(&[&self.app, &self.worker, &self.name, "commits", run])
     }
 }
 
@@ -175,8 +170,8 @@ pub struct WriteOutcome {
 /// What [`KafkaSinkHandle::recover`] found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
-    /// The marker before recovery: the last checkpoint whose transaction
-    /// had committed (exactly-once only).
+    /// The commit log before recovery: the last checkpoint whose
+    /// transaction had committed (exactly-once only).
     pub marker: Option<CheckpointId>,
     /// Write-ahead files sent again and committed under the rollback
     /// checkpoint.
@@ -227,6 +222,23 @@ impl KafkaSink {
             return Err(bad("the transaction timeout must be at least 1 s"));
         }
         if let Delivery::ExactlyOnce { resilience_dir } = &config.delivery {
+            if config.commit_topic.is_empty() || config.commit_topic == config.topic {
+                return Err(bad(
+                    "the commit topic must be named, and must not be the output topic",
+                ));
+            }
+            // The commit log is read over a plain connection (commit_log.rs).
+            if let Some((_, protocol)) = config
+                .client_options
+                .iter()
+                .find(|(k, _)| k == "security.protocol")
+                .filter(|(_, v)| !v.eq_ignore_ascii_case("plaintext"))
+            {
+                return Err(bad(&format!(
+                    "security.protocol {protocol}: an exactly-once sink reads its commit log \
+                     over a plaintext listener; give the sink one"
+                )));
+            }
             if !resilience_dir.is_dir() {
                 return Err(bad(&format!(
                     "the resilience directory {} does not exist",
@@ -341,10 +353,9 @@ enum Segment {
 
 struct Eos {
     wal: WalDir,
-    marker_group: String,
-    /// Reads the marker and gives the group metadata for
-    /// `send_offsets_to_transaction`; never joins the group.
-    marker: Option<BaseConsumer<Ctx>>,
+    /// The write-ahead directory's run id: commit records of other runs
+    /// are not this run's.
+    run: String,
     open: Option<OpenWal>,
     txn_open: bool,
     /// A rebuild failed: the transaction lacks records of `in_txn`.
@@ -380,9 +391,8 @@ impl Driver {
                     &cfg.topic,
                     who.to_string(),
                 ),
-                // Named by `recover`, which comes before any transaction.
-                marker_group: String::new(),
-                marker: None,
+                // Read by `recover`, which comes before any transaction.
+                run: String::new(),
                 open: None,
                 txn_open: false,
                 broken: false,
@@ -625,9 +635,9 @@ impl Driver {
         eos.unresolved.clear();
         eos.held.clear();
         eos.wal.remove(&eos.wal.open_path())?;
-        let run = eos.wal.run_id()?;
-        eos.marker_group = self.cfg.marker_group(&run);
-        eos.marker = None;
+        eos.run = eos.wal.run_id()?;
+        self.ensure_commit_topic()?;
+        let eos = self.eos.as_mut().expect("exactly-once");
         let mut report = Recovered::default();
         let sealed = eos.wal.sealed()?;
         let (keep, later): (Vec<_>, Vec<_>) = sealed
@@ -637,19 +647,16 @@ impl Driver {
             eos.wal.remove(&eos.wal.sealed_path(id))?;
             report.discarded_checkpoints.push(id);
         }
-        if keep.is_empty() {
-            return Ok(report);
-        }
-        let Some(n) = committed else {
+        let (Some(n), Some(&oldest)) = (committed, keep.iter().min()) else {
             return Ok(report);
         };
-        let newest = keep.iter().copied().max().unwrap_or(n);
-        let mut marker = self.read_marker()?;
-        let settle_by = Instant::now() + IN_DOUBT_SETTLE;
-        while marker.is_none_or(|m| m < newest) && Instant::now() < settle_by {
+        let mut log = self.read_commit_log()?;
+        let settle_by = Instant::now() + OPEN_SETTLE;
+        while log.open.is_some_and(|id| id >= oldest) && Instant::now() < settle_by {
             thread::sleep(Duration::from_millis(100));
-            marker = self.read_marker()?;
+            log = self.read_commit_log()?;
         }
+        let marker = log.committed;
         report.marker = marker;
         let eos = self.eos.as_mut().expect("exactly-once");
         let (done, in_doubt): (Vec<_>, Vec<_>) = keep
@@ -679,49 +686,115 @@ impl Driver {
         Ok(report)
     }
 
-    fn marker_consumer(&mut self) -> Result<&BaseConsumer<Ctx>, KafkaError> {
-        let eos = self.eos.as_mut().expect("exactly-once");
-        if eos.marker.is_none() {
-            let mut c = base_config(
-                &self.cfg.brokers,
-                &derived_name(&[&self.cfg.worker, &self.cfg.name, "marker"]),
-                self.cfg.log_level,
-                &self.cfg.client_options,
-            );
-            c.set("group.id", &eos.marker_group)
-                .set("enable.auto.commit", "false");
-            let consumer: BaseConsumer<Ctx> = c
-                .create_with_context(Ctx(self.health.clone()))
-                .map_err(|e| KafkaError::Client {
-                    who: self.who.to_string(),
-                    action: "create the marker group's client".to_string(),
-                    source: Box::new(e),
-                })?;
-            eos.marker = Some(consumer);
+    /// Makes sure the commit topic exists, creating it with one partition
+    /// (the broker's default replication) if it does not.
+    fn ensure_commit_topic(&self) -> Result<(), KafkaError> {
+        if self.commit_partition_leader()?.is_some() {
+            return Ok(());
         }
-        Ok(eos.marker.as_ref().expect("just made"))
+        let topic = &self.cfg.commit_topic;
+        let admin: AdminClient<DefaultClientContext> = base_config(
+            &self.cfg.brokers,
+            &derived_name(&[&self.cfg.worker, &self.cfg.name, "admin"]),
+            self.cfg.log_level,
+            &self.cfg.client_options,
+        )
+        .create()
+        .map_err(|e| self.client_err("create an admin client", e))?;
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1));
+        let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
+        let created = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| {
+                self.failure(format!(
+                    "can't start a runtime to create the commit topic: {e}"
+                ))
+            })?
+            .block_on(admin.create_topics([&new], &options))
+            .map_err(|e| self.client_err(&format!("create the commit topic '{topic}'"), e))?;
+        for result in created {
+            match result {
+                Ok(_) => tracing::info!("{}: created the commit topic '{topic}'", self.who),
+                // Another worker's sink made it first.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(self.failure(format!(
+                        "can't create the commit topic '{topic}' ({code}); create it with one \
+                         partition, or name another in the sink's config"
+                    )))
+                }
+            }
+        }
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        while self.commit_partition_leader()?.is_none() {
+            if Instant::now() > deadline {
+                return Err(self.failure(format!(
+                    "the commit topic '{topic}' was created but has no leader yet"
+                )));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
-    /// The last checkpoint whose transaction committed, from the marker
-    /// group's offset.
-    fn read_marker(&mut self) -> Result<Option<CheckpointId>, KafkaError> {
-        let topic = self.cfg.topic.clone();
-        let limit = self.cfg.transaction_timeout;
-        self.marker_consumer()?;
-        let consumer = self
-            .eos
-            .as_ref()
-            .and_then(|e| e.marker.as_ref())
-            .expect("made");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&topic, 0);
-        let got = self.retrying("read the sink's commit marker", limit, || {
-            consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT)
-        })?;
-        Ok(match got.find_partition(&topic, 0).map(|e| e.offset()) {
-            Some(Offset::Offset(n)) if n >= 0 => Some(n as CheckpointId),
-            _ => None,
-        })
+    /// `host:port` of the commit topic's partition 0's leader; None if the
+    /// topic does not exist.
+    fn commit_partition_leader(&self) -> Result<Option<String>, KafkaError> {
+        let topic = self.cfg.commit_topic.clone();
+        let producer = self.producer();
+        let md = self.retrying(
+            "fetch the commit topic's metadata",
+            self.cfg.transaction_timeout,
+            || producer.client().fetch_metadata(Some(&topic), CALL_TIMEOUT),
+        )?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(None);
+        };
+        let Some(p) = t.partitions().iter().find(|p| p.id() == 0) else {
+            return Ok(None);
+        };
+        if t.error().is_some() || p.leader() < 0 {
+            return Ok(None);
+        }
+        Ok(md
+            .brokers()
+            .iter()
+            .find(|b| b.id() == p.leader())
+            .map(|b| format!("{}:{}", b.host(), b.port())))
+    }
+
+    /// What the commit log says of this sink's run, retried while the
+    /// brokers can't be reached.
+    fn read_commit_log(&self) -> Result<Verdict, KafkaError> {
+        let eos = self.eos.as_ref().expect("exactly-once");
+        let topic = &self.cfg.commit_topic;
+        let key = self.cfg.transactional_id();
+        let start = Instant::now();
+        loop {
+            let attempt = self.commit_partition_leader().and_then(|leader| {
+                let leader = leader
+                    .ok_or_else(|| self.failure(format!("the commit topic '{topic}' has gone")))?;
+                commit_log::scan(&leader, topic, key.as_bytes(), &eos.run, CALL_TIMEOUT).map_err(
+                    |problem| KafkaError::CommitLog {
+                        who: self.who.to_string(),
+                        topic: topic.clone(),
+                        problem,
+                    },
+                )
+            });
+            match attempt {
+                Ok(v) => {
+                    self.health.up();
+                    return Ok(v);
+                }
+                Err(e) if start.elapsed() < self.cfg.transaction_timeout => {
+                    self.health.down(&e.to_string());
+                    thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     // ------------------------------------------------------------ writes
@@ -796,6 +869,12 @@ impl Driver {
         if let Some(p) = r.partition {
             record = record.partition(p);
         }
+        self.send(record)
+            .map_err(|e| self.client_err("produce a record", e))
+    }
+
+    /// Hands `record` to librdkafka, waiting while its queue is full.
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), ClientError> {
         loop {
             match self.producer().send(record) {
                 Ok(()) => return Ok(()),
@@ -804,7 +883,7 @@ impl Driver {
                     record = back;
                     thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => return Err(self.client_err("produce a record", e)),
+                Err((e, _)) => return Err(e),
             }
         }
     }
@@ -1061,7 +1140,7 @@ impl Driver {
         Ok(())
     }
 
-    /// Flushes, adds marker `id` and commits, rebuilding the transaction on
+    /// Flushes, adds the commit record of `id` and commits, rebuilding the transaction on
     /// abortable errors and retrying while the brokers are unreachable.
     fn commit_transaction(&mut self, id: CheckpointId) -> Result<(), KafkaError> {
         let deadline = Instant::now() + self.cfg.transaction_timeout;
@@ -1078,7 +1157,7 @@ impl Driver {
                 self.rebuild_transaction()?;
                 continue;
             }
-            let result = self.send_marker_and_commit(id, deadline);
+            let result = self.send_commit_record_and_commit(id, deadline);
             match result {
                 Ok(()) => {
                     self.eos.as_mut().expect("exactly-once").txn_open = false;
@@ -1100,41 +1179,34 @@ impl Driver {
         }
     }
 
-    fn send_marker_and_commit(
+    /// Produces the commit record of checkpoint `id` and commits.
+    fn send_commit_record_and_commit(
         &mut self,
         id: CheckpointId,
         deadline: Instant,
     ) -> Result<(), ClientError> {
-        let topic = self.cfg.topic.clone();
-        let Ok(consumer) = self.marker_consumer() else {
-            return Err(ClientError::ClientCreation(
-                "the marker group's client".to_string(),
-            ));
-        };
-        let Some(group) = consumer.group_metadata() else {
-            return Err(ClientError::ClientCreation(
-                "the marker group's metadata".to_string(),
-            ));
-        };
-        let mut offsets = TopicPartitionList::new();
-        offsets.add_partition_offset(&topic, 0, Offset::Offset(id as i64))?;
+        let eos = self.eos.as_ref().expect("exactly-once");
+        let key = self.cfg.transactional_id();
+        let value = commit_log::commit_value(&eos.run, id);
+        let record = BaseRecord::<'_, [u8], [u8], ()>::to(&self.cfg.commit_topic)
+            .partition(0)
+            .key(key.as_bytes())
+            .payload(&value[..]);
+        self.send(record)?;
         let producer = self.producer();
-        let health = &self.health;
-        let again = |f: &dyn Fn() -> Result<(), ClientError>| loop {
-            match f() {
+        loop {
+            match producer.commit_transaction(CALL_TIMEOUT) {
                 Ok(()) => {
-                    health.up();
+                    self.health.up();
                     return Ok(());
                 }
                 Err(e) if retriable(&e) && !txn_requires_abort(&e) && Instant::now() < deadline => {
-                    health.down(&e.to_string());
+                    self.health.down(&e.to_string());
                     thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e),
             }
-        };
-        again(&|| producer.send_offsets_to_transaction(&offsets, &group, CALL_TIMEOUT))?;
-        again(&|| producer.commit_transaction(CALL_TIMEOUT))
+        }
     }
 }
 

@@ -15,10 +15,11 @@
 //! | `<stem>.wal-<N:020>` | records sealed at checkpoint `N`'s barrier (pre-commit) |
 //! | `<stem>.run` | this run's id: 16 hex digits, made when the directory has none |
 //!
-//! The run id names the sink's marker group. Checkpoint ids start again at
-//! 1 when a resilience directory is emptied for a fresh run; a marker left
-//! in Kafka by an earlier run with the same app, worker and sink names must
-//! not make the new run's write-ahead files look committed.
+//! The run id tags the sink's commit records (`commit_log`). Checkpoint
+//! ids start again at 1 when a resilience directory is emptied for a fresh
+//! run; a commit record left in Kafka by an earlier run with the same app,
+//! worker and sink names must not make the new run's write-ahead files look
+//! committed.
 //!
 //! # Records
 //!
