@@ -60,7 +60,7 @@ use kafka_protocol::messages::{
     ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
-use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::records::{Record, RecordBatchDecoder};
 use quoll_core::checkpoint::CheckpointId;
 
 /// The topic commit records go to, unless the sink's config names another.
@@ -78,6 +78,10 @@ const LATEST: i64 = -1;
 
 /// The most bytes one fetch asks for.
 const FETCH_MAX_BYTES: i32 = 8 << 20;
+
+/// How many offsets from a wanted one are asked before a missing batch is
+/// an error (see `Connection::batches_from`).
+const GAP_PROBES: i64 = 16;
 
 /// How far back the first scan starts, in offsets. A sink writes two
 /// (a commit record and its marker) per checkpoint, and recovery comes
@@ -224,56 +228,84 @@ impl Connection {
         let mut entries = Vec::new();
         let mut next = start;
         while next < end {
-            let (records, high) = self.fetch(topic, next)?;
-            let before = next;
-            let mut buf = records;
-            while buf.remaining() >= 12 {
-                // A batch: base offset (8), length (4), then `length` bytes;
-                // the answer may end with a batch cut short.
-                let length = i32::from_be_bytes(buf[8..12].try_into().expect("4 bytes"));
-                let whole = 12 + usize::try_from(length).map_err(|_| self.bad("a batch length"))?;
-                if buf.remaining() < whole {
-                    break;
-                }
-                let mut one = buf.split_to(whole);
-                let set = RecordBatchDecoder::decode(&mut one)
-                    .map_err(|e| self.bad(&format!("a record batch ({e})")))?;
-                for r in set.records {
-                    next = next.max(r.offset + 1);
-                    if r.offset < start {
-                        continue;
-                    }
-                    let marker = if r.control {
-                        match r.key.as_deref() {
-                            Some([_, _, 0, 0, ..]) => Some(Marker::Abort),
-                            Some([_, _, 0, 1, ..]) => Some(Marker::Commit),
-                            // A control record of another kind settles nothing.
-                            _ => continue,
-                        }
-                    } else {
-                        None
-                    };
-                    entries.push(Entry {
-                        producer_id: r.producer_id,
-                        producer_epoch: r.producer_epoch,
-                        marker,
-                        key: r.key,
-                        value: r.value,
-                    });
-                }
+            let batches = self.batches_from(topic, next)?;
+            if batches.is_empty() {
+                break;
             }
-            if next == before {
-                // Nothing whole came back: the end moved, or a batch is
-                // larger than one answer may be.
-                if high <= next {
-                    break;
+            for r in batches.into_iter().flatten() {
+                if r.offset < next {
+                    continue;
                 }
-                return Err(format!(
-                    "the commit topic's record batch at offset {next} is larger than {FETCH_MAX_BYTES} bytes"
-                ));
+                next = r.offset + 1;
+                let marker = if r.control {
+                    match r.key.as_deref() {
+                        Some([_, _, 0, 0, ..]) => Some(Marker::Abort),
+                        Some([_, _, 0, 1, ..]) => Some(Marker::Commit),
+                        // A control record of another kind settles nothing.
+                        _ => continue,
+                    }
+                } else {
+                    None
+                };
+                entries.push(Entry {
+                    producer_id: r.producer_id,
+                    producer_epoch: r.producer_epoch,
+                    marker,
+                    key: r.key,
+                    value: r.value,
+                });
             }
         }
         Ok(entries)
+    }
+
+    /// The record batches of partition 0 of `topic` from the one holding
+    /// offset `want` on (none at the high watermark). Kafka answers a
+    /// fetch at any offset of a batch with that batch. tansu with S3
+    /// storage sometimes answers one at a batch's first offsets with
+    /// nothing, or skips it, and answers a fetch a few offsets further on
+    /// with it; so the next offsets are asked too, and a batch that none
+    /// of them returns is an error, never a silent gap in the log.
+    fn batches_from(&mut self, topic: &str, want: i64) -> Result<Vec<Vec<Record>>, String> {
+        for probe in want..want + GAP_PROBES {
+            let (raw, high) = self.fetch(topic, probe)?;
+            if want >= high {
+                return Ok(Vec::new());
+            }
+            let mut batches = self.whole_batches(raw)?;
+            let holding = batches.iter().position(|b| {
+                b.first().is_some_and(|r| r.offset <= want)
+                    && b.last().is_some_and(|r| r.offset >= want)
+            });
+            if let Some(i) = holding {
+                return Ok(batches.split_off(i));
+            }
+        }
+        Err(format!(
+            "no fetch at offsets {want} to {} returned the record batch that holds offset {want}",
+            want + GAP_PROBES - 1
+        ))
+    }
+
+    /// The whole record batches in a fetch answer (it may end with one cut
+    /// short), each as its records.
+    fn whole_batches(&self, mut buf: Bytes) -> Result<Vec<Vec<Record>>, String> {
+        let mut batches = Vec::new();
+        while buf.remaining() >= 12 {
+            // Base offset (8), length (4), then `length` bytes.
+            let length = i32::from_be_bytes(buf[8..12].try_into().expect("4 bytes"));
+            let whole = 12 + usize::try_from(length).map_err(|_| self.bad("a batch length"))?;
+            if buf.remaining() < whole {
+                break;
+            }
+            let mut one = buf.split_to(whole);
+            let set = RecordBatchDecoder::decode(&mut one)
+                .map_err(|e| self.bad(&format!("a record batch ({e})")))?;
+            if !set.records.is_empty() {
+                batches.push(set.records);
+            }
+        }
+        Ok(batches)
     }
 
     /// One `Fetch` of partition 0 of `topic` from `offset`: its records'
@@ -282,8 +314,9 @@ impl Connection {
         let request = FetchRequest::default()
             .with_replica_id((-1).into())
             // tansu answers min_bytes 0 with no partitions at all; reads
-            // stay below the high watermark, so there is data to wait for.
-            .with_max_wait_ms(100)
+            // stay below the high watermark, so there is data to wait for
+            // (and a short wait when a broker answers with nothing).
+            .with_max_wait_ms(10)
             .with_min_bytes(1)
             .with_max_bytes(FETCH_MAX_BYTES)
             .with_isolation_level(0)
