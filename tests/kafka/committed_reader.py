@@ -206,7 +206,7 @@ class Connection:
               max_bytes: int = 4 << 20) -> tuple[int, bytes]:
         """Records from `offset`, uncommitted (Fetch v4): (high watermark,
         raw record batches)."""
-        body = struct.pack(">iiiib", -1, 10, 1, max_bytes, 0)
+        body = struct.pack(">iiiib", -1, 500, 1, max_bytes, 0)
         body += struct.pack(">i", 1) + _string(topic)
         body += struct.pack(">iiqi", 1, partition, offset, max_bytes)
         r = self.request(API_FETCH, FETCH_VERSION, body)
@@ -278,9 +278,9 @@ def parse_batches(partition: int, raw: bytes) -> list[Batch]:
     return out
 
 
-# How many offsets from a wanted one are asked before a missing batch is
-# an error (see _batches_from).
-GAP_PROBES = 16
+# How many times a fetch that returns nothing below the high watermark is
+# asked again (see _batches_from).
+EMPTY_RETRIES = 20
 
 
 def read_all(host: str, port: int, topic: str, partition: int) -> list[Batch]:
@@ -301,24 +301,26 @@ def read_all(host: str, port: int, topic: str, partition: int) -> list[Batch]:
 def _batches_from(conn: Connection, topic: str, partition: int,
                   want: int) -> tuple[list[Batch], int]:
     """The batches from the one holding offset `want` on, and the high
-    watermark (no batches at the high watermark). Kafka answers a fetch at
-    any offset of a batch with that batch. tansu with S3 storage sometimes
-    answers one at a batch's first offsets with nothing, or skips the batch,
-    and answers a fetch a few offsets further on with it; so the next
-    offsets are asked too, and a batch that none of them returns is an
-    error, never a silent gap in what the tests read."""
-    for probe in range(want, want + GAP_PROBES):
-        high, raw = conn.fetch(topic, partition, probe)
+    watermark (no batches at the high watermark). tansu with S3 storage
+    answers a fetch with nothing when reading its store takes longer than
+    the fetch's wait, so an empty answer below the high watermark is asked
+    again; an answer that starts after `want` (a gap) is an error, never a
+    silent hole in what the tests read."""
+    for _ in range(EMPTY_RETRIES):
+        high, raw = conn.fetch(topic, partition, want)
         if want >= high:
             return [], high
         got = parse_batches(partition, raw)
         if raw and not got:
-            raise ProtocolError(f"{topic}/{partition}: a batch at {probe} is larger than a fetch")
-        for i, b in enumerate(got):
-            if b.base_offset <= want <= b.last_offset:
-                return got[i:], high
-    raise ProtocolError(f"{topic}/{partition}: no fetch at offsets {want} to {want + GAP_PROBES - 1} "
-                        f"returned the batch that holds offset {want}")
+            raise ProtocolError(f"{topic}/{partition}: a batch at {want} is larger than a fetch")
+        if got:
+            for i, b in enumerate(got):
+                if b.base_offset <= want <= b.last_offset:
+                    return got[i:], high
+            raise ProtocolError(f"{topic}/{partition}: a fetch at {want} answered batches "
+                                f"{got[0].base_offset}-{got[-1].last_offset}, not the one holding {want}")
+    raise ProtocolError(f"{topic}/{partition}: {EMPTY_RETRIES} fetches at {want} answered nothing "
+                        f"(high watermark {high})")
 
 
 def _settle(batches: list[Batch]) -> tuple[dict[int, int], Optional[int], list[int]]:

@@ -223,18 +223,10 @@ def test_word_count_exactly_once_under_sigkill_storm(broker, tmp_path, clusters,
     sigkill_storm(broker, tmp_path, clusters, storm_seconds)
 
 
-def test_word_count_exactly_once_under_sigkill_storm_across_a_broker_restart(request, tmp_path, clusters,
+def test_word_count_exactly_once_under_sigkill_storm_across_a_broker_restart(tmp_path, clusters,
                                                                            storm_seconds):
     """The storm, and halfway through it the broker stopped (SIGTERM) and
-    started again with its command, its data in S3 (moto).
-
-    Only with `pytest --long`: on tansu a worker killed while its Kafka
-    commit is in flight can double a checkpoint's output (the marker that
-    would tell that the commit went through can stay stale for many
-    checkpoints, docs/kafka.md), and a second storm in CI would double the
-    chance of that known hole failing the run."""
-    if not request.config.getoption("--long"):
-        pytest.skip("a second storm, with the known in-doubt hole on tansu; runs with --long (docs/kafka.md)")
+    started again with its command, its data in S3 (moto)."""
     with s3_broker() as broker:
         sigkill_storm(broker, tmp_path, clusters, storm_seconds,
                       halfway=lambda c: restart_broker(broker, c, 2.0, signal.SIGTERM))

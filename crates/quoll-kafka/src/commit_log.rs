@@ -79,9 +79,9 @@ const LATEST: i64 = -1;
 /// The most bytes one fetch asks for.
 const FETCH_MAX_BYTES: i32 = 8 << 20;
 
-/// How many offsets from a wanted one are asked before a missing batch is
-/// an error (see `Connection::batches_from`).
-const GAP_PROBES: i64 = 16;
+/// How many times a fetch that answers nothing below the high watermark is
+/// asked again (see `Connection::batches_from`).
+const EMPTY_RETRIES: usize = 20;
 
 /// How far back the first scan starts, in offsets. A sink writes two
 /// (a commit record and its marker) per checkpoint, and recovery comes
@@ -260,30 +260,36 @@ impl Connection {
     }
 
     /// The record batches of partition 0 of `topic` from the one holding
-    /// offset `want` on (none at the high watermark). Kafka answers a
-    /// fetch at any offset of a batch with that batch. tansu with S3
-    /// storage sometimes answers one at a batch's first offsets with
-    /// nothing, or skips it, and answers a fetch a few offsets further on
-    /// with it; so the next offsets are asked too, and a batch that none
-    /// of them returns is an error, never a silent gap in the log.
+    /// offset `want` on (none at the high watermark). tansu with S3
+    /// storage answers a fetch with nothing when reading its store takes
+    /// longer than the fetch's wait, so an empty answer below the high
+    /// watermark is asked again; an answer that starts after `want` (a
+    /// gap) is an error, never a silent hole in the log.
     fn batches_from(&mut self, topic: &str, want: i64) -> Result<Vec<Vec<Record>>, String> {
-        for probe in want..want + GAP_PROBES {
-            let (raw, high) = self.fetch(topic, probe)?;
+        let mut high = want;
+        for _ in 0..EMPTY_RETRIES {
+            let (raw, h) = self.fetch(topic, want)?;
+            high = h;
             if want >= high {
                 return Ok(Vec::new());
             }
             let mut batches = self.whole_batches(raw)?;
+            if batches.is_empty() {
+                continue;
+            }
             let holding = batches.iter().position(|b| {
                 b.first().is_some_and(|r| r.offset <= want)
                     && b.last().is_some_and(|r| r.offset >= want)
             });
-            if let Some(i) = holding {
-                return Ok(batches.split_off(i));
-            }
+            return match holding {
+                Some(i) => Ok(batches.split_off(i)),
+                None => Err(format!(
+                    "a fetch at offset {want} answered batches that do not hold it (a gap)"
+                )),
+            };
         }
         Err(format!(
-            "no fetch at offsets {want} to {} returned the record batch that holds offset {want}",
-            want + GAP_PROBES - 1
+            "{EMPTY_RETRIES} fetches at offset {want} answered nothing (high watermark {high})"
         ))
     }
 
@@ -314,9 +320,8 @@ impl Connection {
         let request = FetchRequest::default()
             .with_replica_id((-1).into())
             // tansu answers min_bytes 0 with no partitions at all; reads
-            // stay below the high watermark, so there is data to wait for
-            // (and a short wait when a broker answers with nothing).
-            .with_max_wait_ms(10)
+            // stay below the high watermark, so there is data to wait for.
+            .with_max_wait_ms(500)
             .with_min_bytes(1)
             .with_max_bytes(FETCH_MAX_BYTES)
             .with_isolation_level(0)
