@@ -7,10 +7,9 @@
   with resilience, under a storm of SIGKILLs (random workers, the
   initializer too, at random moments, each restarted with its command):
   the committed output holds every (word, count) exactly once and the
-  final counts are true. 15 s of storm, 90 s with `pytest --long`. With
-  `--long` also the same storm with the broker stopped (SIGTERM) halfway
-  and started again with its command (its data in S3 storage, a moto
-  server).
+  final counts are true. 15 s of storm, 90 s with `pytest --long`. The
+  same storm with the broker stopped (SIGTERM) halfway and started again
+  with its command (its data in S3 storage, a moto server).
 - A record's Kafka key is its key in a keyed stage without `key_by`;
   decoder and encoder errors drop the record and are counted by place.
 - With resilience, a clean shutdown commits the output no checkpoint
