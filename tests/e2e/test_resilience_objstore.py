@@ -18,11 +18,18 @@ each SeaweedFS bucket takes volumes of its own). What is checked:
   killed afterwards recovers from it with exact output;
 - workers restarted on empty disks while the store is down wait for it,
   saying why, and recover exactly once it is back;
-- a corrupt part object is named when a restarted worker refuses it.
+- a corrupt part object is named when a restarted worker refuses it;
+- a cluster on the store grows and shrinks (test_grow's word count): the
+  initializer's membership record and a leaver's left marker are in the
+  store, so an initializer restarted on an empty disk after a join waits
+  for the joined worker, and a leaver restarted on an empty disk stops,
+  done.
 """
 
 import re
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,6 +37,7 @@ import pytest
 
 from harness import READY_LINE, Proc, wait_until
 from seaweed import SeaweedFS, weed_bin
+from test_grow import Growing, shrink
 from test_resilience_files import SLOW_INTERVAL_NS, STEM, Run, out_lines
 
 BUCKET = "quoll-test"
@@ -208,3 +216,69 @@ def test_a_corrupt_object_is_named(store, make_cluster, tmp_path):
     assert f"object s3://{run.bucket}/{key}" in w.stderr(), run.describe()
     assert "fails its checksum" in w.stderr() or "corrupt" in w.stderr(), run.describe()
     run.kill_all()
+
+
+class StoreGrowing(Growing):
+    """test_grow's growing word count with its checkpoints in the store."""
+
+    def __init__(self, store, tmp_path, names, **kwargs):
+        super().__init__(tmp_path, names, **kwargs)
+        self.store = store
+        self.prefix = f"run{next(_prefixes)}"
+        self.flags[self.flags.index("--resilience-dir") + 1] = f"s3://{BUCKET}/{self.prefix}"
+        self.env = store.env(self.env)
+        # The initializer's working copy, where `placed_owner` reads the
+        # membership record.
+        self.res = self.cache("initializer")
+
+    def cache(self, name):
+        return self.workdir / ".quoll-cache" / BUCKET / self.prefix / name
+
+    def objects(self):
+        return [k[len(self.prefix) + 1:] for k in self.store.objects(BUCKET) if k.startswith(self.prefix + "/")]
+
+    def lose_disk_and_restart(self, i):
+        """SIGKILLs worker i, deletes its working copy, starts it again."""
+        self.procs[i].signal(signal.SIGKILL)
+        self.procs[i].wait(10)
+        shutil.rmtree(self.cache(self.names[i]), ignore_errors=True)
+        return self.launch(i)
+
+    def describe(self):
+        return super().describe() + f"\nobjects: {self.objects()}"
+
+
+def test_a_cluster_on_the_store_grows_and_shrinks_across_lost_disks(store, tmp_path):
+    c = StoreGrowing(store, tmp_path, ["initializer", "worker1"], lines=6000, line_delay=0.0005,
+                     fed=["initializer"])
+    try:
+        c.start_alone()
+        c.launch(1)
+        c.wait_members(2)
+        assert f"{STEM}-initializer.cluster" in c.objects(), c.describe()
+        # The initializer's disk is lost after the join: its command line
+        # says one worker, the membership record in the store says two.
+        c.lose_disk_and_restart(0)
+        c.wait_members(2)
+        c.wait_exact()
+        c.assert_state_placed(2)
+        done = shrink(c, "--names", "worker1")
+        assert done.returncode == 0, done
+        try:
+            assert c.procs[1].wait(60) == 0, c.describe()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker1 did not leave\n{c.describe()}")
+        c.settle(1)
+        objects = c.objects()
+        assert f"{STEM}-worker1.left" in objects, objects
+        assert not any(o.startswith(f"{STEM}-worker1.ckpt-") for o in objects), objects
+        # Restarted on an empty disk, the leaver finds its marker in the
+        # store and stops, done; the cluster stays as it is.
+        again = c.lose_disk_and_restart(1)
+        assert again.wait(30) == 0, c.describe()
+        out = again.stdout()
+        assert "left its cluster (a shrink), so it does not run again" in out \
+            and f"s3://{BUCKET}/{c.prefix}/{STEM}-worker1.left" in out, c.describe()
+        assert c.status() == {"worker_count": 1, "worker_names": ["initializer"], "processing_messages": True}
+    finally:
+        c.stop()

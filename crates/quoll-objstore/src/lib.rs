@@ -24,6 +24,14 @@
 //!   commit log from the newest markers. Recovery on a machine with an
 //!   empty disk therefore loads from the store alone. While the store
 //!   can't be reached it waits, saying why, and retries.
+//! - What records a membership change is mirrored too, so growing,
+//!   shrinking and rebalancing survive the loss of a disk: the
+//!   initializer's membership file (`<app>-initializer.cluster`, uploaded
+//!   by [`Mirror::upload_membership`] before any worker hears of the
+//!   change, downloaded by `hydrate`) and a leaver's left marker
+//!   (`<app>-<worker>.left`, uploaded by [`Mirror::upload_left_marker`]
+//!   before its part objects are deleted, looked up by
+//!   [`Mirror::left_marker`]). Both are named like their local files.
 //! - After a commit, a compacted file is uploaded again, then objects the
 //!   working copy no longer has (superseded deltas, older fulls, older
 //!   markers) are deleted. A local file whose upload failed is remembered
@@ -350,6 +358,23 @@ impl Mirror {
             .map_err(|e| self.store_err(name, "download", e))
     }
 
+    /// Is there an object `name`?
+    fn exists(&self, name: &str) -> Result<bool, Error> {
+        match self.block_on(self.store.head(&self.path(name))) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.store_err(name, "look up", e)),
+        }
+    }
+
+    /// The name of this worker's local file `path` (a membership file or a
+    /// left marker), which is also its object's name.
+    fn name_of(path: &Path) -> String {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     // ------------------------------------------------------------ start-up
 
     /// Makes the working copy `dir` what the store holds; waits (and says
@@ -408,6 +433,16 @@ impl Mirror {
             write_file(dir, &dir.join(name), &bytes)?;
         }
         if initializer {
+            let path = checkpoint_store::membership_path(dir, &self.app, &self.worker);
+            let name = Self::name_of(&path);
+            if self.exists(&name)? {
+                write_file(dir, &path, &self.get(&name)?)?;
+            } else {
+                remove_if_there(
+                    &path,
+                    "remove (a membership file the object store does not have)",
+                )?;
+            }
             CommitLog::remove(dir, &self.app)?;
             if commit.is_some() || generation > 0 {
                 let mut log = CommitLog::open_or_create(dir, &self.app)?;
@@ -532,13 +567,19 @@ impl Mirror {
         Ok(())
     }
 
-    /// Clean shutdown: deletes this worker's objects (and the markers on
-    /// the initializer).
+    /// Clean shutdown, or this worker left its cluster: deletes its part
+    /// objects (and, on the initializer, the markers and the membership
+    /// file). A left marker stays.
     pub fn remove_all(&self, initializer: bool) -> Result<(), Error> {
         let mut starts = vec![format!("{}{CKPT_INFIX}", self.stem())];
         if initializer {
             starts.push(format!("{}{COMMIT_INFIX}", sanitize(&self.app)));
             starts.push(format!("{}{GENERATION_INFIX}", sanitize(&self.app)));
+            starts.push(Self::name_of(&checkpoint_store::membership_path(
+                Path::new(""),
+                &self.app,
+                &self.worker,
+            )));
         }
         for start in starts {
             for name in self.list(&start)? {
@@ -546,6 +587,73 @@ impl Mirror {
             }
         }
         Ok(())
+    }
+
+    // ------------------------------------------------------------ membership
+
+    /// Uploads the initializer's membership file from `dir` after it was
+    /// written locally. A membership change must be durable before any
+    /// worker hears of it, so this waits (and says so) while the store is
+    /// out of reach.
+    pub fn upload_membership(&self, dir: &Path) -> Result<(), Error> {
+        let path = checkpoint_store::membership_path(dir, &self.app, &self.worker);
+        self.upload_required(&path, "record the membership")
+    }
+
+    /// Uploads this worker's left marker from `dir` (it left its cluster),
+    /// waiting for the store: the marker must be there before the part
+    /// objects go, so a restart on any disk finds one or the other.
+    pub fn upload_left_marker(&self, dir: &Path) -> Result<(), Error> {
+        let path = checkpoint_store::left_path(dir, &self.app, &self.worker);
+        self.upload_required(&path, "record that this worker left")
+    }
+
+    /// Has this worker a left marker in the store (it left its cluster in
+    /// an earlier run, perhaps on another disk)? If so it is copied into
+    /// `dir`. Waits while the store is out of reach.
+    pub fn left_marker(&self, dir: &Path) -> Result<bool, Error> {
+        let path = checkpoint_store::left_path(dir, &self.app, &self.worker);
+        let name = Self::name_of(&path);
+        self.wait_for_store("look up the left marker", || {
+            if !self.exists(&name)? {
+                return Ok(false);
+            }
+            fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                path: dir.to_path_buf(),
+                action: "create the local working copy of the object store".into(),
+                source: e,
+            })?;
+            write_file(dir, &path, &self.get(&name)?)?;
+            Ok(true)
+        })
+    }
+
+    /// The object URL of this worker's left marker.
+    pub fn left_marker_url(&self) -> String {
+        self.object_url(&Self::name_of(&checkpoint_store::left_path(
+            Path::new(""),
+            &self.app,
+            &self.worker,
+        )))
+    }
+
+    /// Uploads the local file `path` as the object of the same name,
+    /// waiting while the store is out of reach.
+    fn upload_required(&self, path: &Path, what: &str) -> Result<(), Error> {
+        let name = Self::name_of(path);
+        let bytes = Bytes::from(fs::read(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            action: "read for upload".into(),
+            source,
+        })?);
+        self.wait_for_store(what, || {
+            self.block_on(
+                self.store
+                    .put(&self.path(&name), PutPayload::from(bytes.clone())),
+            )
+            .map(|_| ())
+            .map_err(|e| self.store_err(&name, format!("upload ({what})"), e))
+        })
     }
 
     // ------------------------------------------------------------ markers
@@ -664,6 +772,18 @@ fn parse_id(name: &str, start: &str) -> Option<u64> {
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+}
+
+/// Removes `path` if it exists.
+fn remove_if_there(path: &Path, action: &str) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            action: action.into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Writes a downloaded object crash-safely: `*.tmp`, fsync, rename.

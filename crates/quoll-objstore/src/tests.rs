@@ -194,3 +194,61 @@ fn urls_and_working_copies() {
     let err = Mirror::s3("s3:///x", APP, W).err().expect("no bucket");
     assert!(err.to_string().contains("bucket name is missing"), "{err}");
 }
+
+#[test]
+fn the_membership_file_comes_back_on_an_empty_disk_and_goes_on_a_clean_shutdown() {
+    let store = Arc::new(InMemory::new());
+    let first = tempfile::tempdir().expect("tmp");
+    let init = mirror(&store, "initializer");
+    checkpoint_store::write_membership(first.path(), APP, "initializer", b"joined: worker9")
+        .expect("write");
+    init.upload_membership(first.path()).expect("upload");
+
+    let second = tempfile::tempdir().expect("tmp");
+    mirror(&store, "initializer")
+        .hydrate(second.path(), true)
+        .expect("hydrate");
+    assert_eq!(
+        checkpoint_store::read_membership(second.path(), APP, "initializer").expect("read"),
+        Some(b"joined: worker9".to_vec())
+    );
+
+    // A store without one removes a stale local file: the store is the truth.
+    init.remove_all(true).expect("remove all");
+    assert_eq!(names(&store), Vec::<String>::new());
+    mirror(&store, "initializer")
+        .hydrate(second.path(), true)
+        .expect("hydrate");
+    assert_eq!(
+        checkpoint_store::read_membership(second.path(), APP, "initializer").expect("read"),
+        None
+    );
+}
+
+#[test]
+fn a_left_marker_is_found_from_any_disk_and_outlives_the_parts() {
+    let store = Arc::new(InMemory::new());
+    let first = tempfile::tempdir().expect("tmp");
+    let m = mirror(&store, W);
+    write_part(first.path(), W, 1, None, &[("a", "1")]);
+    m.upload_part(first.path(), 1).expect("upload");
+    let other = tempfile::tempdir().expect("tmp");
+    assert!(!m.left_marker(other.path()).expect("look up"));
+
+    checkpoint_store::mark_left(first.path(), APP, W, "left\n").expect("mark");
+    m.upload_left_marker(first.path()).expect("upload marker");
+    m.remove_all(false).expect("remove parts");
+    let left = names(&store);
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    let again = mirror(&store, W);
+    assert!(again.left_marker(other.path()).expect("look up"));
+    let url = again.left_marker_url();
+    assert!(url.starts_with(URL) && url.ends_with(".left"), "{url}");
+    // Copied to the new disk, so the next restart finds it locally.
+    assert!(checkpoint_store::left_path(other.path(), APP, W).exists());
+    // Another worker's marker is not this one's.
+    assert!(!mirror(&store, "worker2")
+        .left_marker(other.path())
+        .expect("look up"));
+}

@@ -112,12 +112,11 @@ impl Files {
     /// membership record), replacing the previous record.
     pub fn record_membership(&self, record: &MembershipRecord) -> Result<(), Error> {
         let bytes = serde_json::to_vec(record).map_err(|e| self.bad_membership(e.to_string()))?;
-        Ok(checkpoint_store::write_membership(
-            &self.dir,
-            &self.app,
-            &self.worker,
-            &bytes,
-        )?)
+        checkpoint_store::write_membership(&self.dir, &self.app, &self.worker, &bytes)?;
+        if let Some(m) = &self.mirror {
+            m.upload_membership(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Writes this worker's part of checkpoint `id`, a delta on `parent` or
@@ -199,23 +198,37 @@ impl Files {
         Ok(())
     }
 
-    /// This worker's left marker, if it left its cluster (a shrink) in an
-    /// earlier run.
-    pub fn left_marker(&self) -> Option<PathBuf> {
+    /// What to delete to add this worker to a cluster again, if it left its
+    /// cluster (a shrink) in an earlier run: its left marker and, with
+    /// object storage, the marker's object (a worker restarted on another
+    /// disk finds it there).
+    pub fn left_marker(&self) -> Result<Option<String>, Error> {
         let path = checkpoint_store::left_path(&self.dir, &self.app, &self.worker);
-        path.exists().then_some(path)
+        let here = path.exists();
+        Ok(match &self.mirror {
+            None => here.then(|| path.display().to_string()),
+            Some(m) => (here || m.left_marker(&self.dir)?)
+                .then(|| format!("{} and the object {}", path.display(), m.left_marker_url())),
+        })
     }
 
-    /// This worker left its cluster: the left marker first, then the
-    /// checkpoint files go, so a restart at any moment finds one or the
-    /// other. The marker stays on the local disk only.
+    /// This worker left its cluster: the left marker first (in the store
+    /// too), then the checkpoint files go, so a restart at any moment finds
+    /// one or the other.
     pub fn leave(&self) -> Result<(), Error> {
+        let delete = match &self.mirror {
+            Some(m) => format!("Delete this file and the object {}", m.left_marker_url()),
+            None => "Delete this file".into(),
+        };
         let note = format!(
             "worker '{}' of app '{}' left its cluster (a shrink); its state is with the other \
-             workers. Delete this file to add it to a cluster again.\n",
+             workers. {delete} to add it to a cluster again.\n",
             self.worker, self.app
         );
         checkpoint_store::mark_left(&self.dir, &self.app, &self.worker, &note)?;
+        if let Some(m) = &self.mirror {
+            m.upload_left_marker(&self.dir)?;
+        }
         self.remove_all(false)
     }
 

@@ -65,13 +65,12 @@ pub enum WorkerError {
     #[error("recovery: {0}")]
     Restore(String),
     /// This worker left its cluster (a shrink) in an earlier run: it stops,
-    /// done (exit 0). Not a failure; the path is its left marker.
+    /// done (exit 0). Not a failure; the text names its left marker.
     #[error(
         "this worker left its cluster (a shrink), so it does not run again; to add it to a \
-         cluster again, delete {marker} (or use an empty --resilience-dir) and start it with --join",
-        marker = .0.display()
+         cluster again, delete {0} (or use an empty --resilience-dir) and start it with --join"
     )]
-    AlreadyLeft(PathBuf),
+    AlreadyLeft(String),
     /// A user error under `--on-user-error fail`, or data the engine can't go on with.
     #[error("{0}")]
     Fatal(String),

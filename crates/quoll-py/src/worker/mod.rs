@@ -184,12 +184,6 @@ fn grow_refusal(config: &WorkerConfig, reads_kafka: bool) -> Option<String> {
                 .into(),
         );
     }
-    if quoll_objstore::parse_url(&config.resilience_dir).is_some() {
-        return Some(
-            "growing a cluster whose --resilience-dir is object storage is not supported yet"
-                .into(),
-        );
-    }
     if reads_kafka {
         return Some(
             "the app reads Kafka, and growing would move its partitions between workers, which is \
@@ -296,7 +290,12 @@ impl Worker {
             )?),
             false => None,
         };
-        if let Some(marker) = files.as_ref().and_then(Files::left_marker) {
+        if let Some(marker) = files
+            .as_ref()
+            .map(Files::left_marker)
+            .transpose()?
+            .flatten()
+        {
             return Err(WorkerError::AlreadyLeft(marker));
         }
         let codec = match codec {
