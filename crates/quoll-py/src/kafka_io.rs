@@ -2,12 +2,16 @@
 //! `quoll_kafka`'s handles and the executor. Nothing here touches Python.
 //!
 //! A Kafka source starts at the first restore, once the worker knows its
-//! place in the cluster (worker `i` of `n` owns the partitions
+//! place in the cluster ([`PartitionShare`]: of the `n` members that are
+//! not leaving, in name order, the `i`-th owns the partitions
 //! `p % n == i`), from the partition offsets of the restored checkpoint. Its
 //! records reach the executor as [`Event::Frames`] whose position is each
 //! partition's next offset; the executor keeps them as the source's
 //! progress, so every checkpoint holds them. A later restore seeks the
-//! source back to the checkpoint's offsets.
+//! source back to the checkpoint's offsets; one after the membership
+//! changed (a grow or a shrink) starts it anew on its new share, from
+//! offsets that include the ones the partitions' previous owners handed
+//! over with the state (see `worker/actions.rs`, `load`).
 //!
 //! A Kafka sink's writer turns the executor's [`SinkCommand`]s into calls
 //! on its [`KafkaSinkHandle`]: records are written, `PreCommit(N)` flushes
@@ -55,6 +59,63 @@ pub struct KafkaSourceRunner {
     config: KafkaSourceConfig,
     /// Commands for the running forwarder (None until the first restore).
     commands: Option<mpsc::UnboundedSender<SourceCommand>>,
+    /// The share the running source reads.
+    running: Option<(usize, usize)>,
+}
+
+/// The pseudo-stage under which handoff frames carry Kafka source
+/// `source`'s partition offsets (key: the partition, value: its next
+/// offset, both u64 big-endian); real stages count up from 0.
+pub fn positions_stage(source: usize) -> u32 {
+    u32::MAX - source as u32
+}
+
+/// Which partitions of every Kafka source a worker reads: the members that
+/// are not leaving, in the cluster's name order (initializer first), share
+/// them round-robin. Stable across restarts, and the same on every worker
+/// for one membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionShare {
+    /// Indices (among the members) of those that are not leaving.
+    active: Vec<usize>,
+    /// This worker's index among the members.
+    me: usize,
+}
+
+impl PartitionShare {
+    /// A worker on its own.
+    pub fn alone() -> Self {
+        PartitionShare {
+            active: vec![0],
+            me: 0,
+        }
+    }
+
+    /// Worker `me` of the members `leaving[i]` says are leaving or not.
+    pub fn new(me: usize, leaving: impl IntoIterator<Item = bool>) -> Self {
+        let active = leaving
+            .into_iter()
+            .enumerate()
+            .filter(|(_, l)| !l)
+            .map(|(i, _)| i)
+            .collect();
+        PartitionShare { active, me }
+    }
+
+    /// The member that reads `partition`.
+    pub fn owner(&self, partition: u64) -> usize {
+        match self.active.len() {
+            0 => self.me,
+            n => self.active[(partition % n as u64) as usize],
+        }
+    }
+
+    /// This worker's index among the readers and their number, for the
+    /// source's config; None if it reads nothing (it is leaving).
+    fn slot(&self) -> Option<(usize, usize)> {
+        let i = self.active.iter().position(|&m| m == self.me)?;
+        Some((i, self.active.len()))
+    }
 }
 
 enum SourceCommand {
@@ -82,6 +143,7 @@ impl KafkaSourceRunner {
             index,
             config,
             commands: None,
+            running: None,
         }
     }
 
@@ -92,30 +154,40 @@ impl KafkaSourceRunner {
         }
     }
 
-    /// Starts the source from `positions` (worker `me` of `workers`), or,
-    /// once started, has it seek back there; from now on its frames carry
-    /// `epoch`. Never waits on the executor, which is restoring meanwhile.
+    /// Starts the source on `share` from `positions`, or, if it already
+    /// reads that share, has it seek back there; from now on its frames
+    /// carry `epoch`. A source on another share is stopped first (its
+    /// frames in flight carry an older epoch). Never waits on the executor,
+    /// which is restoring meanwhile.
     #[allow(clippy::too_many_arguments)]
     pub fn restart(
         &mut self,
         rt: &Runtime,
         positions: BTreeMap<i32, i64>,
         epoch: u32,
-        me: usize,
-        workers: usize,
+        share: &PartitionShare,
         frames: mpsc::Sender<Event>,
         control: mpsc::Sender<Event>,
         stats: Arc<IoStats>,
     ) {
+        let slot = share.slot();
         // A forwarder that ended (its source failed, which stops the
         // worker) is not sent to; the source is started anew.
         if let Some(commands) = self.commands.as_ref().filter(|c| !c.is_closed()) {
-            let _ = commands.send(SourceCommand::Seek { positions, epoch });
-            return;
+            if self.running == slot {
+                let _ = commands.send(SourceCommand::Seek { positions, epoch });
+                return;
+            }
         }
+        // Dropping the sender ends the forwarder, which stops the source.
+        self.commands = None;
+        self.running = slot;
+        let Some((me, workers)) = slot else {
+            return;
+        };
         let mut config = self.config.clone();
         config.worker_index = me;
-        config.worker_count = workers.max(1);
+        config.worker_count = workers;
         config.start_offsets = positions;
         let (commands, command_rx) = mpsc::unbounded_channel();
         self.commands = Some(commands);
@@ -344,5 +416,52 @@ pub async fn run_kafka_sink(
         if let Err(e) = handle.pre_commit(last + 1).await {
             error!(place = %label, "not every record was delivered: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PartitionShare;
+
+    /// Every member's view of one membership: `leaving[i]` for member i.
+    fn shares(leaving: &[bool]) -> Vec<PartitionShare> {
+        (0..leaving.len())
+            .map(|me| PartitionShare::new(me, leaving.iter().copied()))
+            .collect()
+    }
+
+    #[test]
+    fn every_partition_has_one_reader_and_leavers_read_none() {
+        for leaving in [
+            vec![false],
+            vec![false, false, false],
+            vec![false, true, false, true],
+            vec![false, false, true],
+        ] {
+            let all = shares(&leaving);
+            for p in 0..64u64 {
+                // Every member computes the same reader, one that stays.
+                let owner = all[0].owner(p);
+                assert!(all.iter().all(|s| s.owner(p) == owner), "{leaving:?} p{p}");
+                assert!(!leaving[owner], "{leaving:?}: p{p} read by a leaver");
+                // And that reader's slot says it reads p.
+                let (i, n) = all[owner].slot().expect("a reader has a slot");
+                assert_eq!(p as usize % n, i, "{leaving:?} p{p}");
+            }
+            for (me, s) in all.iter().enumerate() {
+                assert_eq!(s.slot().is_none(), leaving[me], "{leaving:?} member {me}");
+            }
+        }
+    }
+
+    #[test]
+    fn without_leavers_member_i_of_n_reads_p_mod_n() {
+        let all = shares(&[false; 3]);
+        assert_eq!(all[2].slot(), Some((2, 3)));
+        assert_eq!(
+            (0..6).map(|p| all[0].owner(p)).collect::<Vec<_>>(),
+            [0, 1, 2, 0, 1, 2]
+        );
+        assert_eq!(PartitionShare::alone().slot(), Some((0, 1)));
     }
 }

@@ -248,6 +248,24 @@ pub struct SourceProgress {
     pub streams: std::collections::BTreeMap<u64, u64>,
 }
 
+impl SourceProgress {
+    /// The position as a checkpoint stores it.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let streams: Vec<(u64, u64)> = self.streams.iter().map(|(a, b)| (*a, *b)).collect();
+        postcard::to_allocvec(&(self.file_offset, streams)).map_err(|e| e.to_string())
+    }
+
+    /// A position [`SourceProgress::encode`] stored.
+    pub fn decode(blob: &[u8]) -> Result<Self, String> {
+        let (file_offset, streams): (u64, Vec<(u64, u64)>) =
+            postcard::from_bytes(blob).map_err(|e| e.to_string())?;
+        Ok(SourceProgress {
+            file_offset,
+            streams: streams.into_iter().collect(),
+        })
+    }
+}
+
 /// A framed source's decode call and where its messages go.
 struct FramedSource {
     place: String,

@@ -146,10 +146,7 @@ impl Executor {
         }
         let mut sources = Vec::new();
         for (i, p) in self.progress.iter().enumerate() {
-            let streams: Vec<(u64, u64)> = p.streams.iter().map(|(a, b)| (*a, *b)).collect();
-            let blob =
-                postcard::to_allocvec(&(p.file_offset, streams)).map_err(|e| e.to_string())?;
-            sources.push((i as u32, blob));
+            sources.push((i as u32, p.encode()?));
         }
         for g in &self.gens {
             let blob = match &g.cur {
@@ -305,10 +302,8 @@ impl Executor {
             if i >= progress.len() || gen_sources.contains(&i) {
                 continue;
             }
-            let (offset, streams): (u64, Vec<(u64, u64)>) =
-                postcard::from_bytes(b).map_err(|e| format!("source {i} position: {e}"))?;
-            progress[i].file_offset = offset;
-            progress[i].streams = streams.into_iter().collect();
+            progress[i] =
+                SourceProgress::decode(b).map_err(|e| format!("source {i} position: {e}"))?;
         }
         self.progress = progress.clone();
         let mut sink_offsets = vec![0u64; self.sinks.len()];

@@ -13,6 +13,7 @@ use crate::connector_source::ConnectorCommand;
 use crate::error::WorkerError;
 use crate::event::Event;
 use crate::executor::SourceProgress;
+use crate::kafka_io::{positions_stage, PartitionShare};
 use crate::logging::{wallaroo_line, WallarooLine};
 use crate::router::Router;
 use crate::sinks::SinkCommand;
@@ -203,7 +204,8 @@ impl Worker {
                     !self.started_up,
                     metrics_addr,
                 );
-                self.place = (me, names.len());
+                self.share =
+                    PartitionShare::new(me, members.iter().map(|m| leaving.contains(&m.name)));
                 let data_out = self.links.as_ref().map_or_else(Vec::new, |l| l.data_out());
                 if leaving.contains(&self.config.name) {
                     info!(
@@ -530,9 +532,10 @@ impl Worker {
 
     /// Loads this worker's part of `checkpoint` (None: the empty image),
     /// keeps the entries of key groups it owns and hands the others to
-    /// their owners, then tells every peer its handoff is done (see
-    /// `quoll_core::node`, "Restore"). Returns the part files read and
-    /// whether any entry moved.
+    /// their owners, and likewise the offsets of Kafka partitions (which
+    /// move when the membership does), then tells every peer its handoff is
+    /// done (see `quoll_core::node`, "Restore"). Returns the part files
+    /// read and whether anything moved.
     fn load(
         &mut self,
         py: Python<'_>,
@@ -578,6 +581,29 @@ impl Worker {
                     moved = true;
                     false
                 });
+            }
+            for k in &self.kafka_sources {
+                let Some(blob) = image.sources.get_mut(&(k.index as u32)) else {
+                    continue;
+                };
+                let mut progress = SourceProgress::decode(blob).map_err(|e| {
+                    WorkerError::Restore(format!("kafka source {} position: {e}", k.index))
+                })?;
+                progress.streams.retain(|&partition, &mut offset| {
+                    let owner = self.share.owner(partition);
+                    if owner == me {
+                        return true;
+                    }
+                    let batch = open[owner].get_or_insert_with(|| BatchWriter::handoff(generation));
+                    let pushed: Result<(), std::convert::Infallible> =
+                        batch.push(positions_stage(k.index), &partition.to_be_bytes(), 0, |v| {
+                            v.extend_from_slice(&offset.to_be_bytes());
+                            Ok(())
+                        });
+                    moved |= pushed.is_ok();
+                    false
+                });
+                *blob = progress.encode().map_err(WorkerError::Restore)?;
             }
             let data_out = links.data_out();
             for (peer, (mut queue, last)) in frames.into_iter().zip(open).enumerate() {
@@ -670,6 +696,36 @@ impl Worker {
             self.restore_sinks(py, None, &vec![0; self.sinks.len()])?;
             self.restart_sources(&[]);
             return Ok(());
+        }
+        let mut handed = handed;
+        for k in &self.kafka_sources {
+            let Some(offsets) = handed.remove(&positions_stage(k.index)) else {
+                continue;
+            };
+            let key = k.index as u32;
+            let mut progress = match image.sources.get(&key) {
+                Some(blob) => SourceProgress::decode(blob).map_err(|e| {
+                    WorkerError::Restore(format!("kafka source {} position: {e}", k.index))
+                })?,
+                None => SourceProgress::default(),
+            };
+            for (partition, offset) in &offsets {
+                let (Ok(p), Ok(o)) = (
+                    <[u8; 8]>::try_from(&partition[..]),
+                    <[u8; 8]>::try_from(&offset[..]),
+                ) else {
+                    return Err(WorkerError::Restore(format!(
+                        "kafka source {}: a handed-over partition offset is malformed",
+                        k.index
+                    )));
+                };
+                progress
+                    .streams
+                    .insert(u64::from_be_bytes(p), u64::from_be_bytes(o));
+            }
+            image
+                .sources
+                .insert(key, progress.encode().map_err(WorkerError::Restore)?);
         }
         let handed_entries: usize = handed.values().map(|e| e.len()).sum();
         for (stage, entries) in handed {
@@ -806,7 +862,6 @@ impl Worker {
                 error!("connector source {} did not take its restart", c.index);
             }
         }
-        let (me, workers) = self.place;
         for k in self.kafka_sources.iter_mut() {
             let positions = progress
                 .get(k.index)
@@ -816,8 +871,7 @@ impl Worker {
                 &self.rt,
                 positions,
                 self.source_epoch,
-                me,
-                workers,
+                &self.share,
                 self.src_tx.clone(),
                 self.ctl_tx.clone(),
                 self.stats.clone(),

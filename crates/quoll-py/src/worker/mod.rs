@@ -148,7 +148,8 @@ pub(crate) struct Worker {
     kafka_sources: Vec<KafkaSourceRunner>,
     /// This worker's index among the members, and their number (for the
     /// Kafka partitions it reads); set when the cluster forms.
-    place: (usize, usize),
+    /// The Kafka partitions this worker reads.
+    share: crate::kafka_io::PartitionShare,
     /// Incarnation of the replayable sources: frames of older ones are dropped.
     source_epoch: u32,
     sinks: Vec<mpsc::Sender<SinkCommand>>,
@@ -176,22 +177,12 @@ pub(crate) struct Worker {
 }
 
 /// Why a worker may not join this cluster (`--join`), if it may not.
-fn grow_refusal(config: &WorkerConfig, reads_kafka: bool) -> Option<String> {
-    if !config.resilience {
-        return Some(
-            "growing a running cluster needs --run-with-resilience on every worker (the new \
-             membership restores the last checkpoint)"
-                .into(),
-        );
-    }
-    if reads_kafka {
-        return Some(
-            "the app reads Kafka, and growing would move its partitions between workers, which is \
-             not supported yet"
-                .into(),
-        );
-    }
-    None
+fn grow_refusal(config: &WorkerConfig) -> Option<String> {
+    (!config.resilience).then(|| {
+        "growing a running cluster needs --run-with-resilience on every worker (the new \
+         membership restores the last checkpoint)"
+            .into()
+    })
 }
 
 /// Runs a worker until a clean shutdown. Raises `SystemExit(2)` on an error
@@ -563,7 +554,7 @@ impl Worker {
             wallaroo_line(WallarooLine::RecoveringFromFiles);
         }
         let interval = Duration::from_nanos(config.checkpoint_interval_ns.max(1_000_000));
-        let grow_refusal = grow_refusal(&config, !kafka_sources.is_empty());
+        let grow_refusal = grow_refusal(&config);
         let node_config = NodeConfig {
             name: config.name.clone(),
             initializer: config.cluster_initializer,
@@ -651,7 +642,7 @@ impl Worker {
             tcp_sources,
             source_addrs,
             kafka_sources,
-            place: (0, 1),
+            share: crate::kafka_io::PartitionShare::alone(),
             source_epoch: first_epoch,
             sinks: sink_txs,
             sink_tasks,
