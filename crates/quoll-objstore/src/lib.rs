@@ -470,10 +470,10 @@ impl Mirror {
         loop {
             match step() {
                 Err(Error::Store { source, object, .. }) if transient(&source) => {
+                    // The worker's log lines already name the worker.
                     warn!(
-                        "worker '{}': can't {what} from the object store {} yet ({object}: {source}); \
+                        "can't {what} from the object store {} yet ({object}: {source}); \
                          waiting for it, retrying every {} s",
-                        self.worker,
                         self.url,
                         WAIT_RETRY.as_secs()
                     );
@@ -614,7 +614,8 @@ impl Mirror {
     pub fn left_marker(&self, dir: &Path) -> Result<bool, Error> {
         let path = checkpoint_store::left_path(dir, &self.app, &self.worker);
         let name = Self::name_of(&path);
-        self.wait_for_store("look up the left marker", || {
+        // Part of loading the checkpoints at start-up, and said so.
+        self.wait_for_store("load the checkpoints", || {
             if !self.exists(&name)? {
                 return Ok(false);
             }
