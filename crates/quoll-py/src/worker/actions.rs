@@ -586,9 +586,7 @@ impl Worker {
                 let Some(blob) = image.sources.get_mut(&(k.index as u32)) else {
                     continue;
                 };
-                let mut progress = SourceProgress::decode(blob).map_err(|e| {
-                    WorkerError::Restore(format!("kafka source {} position: {e}", k.index))
-                })?;
+                let mut progress = kafka_position(blob, k.index)?;
                 progress.streams.retain(|&partition, &mut offset| {
                     let owner = self.share.owner(partition);
                     if owner == me {
@@ -688,7 +686,7 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let started = Instant::now();
         let mut image = self.loaded.take().unwrap_or_default();
-        let handed = std::mem::take(&mut self.handed_in)
+        let mut handed = std::mem::take(&mut self.handed_in)
             .remove(&generation)
             .unwrap_or_default();
         if self.files.is_none() {
@@ -697,16 +695,13 @@ impl Worker {
             self.restart_sources(&[]);
             return Ok(());
         }
-        let mut handed = handed;
         for k in &self.kafka_sources {
             let Some(offsets) = handed.remove(&positions_stage(k.index)) else {
                 continue;
             };
             let key = k.index as u32;
             let mut progress = match image.sources.get(&key) {
-                Some(blob) => SourceProgress::decode(blob).map_err(|e| {
-                    WorkerError::Restore(format!("kafka source {} position: {e}", k.index))
-                })?,
+                Some(blob) => kafka_position(blob, k.index)?,
                 None => SourceProgress::default(),
             };
             for (partition, offset) in &offsets {
@@ -878,4 +873,10 @@ impl Worker {
             );
         }
     }
+}
+
+/// Kafka source `source`'s checkpointed position, decoded.
+fn kafka_position(blob: &[u8], source: usize) -> Result<SourceProgress, WorkerError> {
+    SourceProgress::decode(blob)
+        .map_err(|e| WorkerError::Restore(format!("kafka source {source} position: {e}")))
 }
