@@ -387,11 +387,7 @@ impl Mirror {
     }
 
     fn hydrate_once(&self, dir: &Path, initializer: bool) -> Result<usize, Error> {
-        fs::create_dir_all(dir).map_err(|e| StoreError::Io {
-            path: dir.to_path_buf(),
-            action: "create the local working copy of the object store".into(),
-            source: e,
-        })?;
+        create_working_copy(dir)?;
         let part_start = format!("{}{CKPT_INFIX}", self.stem());
         let parts = self.list_ids(&part_start)?;
         let mut commit = None;
@@ -619,11 +615,7 @@ impl Mirror {
             if !self.exists(&name)? {
                 return Ok(false);
             }
-            fs::create_dir_all(dir).map_err(|e| StoreError::Io {
-                path: dir.to_path_buf(),
-                action: "create the local working copy of the object store".into(),
-                source: e,
-            })?;
+            create_working_copy(dir)?;
             write_file(dir, &path, &self.get(&name)?)?;
             Ok(true)
         })
@@ -773,6 +765,15 @@ fn parse_id(name: &str, start: &str) -> Option<u64> {
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+}
+
+/// Creates the local working copy `dir` if it is missing.
+fn create_working_copy(dir: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        action: "create the local working copy of the object store".into(),
+        source: e,
+    })
 }
 
 /// Removes `path` if it exists.
