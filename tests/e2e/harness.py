@@ -312,9 +312,23 @@ def word_count_problems(outputs, truth=None):
         got = seen.get(word, [])
         if got != list(range(1, n + 1)):
             bad = next((i for i, c in enumerate(got) if c != i + 1), len(got))
-            problems.append(f"{word}: {len(got)} counts, want 1..{n}; from index {bad}: {got[bad:bad + 4]}")
+            problems.append(f"{word}: {_what_is_wrong(got, n)}: {len(got)} counts, want 1..{n}; from index {bad}: "
+                            f"{got[bad:bad + 4]}")
     problems += [f"unexpected word {w!r} in {where[w]}" for w in sorted(set(seen) - set(want))]
     return problems
+
+
+def _what_is_wrong(got, n):
+    """Why a word's counts `got` are not 1..n: out of order (all there),
+    counts missing, doubled, or beyond n."""
+    if sorted(got) == list(range(1, n + 1)):
+        return "out of order"
+    missing = sorted(set(range(1, n + 1)) - set(got))
+    doubled = sorted(c for c in set(got) if got.count(c) > 1)
+    extra = sorted(c for c in set(got) if not 1 <= c <= n)
+    parts = [f"{what} {cs[:6]}" for what, cs in (("missing", missing), ("doubled", doubled), ("beyond n", extra))
+             if cs]
+    return ", ".join(parts)
 
 
 def assert_word_counts(outputs, truth, describe=lambda: ""):

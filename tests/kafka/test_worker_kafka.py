@@ -119,6 +119,18 @@ def wait_for_word_counts(broker, truth, cluster, timeout):
     return problems
 
 
+def explain_word_count_problems(broker, problems, seed, cluster):
+    """What a failing word-count test reports: the problems, every record
+    of the first wrong word with its producer, epoch and fate, the batches
+    tansu took from fenced epochs, and the cluster's logs."""
+    word = problems[0].split(":")[0]
+    fenced = fenced_batches(broker.address, "counts")
+    return (f"seed {seed}: {len(problems)} problems, e.g.\n  " + "\n  ".join(problems[:10])
+            + f"\nevery record of {word} in the topic:\n  "
+            + "\n  ".join(history(broker.address, "counts", f"{word} => ".encode()))
+            + f"\n{len(fenced)} batch(es) from fenced producer epochs\n" + cluster.describe())
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_celsius_example(broker, tmp_path, clusters, workers):
     broker.create_topic("celsius", 3)
@@ -310,11 +322,7 @@ def sigkill_storm(broker, tmp_path, clusters, storm_seconds, halfway=None):
     supervisor.close()
     fenced = fenced_batches(broker.address, "counts")
     if problems:
-        word = problems[0].split(":")[0]
-        pytest.fail(f"seed {seed}: {len(problems)} problems, e.g.\n  " + "\n  ".join(problems[:10])
-                    + f"\nevery record of {word} in the topic:\n  "
-                    + "\n  ".join(history(broker.address, "counts", f"{word} => ".encode()))
-                    + f"\n{len(fenced)} batch(es) from fenced producer epochs\n" + c.describe())
+        pytest.fail(explain_word_count_problems(broker, problems, seed, c))
     # What the kills did: records of aborted transactions (visible to a
     # raw reader) and output that restarted workers committed from their
     # write-ahead files.

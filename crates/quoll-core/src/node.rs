@@ -38,6 +38,14 @@
 //! A restore that moved state makes the next part a full one, so no part
 //! chain mixes key groups of two memberships.
 //!
+//! No worker takes source input until every member restored: the
+//! initializer, once it has every `Restored`, tells them all
+//! (`Control::AllRestored`). A worker's restore includes its sinks'
+//! recovery, which sends again the output a previous run left in doubt
+//! (a Kafka transaction that did not commit); a key that moved must not
+//! get output from its new owner before that, or its output would reach
+//! the sink out of order.
+//!
 //! # Growing
 //!
 //! A worker started with `--join` becomes a member (see
@@ -72,7 +80,8 @@
 //! - Data, barriers and checkpoint messages of another generation are
 //!   dropped; data of the current generation that arrives before this node
 //!   restored is held until it has, then handed out in arrival order.
-//! - Source input is taken only while running and not aligning a barrier.
+//! - Source input is taken only while running, not aligning a barrier,
+//!   and once every member of the generation restored.
 //! - A rollback always lands on a committed checkpoint (or the beginning,
 //!   if none was ever committed).
 
@@ -464,6 +473,12 @@ pub struct Node<P, D> {
     change: Option<Change>,
     /// No source input until the cluster re-forms (the membership changes).
     paused: bool,
+    /// Every member restored this generation (`Control::AllRestored`).
+    /// Until then no source input: a key that moved must not get output
+    /// from its new owner before the old owner's sink has sent again what
+    /// a previous run left in doubt, or that key's output would be out of
+    /// order in the sink.
+    all_restored: bool,
     /// The members leaving the cluster (they own no key groups).
     leaving: Vec<String>,
     /// The formed cluster's placement of key groups on `members`.
@@ -555,6 +570,7 @@ impl<P, D> Node<P, D> {
             unplaced: Vec::new(),
             change: None,
             paused: false,
+            all_restored: false,
             leaving: Vec::new(),
             placement: None,
             next_placement: None,
@@ -574,6 +590,7 @@ impl<P, D> Node<P, D> {
     /// Take source input now?
     pub fn takes_input(&self) -> bool {
         self.phase == Phase::Running
+            && self.all_restored
             && !self.paused
             && !self.leaving.contains(&self.config.name)
             && !self.participant.as_ref().is_some_and(|p| p.aligning())
@@ -865,6 +882,7 @@ impl<P, D> Node<P, D> {
         self.generation = generation;
         self.rollback_to = rollback_to;
         self.paused = false;
+        self.all_restored = false;
         self.leaving = leaving.clone();
         // The others may restore before this worker: their handoffs to it
         // are done before its own is.
@@ -1210,6 +1228,13 @@ impl<P, D> Node<P, D> {
         if !self.awaiting_restored.is_empty() || self.phase != Phase::Running {
             return;
         }
+        self.all_restored = true;
+        self.broadcast(
+            Control::AllRestored {
+                generation: self.generation,
+            },
+            out,
+        );
         if let Some(c) = &mut self.coordinator {
             c.start(self.generation, self.rollback_to, now);
         }
@@ -1268,6 +1293,11 @@ impl<P, D> Node<P, D> {
                 Control::Pause { generation } => {
                     if generation == self.generation {
                         self.paused = true;
+                    }
+                }
+                Control::AllRestored { generation } => {
+                    if generation == self.generation {
+                        self.all_restored = true;
                     }
                 }
                 // While forming, `Leave` answers this worker's `Join`: the

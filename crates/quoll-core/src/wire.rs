@@ -197,6 +197,12 @@ pub enum Control {
     Redirect {
         to: String,
     },
+    /// Every member restored this generation (so every sink's recovery,
+    /// the re-sending of output a previous run left in doubt included, is
+    /// done): take source input from now on.
+    AllRestored {
+        generation: u64,
+    },
 }
 
 /// Why bytes from a peer could not be read.

@@ -172,6 +172,8 @@ struct Sim {
     moved: usize,
     /// Joins that paused a running cluster (the initializer's `Pause`s).
     pauses: usize,
+    /// (worker, generation): the worker restored in that generation.
+    restored: BTreeSet<(usize, Generation)>,
     /// Rebalances the initializer decided.
     rebalances: usize,
     /// Leavers that crashed after their leave committed, restarted, and
@@ -238,6 +240,7 @@ impl Sim {
             data: BTreeMap::new(),
             moved: 0,
             pauses: 0,
+            restored: BTreeSet::new(),
             rebalances: 0,
             dismissed: 0,
             seed_joins_early: seed.is_multiple_of(2),
@@ -518,6 +521,7 @@ impl Sim {
                             .map(|(_, item)| item),
                     );
                     p.source_pos = snap.source_pos;
+                    self.restored.insert((i, generation));
                     self.event(i, NodeEvent::Restored { generation });
                 }
                 NodeAction::Running { .. } => {}
@@ -869,6 +873,16 @@ impl Sim {
                 p.source_pos += 1;
                 let (members, me, generation, owners) =
                     p.formed.clone().expect("formed when taking input");
+                // Input only once every member restored: a moved key's old
+                // owner has re-sent its in-doubt output by then.
+                for m in &members {
+                    let w = worker_of(m);
+                    assert!(
+                        self.restored.contains(&(w, generation)),
+                        "worker {i} took input in generation {generation} before {} restored",
+                        m.name
+                    );
+                }
                 let to = owner_of(item, &owners);
                 if to == me {
                     self.apply_item(i, me, item);
