@@ -596,6 +596,13 @@ impl<P, D> Node<P, D> {
             && !self.participant.as_ref().is_some_and(|p| p.aligning())
     }
 
+    /// True once every member of this generation restored (this worker
+    /// included): window timers may fire. Before, a window of a key that
+    /// moved could fire ahead of the output its old owner re-sends.
+    pub fn cluster_restored(&self) -> bool {
+        self.phase == Phase::Running && self.all_restored
+    }
+
     /// True once this worker has restored and processes (it may still be
     /// aligning a barrier).
     pub fn running(&self) -> bool {

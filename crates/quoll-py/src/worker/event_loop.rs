@@ -2,7 +2,8 @@
 //!
 //! It serves two inboxes: peers and the control plane first (and again
 //! after every source event), then source input. It takes no source input
-//! while the node says not to (forming, restoring, aligning a barrier), nor
+//! while the node says not to (forming, restoring, waiting for every member
+//! to restore, aligning a barrier), nor
 //! while frames for a slow worker pile up beyond `router::CONGESTED_BYTES`;
 //! it keeps serving peers meanwhile, so a cycle of workers waiting on each
 //! other drains. It holds the GIL while it works and releases it only to
@@ -13,7 +14,8 @@
 //! since the last hand-over: under steady input a round lasts up to
 //! [`ROUND_TIME`], and holding output that long would be most of a
 //! message's latency. Window timers run before the end-of-round flush, so
-//! what they fire leaves at once.
+//! what they fire leaves at once, and only once every member restored
+//! (`Node::cluster_restored`).
 
 use super::{Stop, Worker};
 use crate::error::WorkerError;
@@ -113,7 +115,8 @@ impl Worker {
             if !busy && (self.takes_input() || !self.src_open) {
                 self.ex.inputs_drained();
             }
-            if next_timer.is_none_or(|t| Instant::now() >= t) {
+            let timers_due = next_timer.is_none_or(|t| Instant::now() >= t);
+            if timers_due && self.node.cluster_restored() {
                 next_timer = self.ex.on_timers(py)?;
             }
             self.ex.flush_peers();
@@ -133,7 +136,9 @@ impl Worker {
             }
             // Idle: wait for input, a timer or a slow link, without the GIL.
             let now = Instant::now();
-            let mut wait = [next_timer, self.node.next_deadline()]
+            // Timers wait for `AllRestored`, which comes as a control event.
+            let timer = next_timer.filter(|_| self.node.cluster_restored());
+            let mut wait = [timer, self.node.next_deadline()]
                 .into_iter()
                 .flatten()
                 .map(|t| t.saturating_duration_since(now))
