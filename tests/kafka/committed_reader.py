@@ -282,6 +282,8 @@ def parse_batches(partition: int, raw: bytes) -> list[Batch]:
 # How many times a fetch that returns nothing below the high watermark is
 # asked again (see _batches_from).
 EMPTY_RETRIES = 20
+# How many answers that start after the offset asked for make a lasting gap.
+GAP_RETRIES = 5
 
 
 def read_all(host: str, port: int, topic: str, partition: int) -> list[Batch]:
@@ -301,17 +303,19 @@ def read_all(host: str, port: int, topic: str, partition: int) -> list[Batch]:
 
 def _batches_from(conn: Connection, topic: str, partition: int,
                   want: int) -> tuple[list[Batch], int]:
-    """The batches from the one holding offset `want` on, and the high
-    watermark (no batches at the high watermark). tansu with S3 storage
-    answers a fetch with nothing when reading its store takes longer than
-    the fetch's wait, and once (Dec 8, a fresh topic on moto) with batches
-    after `want`, the one holding it not yet visible; both are asked again.
-    A gap that lasts is an error, never a silent hole in what the tests
-    read."""
-    what = "nothing"
-    for attempt in range(EMPTY_RETRIES):
-        if attempt:
-            time.sleep(0.05)
+    """The batches from the one holding offset `want` on (or, if none
+    does, from the first after it), and the high watermark (no batches at
+    the high watermark). tansu with S3 storage answers a fetch with nothing
+    when reading its store takes longer than the fetch's wait, and
+    sometimes with batches after `want` while the one holding it is not
+    yet visible; both are asked again. A gap that lasts (GAP_RETRIES
+    answers) is taken as Kafka takes one, a fetch skipping offsets that
+    hold no batch: tansu on moto kept a one-offset gap after a broker
+    restart (Dec 8). Nothing is silently lost by that: the
+    tests check the records' contents (every count once, in order), so a
+    data record missing from the log still fails them."""
+    gaps = 0
+    for _ in range(EMPTY_RETRIES):
         high, raw = conn.fetch(topic, partition, want)
         if want >= high:
             return [], high
@@ -322,8 +326,11 @@ def _batches_from(conn: Connection, topic: str, partition: int,
             if b.base_offset <= want <= b.last_offset:
                 return got[i:], high
         if got:
-            what = f"batches {got[0].base_offset}-{got[-1].last_offset}, not the one holding {want}"
-    raise ProtocolError(f"{topic}/{partition}: {EMPTY_RETRIES} fetches at {want} answered {what} "
+            gaps += 1
+            if gaps == GAP_RETRIES:
+                return [b for b in got if b.base_offset > want], high
+            time.sleep(0.05)
+    raise ProtocolError(f"{topic}/{partition}: {EMPTY_RETRIES} fetches at {want} answered nothing "
                         f"(high watermark {high})")
 
 
