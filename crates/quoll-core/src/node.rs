@@ -1009,7 +1009,16 @@ impl<P, D> Node<P, D> {
             return;
         };
         if change.depart && committed {
+            // Recorded before anyone is told: an initializer killed between
+            // the two must not restart waiting for a worker that left. (A
+            // leaver not yet told, coming back to a restarted initializer
+            // that has it as left, is told then: `InitializerAction::Dismiss`.)
             let gone = std::mem::take(&mut self.record.leaving);
+            if let Role::Initializer(m) = &mut self.role {
+                m.leave(&gone);
+            }
+            self.record.left.extend(gone.iter().cloned());
+            self.record_membership(out);
             for (i, m) in self.members.iter().enumerate().skip(1) {
                 if gone.contains(&m.name) {
                     let link = self.member_links[i];
@@ -1020,11 +1029,6 @@ impl<P, D> Node<P, D> {
                     });
                 }
             }
-            if let Role::Initializer(m) = &mut self.role {
-                m.leave(&gone);
-            }
-            self.record.left.extend(gone.iter().cloned());
-            self.record_membership(out);
             out.push(NodeAction::Notice(Notice::Left { names: gone }));
         }
         self.recover(change.reason, now, out);
