@@ -406,6 +406,18 @@ impl Sim {
                     if matches!(msg, Control::Pause { .. }) {
                         self.pauses += 1;
                     }
+                    // A leaver is told only once its leave is recorded: an
+                    // initializer restarted in between must not wait for it.
+                    if matches!(msg, Control::Leave { .. }) {
+                        if let Some(l) = self.links.get(&link) {
+                            let to = if l.ends.0 == i { l.ends.1 } else { l.ends.0 };
+                            assert!(
+                                self.disks[0].membership.left.contains(&name(to)),
+                                "{} told to leave before its leave was recorded",
+                                name(to)
+                            );
+                        }
+                    }
                     self.send(i, link, msg)
                 }
                 NodeAction::Refuse {
