@@ -320,9 +320,9 @@ def sigkill_storm(broker, tmp_path, clusters, storm_seconds, halfway=None):
 
     problems = wait_for_word_counts(broker, truth_of(lines), c, 90)
     supervisor.close()
-    fenced = fenced_batches(broker.address, "counts")
     if problems:
         pytest.fail(explain_word_count_problems(broker, problems, seed, c))
+    fenced = fenced_batches(broker.address, "counts")
     # What the kills did: records of aborted transactions (visible to a
     # raw reader) and output that restarted workers committed from their
     # write-ahead files.

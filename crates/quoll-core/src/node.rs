@@ -473,11 +473,8 @@ pub struct Node<P, D> {
     change: Option<Change>,
     /// No source input until the cluster re-forms (the membership changes).
     paused: bool,
-    /// Every member restored this generation (`Control::AllRestored`).
-    /// Until then no source input: a key that moved must not get output
-    /// from its new owner before the old owner's sink has sent again what
-    /// a previous run left in doubt, or that key's output would be out of
-    /// order in the sink.
+    /// Every member restored this generation (`Control::AllRestored`);
+    /// no source input and no window timers before (see "Restore" above).
     all_restored: bool,
     /// The members leaving the cluster (they own no key groups).
     leaving: Vec<String>,
@@ -589,8 +586,7 @@ impl<P, D> Node<P, D> {
 
     /// Take source input now?
     pub fn takes_input(&self) -> bool {
-        self.phase == Phase::Running
-            && self.all_restored
+        self.cluster_restored()
             && !self.paused
             && !self.leaving.contains(&self.config.name)
             && !self.participant.as_ref().is_some_and(|p| p.aligning())
